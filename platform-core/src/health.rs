@@ -54,6 +54,25 @@ pub trait HealthCheck: Send + Sync {
     async fn check(&self) -> Result<CheckOutcome>;
 }
 
+macro_rules! forward_health_check {
+    ($($ptr:ident),*) => {$(
+        #[async_trait]
+        #[deny(clippy::missing_trait_methods)]
+        impl<T: HealthCheck + ?Sized> HealthCheck for $ptr<T> {
+            fn name(&self) -> String {
+                (**self).name()
+            }
+            fn critical(&self) -> bool {
+                (**self).critical()
+            }
+            async fn check(&self) -> Result<CheckOutcome> {
+                (**self).check().await
+            }
+        }
+    )*};
+}
+forward_health_check!(Arc, Box);
+
 /// `up`, `degraded` or `down`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

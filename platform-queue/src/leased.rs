@@ -1,0 +1,416 @@
+//! The queue semantics written once over a store of leased rows.
+//!
+//! Backends without native leases (memory, SQL databases, Redis) implement
+//! [`LeaseStore`], a handful of atomic operations on messages that carry a
+//! `visible_at` time, a lease token and an attempt count; [`LeasedQueue`] turns that
+//! into the full [`Queue`] contract: leases, attempts, dead letters, delay, dedup,
+//! waiting receives.
+
+use std::fmt::{self, Debug, Display};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
+use time::OffsetDateTime;
+
+use crate::message::dead_letter_headers;
+use crate::url::QueueOptions;
+use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
+
+/// A message as a store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StoredMessage {
+    /// The store's id.
+    pub id: String,
+    /// The body.
+    pub body: Bytes,
+    /// The headers.
+    pub headers: Headers,
+    /// Deliveries so far (after a claim: this one included).
+    pub attempts: u32,
+    /// When it first failed, in ms since the epoch.
+    pub first_failure_ms: Option<i64>,
+}
+
+impl StoredMessage {
+    /// Built by stores.
+    pub fn new(id: String, body: Bytes, headers: Headers, attempts: u32, first_failure_ms: Option<i64>) -> Self {
+        Self { id, body, headers, attempts, first_failure_ms }
+    }
+}
+
+/// A message to insert.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct NewMessage {
+    /// A fresh id (UUID v7 text; stores may use their own).
+    pub id: String,
+    /// The body.
+    pub body: Bytes,
+    /// The headers.
+    pub headers: Headers,
+    /// Not claimable before this time (ms since the epoch).
+    pub visible_at_ms: i64,
+    /// Dedup key, when given.
+    pub dedup_key: Option<String>,
+}
+
+/// Atomic operations on leased messages. Every method is one atomic step on the
+/// server (a transaction, a Lua script, a mutex), so that concurrent receivers in
+/// many processes never get the same message while a lease holds.
+///
+/// A message is *claimable* when `visible_at <= now`. A lease is *held* by `token`
+/// while the message's token is `token` and `visible_at > now`.
+#[async_trait]
+pub trait LeaseStore: Debug + Send + Sync + 'static {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+
+    /// The backend's limits (delay, dedup and the rest are provided by `LeasedQueue`).
+    fn capabilities(&self) -> Capabilities;
+
+    /// Where it lives, for `Display` (`127.0.0.1:6379`, a file name).
+    fn location(&self) -> String;
+
+    /// Inserts all messages or none. A message whose dedup key was seen in `queue`
+    /// with an expiry after `now_ms` is skipped; otherwise the key is remembered until
+    /// `dedup_until_ms`.
+    async fn insert(&self, queue: &str, messages: Vec<NewMessage>, now_ms: i64, dedup_until_ms: i64) -> Result<()>;
+
+    /// Claims up to `max` claimable messages: sets their token, `visible_at =
+    /// lease_until_ms`, adds one to their attempts, and sets first failure to `now_ms`
+    /// when it is a redelivery and none was set. Returns them, attempts updated.
+    async fn claim(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+        token: &str,
+    ) -> Result<Vec<StoredMessage>>;
+
+    /// Deletes the message if `token` holds its lease; `false` otherwise.
+    async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool>;
+
+    /// If `token` holds the lease: clears it, sets `visible_at`, sets the first failure
+    /// to `now_ms` when none was set and `failed`, and, when `refund`, takes back the
+    /// attempt this delivery counted. `false` when the lease was lost.
+    async fn release(
+        &self,
+        queue: &str,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        visible_at_ms: i64,
+        failed: bool,
+        refund: bool,
+    ) -> Result<bool>;
+
+    /// Moves the lease on to `until_ms` if `token` holds it.
+    async fn extend(&self, queue: &str, id: &str, token: &str, now_ms: i64, until_ms: i64) -> Result<bool>;
+
+    /// If `token` holds the lease: moves the message to queue `target`, visible now,
+    /// with `headers`, attempts 0 and no first failure.
+    async fn move_to(
+        &self,
+        queue: &str,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        target: &str,
+        headers: &Headers,
+    ) -> Result<bool>;
+
+    /// Up to `limit` messages of `queue`, oldest first, without claiming them.
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<StoredMessage>>;
+
+    /// Moves up to `limit` messages from `from` to `to`, visible now, attempts 0.
+    async fn redrive(&self, from: &str, to: &str, limit: usize, now_ms: i64) -> Result<usize>;
+
+    /// A real round trip; the server version when known.
+    async fn ping(&self) -> Result<Option<String>>;
+
+    /// Waits until work may have arrived in `queue` or `timeout` passed. Stores with
+    /// notifications wake early; others just sleep.
+    async fn wait_for_work(&self, queue: &str, timeout: Duration);
+
+    /// The longest pause between two polls of an idle queue.
+    fn max_poll_interval(&self) -> Duration;
+
+    /// Releases connections.
+    async fn close(&self) -> Result<()>;
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
+}
+
+fn time_of(ms: i64) -> Option<OffsetDateTime> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+}
+
+struct Inner<S> {
+    store: S,
+    options: QueueOptions,
+    closed: AtomicBool,
+}
+
+/// A [`Queue`] over a [`LeaseStore`]: the semantics every store-backed backend shares.
+pub struct LeasedQueue<S: LeaseStore> {
+    inner: Arc<Inner<S>>,
+}
+
+impl<S: LeaseStore> LeasedQueue<S> {
+    /// A queue over `store` with `options`.
+    pub fn new(store: S, options: QueueOptions) -> Result<Self> {
+        options.validate()?;
+        Ok(Self { inner: Arc::new(Inner { store, options, closed: AtomicBool::new(false) }) })
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.inner.store
+    }
+
+    /// The options.
+    pub fn options(&self) -> &QueueOptions {
+        &self.inner.options
+    }
+
+    fn check_open(&self, op: &'static str) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::new(ErrorKind::Cancelled, format!("queue {} is closed", self.inner.options.queue))
+                .with_backend(self.inner.store.backend())
+                .with_op(op));
+        }
+        Ok(())
+    }
+
+    fn to_new(&self, m: Message, now: i64) -> NewMessage {
+        NewMessage {
+            id: uuid::Uuid::now_v7().to_string(),
+            body: m.body,
+            headers: m.headers,
+            visible_at_ms: now + m.delay.map(ms).unwrap_or(0),
+            dedup_key: m.dedup_key,
+        }
+    }
+}
+
+impl<S: LeaseStore> Debug for LeasedQueue<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeasedQueue").field("store", &self.inner.store).field("options", &self.inner.options).finish()
+    }
+}
+
+impl<S: LeaseStore> Display for LeasedQueue<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let backend = self.inner.store.backend();
+        write!(f, "{backend}({}/{})", self.inner.store.location(), self.inner.options.queue)
+    }
+}
+
+#[async_trait]
+impl<S: LeaseStore> HealthCheck for LeasedQueue<S> {
+    fn name(&self) -> String {
+        format!("queue:{}", self.inner.store.backend())
+    }
+
+    async fn check(&self) -> Result<CheckOutcome> {
+        let started = std::time::Instant::now();
+        let version = self.inner.store.ping().await?;
+        let outcome = CheckOutcome::new(started.elapsed());
+        Ok(match version {
+            Some(v) => outcome.with_version(v),
+            None => outcome,
+        })
+    }
+}
+
+#[async_trait]
+impl<S: LeaseStore> Queue for LeasedQueue<S> {
+    fn queue_name(&self) -> &str {
+        &self.inner.options.queue
+    }
+
+    fn backend(&self) -> &'static str {
+        self.inner.store.backend()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { dedup_window: Some(self.inner.options.dedup_window), ..self.inner.store.capabilities() }
+    }
+
+    async fn send(&self, message: Message) -> Result<()> {
+        self.send_batch(vec![message]).await.map_err(|e| e.with_op("send"))
+    }
+
+    async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
+        self.check_open("send")?;
+        self.capabilities().validate_batch(&messages).map_err(|e| e.with_backend(self.backend()))?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let rows = messages.into_iter().map(|m| self.to_new(m, now)).collect();
+        let until = now + ms(self.inner.options.dedup_window);
+        self.inner.store.insert(&self.inner.options.queue, rows, now, until).await
+    }
+
+    async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Delivery>> {
+        self.check_open("receive")?;
+        options.validate(&self.capabilities()).map_err(|e| e.with_backend(self.backend()))?;
+        let inner = &self.inner;
+        let queue = inner.options.queue.as_str();
+        let deadline = tokio::time::Instant::now() + options.wait;
+        let mut pause = Duration::from_millis(5);
+        loop {
+            let now = now_ms();
+            let vt = inner.options.visibility_timeout;
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let claimed = inner.store.claim(queue, options.max, now, now + ms(vt), &token).await?;
+            let mut out = Vec::with_capacity(claimed.len());
+            for m in claimed {
+                if m.attempts > inner.options.max_attempts {
+                    // Delivered max_attempts times and never settled: its leases ran out.
+                    let reason = format!("lease expired on each of {} attempts", m.attempts - 1);
+                    let headers = dead_letter_headers(
+                        &m.headers,
+                        &reason,
+                        queue,
+                        m.attempts - 1,
+                        m.first_failure_ms.and_then(time_of),
+                    );
+                    inner.store.move_to(queue, &m.id, &token, now, &inner.options.dead_letter, &headers).await?;
+                    continue;
+                }
+                let acker = LeaseAcker {
+                    inner: Arc::clone(inner),
+                    id: m.id.clone(),
+                    token: token.clone(),
+                    attempts: m.attempts,
+                    first_failure_ms: m.first_failure_ms,
+                    headers: m.headers.clone(),
+                };
+                out.push(Delivery::new(m.id, m.body, m.headers, m.attempts, vt, Box::new(acker)));
+            }
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(out);
+            }
+            let nap = pause.min(deadline - now);
+            inner.store.wait_for_work(queue, nap).await;
+            self.check_open("receive")?;
+            pause = (pause * 2).min(inner.store.max_poll_interval());
+        }
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.check_open("dead_letters")?;
+        let rows = self.inner.store.peek(&self.inner.options.dead_letter, limit).await?;
+        Ok(rows.into_iter().map(|m| DeadLetter::new(m.id, m.body, m.headers)).collect())
+    }
+
+    async fn redrive(&self, limit: usize) -> Result<usize> {
+        self.check_open("redrive")?;
+        let o = &self.inner.options;
+        self.inner.store.redrive(&o.dead_letter, &o.queue, limit, now_ms()).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if !self.inner.closed.swap(true, Ordering::AcqRel) {
+            self.inner.store.close().await?;
+        }
+        Ok(())
+    }
+}
+
+struct LeaseAcker<S> {
+    inner: Arc<Inner<S>>,
+    id: String,
+    token: String,
+    attempts: u32,
+    first_failure_ms: Option<i64>,
+    headers: Headers,
+}
+
+impl<S: LeaseStore> Debug for LeaseAcker<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseAcker").field("backend", &self.inner.store.backend()).field("id", &self.id).finish()
+    }
+}
+
+impl<S: LeaseStore> LeaseAcker<S> {
+    fn lost(&self, op: &'static str) -> Error {
+        Error::conflict(format!("lease on message {} was lost (expired or settled elsewhere)", self.id))
+            .with_backend(self.inner.store.backend())
+            .with_op(op)
+    }
+
+    fn check(&self, held: bool, op: &'static str) -> Result<()> {
+        if held { Ok(()) } else { Err(self.lost(op)) }
+    }
+
+    async fn move_to_dlq(&self, reason: &str, op: &'static str) -> Result<()> {
+        let o = &self.inner.options;
+        let now = now_ms();
+        let first = self.first_failure_ms.unwrap_or(now);
+        let headers = dead_letter_headers(&self.headers, reason, &o.queue, self.attempts, time_of(first));
+        let held = self.inner.store.move_to(&o.queue, &self.id, &self.token, now, &o.dead_letter, &headers).await?;
+        self.check(held, op)
+    }
+}
+
+#[async_trait]
+impl<S: LeaseStore> Acker for LeaseAcker<S> {
+    async fn ack(&self) -> Result<()> {
+        let held = self.inner.store.ack(&self.inner.options.queue, &self.id, &self.token, now_ms()).await?;
+        self.check(held, "ack")
+    }
+
+    async fn nack(&self, delay: Option<Duration>, reason: Option<&str>) -> Result<bool> {
+        let max = self.inner.options.max_attempts;
+        if self.attempts >= max {
+            let why = match reason {
+                Some(r) => format!("failed on each of {max} attempts; last error: {r}"),
+                None => format!("failed on each of {max} attempts"),
+            };
+            return self.move_to_dlq(&why, "nack").await.map(|()| true);
+        }
+        let now = now_ms();
+        let visible = now + delay.map(ms).unwrap_or(0);
+        let q = &self.inner.options.queue;
+        let held = self.inner.store.release(q, &self.id, &self.token, now, visible, true, false).await?;
+        self.check(held, "nack").map(|()| false)
+    }
+
+    async fn dead_letter(&self, reason: &str) -> Result<()> {
+        self.move_to_dlq(reason, "dead_letter").await
+    }
+
+    async fn extend(&self, lease: Duration) -> Result<()> {
+        let now = now_ms();
+        let q = &self.inner.options.queue;
+        let held = self.inner.store.extend(q, &self.id, &self.token, now, now + ms(lease)).await?;
+        self.check(held, "extend")
+    }
+
+    async fn release(&self) -> Result<()> {
+        let now = now_ms();
+        let q = &self.inner.options.queue;
+        let held = self.inner.store.release(q, &self.id, &self.token, now, now, false, true).await?;
+        self.check(held, "release")
+    }
+}

@@ -1,0 +1,151 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod leased;
+mod message;
+mod queue;
+pub mod url;
+mod worker;
+
+#[cfg(feature = "memory")]
+pub mod memory;
+#[cfg(feature = "mysql")]
+pub mod mysql;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "_sql")]
+mod sql;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use std::sync::Arc;
+
+pub use leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage, now_ms};
+pub use message::{
+    Acker, Capabilities, DEAD_LETTER_AT, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_FIRST_FAILURE, DEAD_LETTER_QUEUE,
+    DEAD_LETTER_REASON, DeadLetter, Delivery, Headers, MAX_DEDUP_KEY_LEN, MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN,
+    Message, ReceiveOptions, dead_letter_headers, validate_header,
+};
+pub use platform_core::{Error, ErrorKind, Result};
+pub use queue::{Queue, QueueExt, Traced};
+pub use url::{QueueOptions, QueueUrl};
+pub use worker::{Handler, Worker, WorkerConfig, WorkerStats};
+
+/// Every scheme this build can open, in the order `open` tries them.
+pub fn schemes() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = Vec::new();
+    #[cfg(feature = "memory")]
+    all.extend(memory::SCHEMES);
+    #[cfg(feature = "sqlite")]
+    all.extend(sqlite::SCHEMES);
+    #[cfg(feature = "postgres")]
+    all.extend(postgres::SCHEMES);
+    #[cfg(feature = "mysql")]
+    all.extend(mysql::SCHEMES);
+    #[cfg(feature = "redis")]
+    all.extend(redis::SCHEMES);
+    all
+}
+
+/// The feature that enables `scheme`, for errors.
+fn feature_for(scheme: &str) -> Option<&'static str> {
+    Some(match scheme {
+        "memory" => "memory",
+        "sqlite" => "sqlite",
+        "postgres" | "postgresql" => "postgres",
+        "mysql" | "mariadb" => "mysql",
+        "redis" | "rediss" | "valkey" | "valkeys" => "redis",
+        "amqp" | "amqps" => "rabbitmq",
+        "nats" => "nats",
+        "kafka" => "kafka",
+        "sqs" => "sqs",
+        "stomp" | "stomp+ssl" => "stomp",
+        "mqtt" | "mqtts" => "mqtt",
+        _ => return None,
+    })
+}
+
+/// Opens the queue a URL names; the scheme picks the backend.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use platform_queue::{QueueExt, open};
+/// let queue = open("memory://doc-example?visibility_timeout=10s").await?;
+/// queue.send_bytes("hello").await?;
+/// let job = queue.receive_one(std::time::Duration::from_secs(1)).await?.expect("a job");
+/// assert_eq!(job.body().as_ref(), b"hello");
+/// job.ack().await?;
+/// # Ok::<_, platform_queue::Error>(()) }).unwrap();
+/// ```
+///
+/// A scheme whose feature is off is an error naming the feature; an unknown scheme
+/// lists the schemes this build supports. Errors never show the password.
+pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
+    let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
+    let queue: Arc<dyn Queue> = match scheme.as_str() {
+        #[cfg(feature = "memory")]
+        "memory" => Arc::new(memory::MemoryQueue::from_url(url)?),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Arc::new(sqlite::SqliteQueue::from_url(url).await?),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Arc::new(postgres::PostgresQueue::from_url(url).await?),
+        #[cfg(feature = "mysql")]
+        "mysql" | "mariadb" => Arc::new(mysql::MysqlQueue::from_url(url).await?),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" | "valkey" | "valkeys" => Arc::new(redis::RedisQueue::from_url(url).await?),
+        other => {
+            let masked = platform_core::mask_url(url);
+            let err = match feature_for(other) {
+                Some(feature) => Error::new(
+                    ErrorKind::Unsupported,
+                    format!("scheme {other:?} needs feature {feature:?} of platform-queue (url {masked:?})"),
+                ),
+                None => Error::invalid_input(format!(
+                    "unknown queue url scheme {other:?} in {masked:?}; this build supports: {}",
+                    schemes().join(", ")
+                ))
+                .with_detail("url", "unknown scheme"),
+            };
+            return Err(err.with_op("open"));
+        }
+    };
+    Ok(Arc::new(Traced(queue)))
+}
+
+/// Opens the queue named by `{PREFIX}_URL` (`open_from_env("QUEUE")` reads `QUEUE_URL`).
+pub async fn open_from_env(prefix: &str) -> Result<Arc<dyn Queue>> {
+    let env = platform_core::config::Env::new(prefix);
+    let url: String = env.require("URL")?;
+    open(&url).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_and_disabled_schemes() {
+        let err = open("carrier-pigeon://coop").await.unwrap_err();
+        assert!(err.is_invalid_input());
+        assert!(err.to_string().contains("memory"), "{err}");
+        #[cfg(not(feature = "redis"))]
+        {
+            let err = open("redis://u:hunter2@localhost").await.unwrap_err();
+            assert!(err.is_unsupported());
+            assert!(err.to_string().contains("feature \"redis\""), "{err}");
+            assert!(!err.to_string().contains("hunter2"), "{err}");
+        }
+        let err = open("kafka://u:hunter2@localhost").await.unwrap_err();
+        assert!(err.is_unsupported() && !err.to_string().contains("hunter2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn from_env_names_the_variable() {
+        let err = open_from_env("PLATFORM_QUEUE_SURELY_UNSET").await.unwrap_err();
+        assert!(err.to_string().contains("PLATFORM_QUEUE_SURELY_UNSET_URL"), "{err}");
+    }
+}

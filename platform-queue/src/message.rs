@@ -1,0 +1,571 @@
+//! Messages, deliveries, dead letters, options and capabilities.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use platform_core::{Error, ErrorKind, Result};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+
+/// Message headers: string names to string values, ordered by name.
+pub type Headers = BTreeMap<String, String>;
+
+/// Header set on a dead letter: why it was dead-lettered.
+pub const DEAD_LETTER_REASON: &str = "x-dead-letter-reason";
+/// Header set on a dead letter: the queue it came from.
+pub const DEAD_LETTER_QUEUE: &str = "x-dead-letter-queue";
+/// Header set on a dead letter: how many times it was delivered.
+pub const DEAD_LETTER_ATTEMPTS: &str = "x-dead-letter-attempts";
+/// Header set on a dead letter: when it first failed (RFC 3339).
+pub const DEAD_LETTER_FIRST_FAILURE: &str = "x-dead-letter-first-failure";
+/// Header set on a dead letter: when it was dead-lettered (RFC 3339).
+pub const DEAD_LETTER_AT: &str = "x-dead-letter-at";
+
+/// A message to send: bytes (any bytes, UTF-8 or not), string headers, an optional
+/// delay and an optional deduplication key.
+#[derive(Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Message {
+    /// The body.
+    pub body: Bytes,
+    /// The headers.
+    pub headers: Headers,
+    /// Not visible to receivers before this much time has passed.
+    pub delay: Option<Duration>,
+    /// A second message with the same key inside the dedup window is dropped.
+    pub dedup_key: Option<String>,
+}
+
+impl Message {
+    /// A message with `body`.
+    pub fn new(body: impl Into<Bytes>) -> Self {
+        Self { body: body.into(), ..Self::default() }
+    }
+
+    /// A message whose body is `value` as JSON, with `content-type: application/json`.
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self> {
+        let body = serde_json::to_vec(value)?;
+        Ok(Self::new(body).with_header("content-type", "application/json"))
+    }
+
+    /// Adds a header.
+    #[must_use]
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name.into(), value.into());
+        self
+    }
+
+    /// Delays visibility by `delay`.
+    #[must_use]
+    pub fn with_delay(mut self, delay: Duration) -> Self {
+        self.delay = Some(delay);
+        self
+    }
+
+    /// Sets the deduplication key.
+    #[must_use]
+    pub fn with_dedup_key(mut self, key: impl Into<String>) -> Self {
+        self.dedup_key = Some(key.into());
+        self
+    }
+
+    /// Checks the message against a backend's limits, naming what is wrong.
+    pub fn validate(&self, caps: &Capabilities) -> Result<()> {
+        if self.body.len() > caps.max_body_bytes {
+            return Err(invalid(
+                "body",
+                format!("body is {} bytes, the limit is {}", self.body.len(), caps.max_body_bytes),
+            ));
+        }
+        if self.headers.len() > caps.max_headers {
+            return Err(invalid(
+                "headers",
+                format!("{} headers, the limit is {}", self.headers.len(), caps.max_headers),
+            ));
+        }
+        for (name, value) in &self.headers {
+            validate_header(name, value)?;
+        }
+        if let Some(delay) = self.delay {
+            if !caps.delay {
+                return Err(Error::new(ErrorKind::Unsupported, "this backend cannot delay messages").with_op("send"));
+            }
+            if caps.max_delay.is_some_and(|max| delay > max) {
+                return Err(invalid("delay", format!("delay {delay:?} exceeds the limit {:?}", caps.max_delay)));
+            }
+        }
+        if let Some(key) = &self.dedup_key {
+            if !caps.dedup {
+                return Err(Error::new(ErrorKind::Unsupported, "this backend cannot deduplicate messages").with_op("send"));
+            }
+            if key.is_empty() || key.len() > MAX_DEDUP_KEY_LEN {
+                return Err(invalid("dedup_key", format!("dedup key must be 1 to {MAX_DEDUP_KEY_LEN} bytes")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("body_len", &self.body.len())
+            .field("headers", &self.headers)
+            .field("delay", &self.delay)
+            .field("dedup_key", &self.dedup_key)
+            .finish()
+    }
+}
+
+/// The longest header name accepted.
+pub const MAX_HEADER_NAME_LEN: usize = 256;
+/// The longest header value accepted.
+pub const MAX_HEADER_VALUE_LEN: usize = 4096;
+/// The longest dedup key accepted.
+pub const MAX_DEDUP_KEY_LEN: usize = 128;
+
+fn invalid(field: &str, why: String) -> Error {
+    Error::invalid_input(why.clone()).with_op("send").with_detail(field, why)
+}
+
+/// Header names are 1 to 256 token characters (letters, digits, `!#$%&'*+-.^_`|~`);
+/// values up to 4 KiB of text without control characters. Every backend carries
+/// exactly these, so a message that passes here round-trips everywhere.
+pub fn validate_header(name: &str, value: &str) -> Result<()> {
+    let token = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    if name.is_empty() || name.len() > MAX_HEADER_NAME_LEN || !name.bytes().all(token) {
+        return Err(invalid(
+            "headers",
+            format!("invalid header name {name:?}: use 1 to {MAX_HEADER_NAME_LEN} letters, digits or -_."),
+        ));
+    }
+    if value.len() > MAX_HEADER_VALUE_LEN || value.chars().any(char::is_control) {
+        return Err(invalid(
+            "headers",
+            format!("invalid value for header {name:?}: at most {MAX_HEADER_VALUE_LEN} bytes, no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// Options of one `receive` call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReceiveOptions {
+    /// At most this many deliveries (1 or more).
+    pub max: usize,
+    /// How long to wait for the first message when none is ready (zero: don't wait).
+    pub wait: Duration,
+}
+
+impl Default for ReceiveOptions {
+    /// One message, waiting up to one second.
+    fn default() -> Self {
+        Self { max: 1, wait: Duration::from_secs(1) }
+    }
+}
+
+impl ReceiveOptions {
+    /// Up to `max` messages, waiting up to `wait`.
+    pub fn new(max: usize, wait: Duration) -> Self {
+        Self { max, wait }
+    }
+
+    /// Sets the maximum.
+    #[must_use]
+    pub fn with_max(mut self, max: usize) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Sets the wait.
+    #[must_use]
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// Checks the options against a backend's limits.
+    pub fn validate(&self, caps: &Capabilities) -> Result<()> {
+        if self.max == 0 || self.max > caps.max_receive {
+            return Err(Error::invalid_input(format!("receive max must be 1 to {}, got {}", caps.max_receive, self.max))
+                .with_op("receive")
+                .with_detail("max", "out of range"));
+        }
+        Ok(())
+    }
+}
+
+/// What a backend can do. What it cannot do returns `ErrorKind::Unsupported`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// `Message::delay` is honoured.
+    pub delay: bool,
+    /// The longest delay, when limited.
+    pub max_delay: Option<Duration>,
+    /// `Message::dedup_key` is honoured.
+    pub dedup: bool,
+    /// How long a dedup key is remembered.
+    pub dedup_window: Option<Duration>,
+    /// `nack(Some(delay))` redelivers no earlier than the delay.
+    pub nack_delay: bool,
+    /// `Delivery::extend` renews the lease.
+    pub extend: bool,
+    /// `send_batch` is all or nothing.
+    pub atomic_batch: bool,
+    /// `dead_letters` and `redrive` work.
+    pub dead_letter_inspection: bool,
+    /// Messages survive a restart of the server.
+    pub durable: bool,
+    /// The largest body in bytes.
+    pub max_body_bytes: usize,
+    /// The most headers on one message.
+    pub max_headers: usize,
+    /// The most messages in one `send_batch`.
+    pub max_batch: usize,
+    /// The most deliveries one `receive` returns.
+    pub max_receive: usize,
+}
+
+impl Default for Capabilities {
+    /// Everything supported, 1 MiB bodies, 64 headers, batches of 1,000.
+    fn default() -> Self {
+        Self {
+            delay: true,
+            max_delay: None,
+            dedup: true,
+            dedup_window: Some(Duration::from_secs(300)),
+            nack_delay: true,
+            extend: true,
+            atomic_batch: true,
+            dead_letter_inspection: true,
+            durable: true,
+            max_body_bytes: 1024 * 1024,
+            max_headers: 64,
+            max_batch: 1000,
+            max_receive: 1000,
+        }
+    }
+}
+
+impl Capabilities {
+    /// Checks a whole batch before anything is sent.
+    pub fn validate_batch(&self, messages: &[Message]) -> Result<()> {
+        if messages.len() > self.max_batch {
+            return Err(invalid("batch", format!("batch of {} messages, the limit is {}", messages.len(), self.max_batch)));
+        }
+        messages.iter().try_for_each(|m| m.validate(self))
+    }
+}
+
+/// The backend half of a [`Delivery`]: settles one leased message.
+///
+/// Implemented by each backend; [`Delivery`] guarantees it is called at most once
+/// for a terminal action (`ack`, `nack`, `dead_letter`) that succeeded.
+#[async_trait]
+pub trait Acker: Send + Sync + fmt::Debug {
+    /// Removes the message. `Conflict` when the lease was lost.
+    async fn ack(&self) -> Result<()>;
+    /// Makes the message visible again, after `delay` when given. When this was the
+    /// last allowed attempt the message is dead-lettered instead, with `reason`, and
+    /// the result is `true`.
+    async fn nack(&self, delay: Option<Duration>, reason: Option<&str>) -> Result<bool>;
+    /// Moves the message to the dead-letter queue with `reason`.
+    async fn dead_letter(&self, reason: &str) -> Result<()>;
+    /// Renews the lease for `lease` from now.
+    async fn extend(&self, lease: Duration) -> Result<()>;
+    /// Gives the message back unprocessed: visible now, and this delivery does not
+    /// count as an attempt (used on shutdown for messages never started).
+    async fn release(&self) -> Result<()>;
+}
+
+const PENDING: u8 = 0;
+const SETTLING: u8 = 1;
+const SETTLED: u8 = 2;
+
+/// A leased message. Settle it once with `ack`, `nack` or `dead_letter`; until then
+/// nobody else receives it, until the lease runs out.
+///
+/// Dropping a delivery without settling it loses nothing: when its lease runs out the
+/// message is delivered again, with its attempt count one higher.
+pub struct Delivery {
+    id: String,
+    body: Bytes,
+    headers: Headers,
+    attempt: u32,
+    lease: Duration,
+    deadline: Mutex<Instant>,
+    state: AtomicU8,
+    acker: Box<dyn Acker>,
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("id", &self.id)
+            .field("attempt", &self.attempt)
+            .field("body_len", &self.body.len())
+            .field("headers", &self.headers)
+            .field("acker", &self.acker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    /// Built by backends: a message leased for `lease` from now.
+    pub fn new(
+        id: impl Into<String>,
+        body: Bytes,
+        headers: Headers,
+        attempt: u32,
+        lease: Duration,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            body,
+            headers,
+            attempt,
+            lease,
+            deadline: Mutex::new(Instant::now() + lease),
+            state: AtomicU8::new(PENDING),
+            acker,
+        }
+    }
+
+    /// The backend's message id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The body.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The headers as sent.
+    pub fn headers(&self) -> &Headers {
+        &self.headers
+    }
+
+    /// One header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(String::as_str)
+    }
+
+    /// 1 on the first delivery, one more on each redelivery.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The lease length this delivery was handed out with.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    /// When the lease runs out (renewed by `extend`).
+    pub fn lease_deadline(&self) -> Instant {
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The body parsed as JSON.
+    pub fn json<T: DeserializeOwned>(&self) -> Result<T> {
+        Ok(serde_json::from_slice(&self.body)?)
+    }
+
+    /// Whether a terminal action already succeeded.
+    pub fn is_settled(&self) -> bool {
+        self.state.load(Ordering::Acquire) == SETTLED
+    }
+
+    async fn settle<T, F>(&self, op: &'static str, f: F) -> Result<T>
+    where
+        F: Future<Output = Result<T>>,
+    {
+        match self.state.compare_exchange(PENDING, SETTLING, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => {}
+            Err(SETTLING) => {
+                return Err(Error::conflict(format!("message {} is being settled already", self.id)).with_op(op));
+            }
+            Err(_) => return Err(Error::conflict(format!("message {} was settled already", self.id)).with_op(op)),
+        }
+        match f.await {
+            Ok(v) => {
+                self.state.store(SETTLED, Ordering::Release);
+                Ok(v)
+            }
+            Err(e) => {
+                // A lost lease is final; anything else may be tried again.
+                let next = if e.is_conflict() { SETTLED } else { PENDING };
+                self.state.store(next, Ordering::Release);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes the message for good. `Conflict` on a second call or after the lease was lost.
+    pub async fn ack(&self) -> Result<()> {
+        self.settle("ack", self.acker.ack()).await
+    }
+
+    /// Gives the message back: visible again now, or after `delay`. Its attempt count
+    /// goes up on the next delivery; past `max_attempts` it is dead-lettered.
+    pub async fn nack(&self, delay: Option<Duration>) -> Result<()> {
+        self.settle("nack", self.acker.nack(delay, None)).await.map(drop)
+    }
+
+    /// Like [`nack`](Self::nack), and records why it failed: when this was the last
+    /// allowed attempt, `reason` becomes the dead letter's reason. `true` when the
+    /// message was dead-lettered.
+    pub async fn fail(&self, delay: Option<Duration>, reason: &str) -> Result<bool> {
+        self.settle("nack", self.acker.nack(delay, Some(reason))).await
+    }
+
+    /// Moves the message to the dead-letter queue now, with `reason`.
+    pub async fn dead_letter(&self, reason: &str) -> Result<()> {
+        self.settle("dead_letter", self.acker.dead_letter(reason)).await
+    }
+
+    /// Gives the message back unprocessed, without counting this delivery as an
+    /// attempt: for messages fetched but never started (a worker shutting down).
+    pub async fn release(&self) -> Result<()> {
+        self.settle("release", self.acker.release()).await
+    }
+
+    /// Renews the lease for `lease` from now. `Conflict` when it was already lost.
+    pub async fn extend(&self, lease: Duration) -> Result<()> {
+        if self.state.load(Ordering::Acquire) != PENDING {
+            return Err(Error::conflict(format!("message {} was settled already", self.id)).with_op("extend"));
+        }
+        let until = Instant::now() + lease;
+        self.acker.extend(lease).await?;
+        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = until;
+        Ok(())
+    }
+}
+
+/// A message in the dead-letter queue.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The backend's message id.
+    pub id: String,
+    /// The body.
+    pub body: Bytes,
+    /// The headers, including the `x-dead-letter-*` ones.
+    pub headers: Headers,
+}
+
+impl DeadLetter {
+    /// Built by backends.
+    pub fn new(id: impl Into<String>, body: Bytes, headers: Headers) -> Self {
+        Self { id: id.into(), body, headers }
+    }
+
+    /// Why it was dead-lettered.
+    pub fn reason(&self) -> Option<&str> {
+        self.headers.get(DEAD_LETTER_REASON).map(String::as_str)
+    }
+
+    /// The queue it came from.
+    pub fn original_queue(&self) -> Option<&str> {
+        self.headers.get(DEAD_LETTER_QUEUE).map(String::as_str)
+    }
+
+    /// How many times it was delivered.
+    pub fn attempts(&self) -> Option<u32> {
+        self.headers.get(DEAD_LETTER_ATTEMPTS).and_then(|a| a.parse().ok())
+    }
+
+    /// When it first failed.
+    pub fn first_failure(&self) -> Option<OffsetDateTime> {
+        let raw = self.headers.get(DEAD_LETTER_FIRST_FAILURE)?;
+        OffsetDateTime::parse(raw, &time::format_description::well_known::Rfc3339).ok()
+    }
+}
+
+impl fmt::Debug for DeadLetter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DeadLetter")
+            .field("id", &self.id)
+            .field("body_len", &self.body.len())
+            .field("headers", &self.headers)
+            .finish()
+    }
+}
+
+/// The headers a dead letter carries: the original ones plus reason, original queue,
+/// attempts, first-failure time and dead-letter time.
+pub fn dead_letter_headers(
+    original: &Headers,
+    reason: &str,
+    queue: &str,
+    attempts: u32,
+    first_failure: Option<OffsetDateTime>,
+) -> Headers {
+    let now = OffsetDateTime::now_utc();
+    let mut h = original.clone();
+    let reason: String = reason.chars().filter(|c| !c.is_control()).take(MAX_HEADER_VALUE_LEN / 4).collect();
+    h.insert(DEAD_LETTER_REASON.into(), reason);
+    h.insert(DEAD_LETTER_QUEUE.into(), queue.into());
+    h.insert(DEAD_LETTER_ATTEMPTS.into(), attempts.to_string());
+    h.insert(DEAD_LETTER_FIRST_FAILURE.into(), rfc3339(first_failure.unwrap_or(now)));
+    h.insert(DEAD_LETTER_AT.into(), rfc3339(now));
+    h
+}
+
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_rules() {
+        assert!(validate_header("x-correlation-id", "abc").is_ok());
+        assert!(validate_header("traceparent", "00-ab-cd-01").is_ok());
+        assert!(validate_header("k", "üñíçødé and spaces").is_ok());
+        for bad in ["", "has space", "colon:", "new\nline", "ü"] {
+            assert!(validate_header(bad, "v").unwrap_err().is_invalid_input(), "{bad:?}");
+        }
+        assert!(validate_header("k", "a\r\nb").is_err());
+        assert!(validate_header("k", &"v".repeat(MAX_HEADER_VALUE_LEN + 1)).is_err());
+        assert!(validate_header(&"k".repeat(MAX_HEADER_NAME_LEN + 1), "v").is_err());
+    }
+
+    #[test]
+    fn message_limits() {
+        let caps = Capabilities { max_body_bytes: 4, max_headers: 1, ..Capabilities::default() };
+        assert!(Message::new("abcd").validate(&caps).is_ok());
+        let err = Message::new("abcde").validate(&caps).unwrap_err();
+        assert!(err.is_invalid_input() && err.details()[0].field == "body");
+        assert!(Message::new("").with_header("a", "1").with_header("b", "2").validate(&caps).is_err());
+        let no_delay = Capabilities { delay: false, dedup: false, ..caps.clone() };
+        assert!(Message::new("").with_delay(Duration::from_secs(1)).validate(&no_delay).unwrap_err().is_unsupported());
+        assert!(Message::new("").with_dedup_key("k").validate(&no_delay).unwrap_err().is_unsupported());
+        assert!(Message::new("").with_dedup_key("").validate(&caps).unwrap_err().is_invalid_input());
+        let batch = vec![Message::new("ok"), Message::new("too long")];
+        assert!(caps.validate_batch(&batch).is_err());
+        assert!(ReceiveOptions::new(0, Duration::ZERO).validate(&caps).is_err());
+        assert!(ReceiveOptions::new(1001, Duration::ZERO).validate(&caps).is_err());
+    }
+
+    #[test]
+    fn dead_letter_headers_carry_history() {
+        let h = dead_letter_headers(&Headers::new(), "boom\nagain", "jobs", 3, None);
+        let dl = DeadLetter::new("1", Bytes::new(), h);
+        assert_eq!(dl.reason(), Some("boomagain"));
+        assert_eq!(dl.original_queue(), Some("jobs"));
+        assert_eq!(dl.attempts(), Some(3));
+        assert!(dl.first_failure().is_some());
+    }
+}

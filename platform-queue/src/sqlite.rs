@@ -1,0 +1,333 @@
+//! SQLite queues: `sqlite://jobs.db?queue=jobs` or `sqlite::memory:`.
+//!
+//! - [x] leases, attempts, nack with delay, extend, release
+//! - [x] dead letters and redrive, delay, dedup, atomic batches
+//! - [x] durable (a file database survives restarts; `sqlite::memory:` does not)
+//!
+//! URL: `sqlite://PATH` (relative) or `sqlite:///ABSOLUTE/PATH`, created when missing;
+//! `sqlite::memory:` for a private in-memory database. Parameters: the common ones
+//! (`queue`, `visibility_timeout`, `max_attempts`, `dead_letter`, `dedup_window`) and
+//! `busy_timeout` (default 5s). WAL journal mode is turned on for files.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use platform_core::{Error, ErrorKind, Result};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use tokio::sync::Notify;
+
+use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
+use crate::sql::{Row, decode_row, encode_headers, parse_seq};
+use crate::url::QueueUrl;
+use crate::{Capabilities, Headers};
+
+/// The URL schemes of this backend.
+pub const SCHEMES: &[&str] = &["sqlite"];
+
+/// A queue in a SQLite database.
+pub type SqliteQueue = LeasedQueue<SqliteStore>;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS platform_queue_messages (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        queue TEXT NOT NULL,
+        body BLOB NOT NULL,
+        headers TEXT NOT NULL,
+        visible_at INTEGER NOT NULL,
+        token TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        first_failure INTEGER,
+        created_at INTEGER NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS platform_queue_ready ON platform_queue_messages (queue, visible_at, seq)",
+    "CREATE TABLE IF NOT EXISTS platform_queue_dedup (
+        queue TEXT NOT NULL,
+        dedup_key TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        PRIMARY KEY (queue, dedup_key))",
+];
+
+/// Maps a sqlx error from SQLite onto the portable kinds.
+pub fn map_err(e: sqlx::Error) -> Error {
+    crate::sql::map_sqlx("sqlite", e, |code| {
+        // Extended result codes: BUSY/LOCKED (and their variants) are transient.
+        let primary = code.parse::<i32>().ok()? & 0xff;
+        Some(match primary {
+            5 | 6 => ErrorKind::Unavailable,
+            3 | 23 => ErrorKind::PermissionDenied,
+            13 => ErrorKind::RateLimited,
+            14 => ErrorKind::NotFound,
+            19 => ErrorKind::Conflict,
+            _ => return None,
+        })
+    })
+}
+
+/// The store behind [`SqliteQueue`].
+#[derive(Debug)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    location: String,
+    notify: Notify,
+}
+
+impl SqliteQueue {
+    /// Opens a queue from `sqlite://…`, creating the database and tables as needed.
+    pub async fn from_url(url: &str) -> Result<Self> {
+        let mut u = QueueUrl::parse(url)?;
+        let busy = u.take_duration("busy_timeout")?.unwrap_or(Duration::from_secs(5));
+        u.finish("sqlite")?;
+        let raw = u.driver_url(&[]);
+        let memory = raw.contains(":memory:") || raw.contains("mode=memory");
+        let opts = SqliteConnectOptions::from_str(&raw)
+            .map_err(map_err)?
+            .create_if_missing(true)
+            .busy_timeout(busy)
+            .foreign_keys(false);
+        let opts = if memory {
+            opts
+        } else {
+            opts.journal_mode(SqliteJournalMode::Wal).synchronous(SqliteSynchronous::Normal)
+        };
+        let location = opts.get_filename().display().to_string();
+        // An in-memory database exists per connection: keep exactly one.
+        let max = if memory { 1 } else { 4 };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .min_connections(if memory { 1 } else { 0 })
+            .idle_timeout(if memory { None } else { Some(Duration::from_secs(600)) })
+            .max_lifetime(if memory { None } else { Some(Duration::from_secs(1800)) })
+            .connect_with(opts)
+            .await
+            .map_err(map_err)?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&pool).await.map_err(map_err)?;
+        }
+        LeasedQueue::new(SqliteStore { pool, location, notify: Notify::new() }, u.options)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn insert(&self, queue: &str, messages: Vec<NewMessage>, now_ms: i64, dedup_until_ms: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        for m in messages {
+            if let Some(key) = &m.dedup_key {
+                let fresh = sqlx::query(
+                    "INSERT INTO platform_queue_dedup (queue, dedup_key, expires_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (queue, dedup_key) DO UPDATE SET expires_at = excluded.expires_at
+                     WHERE platform_queue_dedup.expires_at <= ?4",
+                )
+                .bind(queue)
+                .bind(key)
+                .bind(dedup_until_ms)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+                if fresh == 0 {
+                    continue;
+                }
+            }
+            sqlx::query(
+                "INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .bind(queue)
+            .bind(m.body.as_ref())
+            .bind(encode_headers(&m.headers))
+            .bind(m.visible_at_ms)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+        token: &str,
+    ) -> Result<Vec<StoredMessage>> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "UPDATE platform_queue_messages SET token = ?1, visible_at = ?2, attempts = attempts + 1,
+               first_failure = CASE WHEN attempts > 0 AND first_failure IS NULL THEN ?3 ELSE first_failure END
+             WHERE seq IN (SELECT seq FROM platform_queue_messages
+                           WHERE queue = ?4 AND visible_at <= ?3 ORDER BY visible_at, seq LIMIT ?5)
+             RETURNING seq, body, headers, attempts, first_failure",
+        )
+        .bind(token)
+        .bind(lease_until_ms)
+        .bind(now_ms)
+        .bind(queue)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(rows.into_iter().map(decode_row).collect())
+    }
+
+    async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
+        let Some(seq) = parse_seq(id) else { return Ok(false) };
+        let n = sqlx::query(
+            "DELETE FROM platform_queue_messages WHERE seq = ?1 AND queue = ?2 AND token = ?3 AND visible_at > ?4",
+        )
+        .bind(seq)
+        .bind(queue)
+        .bind(token)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn release(
+        &self,
+        queue: &str,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        visible_at_ms: i64,
+        failed: bool,
+        refund: bool,
+    ) -> Result<bool> {
+        let Some(seq) = parse_seq(id) else { return Ok(false) };
+        let n = sqlx::query(
+            "UPDATE platform_queue_messages SET visible_at = ?1, token = NULL,
+               first_failure = CASE WHEN ?2 AND first_failure IS NULL THEN ?3 ELSE first_failure END,
+               attempts = MAX(attempts - ?4, 0)
+             WHERE seq = ?5 AND queue = ?6 AND token = ?7 AND visible_at > ?3",
+        )
+        .bind(visible_at_ms)
+        .bind(failed)
+        .bind(now_ms)
+        .bind(i32::from(refund))
+        .bind(seq)
+        .bind(queue)
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if n == 1 {
+            self.notify.notify_waiters();
+        }
+        Ok(n == 1)
+    }
+
+    async fn extend(&self, queue: &str, id: &str, token: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+        let Some(seq) = parse_seq(id) else { return Ok(false) };
+        let n = sqlx::query(
+            "UPDATE platform_queue_messages SET visible_at = ?1
+             WHERE seq = ?2 AND queue = ?3 AND token = ?4 AND visible_at > ?5",
+        )
+        .bind(until_ms)
+        .bind(seq)
+        .bind(queue)
+        .bind(token)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn move_to(
+        &self,
+        queue: &str,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        target: &str,
+        headers: &Headers,
+    ) -> Result<bool> {
+        let Some(seq) = parse_seq(id) else { return Ok(false) };
+        let n = sqlx::query(
+            "UPDATE platform_queue_messages
+             SET queue = ?1, headers = ?2, visible_at = ?3, token = NULL, attempts = 0, first_failure = NULL
+             WHERE seq = ?4 AND queue = ?5 AND token = ?6 AND visible_at > ?3",
+        )
+        .bind(target)
+        .bind(encode_headers(headers))
+        .bind(now_ms)
+        .bind(seq)
+        .bind(queue)
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<StoredMessage>> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages
+             WHERE queue = ?1 ORDER BY seq LIMIT ?2",
+        )
+        .bind(queue)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(rows.into_iter().map(decode_row).collect())
+    }
+
+    async fn redrive(&self, from: &str, to: &str, limit: usize, now_ms: i64) -> Result<usize> {
+        let n = sqlx::query(
+            "UPDATE platform_queue_messages
+             SET queue = ?1, visible_at = ?2, token = NULL, attempts = 0, first_failure = NULL
+             WHERE seq IN (SELECT seq FROM platform_queue_messages WHERE queue = ?3 ORDER BY seq LIMIT ?4)",
+        )
+        .bind(to)
+        .bind(now_ms)
+        .bind(from)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        self.notify.notify_waiters();
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    async fn ping(&self) -> Result<Option<String>> {
+        let (v,): (String,) = sqlx::query_as("SELECT sqlite_version()").fetch_one(&self.pool).await.map_err(map_err)?;
+        Ok(Some(format!("SQLite {v}")))
+    }
+
+    async fn wait_for_work(&self, _queue: &str, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    }
+
+    fn max_poll_interval(&self) -> Duration {
+        Duration::from_millis(250)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.pool.close().await;
+        Ok(())
+    }
+}

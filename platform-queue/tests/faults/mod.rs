@@ -1,0 +1,1 @@
+//! Fault tests: kill and restart private server instances mid-run; nothing is lost.
