@@ -28,15 +28,15 @@ pub(crate) fn parse_seq(id: &str) -> Option<i64> {
     id.parse().ok()
 }
 
-/// Maps a sqlx error; `db_kind` decides from the database's own error code.
+/// Maps a sqlx error; `db_kind` decides from the database's own error.
 pub(crate) fn map_sqlx(
     backend: &'static str,
     e: sqlx::Error,
-    db_kind: impl FnOnce(&str) -> Option<ErrorKind>,
+    db_kind: impl FnOnce(&dyn sqlx::error::DatabaseError) -> Option<ErrorKind>,
 ) -> Error {
     let kind = match &e {
         sqlx::Error::Configuration(_) => ErrorKind::InvalidInput,
-        sqlx::Error::Database(db) => db.code().and_then(|c| db_kind(&c)).unwrap_or(ErrorKind::Internal),
+        sqlx::Error::Database(db) => db_kind(db.as_ref()).unwrap_or(ErrorKind::Internal),
         sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => ErrorKind::Unavailable,
         sqlx::Error::PoolTimedOut => ErrorKind::Timeout,
         sqlx::Error::PoolClosed => ErrorKind::Cancelled,

@@ -49,9 +49,9 @@ const SCHEMA: &[&str] = &[
 
 /// Maps a sqlx error from SQLite onto the portable kinds.
 pub fn map_err(e: sqlx::Error) -> Error {
-    crate::sql::map_sqlx("sqlite", e, |code| {
+    crate::sql::map_sqlx("sqlite", e, |db| {
         // Extended result codes: BUSY/LOCKED (and their variants) are transient.
-        let primary = code.parse::<i32>().ok()? & 0xff;
+        let primary = db.code()?.parse::<i32>().ok()? & 0xff;
         Some(match primary {
             5 | 6 => ErrorKind::Unavailable,
             3 | 23 => ErrorKind::PermissionDenied,

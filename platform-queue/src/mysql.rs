@@ -1,0 +1,393 @@
+//! MySQL and MariaDB queues: `mysql://user@host/db?queue=jobs`.
+//!
+//! - [x] leases (`FOR UPDATE SKIP LOCKED`: MySQL 8, MariaDB 10.6+), attempts, nack
+//!   with delay, extend, release
+//! - [x] dead letters and redrive, delay, dedup, atomic batches, durable
+//! - [ ] ~~wake-up notifications~~: waiting receivers poll (at most every 500 ms)
+//!
+//! URL: any sqlx MySQL URL (`mysql://`, `mariadb://` is accepted too), plus the
+//! common parameters and `max_connections` (default 8). Driver parameters passed
+//! through: `ssl-mode`, `ssl-ca`, `charset`, `collation`, `statement-cache-capacity`,
+//! `socket`, `timezone`. Tables are created on open.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use platform_core::{Error, ErrorKind, Result};
+use sqlx::Executor;
+use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
+use sqlx::{MySql, QueryBuilder};
+use tokio::sync::Notify;
+
+use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
+use crate::sql::{Row, decode_row, encode_headers, parse_seq};
+use crate::url::QueueUrl;
+use crate::{Capabilities, Headers};
+
+/// The URL schemes of this backend.
+pub const SCHEMES: &[&str] = &["mysql", "mariadb"];
+
+/// A queue in a MySQL or MariaDB database.
+pub type MysqlQueue = LeasedQueue<MysqlStore>;
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS platform_queue_messages (
+        seq BIGINT NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        queue VARCHAR(200) NOT NULL,
+        body LONGBLOB NOT NULL,
+        headers MEDIUMTEXT NOT NULL,
+        visible_at BIGINT NOT NULL,
+        token VARCHAR(64) NULL,
+        attempts INT NOT NULL DEFAULT 0,
+        first_failure BIGINT NULL,
+        created_at BIGINT NOT NULL,
+        INDEX platform_queue_ready (queue, visible_at, seq)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS platform_queue_dedup (
+        queue VARCHAR(200) NOT NULL,
+        dedup_key VARCHAR(128) NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (queue, dedup_key)
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+];
+
+const DRIVER_PARAMS: &[&str] =
+    &["ssl-mode", "ssl-ca", "charset", "collation", "statement-cache-capacity", "socket", "timezone"];
+
+/// Maps a sqlx error from MySQL or MariaDB onto the portable kinds, by error number.
+pub fn map_err(e: sqlx::Error) -> Error {
+    crate::sql::map_sqlx("mysql", e, |db| {
+        let number = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()?.number();
+        Some(match number {
+            1205 | 1213 | 1040 | 1053 | 2002 | 2003 | 2006 | 2013 => ErrorKind::Unavailable,
+            1062 | 1050 => ErrorKind::AlreadyExists,
+            1045 => ErrorKind::Unauthenticated,
+            1044 | 1142 | 1227 => ErrorKind::PermissionDenied,
+            1049 | 1146 => ErrorKind::NotFound,
+            1153 | 1406 | 1366 => ErrorKind::InvalidInput,
+            1317 => ErrorKind::Cancelled,
+            _ => return None,
+        })
+    })
+}
+
+/// The store behind [`MysqlQueue`].
+#[derive(Debug)]
+pub struct MysqlStore {
+    pool: MySqlPool,
+    location: String,
+    notify: Notify,
+}
+
+impl MysqlQueue {
+    /// Opens a queue from `mysql://…`, creating the tables as needed.
+    pub async fn from_url(url: &str) -> Result<Self> {
+        let mut u = QueueUrl::parse(url)?;
+        let max = u.take_parsed::<u32>("max_connections")?.unwrap_or(8);
+        let driver = u.take_driver_params(DRIVER_PARAMS);
+        u.finish("mysql")?;
+        let raw = u.driver_url(&driver);
+        let raw = raw.strip_prefix("mariadb").map(|rest| format!("mysql{rest}")).unwrap_or(raw);
+        let opts = MySqlConnectOptions::from_str(&raw).map_err(map_err)?;
+        let location = format!("{}:{}", opts.get_host(), opts.get_port());
+        let pool = MySqlPoolOptions::new()
+            .max_connections(max.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            // Claims lock rows, not gaps: fewer deadlocks between claim and ack.
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED").await?;
+                    Ok(())
+                })
+            })
+            .connect_with(opts)
+            .await
+            .map_err(map_err)?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&pool).await.map_err(map_err)?;
+        }
+        LeasedQueue::new(MysqlStore { pool, location, notify: Notify::new() }, u.options)
+    }
+}
+
+fn in_list(b: &mut QueryBuilder<MySql>, seqs: &[i64]) {
+    b.push(" seq IN (");
+    let mut list = b.separated(", ");
+    for s in seqs {
+        list.push_bind(*s);
+    }
+    list.push_unseparated(")");
+}
+
+impl MysqlStore {
+    async fn try_claim(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+        token: &str,
+    ) -> Result<Vec<StoredMessage>> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let seqs: Vec<(i64,)> = sqlx::query_as(
+            "SELECT seq FROM platform_queue_messages WHERE queue = ? AND visible_at <= ?
+             ORDER BY visible_at, seq LIMIT ? FOR UPDATE SKIP LOCKED",
+        )
+        .bind(queue)
+        .bind(now_ms)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        if seqs.is_empty() {
+            tx.commit().await.map_err(map_err)?;
+            return Ok(Vec::new());
+        }
+        let seqs: Vec<i64> = seqs.into_iter().map(|(s,)| s).collect();
+        let mut b: QueryBuilder<MySql> = QueryBuilder::new(
+            "UPDATE platform_queue_messages SET first_failure = IF(attempts > 0 AND first_failure IS NULL, ",
+        );
+        b.push_bind(now_ms)
+            .push(", first_failure), attempts = attempts + 1, token = ")
+            .push_bind(token)
+            .push(", visible_at = ")
+            .push_bind(lease_until_ms)
+            .push(" WHERE");
+        in_list(&mut b, &seqs);
+        b.build().execute(&mut *tx).await.map_err(map_err)?;
+        let mut b: QueryBuilder<MySql> =
+            QueryBuilder::new("SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages WHERE");
+        in_list(&mut b, &seqs);
+        let rows: Vec<Row> = b.build_query_as().fetch_all(&mut *tx).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(rows.into_iter().map(decode_row).collect())
+    }
+}
+
+#[async_trait]
+impl LeaseStore for MysqlStore {
+    fn backend(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn insert(&self, queue: &str, messages: Vec<NewMessage>, now_ms: i64, dedup_until_ms: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut rows = Vec::with_capacity(messages.len());
+        for m in messages {
+            if let Some(key) = &m.dedup_key {
+                // An expired key goes; then the insert is ignored (0 rows) only for a live duplicate.
+                sqlx::query("DELETE FROM platform_queue_dedup WHERE queue = ? AND dedup_key = ? AND expires_at <= ?")
+                    .bind(queue)
+                    .bind(key)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                let fresh =
+                    sqlx::query("INSERT IGNORE INTO platform_queue_dedup (queue, dedup_key, expires_at) VALUES (?, ?, ?)")
+                        .bind(queue)
+                        .bind(key)
+                        .bind(dedup_until_ms)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?
+                        .rows_affected();
+                if fresh == 0 {
+                    continue;
+                }
+            }
+            rows.push(m);
+        }
+        if !rows.is_empty() {
+            let mut b: QueryBuilder<MySql> =
+                QueryBuilder::new("INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at) ");
+            b.push_values(&rows, |mut r, m| {
+                r.push_bind(queue)
+                    .push_bind(m.body.as_ref())
+                    .push_bind(encode_headers(&m.headers))
+                    .push_bind(m.visible_at_ms)
+                    .push_bind(now_ms);
+            });
+            b.build().execute(&mut *tx).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        self.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+        token: &str,
+    ) -> Result<Vec<StoredMessage>> {
+        // InnoDB may still pick a claim as a deadlock victim; it is safe to run again.
+        let mut tries = 0;
+        loop {
+            match self.try_claim(queue, max, now_ms, lease_until_ms, token).await {
+                Err(e) if e.is_retryable() && tries < 5 => tries += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
+        let Some(seq) = parse_seq(id) else { return Ok(false) };
+        let n = sqlx::query(
+            "DELETE FROM platform_queue_messages WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
+        )
+        .bind(seq)
+        .bind(queue)
+        .bind(token)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn release(
+        &self,
+        queue: &str,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        visible_at_ms: i64,
+        failed: bool,
+        refund: bool,
+    ) -> Result<bool> {
+        let Some(seq) = parse_seq(id) else { return Ok(false) };
+        let n = sqlx::query(
+            "UPDATE platform_queue_messages SET
+               first_failure = IF(? AND first_failure IS NULL, ?, first_failure),
+               attempts = GREATEST(attempts - ?, 0),
+               token = NULL, visible_at = ?
+             WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
+        )
+        .bind(failed)
+        .bind(now_ms)
+        .bind(i32::from(refund))
+        .bind(visible_at_ms)
+        .bind(seq)
+        .bind(queue)
+        .bind(token)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if n == 1 {
+            self.notify.notify_waiters();
+        }
+        Ok(n == 1)
+    }
+
+    async fn extend(&self, queue: &str, id: &str, token: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+        let Some(seq) = parse_seq(id) else { return Ok(false) };
+        let n = sqlx::query(
+            "UPDATE platform_queue_messages SET visible_at = ?
+             WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
+        )
+        .bind(until_ms)
+        .bind(seq)
+        .bind(queue)
+        .bind(token)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn move_to(
+        &self,
+        queue: &str,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        target: &str,
+        headers: &Headers,
+    ) -> Result<bool> {
+        let Some(seq) = parse_seq(id) else { return Ok(false) };
+        let n = sqlx::query(
+            "UPDATE platform_queue_messages
+             SET queue = ?, headers = ?, token = NULL, attempts = 0, first_failure = NULL, visible_at = ?
+             WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
+        )
+        .bind(target)
+        .bind(encode_headers(headers))
+        .bind(now_ms)
+        .bind(seq)
+        .bind(queue)
+        .bind(token)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<StoredMessage>> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages
+             WHERE queue = ? ORDER BY seq LIMIT ?",
+        )
+        .bind(queue)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(rows.into_iter().map(decode_row).collect())
+    }
+
+    async fn redrive(&self, from: &str, to: &str, limit: usize, now_ms: i64) -> Result<usize> {
+        let n = sqlx::query(
+            "UPDATE platform_queue_messages
+             SET queue = ?, visible_at = ?, token = NULL, attempts = 0, first_failure = NULL
+             WHERE queue = ? ORDER BY seq LIMIT ?",
+        )
+        .bind(to)
+        .bind(now_ms)
+        .bind(from)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        self.notify.notify_waiters();
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    async fn ping(&self) -> Result<Option<String>> {
+        let (v,): (String,) = sqlx::query_as("SELECT VERSION()").fetch_one(&self.pool).await.map_err(map_err)?;
+        let name = if v.to_ascii_lowercase().contains("mariadb") { "MariaDB" } else { "MySQL" };
+        Ok(Some(format!("{name} {v}")))
+    }
+
+    async fn wait_for_work(&self, _queue: &str, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    }
+
+    fn max_poll_interval(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.pool.close().await;
+        Ok(())
+    }
+}

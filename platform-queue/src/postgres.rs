@@ -1,0 +1,420 @@
+//! PostgreSQL queues: `postgres://user@host/db?queue=jobs`.
+//!
+//! - [x] leases (`FOR UPDATE SKIP LOCKED`), attempts, nack with delay, extend, release
+//! - [x] dead letters and redrive, delay, dedup, atomic batches, durable
+//! - [x] waiting receivers wake on `LISTEN/NOTIFY` (channel `platform_queue`), with
+//!   polling as the fallback
+//!
+//! URL: any sqlx Postgres URL (`postgres://` or `postgresql://`), plus the common
+//! parameters and `max_connections` (default 8). Driver parameters passed through:
+//! `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `application_name`, `options`,
+//! `statement_cache_capacity`. Tables are created on open, under an advisory lock.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use platform_core::{Error, ErrorKind, Result};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::Notify;
+
+use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
+use crate::sql::{Row, decode_row, encode_headers, parse_seq};
+use crate::url::QueueUrl;
+use crate::{Capabilities, Headers};
+
+/// The URL schemes of this backend.
+pub const SCHEMES: &[&str] = &["postgres", "postgresql"];
+
+/// A queue in a PostgreSQL database.
+pub type PostgresQueue = LeasedQueue<PostgresStore>;
+
+const CHANNEL: &str = "platform_queue";
+
+const SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS platform_queue_messages (
+        seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        queue TEXT NOT NULL,
+        body BYTEA NOT NULL,
+        headers TEXT NOT NULL,
+        visible_at BIGINT NOT NULL,
+        token TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        first_failure BIGINT,
+        created_at BIGINT NOT NULL)",
+    "CREATE INDEX IF NOT EXISTS platform_queue_ready ON platform_queue_messages (queue, visible_at, seq)",
+    "CREATE TABLE IF NOT EXISTS platform_queue_dedup (
+        queue TEXT NOT NULL,
+        dedup_key TEXT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        PRIMARY KEY (queue, dedup_key))",
+];
+
+const DRIVER_PARAMS: &[&str] =
+    &["sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "options", "statement_cache_capacity"];
+
+/// Maps a sqlx error from PostgreSQL onto the portable kinds, by SQLSTATE.
+pub fn map_err(e: sqlx::Error) -> Error {
+    crate::sql::map_sqlx("postgres", e, |db| {
+        let code = db.code()?;
+        Some(match code.as_ref() {
+            "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006" => {
+                ErrorKind::Unavailable
+            }
+            "23505" => ErrorKind::AlreadyExists,
+            "42P01" | "3D000" | "3F000" => ErrorKind::NotFound,
+            "28000" | "28P01" => ErrorKind::Unauthenticated,
+            "42501" => ErrorKind::PermissionDenied,
+            "57014" => ErrorKind::Cancelled,
+            "22001" | "22P02" | "23502" | "54000" => ErrorKind::InvalidInput,
+            c if c.starts_with("08") => ErrorKind::Unavailable,
+            c if c.starts_with("53") => ErrorKind::RateLimited,
+            _ => return None,
+        })
+    })
+}
+
+/// The store behind [`PostgresQueue`].
+#[derive(Debug)]
+pub struct PostgresStore {
+    pool: PgPool,
+    location: String,
+    wakers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
+    listener: tokio::sync::OnceCell<tokio::task::JoinHandle<()>>,
+}
+
+impl PostgresQueue {
+    /// Opens a queue from `postgres://…`, creating the tables as needed.
+    pub async fn from_url(url: &str) -> Result<Self> {
+        let mut u = QueueUrl::parse(url)?;
+        let max = u.take_parsed::<u32>("max_connections")?.unwrap_or(8);
+        let driver = u.take_driver_params(DRIVER_PARAMS);
+        u.finish("postgres")?;
+        let opts = PgConnectOptions::from_str(&u.driver_url(&driver)).map_err(map_err)?;
+        let location = format!("{}:{}", opts.get_host(), opts.get_port());
+        let pool = PgPoolOptions::new()
+            .max_connections(max.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(map_err)?;
+        let mut tx = pool.begin().await.map_err(map_err)?;
+        // Parallel opens must not race on CREATE TABLE.
+        sqlx::query("SELECT pg_advisory_xact_lock(7243000117)").execute(&mut *tx).await.map_err(map_err)?;
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&mut *tx).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        let store = PostgresStore {
+            pool,
+            location,
+            wakers: Arc::default(),
+            listener: tokio::sync::OnceCell::new(),
+        };
+        LeasedQueue::new(store, u.options)
+    }
+}
+
+impl PostgresStore {
+    fn waker(&self, queue: &str) -> Arc<Notify> {
+        let mut w = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(w.entry(queue.to_owned()).or_default())
+    }
+
+    /// Starts the LISTEN task once; it wakes local receivers of the queue a
+    /// notification names, and everyone after a reconnect.
+    async fn ensure_listener(&self) {
+        let pool = self.pool.clone();
+        let wakers = Arc::clone(&self.wakers);
+        self.listener
+            .get_or_init(|| async move {
+                tokio::spawn(async move {
+                    loop {
+                        let mut listener = match PgListener::connect_with(&pool).await {
+                            Ok(l) => l,
+                            Err(_) if pool.is_closed() => return,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "postgres listener connect failed");
+                                tokio::time::sleep(Duration::from_secs(1)).await;
+                                continue;
+                            }
+                        };
+                        if listener.listen(CHANNEL).await.is_err() {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                        loop {
+                            match listener.try_recv().await {
+                                Ok(Some(n)) => {
+                                    let w = wakers.lock().unwrap_or_else(|e| e.into_inner()).get(n.payload()).cloned();
+                                    if let Some(w) = w {
+                                        w.notify_waiters();
+                                    }
+                                }
+                                // Connection lost: notifications may have been missed.
+                                Ok(None) => {
+                                    let all: Vec<_> =
+                                        wakers.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+                                    all.iter().for_each(|w| w.notify_waiters());
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                        if pool.is_closed() {
+                            return;
+                        }
+                    }
+                })
+            })
+            .await;
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.get() {
+            task.abort();
+        }
+    }
+}
+
+#[async_trait]
+impl LeaseStore for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn insert(&self, queue: &str, messages: Vec<NewMessage>, now_ms: i64, dedup_until_ms: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(messages.len());
+        let mut headers: Vec<String> = Vec::with_capacity(messages.len());
+        let mut visible: Vec<i64> = Vec::with_capacity(messages.len());
+        for m in messages {
+            if let Some(key) = &m.dedup_key {
+                let fresh = sqlx::query(
+                    "INSERT INTO platform_queue_dedup (queue, dedup_key, expires_at) VALUES ($1, $2, $3)
+                     ON CONFLICT (queue, dedup_key) DO UPDATE SET expires_at = EXCLUDED.expires_at
+                     WHERE platform_queue_dedup.expires_at <= $4",
+                )
+                .bind(queue)
+                .bind(key)
+                .bind(dedup_until_ms)
+                .bind(now_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+                if fresh == 0 {
+                    continue;
+                }
+            }
+            bodies.push(m.body.to_vec());
+            headers.push(encode_headers(&m.headers));
+            visible.push(m.visible_at_ms);
+        }
+        if !bodies.is_empty() {
+            sqlx::query(
+                "INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at)
+                 SELECT $1, b, h, v, $5 FROM UNNEST($2::bytea[], $3::text[], $4::bigint[]) AS t(b, h, v)",
+            )
+            .bind(queue)
+            .bind(&bodies)
+            .bind(&headers)
+            .bind(&visible)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+            sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(queue).execute(&mut *tx).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+        token: &str,
+    ) -> Result<Vec<StoredMessage>> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "UPDATE platform_queue_messages m SET token = $1, visible_at = $2, attempts = m.attempts + 1,
+               first_failure = CASE WHEN m.attempts > 0 AND m.first_failure IS NULL THEN $3 ELSE m.first_failure END
+             FROM (SELECT seq FROM platform_queue_messages
+                   WHERE queue = $4 AND visible_at <= $3 ORDER BY visible_at, seq LIMIT $5
+                   FOR UPDATE SKIP LOCKED) c
+             WHERE m.seq = c.seq
+             RETURNING m.seq, m.body, m.headers, m.attempts, m.first_failure",
+        )
+        .bind(token)
+        .bind(lease_until_ms)
+        .bind(now_ms)
+        .bind(queue)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(rows.into_iter().map(decode_row).collect())
+    }
+
+    async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
+        let Some(seq) = parse_seq(id) else { return Ok(false) };
+        let n = sqlx::query(
+            "DELETE FROM platform_queue_messages WHERE seq = $1 AND queue = $2 AND token = $3 AND visible_at > $4",
+        )
+        .bind(seq)
+        .bind(queue)
+        .bind(token)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn release(
+        &self,
+        queue: &str,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        visible_at_ms: i64,
+        failed: bool,
+        refund: bool,
+    ) -> Result<bool> {
+        let Some(seq) = parse_seq(id) else { return Ok(false) };
+        let n = sqlx::query(
+            "UPDATE platform_queue_messages SET visible_at = $1, token = NULL,
+               first_failure = CASE WHEN $2 AND first_failure IS NULL THEN $3 ELSE first_failure END,
+               attempts = GREATEST(attempts - $4, 0)
+             WHERE seq = $5 AND queue = $6 AND token = $7 AND visible_at > $3",
+        )
+        .bind(visible_at_ms)
+        .bind(failed)
+        .bind(now_ms)
+        .bind(i32::from(refund))
+        .bind(seq)
+        .bind(queue)
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn extend(&self, queue: &str, id: &str, token: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+        let Some(seq) = parse_seq(id) else { return Ok(false) };
+        let n = sqlx::query(
+            "UPDATE platform_queue_messages SET visible_at = $1
+             WHERE seq = $2 AND queue = $3 AND token = $4 AND visible_at > $5",
+        )
+        .bind(until_ms)
+        .bind(seq)
+        .bind(queue)
+        .bind(token)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn move_to(
+        &self,
+        queue: &str,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        target: &str,
+        headers: &Headers,
+    ) -> Result<bool> {
+        let Some(seq) = parse_seq(id) else { return Ok(false) };
+        let n = sqlx::query(
+            "UPDATE platform_queue_messages
+             SET queue = $1, headers = $2, visible_at = $3, token = NULL, attempts = 0, first_failure = NULL
+             WHERE seq = $4 AND queue = $5 AND token = $6 AND visible_at > $3",
+        )
+        .bind(target)
+        .bind(encode_headers(headers))
+        .bind(now_ms)
+        .bind(seq)
+        .bind(queue)
+        .bind(token)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<StoredMessage>> {
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages
+             WHERE queue = $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(queue)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(rows.into_iter().map(decode_row).collect())
+    }
+
+    async fn redrive(&self, from: &str, to: &str, limit: usize, now_ms: i64) -> Result<usize> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let n = sqlx::query(
+            "UPDATE platform_queue_messages
+             SET queue = $1, visible_at = $2, token = NULL, attempts = 0, first_failure = NULL
+             WHERE seq IN (SELECT seq FROM platform_queue_messages WHERE queue = $3 ORDER BY seq LIMIT $4
+                           FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(to)
+        .bind(now_ms)
+        .bind(from)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(to).execute(&mut *tx).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    async fn ping(&self) -> Result<Option<String>> {
+        let (v,): (String,) = sqlx::query_as("SHOW server_version").fetch_one(&self.pool).await.map_err(map_err)?;
+        Ok(Some(format!("PostgreSQL {v}")))
+    }
+
+    async fn wait_for_work(&self, queue: &str, timeout: Duration) {
+        self.ensure_listener().await;
+        let waker = self.waker(queue);
+        let _ = tokio::time::timeout(timeout, waker.notified()).await;
+    }
+
+    fn max_poll_interval(&self) -> Duration {
+        Duration::from_millis(500)
+    }
+
+    async fn close(&self) -> Result<()> {
+        if let Some(task) = self.listener.get() {
+            task.abort();
+        }
+        self.pool.close().await;
+        Ok(())
+    }
+}
