@@ -172,7 +172,13 @@ impl LeaseStore for MemoryStore {
                 e.first_failure = Some(now_ms);
             }
             e.attempts += 1;
-            out.push(StoredMessage::new(key.1.to_string(), e.body.clone(), e.headers.clone(), e.attempts, e.first_failure));
+            out.push(StoredMessage::new(
+                key.1.to_string(),
+                e.body.clone(),
+                e.headers.clone(),
+                e.attempts,
+                e.first_failure,
+            ));
         }
         Ok(out)
     }

@@ -102,7 +102,9 @@ impl Message {
         }
         if let Some(key) = &self.dedup_key {
             if !caps.dedup {
-                return Err(Error::new(ErrorKind::Unsupported, "this backend cannot deduplicate messages").with_op("send"));
+                return Err(
+                    Error::new(ErrorKind::Unsupported, "this backend cannot deduplicate messages").with_op("send")
+                );
             }
             if key.is_empty() || key.len() > MAX_DEDUP_KEY_LEN {
                 return Err(invalid("dedup_key", format!("dedup key must be 1 to {MAX_DEDUP_KEY_LEN} bytes")));
@@ -194,9 +196,12 @@ impl ReceiveOptions {
     /// Checks the options against a backend's limits.
     pub fn validate(&self, caps: &Capabilities) -> Result<()> {
         if self.max == 0 || self.max > caps.max_receive {
-            return Err(Error::invalid_input(format!("receive max must be 1 to {}, got {}", caps.max_receive, self.max))
-                .with_op("receive")
-                .with_detail("max", "out of range"));
+            return Err(Error::invalid_input(format!(
+                "receive max must be 1 to {}, got {}",
+                caps.max_receive, self.max
+            ))
+            .with_op("receive")
+            .with_detail("max", "out of range"));
         }
         Ok(())
     }
@@ -259,7 +264,10 @@ impl Capabilities {
     /// Checks a whole batch before anything is sent.
     pub fn validate_batch(&self, messages: &[Message]) -> Result<()> {
         if messages.len() > self.max_batch {
-            return Err(invalid("batch", format!("batch of {} messages, the limit is {}", messages.len(), self.max_batch)));
+            return Err(invalid(
+                "batch",
+                format!("batch of {} messages, the limit is {}", messages.len(), self.max_batch),
+            ));
         }
         messages.iter().try_for_each(|m| m.validate(self))
     }
@@ -519,6 +527,18 @@ pub fn dead_letter_headers(
     h.insert(DEAD_LETTER_FIRST_FAILURE.into(), rfc3339(first_failure.unwrap_or(now)));
     h.insert(DEAD_LETTER_AT.into(), rfc3339(now));
     h
+}
+
+/// Headers as stored by the SQL and Redis backends: a JSON object.
+#[allow(dead_code)]
+pub(crate) fn encode_headers(h: &Headers) -> String {
+    serde_json::to_string(h).unwrap_or_else(|_| String::from("{}"))
+}
+
+/// The inverse of [`encode_headers`]; a corrupt value reads as no headers.
+#[allow(dead_code)]
+pub(crate) fn decode_headers(s: &str) -> Headers {
+    serde_json::from_str(s).unwrap_or_default()
 }
 
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {

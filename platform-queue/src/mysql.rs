@@ -192,15 +192,16 @@ impl LeaseStore for MysqlStore {
                     .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;
-                let fresh =
-                    sqlx::query("INSERT IGNORE INTO platform_queue_dedup (queue, dedup_key, expires_at) VALUES (?, ?, ?)")
-                        .bind(queue)
-                        .bind(key)
-                        .bind(dedup_until_ms)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(map_err)?
-                        .rows_affected();
+                let fresh = sqlx::query(
+                    "INSERT IGNORE INTO platform_queue_dedup (queue, dedup_key, expires_at) VALUES (?, ?, ?)",
+                )
+                .bind(queue)
+                .bind(key)
+                .bind(dedup_until_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
                 if fresh == 0 {
                     continue;
                 }
@@ -208,8 +209,9 @@ impl LeaseStore for MysqlStore {
             rows.push(m);
         }
         if !rows.is_empty() {
-            let mut b: QueryBuilder<MySql> =
-                QueryBuilder::new("INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at) ");
+            let mut b: QueryBuilder<MySql> = QueryBuilder::new(
+                "INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at) ",
+            );
             b.push_values(&rows, |mut r, m| {
                 r.push_bind(queue)
                     .push_bind(m.body.as_ref())

@@ -107,12 +107,7 @@ impl PostgresQueue {
             sqlx::query(*stmt).execute(&mut *tx).await.map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
-        let store = PostgresStore {
-            pool,
-            location,
-            wakers: Arc::default(),
-            listener: tokio::sync::OnceCell::new(),
-        };
+        let store = PostgresStore { pool, location, wakers: Arc::default(), listener: tokio::sync::OnceCell::new() };
         LeasedQueue::new(store, u.options)
     }
 }
@@ -235,7 +230,12 @@ impl LeaseStore for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-            sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(queue).execute(&mut *tx).await.map_err(map_err)?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(queue)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)
     }

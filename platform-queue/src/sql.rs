@@ -9,18 +9,14 @@
 use bytes::Bytes;
 use platform_core::{Error, ErrorKind};
 
-use crate::Headers;
 use crate::leased::StoredMessage;
+pub(crate) use crate::message::{decode_headers, encode_headers};
 
 /// One row as the SQL backends select it: seq, body, headers, attempts, first failure.
 pub(crate) type Row = (i64, Vec<u8>, String, i32, Option<i64>);
 
-pub(crate) fn encode_headers(h: &Headers) -> String {
-    serde_json::to_string(h).unwrap_or_else(|_| String::from("{}"))
-}
-
 pub(crate) fn decode_row((seq, body, headers, attempts, first_failure): Row) -> StoredMessage {
-    let headers: Headers = serde_json::from_str(&headers).unwrap_or_default();
+    let headers = decode_headers(&headers);
     StoredMessage::new(seq.to_string(), Bytes::from(body), headers, u32::try_from(attempts).unwrap_or(0), first_failure)
 }
 

@@ -210,10 +210,8 @@ pub async fn nack_with_delay_waits(h: &dyn Harness) {
 
 /// The attempt counter starts at 1 and counts every redelivery, nack or lease expiry.
 pub async fn attempts_count_every_delivery(h: &dyn Harness) {
-    let q = h
-        .open(&fresh().with_visibility_timeout(Duration::from_millis(500)).with_max_attempts(10))
-        .await
-        .expect("open");
+    let q =
+        h.open(&fresh().with_visibility_timeout(Duration::from_millis(500)).with_max_attempts(10)).await.expect("open");
     q.send_bytes("a").await.expect("send");
     for expected in 1..=3 {
         let d = must_get(&*q).await;
@@ -401,9 +399,12 @@ pub async fn dedup_drops_repeats(h: &dyn Harness) {
     }
     q.send(Message::new("first").with_dedup_key("order-1")).await.expect("send");
     q.send(Message::new("second").with_dedup_key("order-1")).await.expect("send duplicate");
-    q.send_batch(vec![Message::new("third").with_dedup_key("order-1"), Message::new("other").with_dedup_key("order-2")])
-        .await
-        .expect("send batch");
+    q.send_batch(vec![
+        Message::new("third").with_dedup_key("order-1"),
+        Message::new("other").with_dedup_key("order-2"),
+    ])
+    .await
+    .expect("send batch");
     let got = drain(&*q, 3).await;
     let mut bodies: Vec<String> = got.iter().map(|(b, _)| String::from_utf8_lossy(b).into_owned()).collect();
     bodies.sort();
@@ -443,14 +444,9 @@ pub async fn health_check_round_trips(h: &dyn Harness) {
 pub async fn worker_retries_dead_letters_and_drains(h: &dyn Harness) {
     let options = fresh().with_max_attempts(3);
     let q = h.open(&options).await.expect("open");
-    q.send_batch(vec![
-        Message::new("ok"),
-        Message::new("flaky"),
-        Message::new("panic"),
-        Message::new("poison"),
-    ])
-    .await
-    .expect("send");
+    q.send_batch(vec![Message::new("ok"), Message::new("flaky"), Message::new("panic"), Message::new("poison")])
+        .await
+        .expect("send");
     let handler = |d: Arc<Delivery>| async move {
         match d.body().as_ref() {
             b"flaky" if d.attempt() < 2 => Err(platform_core::Error::unavailable("not yet")),
@@ -499,7 +495,8 @@ pub async fn worker_retries_dead_letters_and_drains(h: &dyn Harness) {
             }
         }
     };
-    let config = WorkerConfig::default().with_concurrency(1).with_prefetch(5).with_shutdown_timeout(Duration::from_secs(5));
+    let config =
+        WorkerConfig::default().with_concurrency(1).with_prefetch(5).with_shutdown_timeout(Duration::from_secs(5));
     let worker = Worker::new(Arc::clone(&q2), handler).with_config(config);
     let stats = worker.stats();
     let stop = CancellationToken::new();

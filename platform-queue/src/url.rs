@@ -94,7 +94,11 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
         && name.len() <= 200
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         && !name.starts_with('.');
-    if ok { Ok(()) } else { Err(bad_param(what, &format!("{name:?} is not a valid queue name (letters, digits, -_.)"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(bad_param(what, &format!("{name:?} is not a valid queue name (letters, digits, -_.)")))
+    }
 }
 
 fn bad_param(key: &str, why: &str) -> Error {
@@ -140,10 +144,12 @@ impl QueueUrl {
         let queue = this.take("queue").unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
         let mut options = QueueOptions::new(queue);
         if let Some(v) = this.take("visibility_timeout") {
-            options.visibility_timeout = parse_duration(&v).map_err(|e| bad_param("visibility_timeout", e.message()))?;
+            options.visibility_timeout =
+                parse_duration(&v).map_err(|e| bad_param("visibility_timeout", e.message()))?;
         }
         if let Some(v) = this.take("max_attempts") {
-            options.max_attempts = v.parse().map_err(|_| bad_param("max_attempts", &format!("{v:?} is not a number")))?;
+            options.max_attempts =
+                v.parse().map_err(|_| bad_param("max_attempts", &format!("{v:?} is not a number")))?;
         }
         if let Some(v) = this.take("dedup_window") {
             options.dedup_window = parse_duration(&v).map_err(|e| bad_param("dedup_window", e.message()))?;

@@ -256,10 +256,9 @@ impl Worker {
                 WorkerStats::bump(&self.stats.released);
             }
         }
-        let drained = tokio::time::timeout(self.config.shutdown_timeout, async {
-            while running.join_next().await.is_some() {}
-        })
-        .await;
+        let drained =
+            tokio::time::timeout(self.config.shutdown_timeout, async { while running.join_next().await.is_some() {} })
+                .await;
         if drained.is_err() {
             // Handlers still running give their messages back, unpenalised.
             handlers_stop.cancel();
@@ -281,10 +280,8 @@ struct Job {
 impl Job {
     async fn run(self) {
         let d = &self.delivery;
-        let correlation = d
-            .header(CORRELATION_ID_HEADER)
-            .and_then(|c| CorrelationId::parse(c).ok())
-            .unwrap_or_default();
+        let correlation =
+            d.header(CORRELATION_ID_HEADER).and_then(|c| CorrelationId::parse(c).ok()).unwrap_or_default();
         let span = tracing::info_span!("job", queue = %self.queue, id = d.id(), attempt = d.attempt(), correlation_id = %correlation);
         let handler = Arc::clone(&self.handler);
         let work = with_correlation(correlation, {

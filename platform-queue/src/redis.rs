@@ -1,0 +1,457 @@
+//! Redis and Valkey queues: `redis://host:6379/0?queue=jobs`.
+//!
+//! - [x] leases, attempts, nack with delay, extend, release
+//! - [x] dead letters and redrive, delay, dedup (`SET NX PX`), atomic batches
+//! - [x] durable as far as the server persists (turn on AOF; the queue warns at open
+//!   when `maxmemory-policy` can evict keys)
+//! - [ ] ~~Redis Cluster~~: dead-lettering moves keys between queues, which needs one node
+//!
+//! Layout: each queue is a sorted set `platform:queue:{NAME}:z` of message ids scored
+//! by the time they become visible (a lease moves the score to its end), and one hash
+//! per message (`…:m:ID`: body, headers, attempts, first failure, lease token). Every
+//! operation is one Lua script, so it is atomic on the server. This gives delay, lease
+//! expiry and redelivery in one structure, which Streams' pending lists do not.
+//!
+//! URL: `redis://[user:password@]host[:port][/db]` or `rediss://` (TLS), `valkey://`
+//! and `valkeys://` as aliases, plus the common parameters and `response_timeout`
+//! (default 10s).
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use platform_core::{Error, ErrorKind, Result};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{Script, ServerErrorKind};
+
+use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
+use crate::message::{decode_headers, encode_headers};
+use crate::url::QueueUrl;
+use crate::{Capabilities, Headers};
+
+/// The URL schemes of this backend.
+pub const SCHEMES: &[&str] = &["redis", "rediss", "valkey", "valkeys"];
+
+/// A queue in Redis or Valkey.
+pub type RedisQueue = LeasedQueue<RedisStore>;
+
+/// Maps a Redis error onto the portable kinds.
+pub fn map_err(e: redis::RedisError) -> Error {
+    use redis::ErrorKind as K;
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
+        ErrorKind::Unavailable
+    } else {
+        match e.kind() {
+            K::AuthenticationFailed => ErrorKind::Unauthenticated,
+            K::InvalidClientConfig => ErrorKind::InvalidInput,
+            K::Io | K::ClusterConnectionNotFound => ErrorKind::Unavailable,
+            K::Server(s) => match s {
+                ServerErrorKind::BusyLoading
+                | ServerErrorKind::TryAgain
+                | ServerErrorKind::ClusterDown
+                | ServerErrorKind::MasterDown
+                | ServerErrorKind::ReadOnly => ErrorKind::Unavailable,
+                ServerErrorKind::NoPerm => ErrorKind::PermissionDenied,
+                ServerErrorKind::CrossSlot => ErrorKind::Unsupported,
+                _ => ErrorKind::Internal,
+            },
+            _ => ErrorKind::Internal,
+        }
+    };
+    Error::new(kind, e.to_string()).with_backend("redis").with_source(e)
+}
+
+/// Is the lease on message `id` (hash `k`) held by `token` at `now`?
+const HELD: &str = r"
+local function held(z, k, id, token, now)
+  local t = redis.call('HGET', k, 't')
+  local s = redis.call('ZSCORE', z, id)
+  return t == token and s and tonumber(s) > now
+end
+";
+
+fn script(body: &str) -> Script {
+    Script::new(&format!("{HELD}\n{body}"))
+}
+
+// ARGV: prefix, dedup ttl ms, n, then per message: id, body, headers, visible_at, dedup key ("" for none).
+static INSERT: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local p, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local added = 0
+for i = 0, n - 1 do
+  local b = 4 + i * 5
+  local id, dk = ARGV[b], ARGV[b + 4]
+  local fresh = true
+  if dk ~= '' then fresh = redis.call('SET', p .. ':d:' .. dk, '1', 'NX', 'PX', ttl) end
+  if fresh then
+    redis.call('HSET', p .. ':m:' .. id, 'b', ARGV[b + 1], 'h', ARGV[b + 2], 'a', 0)
+    redis.call('ZADD', p .. ':z', tonumber(ARGV[b + 3]), id)
+    added = added + 1
+  end
+end
+return added",
+    )
+});
+
+// ARGV: prefix, now, lease_until, token, max. Returns id, body, headers, attempts, first failure per message.
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local p, now, lease_end, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local z = p .. ':z'
+local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
+local out = {}
+for _, id in ipairs(ids) do
+  local k = p .. ':m:' .. id
+  if redis.call('EXISTS', k) == 0 then
+    redis.call('ZREM', z, id)
+  else
+    local a = redis.call('HINCRBY', k, 'a', 1)
+    if a > 1 and redis.call('HEXISTS', k, 'f') == 0 then redis.call('HSET', k, 'f', now) end
+    redis.call('HSET', k, 't', token)
+    redis.call('ZADD', z, lease_end, id)
+    local v = redis.call('HMGET', k, 'b', 'h', 'f')
+    out[#out + 1] = id
+    out[#out + 1] = v[1]
+    out[#out + 1] = v[2]
+    out[#out + 1] = tostring(a)
+    out[#out + 1] = v[3] or ''
+  end
+end
+return out",
+    )
+});
+
+// ARGV: prefix, id, token, now.
+static ACK: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local p, id = ARGV[1], ARGV[2]
+local z, k = p .. ':z', p .. ':m:' .. id
+if not held(z, k, id, ARGV[3], tonumber(ARGV[4])) then return 0 end
+redis.call('DEL', k)
+redis.call('ZREM', z, id)
+return 1",
+    )
+});
+
+// ARGV: prefix, id, token, now, visible_at, failed (0/1), refund (0/1).
+static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local p, id, now = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local z, k = p .. ':z', p .. ':m:' .. id
+if not held(z, k, id, ARGV[3], now) then return 0 end
+redis.call('HDEL', k, 't')
+if ARGV[6] == '1' and redis.call('HEXISTS', k, 'f') == 0 then redis.call('HSET', k, 'f', now) end
+if ARGV[7] == '1' and tonumber(redis.call('HGET', k, 'a')) > 0 then redis.call('HINCRBY', k, 'a', -1) end
+redis.call('ZADD', z, tonumber(ARGV[5]), id)
+return 1",
+    )
+});
+
+// ARGV: prefix, id, token, now, until.
+static EXTEND: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local p, id = ARGV[1], ARGV[2]
+local z, k = p .. ':z', p .. ':m:' .. id
+if not held(z, k, id, ARGV[3], tonumber(ARGV[4])) then return 0 end
+redis.call('ZADD', z, tonumber(ARGV[5]), id)
+return 1",
+    )
+});
+
+// ARGV: prefix, target prefix, id, token, now, headers.
+static MOVE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local p, t, id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
+local z, k = p .. ':z', p .. ':m:' .. id
+if not held(z, k, id, ARGV[4], now) then return 0 end
+local body = redis.call('HGET', k, 'b')
+redis.call('DEL', k)
+redis.call('ZREM', z, id)
+redis.call('HSET', t .. ':m:' .. id, 'b', body, 'h', ARGV[6], 'a', 0)
+redis.call('ZADD', t .. ':z', now, id)
+return 1",
+    )
+});
+
+// ARGV: prefix, limit.
+static PEEK: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local p = ARGV[1]
+local ids = redis.call('ZRANGE', p .. ':z', 0, tonumber(ARGV[2]) - 1)
+local out = {}
+for _, id in ipairs(ids) do
+  local v = redis.call('HMGET', p .. ':m:' .. id, 'b', 'h', 'a', 'f')
+  if v[1] then
+    out[#out + 1] = id
+    out[#out + 1] = v[1]
+    out[#out + 1] = v[2]
+    out[#out + 1] = v[3]
+    out[#out + 1] = v[4] or ''
+  end
+end
+return out",
+    )
+});
+
+// ARGV: from prefix, to prefix, limit, now.
+static REDRIVE: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local f, t, now = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local ids = redis.call('ZRANGE', f .. ':z', 0, tonumber(ARGV[3]) - 1)
+local n = 0
+for _, id in ipairs(ids) do
+  redis.call('ZREM', f .. ':z', id)
+  local k = f .. ':m:' .. id
+  if redis.call('EXISTS', k) == 1 then
+    local nk = t .. ':m:' .. id
+    redis.call('RENAME', k, nk)
+    redis.call('HSET', nk, 'a', 0)
+    redis.call('HDEL', nk, 'f', 't')
+    redis.call('ZADD', t .. ':z', now, id)
+    n = n + 1
+  end
+end
+return n",
+    )
+});
+
+fn prefix(queue: &str) -> String {
+    format!("platform:queue:{{{queue}}}")
+}
+
+fn decode(flat: Vec<Vec<u8>>) -> Vec<StoredMessage> {
+    flat.chunks_exact(5)
+        .map(|c| {
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            StoredMessage::new(
+                text(&c[0]),
+                Bytes::copy_from_slice(&c[1]),
+                decode_headers(&text(&c[2])),
+                text(&c[3]).parse().unwrap_or(0),
+                text(&c[4]).parse().ok(),
+            )
+        })
+        .collect()
+}
+
+/// The store behind [`RedisQueue`].
+pub struct RedisStore {
+    conn: ConnectionManager,
+    location: String,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+impl RedisQueue {
+    /// Opens a queue from `redis://…`; nothing is created until the first send.
+    pub async fn from_url(url: &str) -> Result<Self> {
+        let mut u = QueueUrl::parse(url)?;
+        let timeout = u.take_duration("response_timeout")?.unwrap_or(Duration::from_secs(10));
+        u.finish("redis")?;
+        let mut raw = u.driver_url(&[]);
+        for (alias, real) in [("valkeys://", "rediss://"), ("valkey://", "redis://")] {
+            if let Some(rest) = raw.strip_prefix(alias) {
+                raw = format!("{real}{rest}");
+            }
+        }
+        let client = redis::Client::open(raw.as_str()).map_err(map_err)?;
+        let info = client.get_connection_info();
+        let location = info.addr().to_string();
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(Duration::from_secs(5)))
+            .set_number_of_retries(6)
+            .set_max_delay(Duration::from_secs(2));
+        let mut conn = client.get_connection_manager_with_config(config).await.map_err(map_err)?;
+        let policy: redis::RedisResult<Vec<String>> =
+            redis::cmd("CONFIG").arg("GET").arg("maxmemory-policy").query_async(&mut conn).await;
+        if let Ok(p) = policy
+            && p.get(1).is_some_and(|v| v != "noeviction")
+        {
+            tracing::warn!(policy = %p[1], "redis maxmemory-policy can evict queued messages; use noeviction");
+        }
+        LeasedQueue::new(RedisStore { conn, location }, u.options)
+    }
+}
+
+#[async_trait]
+impl LeaseStore for RedisStore {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn insert(&self, queue: &str, messages: Vec<NewMessage>, now_ms: i64, dedup_until_ms: i64) -> Result<()> {
+        let mut inv = INSERT.prepare_invoke();
+        let ttl = (dedup_until_ms - now_ms).max(1);
+        inv.arg(prefix(queue)).arg(ttl).arg(messages.len());
+        for m in &messages {
+            inv.arg(&m.id)
+                .arg(m.body.as_ref())
+                .arg(encode_headers(&m.headers))
+                .arg(m.visible_at_ms)
+                .arg(m.dedup_key.as_deref().unwrap_or(""));
+        }
+        let _: i64 = inv.invoke_async(&mut self.conn.clone()).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+        token: &str,
+    ) -> Result<Vec<StoredMessage>> {
+        let flat: Vec<Vec<u8>> = CLAIM
+            .arg(prefix(queue))
+            .arg(now_ms)
+            .arg(lease_until_ms)
+            .arg(token)
+            .arg(max)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(map_err)?;
+        Ok(decode(flat))
+    }
+
+    async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
+        let n: i64 = ACK
+            .arg(prefix(queue))
+            .arg(id)
+            .arg(token)
+            .arg(now_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(map_err)?;
+        Ok(n == 1)
+    }
+
+    async fn release(
+        &self,
+        queue: &str,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        visible_at_ms: i64,
+        failed: bool,
+        refund: bool,
+    ) -> Result<bool> {
+        let n: i64 = RELEASE
+            .arg(prefix(queue))
+            .arg(id)
+            .arg(token)
+            .arg(now_ms)
+            .arg(visible_at_ms)
+            .arg(u8::from(failed))
+            .arg(u8::from(refund))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(map_err)?;
+        Ok(n == 1)
+    }
+
+    async fn extend(&self, queue: &str, id: &str, token: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+        let n: i64 = EXTEND
+            .arg(prefix(queue))
+            .arg(id)
+            .arg(token)
+            .arg(now_ms)
+            .arg(until_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(map_err)?;
+        Ok(n == 1)
+    }
+
+    async fn move_to(
+        &self,
+        queue: &str,
+        id: &str,
+        token: &str,
+        now_ms: i64,
+        target: &str,
+        headers: &Headers,
+    ) -> Result<bool> {
+        let n: i64 = MOVE
+            .arg(prefix(queue))
+            .arg(prefix(target))
+            .arg(id)
+            .arg(token)
+            .arg(now_ms)
+            .arg(encode_headers(headers))
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(map_err)?;
+        Ok(n == 1)
+    }
+
+    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<StoredMessage>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let flat: Vec<Vec<u8>> =
+            PEEK.arg(prefix(queue)).arg(limit).invoke_async(&mut self.conn.clone()).await.map_err(map_err)?;
+        Ok(decode(flat))
+    }
+
+    async fn redrive(&self, from: &str, to: &str, limit: usize, now_ms: i64) -> Result<usize> {
+        if limit == 0 {
+            return Ok(0);
+        }
+        let n: i64 = REDRIVE
+            .arg(prefix(from))
+            .arg(prefix(to))
+            .arg(limit)
+            .arg(now_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(map_err)?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    async fn ping(&self) -> Result<Option<String>> {
+        let info: String =
+            redis::cmd("INFO").arg("server").query_async(&mut self.conn.clone()).await.map_err(map_err)?;
+        let field = |name: &str| info.lines().find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()));
+        Ok(field("valkey_version:")
+            .map(|v| format!("valkey {v}"))
+            .or_else(|| field("redis_version:").map(|v| format!("redis {v}"))))
+    }
+
+    async fn wait_for_work(&self, _queue: &str, timeout: Duration) {
+        tokio::time::sleep(timeout).await;
+    }
+
+    fn max_poll_interval(&self) -> Duration {
+        Duration::from_millis(200)
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
