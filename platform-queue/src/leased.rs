@@ -99,6 +99,7 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
     /// If `token` holds the lease: clears it, sets `visible_at`, sets the first failure
     /// to `now_ms` when none was set and `failed`, and, when `refund`, takes back the
     /// attempt this delivery counted. `false` when the lease was lost.
+    #[allow(clippy::too_many_arguments)]
     async fn release(
         &self,
         queue: &str,

@@ -103,7 +103,7 @@ impl MemoryQueue {
 
     /// Opens the in-process queue described by `options`.
     pub fn with_options(options: QueueOptions) -> Result<Self> {
-        LeasedQueue::new(MemoryStore::default(), options)
+        Self::new(MemoryStore::default(), options)
     }
 }
 

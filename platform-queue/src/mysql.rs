@@ -107,7 +107,7 @@ impl MysqlQueue {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await.map_err(map_err)?;
         }
-        LeasedQueue::new(MysqlStore { pool, location, notify: Notify::new() }, u.options)
+        Self::new(MysqlStore { pool, location, notify: Notify::new() }, u.options)
     }
 }
 

@@ -82,7 +82,7 @@ pub struct PostgresStore {
     pool: PgPool,
     location: String,
     wakers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
-    listener: tokio::sync::OnceCell<tokio::task::JoinHandle<()>>,
+    listener: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
 }
 
 impl PostgresQueue {
@@ -107,8 +107,8 @@ impl PostgresQueue {
             sqlx::query(*stmt).execute(&mut *tx).await.map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
-        let store = PostgresStore { pool, location, wakers: Arc::default(), listener: tokio::sync::OnceCell::new() };
-        LeasedQueue::new(store, u.options)
+        let store = PostgresStore { pool, location, wakers: Arc::default(), listener: std::sync::OnceLock::new() };
+        Self::new(store, u.options)
     }
 }
 
@@ -120,50 +120,51 @@ impl PostgresStore {
 
     /// Starts the LISTEN task once; it wakes local receivers of the queue a
     /// notification names, and everyone after a reconnect.
-    async fn ensure_listener(&self) {
+    fn ensure_listener(&self) {
+        if self.listener.get().is_some() {
+            return;
+        }
         let pool = self.pool.clone();
         let wakers = Arc::clone(&self.wakers);
-        self.listener
-            .get_or_init(|| async move {
-                tokio::spawn(async move {
-                    loop {
-                        let mut listener = match PgListener::connect_with(&pool).await {
-                            Ok(l) => l,
-                            Err(_) if pool.is_closed() => return,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "postgres listener connect failed");
-                                tokio::time::sleep(Duration::from_secs(1)).await;
-                                continue;
-                            }
-                        };
-                        if listener.listen(CHANNEL).await.is_err() {
+        self.listener.get_or_init(|| {
+            tokio::spawn(async move {
+                loop {
+                    let mut listener = match PgListener::connect_with(&pool).await {
+                        Ok(l) => l,
+                        Err(_) if pool.is_closed() => return,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "postgres listener connect failed");
                             tokio::time::sleep(Duration::from_secs(1)).await;
                             continue;
                         }
-                        loop {
-                            match listener.try_recv().await {
-                                Ok(Some(n)) => {
-                                    let w = wakers.lock().unwrap_or_else(|e| e.into_inner()).get(n.payload()).cloned();
-                                    if let Some(w) = w {
-                                        w.notify_waiters();
-                                    }
+                    };
+                    if listener.listen(CHANNEL).await.is_err() {
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                    loop {
+                        match listener.try_recv().await {
+                            Ok(Some(n)) => {
+                                let w = wakers.lock().unwrap_or_else(|e| e.into_inner()).get(n.payload()).cloned();
+                                if let Some(w) = w {
+                                    w.notify_waiters();
                                 }
-                                // Connection lost: notifications may have been missed.
-                                Ok(None) => {
-                                    let all: Vec<_> =
-                                        wakers.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
-                                    all.iter().for_each(|w| w.notify_waiters());
-                                }
-                                Err(_) => break,
                             }
-                        }
-                        if pool.is_closed() {
-                            return;
+                            // Connection lost: notifications may have been missed.
+                            Ok(None) => {
+                                let all: Vec<_> =
+                                    wakers.lock().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+                                all.iter().for_each(|w| w.notify_waiters());
+                            }
+                            Err(_) => break,
                         }
                     }
-                })
+                    if pool.is_closed() {
+                        return;
+                    }
+                }
             })
-            .await;
+        });
     }
 }
 
@@ -401,7 +402,7 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn wait_for_work(&self, queue: &str, timeout: Duration) {
-        self.ensure_listener().await;
+        self.ensure_listener();
         let waker = self.waker(queue);
         let _ = tokio::time::timeout(timeout, waker.notified()).await;
     }

@@ -286,7 +286,7 @@ impl RedisQueue {
         {
             tracing::warn!(policy = %p[1], "redis maxmemory-policy can evict queued messages; use noeviction");
         }
-        LeasedQueue::new(RedisStore { conn, location }, u.options)
+        Self::new(RedisStore { conn, location }, u.options)
     }
 }
 

@@ -103,7 +103,7 @@ impl SqliteQueue {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await.map_err(map_err)?;
         }
-        LeasedQueue::new(SqliteStore { pool, location, notify: Notify::new() }, u.options)
+        Self::new(SqliteStore { pool, location, notify: Notify::new() }, u.options)
     }
 }
 

@@ -44,7 +44,7 @@ async fn main() -> Result<(), Error> {
 
     // 2. Dependencies, each logged with its latency and version.
     let queue = open(&url).await?;
-    let checks: Vec<Arc<dyn HealthCheck>> = vec![queue.clone()];
+    let checks: Vec<Arc<dyn HealthCheck>> = vec![Arc::clone(&queue) as Arc<dyn HealthCheck>];
     let report = probe_all(&checks, Duration::from_secs(2)).await;
     log_startup(&report);
     println!("queue: {queue} ({})", report.checks[0].version.as_deref().unwrap_or("?"));
