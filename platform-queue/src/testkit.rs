@@ -333,16 +333,24 @@ pub async fn competing_consumers_share_the_work(h: &dyn Harness) {
     for chunk in (0..total).collect::<Vec<_>>().chunks(50) {
         q.send_batch(chunk.iter().map(|i| Message::new(i.to_string())).collect()).await.expect("send");
     }
+    // Each consumer holds its first batch until all four have one, so the work is
+    // shared however fast the backend is.
+    let first_batches = Arc::new(tokio::sync::Barrier::new(4));
     let mut tasks = Vec::new();
     for _ in 0..4 {
         let c = h.open(&options).await.expect("open consumer");
+        let first_batches = Arc::clone(&first_batches);
         tasks.push(tokio::spawn(async move {
             let mut seen = Vec::new();
             let mut idle = 0;
+            let mut waited = false;
             while idle < 3 {
                 let got = c.receive(ReceiveOptions::new(10, Duration::from_millis(300))).await.expect("receive");
                 if got.is_empty() {
                     idle += 1;
+                } else if !waited {
+                    waited = true;
+                    first_batches.wait().await;
                 }
                 for d in got {
                     seen.push(String::from_utf8_lossy(d.body()).into_owned());
@@ -362,7 +370,7 @@ pub async fn competing_consumers_share_the_work(h: &dyn Harness) {
     let unique: HashSet<&String> = all.iter().collect();
     assert_eq!(unique.len(), total, "every message handled");
     assert_eq!(all.len(), total, "no message handled twice");
-    assert!(busy >= 2, "work was not shared");
+    assert_eq!(busy, 4, "work was not shared");
 }
 
 /// A delayed message is invisible before its time and visible soon after; a backend
