@@ -123,6 +123,15 @@ pub trait QueueExt: Queue {
         self.send(Message::new(body))
     }
 
+    /// Acks every delivery concurrently (so backends pipeline them); the first error,
+    /// if any, after all were tried.
+    fn ack_all<'a>(&self, deliveries: &'a [Delivery]) -> impl Future<Output = Result<()>> + Send + 'a {
+        async move {
+            let results = futures::future::join_all(deliveries.iter().map(Delivery::ack)).await;
+            results.into_iter().collect()
+        }
+    }
+
     /// One delivery, waiting up to `wait`; `None` when none came.
     fn receive_one(&self, wait: Duration) -> impl Future<Output = Result<Option<Delivery>>> + Send {
         async move { Ok(self.receive(ReceiveOptions::new(1, wait)).await?.pop()) }

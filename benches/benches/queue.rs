@@ -1,0 +1,248 @@
+//! The same workload on every queue backend and on the raw clients, in one run:
+//! a producer sends N 256-byte messages in batches of B (1 or 100) while 4 consumers
+//! receive up to B at a time and ack each message; one iteration ends when all N
+//! were acked. Throughput is messages consumed per second.
+//!
+//! Server URLs come from `PLATFORM_TEST_<NAME>_URL` (`source scripts/services.env`);
+//! a backend whose URL is unset is left out.
+//!
+//! `cargo bench -p platform-benches --bench queue`
+
+#![allow(missing_docs)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use platform_core::testkit::unique_name;
+use platform_queue::{Message, Queue, QueueExt, ReceiveOptions};
+
+const N: usize = 2000;
+const CONSUMERS: usize = 4;
+const BODY: [u8; 256] = [b'x'; 256];
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+/// One iteration of the workload through the `Queue` trait. With `prefill`, the
+/// messages are sent first and only their consumption is timed.
+async fn through_queue(queue: Arc<dyn Queue>, batch: usize, prefill: bool) -> Duration {
+    if prefill {
+        for _ in 0..N / 100 {
+            queue.send_batch((0..100).map(|_| Message::new(&BODY[..])).collect()).await.expect("prefill");
+        }
+    }
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (queue, done) = (Arc::clone(&queue), Arc::clone(&done));
+            tokio::spawn(async move {
+                while done.load(Ordering::Relaxed) < N {
+                    let got = queue.receive(ReceiveOptions::new(batch, Duration::from_millis(20))).await.expect("receive");
+                    queue.ack_all(&got).await.expect("ack");
+                    done.fetch_add(got.len(), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..if prefill { 0 } else { N / batch } {
+        let messages = (0..batch).map(|_| Message::new(&BODY[..])).collect();
+        queue.send_batch(messages).await.expect("send");
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    started.elapsed()
+}
+
+/// The raw Redis client: LPUSH, then LMOVE to a processing list and LREM to ack
+/// (the usual reliable-list pattern, with no lease, attempts or dead letters).
+async fn raw_redis(conn: redis::aio::MultiplexedConnection, batch: usize) -> Duration {
+    let key = unique_name("raw");
+    let processing = format!("{key}:processing");
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (mut conn, done, key, processing) = (conn.clone(), Arc::clone(&done), key.clone(), processing.clone());
+            tokio::spawn(async move {
+                while done.load(Ordering::Relaxed) < N {
+                    let mut pipe = redis::pipe();
+                    for _ in 0..batch {
+                        pipe.cmd("LMOVE").arg(&key).arg(&processing).arg("RIGHT").arg("LEFT");
+                    }
+                    let got: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.expect("lmove");
+                    let got: Vec<Vec<u8>> = got.into_iter().flatten().collect();
+                    if got.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    let mut acks = redis::pipe();
+                    for body in &got {
+                        acks.cmd("LREM").arg(&processing).arg(1).arg(body.as_slice()).ignore();
+                    }
+                    let () = acks.query_async(&mut conn).await.expect("lrem");
+                    done.fetch_add(got.len(), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut conn = conn;
+    for _ in 0..N / batch {
+        let mut cmd = redis::cmd("LPUSH");
+        cmd.arg(&key);
+        for _ in 0..batch {
+            cmd.arg(&BODY[..]);
+        }
+        let _: i64 = cmd.query_async(&mut conn).await.expect("lpush");
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    started.elapsed()
+}
+
+/// The raw sqlx client on Postgres: INSERT (UNNEST for batches), then
+/// `DELETE … FOR UPDATE SKIP LOCKED RETURNING` to take messages (no lease: a crash
+/// mid-job loses the message).
+async fn raw_postgres(pool: sqlx::PgPool, batch: usize) -> Duration {
+    let queue = unique_name("raw");
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (pool, done, queue) = (pool.clone(), Arc::clone(&done), queue.clone());
+            tokio::spawn(async move {
+                while done.load(Ordering::Relaxed) < N {
+                    let got: Vec<(Vec<u8>,)> = sqlx::query_as(
+                        "DELETE FROM bench_raw_queue WHERE id IN (SELECT id FROM bench_raw_queue WHERE queue = $1
+                         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING body",
+                    )
+                    .bind(&queue)
+                    .bind(batch as i64)
+                    .fetch_all(&pool)
+                    .await
+                    .expect("take");
+                    if got.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    done.fetch_add(got.len(), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..N / batch {
+        let bodies: Vec<Vec<u8>> = (0..batch).map(|_| BODY.to_vec()).collect();
+        sqlx::query("INSERT INTO bench_raw_queue (queue, body) SELECT $1, b FROM UNNEST($2::bytea[]) AS t(b)")
+            .bind(&queue)
+            .bind(&bodies)
+            .execute(&pool)
+            .await
+            .expect("insert");
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    started.elapsed()
+}
+
+fn url(name: &str) -> Option<String> {
+    std::env::var(format!("PLATFORM_TEST_{name}_URL")).ok().filter(|u| !u.is_empty())
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = runtime();
+    let mut group = c.benchmark_group("queue");
+    group.sample_size(10).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(6));
+    group.throughput(Throughput::Elements(N as u64));
+
+    let sqlite_file = std::env::temp_dir().join("platform-bench-queue.db");
+    let mut backends: Vec<(&str, String)> = vec![
+        ("memory", "memory://bench".to_owned()),
+        ("sqlite", format!("sqlite://{}", sqlite_file.display())),
+    ];
+    for (name, var) in [("postgres", "POSTGRES"), ("mysql", "MYSQL"), ("redis", "REDIS")] {
+        if let Some(u) = url(var) {
+            backends.push((name, u));
+        }
+    }
+    for batch in [1, 100] {
+        for (name, base) in &backends {
+            let sep = if base.contains('?') { '&' } else { '?' };
+            group.bench_with_input(BenchmarkId::new(format!("{name}-consume"), batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let q = platform_queue::open(&format!("{base}{sep}queue={}", unique_name("bench")))
+                                .await
+                                .expect("open");
+                            total += through_queue(q, batch, true).await;
+                        }
+                        total
+                    })
+                });
+            });
+            group.bench_with_input(BenchmarkId::new(*name, batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            let q = platform_queue::open(&format!("{base}{sep}queue={}", unique_name("bench")))
+                                .await
+                                .expect("open");
+                            total += through_queue(q, batch, false).await;
+                        }
+                        total
+                    })
+                });
+            });
+        }
+        if let Some(u) = url("REDIS") {
+            let conn = rt.block_on(async {
+                redis::Client::open(u.as_str()).expect("client").get_multiplexed_async_connection().await.expect("conn")
+            });
+            group.bench_with_input(BenchmarkId::new("redis-raw", batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            total += raw_redis(conn.clone(), batch).await;
+                        }
+                        total
+                    })
+                });
+            });
+        }
+        if let Some(u) = url("POSTGRES") {
+            let pool = rt.block_on(async {
+                let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&u).await.expect("pool");
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS bench_raw_queue (id BIGSERIAL PRIMARY KEY, queue TEXT NOT NULL, body BYTEA NOT NULL)",
+                )
+                .execute(&pool)
+                .await
+                .expect("table");
+                pool
+            });
+            group.bench_with_input(BenchmarkId::new("postgres-raw", batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            total += raw_postgres(pool.clone(), batch).await;
+                        }
+                        total
+                    })
+                });
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

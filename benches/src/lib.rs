@@ -1,0 +1,1 @@
+//! Criterion benches of the platform crates; see `benches/` and `BENCHMARKS.md`.
