@@ -41,7 +41,8 @@ async fn through_queue(queue: Arc<dyn Queue>, batch: usize, prefill: bool) -> Du
             let (queue, done) = (Arc::clone(&queue), Arc::clone(&done));
             tokio::spawn(async move {
                 while done.load(Ordering::Relaxed) < N {
-                    let got = queue.receive(ReceiveOptions::new(batch, Duration::from_millis(20))).await.expect("receive");
+                    let got =
+                        queue.receive(ReceiveOptions::new(batch, Duration::from_millis(20))).await.expect("receive");
                     queue.ack_all(&got).await.expect("ack");
                     done.fetch_add(got.len(), Ordering::Relaxed);
                 }
@@ -160,10 +161,8 @@ fn bench(c: &mut Criterion) {
     group.throughput(Throughput::Elements(N as u64));
 
     let sqlite_file = std::env::temp_dir().join("platform-bench-queue.db");
-    let mut backends: Vec<(&str, String)> = vec![
-        ("memory", "memory://bench".to_owned()),
-        ("sqlite", format!("sqlite://{}", sqlite_file.display())),
-    ];
+    let mut backends: Vec<(&str, String)> =
+        vec![("memory", "memory://bench".to_owned()), ("sqlite", format!("sqlite://{}", sqlite_file.display()))];
     for (name, var) in [("postgres", "POSTGRES"), ("mysql", "MYSQL"), ("redis", "REDIS")] {
         if let Some(u) = url(var) {
             backends.push((name, u));

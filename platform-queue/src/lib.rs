@@ -11,8 +11,12 @@ mod worker;
 pub mod memory;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "_sql")]
@@ -48,6 +52,10 @@ pub fn schemes() -> Vec<&'static str> {
     all.extend(mysql::SCHEMES);
     #[cfg(feature = "redis")]
     all.extend(redis::SCHEMES);
+    #[cfg(feature = "nats")]
+    all.extend(nats::SCHEMES);
+    #[cfg(feature = "rabbitmq")]
+    all.extend(rabbitmq::SCHEMES);
     all
 }
 
@@ -99,6 +107,10 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
         "mysql" | "mariadb" => Arc::new(mysql::MysqlQueue::from_url(url).await?),
         #[cfg(feature = "redis")]
         "redis" | "rediss" | "valkey" | "valkeys" => Arc::new(redis::RedisQueue::from_url(url).await?),
+        #[cfg(feature = "nats")]
+        "nats" => Arc::new(nats::NatsQueue::from_url(url).await?),
+        #[cfg(feature = "rabbitmq")]
+        "amqp" => Arc::new(rabbitmq::RabbitQueue::from_url(url).await?),
         other => {
             let masked = platform_core::mask_url(url);
             let err = match feature_for(other) {

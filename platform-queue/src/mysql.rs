@@ -120,7 +120,70 @@ fn in_list(b: &mut QueryBuilder<MySql>, seqs: &[i64]) {
     list.push_unseparated(")");
 }
 
+/// Runs `op` again when InnoDB picked it as a deadlock victim (it was rolled back).
+async fn again<T, F, Fut>(mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut tries = 0;
+    loop {
+        match op().await {
+            Err(e) if e.is_retryable() && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(5 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 impl MysqlStore {
+    async fn try_insert(&self, queue: &str, messages: &[NewMessage], now_ms: i64, dedup_until_ms: i64) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut rows = Vec::with_capacity(messages.len());
+        for m in messages {
+            if let Some(key) = &m.dedup_key {
+                // An expired key goes; then the insert is ignored (0 rows) only for a live duplicate.
+                sqlx::query("DELETE FROM platform_queue_dedup WHERE queue = ? AND dedup_key = ? AND expires_at <= ?")
+                    .bind(queue)
+                    .bind(key)
+                    .bind(now_ms)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                let fresh = sqlx::query(
+                    "INSERT IGNORE INTO platform_queue_dedup (queue, dedup_key, expires_at) VALUES (?, ?, ?)",
+                )
+                .bind(queue)
+                .bind(key)
+                .bind(dedup_until_ms)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+                if fresh == 0 {
+                    continue;
+                }
+            }
+            rows.push(m);
+        }
+        if !rows.is_empty() {
+            let mut b: QueryBuilder<MySql> = QueryBuilder::new(
+                "INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at) ",
+            );
+            b.push_values(&rows, |mut r, m| {
+                r.push_bind(queue)
+                    .push_bind(m.body.as_ref())
+                    .push_bind(encode_headers(&m.headers))
+                    .push_bind(m.visible_at_ms)
+                    .push_bind(now_ms);
+            });
+            b.build().execute(&mut *tx).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
     async fn try_claim(
         &self,
         queue: &str,
@@ -180,48 +243,7 @@ impl LeaseStore for MysqlStore {
     }
 
     async fn insert(&self, queue: &str, messages: Vec<NewMessage>, now_ms: i64, dedup_until_ms: i64) -> Result<()> {
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let mut rows = Vec::with_capacity(messages.len());
-        for m in messages {
-            if let Some(key) = &m.dedup_key {
-                // An expired key goes; then the insert is ignored (0 rows) only for a live duplicate.
-                sqlx::query("DELETE FROM platform_queue_dedup WHERE queue = ? AND dedup_key = ? AND expires_at <= ?")
-                    .bind(queue)
-                    .bind(key)
-                    .bind(now_ms)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?;
-                let fresh = sqlx::query(
-                    "INSERT IGNORE INTO platform_queue_dedup (queue, dedup_key, expires_at) VALUES (?, ?, ?)",
-                )
-                .bind(queue)
-                .bind(key)
-                .bind(dedup_until_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?
-                .rows_affected();
-                if fresh == 0 {
-                    continue;
-                }
-            }
-            rows.push(m);
-        }
-        if !rows.is_empty() {
-            let mut b: QueryBuilder<MySql> = QueryBuilder::new(
-                "INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at) ",
-            );
-            b.push_values(&rows, |mut r, m| {
-                r.push_bind(queue)
-                    .push_bind(m.body.as_ref())
-                    .push_bind(encode_headers(&m.headers))
-                    .push_bind(m.visible_at_ms)
-                    .push_bind(now_ms);
-            });
-            b.build().execute(&mut *tx).await.map_err(map_err)?;
-        }
-        tx.commit().await.map_err(map_err)?;
+        again(|| self.try_insert(queue, &messages, now_ms, dedup_until_ms)).await?;
         self.notify.notify_waiters();
         Ok(())
     }
@@ -234,30 +256,26 @@ impl LeaseStore for MysqlStore {
         lease_until_ms: i64,
         token: &str,
     ) -> Result<Vec<StoredMessage>> {
-        // InnoDB may still pick a claim as a deadlock victim; it is safe to run again.
-        let mut tries = 0;
-        loop {
-            match self.try_claim(queue, max, now_ms, lease_until_ms, token).await {
-                Err(e) if e.is_retryable() && tries < 5 => tries += 1,
-                other => return other,
-            }
-        }
+        again(|| self.try_claim(queue, max, now_ms, lease_until_ms, token)).await
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
         let Some(seq) = parse_seq(id) else { return Ok(false) };
-        let n = sqlx::query(
-            "DELETE FROM platform_queue_messages WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
-        )
-        .bind(seq)
-        .bind(queue)
-        .bind(token)
-        .bind(now_ms)
-        .execute(&self.pool)
+        again(|| async {
+            let n = sqlx::query(
+                "DELETE FROM platform_queue_messages WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
+            )
+            .bind(seq)
+            .bind(queue)
+            .bind(token)
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+            Ok(n == 1)
+        })
         .await
-        .map_err(map_err)?
-        .rows_affected();
-        Ok(n == 1)
     }
 
     async fn release(

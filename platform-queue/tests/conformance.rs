@@ -27,6 +27,26 @@ conformance_tests!(mysql, UrlHarness::from_env("MYSQL"));
 #[cfg(feature = "redis")]
 conformance_tests!(redis, UrlHarness::from_env("REDIS"));
 
+#[cfg(feature = "nats")]
+conformance_tests!(nats, UrlHarness::from_env("NATS"));
+
+#[cfg(feature = "nats")]
+#[tokio::test]
+async fn url_parameters_nats() {
+    let Some(url) = platform_core::testkit::server_url("NATS") else { return };
+    url_parameters_are_checked(&url).await;
+}
+
+#[cfg(feature = "rabbitmq")]
+conformance_tests!(rabbitmq, UrlHarness::from_env("RABBITMQ"));
+
+#[cfg(feature = "rabbitmq")]
+#[tokio::test]
+async fn url_parameters_rabbitmq() {
+    let Some(url) = platform_core::testkit::server_url("RABBITMQ") else { return };
+    url_parameters_are_checked(&url).await;
+}
+
 #[tokio::test]
 async fn url_parameters_memory_and_sqlite() {
     url_parameters_are_checked("memory://conformance").await;
