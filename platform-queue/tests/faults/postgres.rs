@@ -87,7 +87,7 @@ async fn postgres_kill_and_restart_loses_nothing() {
     );
     let queue =
         eventually(Duration::from_secs(30), || async { platform_queue::open(&url).await.ok() }).await.expect("open");
-    let total = 300;
+    let total = 1000;
     let (received, duplicates) = run_through_crash(queue, total, || async {
         server.crash();
         wait_port(server.port, false).await;

@@ -42,7 +42,7 @@ async fn redis_kill_and_restart_loses_nothing() {
     wait_port(server.port, true).await;
     let url = format!("redis://127.0.0.1:{}?queue={}&visibility_timeout=2s", server.port, unique_name("fault"));
     let queue = platform_queue::open(&url).await.expect("open");
-    let total = 300;
+    let total = 1000;
     let (received, duplicates) = run_through_crash(queue, total, || async {
         kill(server.child.as_mut().expect("running"));
         wait_port(server.port, false).await;
