@@ -27,6 +27,9 @@ conformance_tests!(mysql, UrlHarness::from_env("MYSQL"));
 #[cfg(feature = "redis")]
 conformance_tests!(redis, UrlHarness::from_env("REDIS"));
 
+#[cfg(feature = "redis")]
+conformance_tests!(valkey, UrlHarness::from_env("VALKEY"));
+
 #[cfg(feature = "nats")]
 conformance_tests!(nats, UrlHarness::from_env("NATS"));
 
