@@ -150,6 +150,123 @@ async fn raw_postgres(pool: sqlx::PgPool, batch: usize) -> Duration {
     started.elapsed()
 }
 
+/// The raw async-nats client: JetStream publish (awaiting each ack), pull fetch, ack
+/// each message; a fresh work-queue stream per iteration.
+async fn raw_nats(client: async_nats::Client, batch: usize) -> Duration {
+    use async_nats::jetstream::{self, consumer::pull, stream};
+    use futures::StreamExt;
+    let js = jetstream::new(client);
+    let name = unique_name("RAW").replace('-', "_");
+    let subject = format!("raw.{name}");
+    let s = js
+        .create_stream(stream::Config {
+            name: name.clone(),
+            subjects: vec![subject.clone()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let consumer: jetstream::consumer::PullConsumer = s
+        .create_consumer(pull::Config { durable_name: Some("w".into()), max_ack_pending: -1, ..Default::default() })
+        .await
+        .expect("consumer");
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (consumer, done) = (consumer.clone(), Arc::clone(&done));
+            tokio::spawn(async move {
+                while done.load(Ordering::Relaxed) < N {
+                    let mut got = consumer.fetch().max_messages(batch).messages().await.expect("fetch");
+                    let mut n = 0;
+                    while let Some(m) = got.next().await {
+                        m.expect("message").double_ack().await.expect("ack");
+                        n += 1;
+                    }
+                    if n == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    done.fetch_add(n, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..N / batch {
+        let mut acks = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            acks.push(js.publish(subject.clone(), BODY.to_vec().into()).await.expect("publish"));
+        }
+        for a in acks {
+            a.await.expect("puback");
+        }
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let elapsed = started.elapsed();
+    let _ = js.delete_stream(&name).await;
+    elapsed
+}
+
+/// The raw lapin client: publish with confirms to a durable queue, `basic.get` and
+/// `basic.ack` each message.
+async fn raw_rabbitmq(conn: Arc<lapin::Connection>, batch: usize) -> Duration {
+    use lapin::options::{
+        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    };
+    use lapin::types::FieldTable;
+    let queue = unique_name("raw");
+    let publisher = conn.create_channel().await.expect("channel");
+    publisher.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
+    let opts = QueueDeclareOptions { durable: true, ..Default::default() };
+    publisher.queue_declare(queue.as_str().into(), opts, FieldTable::default()).await.expect("declare");
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (conn, done, queue) = (Arc::clone(&conn), Arc::clone(&done), queue.clone());
+            tokio::spawn(async move {
+                let ch = conn.create_channel().await.expect("channel");
+                while done.load(Ordering::Relaxed) < N {
+                    let mut n = 0;
+                    while n < batch {
+                        let Some(m) =
+                            ch.basic_get(queue.as_str().into(), BasicGetOptions::default()).await.expect("get")
+                        else {
+                            break;
+                        };
+                        m.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                        n += 1;
+                    }
+                    if n == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                    done.fetch_add(n, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..N / batch {
+        let mut confirms = Vec::with_capacity(batch);
+        for _ in 0..batch {
+            let props = lapin::BasicProperties::default().with_delivery_mode(2);
+            let c = publisher
+                .basic_publish("".into(), queue.as_str().into(), BasicPublishOptions::default(), &BODY, props)
+                .await
+                .expect("publish");
+            confirms.push(c);
+        }
+        for c in confirms {
+            c.await.expect("confirm");
+        }
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    started.elapsed()
+}
+
 fn url(name: &str) -> Option<String> {
     std::env::var(format!("PLATFORM_TEST_{name}_URL")).ok().filter(|u| !u.is_empty())
 }
@@ -163,7 +280,9 @@ fn bench(c: &mut Criterion) {
     let sqlite_file = std::env::temp_dir().join("platform-bench-queue.db");
     let mut backends: Vec<(&str, String)> =
         vec![("memory", "memory://bench".to_owned()), ("sqlite", format!("sqlite://{}", sqlite_file.display()))];
-    for (name, var) in [("postgres", "POSTGRES"), ("mysql", "MYSQL"), ("redis", "REDIS")] {
+    for (name, var) in
+        [("postgres", "POSTGRES"), ("mysql", "MYSQL"), ("redis", "REDIS"), ("nats", "NATS"), ("rabbitmq", "RABBITMQ")]
+    {
         if let Some(u) = url(var) {
             backends.push((name, u));
         }
@@ -233,6 +352,36 @@ fn bench(c: &mut Criterion) {
                         let mut total = Duration::ZERO;
                         for _ in 0..iters {
                             total += raw_postgres(pool.clone(), batch).await;
+                        }
+                        total
+                    })
+                });
+            });
+        }
+        if let Some(u) = url("NATS") {
+            let client = rt.block_on(async { async_nats::connect(u.as_str()).await.expect("nats") });
+            group.bench_with_input(BenchmarkId::new("nats-raw", batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            total += raw_nats(client.clone(), batch).await;
+                        }
+                        total
+                    })
+                });
+            });
+        }
+        if let Some(u) = url("RABBITMQ") {
+            let conn = rt.block_on(async {
+                Arc::new(lapin::Connection::connect(&u, lapin::ConnectionProperties::default()).await.expect("amqp"))
+            });
+            group.bench_with_input(BenchmarkId::new("rabbitmq-raw", batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let mut total = Duration::ZERO;
+                        for _ in 0..iters {
+                            total += raw_rabbitmq(Arc::clone(&conn), batch).await;
                         }
                         total
                     })

@@ -277,7 +277,7 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
         loop {
             let now = now_ms();
             let vt = inner.options.visibility_timeout;
-            let token = uuid::Uuid::new_v4().simple().to_string();
+            let token: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
             let claimed = inner.store.claim(queue, options.max, now, now + ms(vt), &token).await?;
             let mut out = Vec::with_capacity(claimed.len());
             for m in claimed {
@@ -297,7 +297,7 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
                 let acker = LeaseAcker {
                     inner: Arc::clone(inner),
                     id: m.id.clone(),
-                    token: token.clone(),
+                    token: Arc::clone(&token),
                     attempts: m.attempts,
                     first_failure_ms: m.first_failure_ms,
                     headers: m.headers.clone(),
@@ -341,7 +341,7 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
 struct LeaseAcker<S> {
     inner: Arc<Inner<S>>,
     id: String,
-    token: String,
+    token: Arc<str>,
     attempts: u32,
     first_failure_ms: Option<i64>,
     headers: Headers,

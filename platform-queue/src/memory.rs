@@ -84,7 +84,17 @@ fn lock(s: &Shared) -> MutexGuard<'_, State> {
 /// The store behind [`MemoryQueue`]: process-wide queues by name.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
-    _private: (),
+    /// The queues this handle uses most (its queue and dead-letter queue), looked up once.
+    cached: Vec<(String, Arc<Shared>)>,
+}
+
+impl MemoryStore {
+    fn queue(&self, name: &str) -> Arc<Shared> {
+        match self.cached.iter().find(|(n, _)| n == name) {
+            Some((_, q)) => Arc::clone(q),
+            None => shared(name),
+        }
+    }
 }
 
 impl MemoryQueue {
@@ -103,7 +113,8 @@ impl MemoryQueue {
 
     /// Opens the in-process queue described by `options`.
     pub fn with_options(options: QueueOptions) -> Result<Self> {
-        Self::new(MemoryStore::default(), options)
+        let cached = [&options.queue, &options.dead_letter].map(|n| (n.clone(), shared(n))).to_vec();
+        Self::new(MemoryStore { cached }, options)
     }
 }
 
@@ -122,7 +133,7 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn insert(&self, queue: &str, messages: Vec<NewMessage>, now_ms: i64, dedup_until_ms: i64) -> Result<()> {
-        let q = shared(queue);
+        let q = self.queue(queue);
         {
             let mut st = lock(&q);
             if st.dedup.len() > 10_000 {
@@ -157,7 +168,7 @@ impl LeaseStore for MemoryStore {
         lease_until_ms: i64,
         token: &str,
     ) -> Result<Vec<StoredMessage>> {
-        let q = shared(queue);
+        let q = self.queue(queue);
         let mut st = lock(&q);
         let due: Vec<(i64, u64)> = st.index.iter().take_while(|(at, _)| *at <= now_ms).take(max).copied().collect();
         let token: Arc<str> = Arc::from(token);
@@ -184,7 +195,7 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
-        let q = shared(queue);
+        let q = self.queue(queue);
         let mut st = lock(&q);
         let Some((seq, e)) = st.held(id, token, now_ms) else { return Ok(false) };
         let at = e.visible_at;
@@ -203,7 +214,7 @@ impl LeaseStore for MemoryStore {
         failed: bool,
         refund: bool,
     ) -> Result<bool> {
-        let q = shared(queue);
+        let q = self.queue(queue);
         {
             let mut st = lock(&q);
             let Some((seq, e)) = st.held(id, token, now_ms) else { return Ok(false) };
@@ -224,7 +235,7 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn extend(&self, queue: &str, id: &str, token: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
-        let q = shared(queue);
+        let q = self.queue(queue);
         let mut st = lock(&q);
         let Some((seq, e)) = st.held(id, token, now_ms) else { return Ok(false) };
         let old = e.visible_at;
@@ -244,7 +255,7 @@ impl LeaseStore for MemoryStore {
         headers: &Headers,
     ) -> Result<bool> {
         let entry = {
-            let q = shared(queue);
+            let q = self.queue(queue);
             let mut st = lock(&q);
             let Some((seq, e)) = st.held(id, token, now_ms) else { return Ok(false) };
             let at = e.visible_at;
@@ -257,7 +268,7 @@ impl LeaseStore for MemoryStore {
             e.token = None;
             e.attempts = 0;
             e.first_failure = None;
-            let t = shared(target);
+            let t = self.queue(target);
             lock(&t).push(e);
             t.notify.notify_waiters();
         }
@@ -265,7 +276,7 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<StoredMessage>> {
-        let q = shared(queue);
+        let q = self.queue(queue);
         let st = lock(&q);
         let mut seqs: Vec<u64> = st.entries.keys().copied().collect();
         seqs.sort_unstable();
@@ -281,7 +292,7 @@ impl LeaseStore for MemoryStore {
 
     async fn redrive(&self, from: &str, to: &str, limit: usize, now_ms: i64) -> Result<usize> {
         let moved: Vec<Entry> = {
-            let f = shared(from);
+            let f = self.queue(from);
             let mut st = lock(&f);
             let mut seqs: Vec<u64> = st.entries.keys().copied().collect();
             seqs.sort_unstable();
@@ -295,7 +306,7 @@ impl LeaseStore for MemoryStore {
                 .collect()
         };
         let n = moved.len();
-        let t = shared(to);
+        let t = self.queue(to);
         {
             let mut st = lock(&t);
             for mut e in moved {
@@ -315,7 +326,7 @@ impl LeaseStore for MemoryStore {
     }
 
     async fn wait_for_work(&self, queue: &str, timeout: Duration) {
-        let q = shared(queue);
+        let q = self.queue(queue);
         let _ = tokio::time::timeout(timeout, q.notify.notified()).await;
     }
 

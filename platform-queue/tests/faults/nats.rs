@@ -38,9 +38,8 @@ async fn nats_kill_and_restart_loses_nothing() {
     let mut server = NatsServer::start(bin);
     wait_port(server.port, true).await;
     let url = format!("nats://127.0.0.1:{}?queue={}&visibility_timeout=2s", server.port, unique_name("fault"));
-    let queue = eventually(Duration::from_secs(30), || async { platform_queue::open(&url).await.ok() })
-        .await
-        .expect("open");
+    let queue =
+        eventually(Duration::from_secs(30), || async { platform_queue::open(&url).await.ok() }).await.expect("open");
     let total = 1000;
     let (received, duplicates) = run_through_crash(queue, total, || async {
         kill(server.child.as_mut().expect("running"));
