@@ -96,6 +96,11 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
     /// Deletes the message if `token` holds its lease; `false` otherwise.
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool>;
 
+    /// Acks several messages in one round trip: for each `(id, token)`, whether its
+    /// lease was held and it is gone. Stores without a batch form return `None`, and
+    /// acks then go one by one.
+    async fn ack_many(&self, queue: &str, items: &[(String, Arc<str>)], now_ms: i64) -> Result<Option<Vec<bool>>>;
+
     /// If `token` holds the lease: clears it, sets `visible_at`, sets the first failure
     /// to `now_ms` when none was set and `failed`, and, when `refund`, takes back the
     /// attempt this delivery counted. `false` when the lease was lost.
@@ -142,6 +147,10 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
     /// The longest pause between two polls of an idle queue.
     fn max_poll_interval(&self) -> Duration;
 
+    /// Whether concurrent acks should be gathered into `ack_many` calls (stores
+    /// behind a network round trip); in-process stores ack directly.
+    fn groups_acks(&self) -> bool;
+
     /// Releases connections.
     async fn close(&self) -> Result<()>;
 }
@@ -163,6 +172,62 @@ struct Inner<S> {
     store: S,
     options: QueueOptions,
     closed: AtomicBool,
+    acks: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PendingAck>>,
+}
+
+type PendingAck = (String, Arc<str>, tokio::sync::oneshot::Sender<Result<bool>>);
+
+impl<S: LeaseStore> Inner<S> {
+    /// Acks through one flusher task per queue handle, which sends every ack waiting
+    /// at that moment in one `ack_many`: concurrent acks share a round trip.
+    async fn ack(self: &Arc<Self>, id: &str, token: &Arc<str>) -> Result<bool> {
+        let tx = self.acks.get_or_init(|| {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(flush_acks(Arc::downgrade(self), rx));
+            tx
+        });
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if tx.send((id.to_owned(), Arc::clone(token), done)).is_err() {
+            return self.store.ack(&self.options.queue, id, token, now_ms()).await;
+        }
+        match wait.await {
+            Ok(result) => result,
+            Err(_) => Err(Error::unavailable("ack flusher stopped").with_backend(self.store.backend())),
+        }
+    }
+}
+
+async fn flush_acks<S: LeaseStore>(
+    inner: std::sync::Weak<Inner<S>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<PendingAck>,
+) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1000).await > 0 {
+        let Some(inner) = inner.upgrade() else { return };
+        let queue = inner.options.queue.as_str();
+        let now = now_ms();
+        let items: Vec<(String, Arc<str>)> = batch.iter().map(|(id, t, _)| (id.clone(), Arc::clone(t))).collect();
+        let grouped = if items.len() > 1 { inner.store.ack_many(queue, &items, now).await } else { Ok(None) };
+        match grouped {
+            Ok(Some(held)) => {
+                for ((_, _, done), ok) in batch.drain(..).zip(held) {
+                    let _ = done.send(Ok(ok));
+                }
+            }
+            Ok(None) => {
+                let results =
+                    futures::future::join_all(batch.iter().map(|(id, t, _)| inner.store.ack(queue, id, t, now))).await;
+                for ((_, _, done), r) in batch.drain(..).zip(results) {
+                    let _ = done.send(r);
+                }
+            }
+            Err(e) => {
+                for (_, _, done) in batch.drain(..) {
+                    let _ = done.send(Err(Error::new(e.kind(), e.to_string()).with_backend(inner.store.backend())));
+                }
+            }
+        }
+    }
 }
 
 /// A [`Queue`] over a [`LeaseStore`]: the semantics every store-backed backend shares.
@@ -174,7 +239,8 @@ impl<S: LeaseStore> LeasedQueue<S> {
     /// A queue over `store` with `options`.
     pub fn new(store: S, options: QueueOptions) -> Result<Self> {
         options.validate()?;
-        Ok(Self { inner: Arc::new(Inner { store, options, closed: AtomicBool::new(false) }) })
+        let inner = Inner { store, options, closed: AtomicBool::new(false), acks: std::sync::OnceLock::new() };
+        Ok(Self { inner: Arc::new(inner) })
     }
 
     /// The store.
@@ -377,7 +443,11 @@ impl<S: LeaseStore> LeaseAcker<S> {
 #[async_trait]
 impl<S: LeaseStore> Acker for LeaseAcker<S> {
     async fn ack(&self) -> Result<()> {
-        let held = self.inner.store.ack(&self.inner.options.queue, &self.id, &self.token, now_ms()).await?;
+        let held = if self.inner.store.groups_acks() {
+            self.inner.ack(&self.id, &self.token).await?
+        } else {
+            self.inner.store.ack(&self.inner.options.queue, &self.id, &self.token, now_ms()).await?
+        };
         self.check(held, "ack")
     }
 

@@ -330,6 +330,14 @@ impl LeaseStore for MemoryStore {
         let _ = tokio::time::timeout(timeout, q.notify.notified()).await;
     }
 
+    fn groups_acks(&self) -> bool {
+        false
+    }
+
+    async fn ack_many(&self, _queue: &str, _items: &[(String, Arc<str>)], _now_ms: i64) -> Result<Option<Vec<bool>>> {
+        Ok(None)
+    }
+
     fn max_poll_interval(&self) -> Duration {
         Duration::from_millis(50)
     }

@@ -11,6 +11,7 @@
 //! `socket`, `timezone`. Tables are created on open.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -400,6 +401,14 @@ impl LeaseStore for MysqlStore {
 
     async fn wait_for_work(&self, _queue: &str, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    }
+
+    fn groups_acks(&self) -> bool {
+        false
+    }
+
+    async fn ack_many(&self, _queue: &str, _items: &[(String, Arc<str>)], _now_ms: i64) -> Result<Option<Vec<bool>>> {
+        Ok(None)
     }
 
     fn max_poll_interval(&self) -> Duration {

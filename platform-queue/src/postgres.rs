@@ -285,6 +285,25 @@ impl LeaseStore for PostgresStore {
         Ok(n == 1)
     }
 
+    async fn ack_many(&self, queue: &str, items: &[(String, Arc<str>)], now_ms: i64) -> Result<Option<Vec<bool>>> {
+        let (seqs, tokens): (Vec<i64>, Vec<String>) =
+            items.iter().filter_map(|(id, t)| Some((parse_seq(id)?, t.to_string()))).unzip();
+        let gone: Vec<(i64,)> = sqlx::query_as(
+            "DELETE FROM platform_queue_messages m USING UNNEST($2::bigint[], $3::text[]) AS a(seq, token)
+             WHERE m.seq = a.seq AND m.token = a.token AND m.queue = $1 AND m.visible_at > $4
+             RETURNING m.seq",
+        )
+        .bind(queue)
+        .bind(&seqs)
+        .bind(&tokens)
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let gone: std::collections::HashSet<i64> = gone.into_iter().map(|(s,)| s).collect();
+        Ok(Some(items.iter().map(|(id, _)| parse_seq(id).is_some_and(|s| gone.contains(&s))).collect()))
+    }
+
     async fn release(
         &self,
         queue: &str,
@@ -405,6 +424,10 @@ impl LeaseStore for PostgresStore {
         self.ensure_listener();
         let waker = self.waker(queue);
         let _ = tokio::time::timeout(timeout, waker.notified()).await;
+    }
+
+    fn groups_acks(&self) -> bool {
+        true
     }
 
     fn max_poll_interval(&self) -> Duration {

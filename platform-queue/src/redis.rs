@@ -16,7 +16,7 @@
 //! and `valkeys://` as aliases, plus the common parameters and `response_timeout`
 //! (default 10s).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -137,6 +137,28 @@ if not held(z, k, id, ARGV[3], tonumber(ARGV[4])) then return 0 end
 redis.call('DEL', k)
 redis.call('ZREM', z, id)
 return 1",
+    )
+});
+
+// ARGV: prefix, now, then id, token pairs. Returns 1 or 0 per pair.
+static ACK_MANY: LazyLock<Script> = LazyLock::new(|| {
+    script(
+        r"
+local p, now = ARGV[1], tonumber(ARGV[2])
+local z = p .. ':z'
+local out = {}
+for i = 3, #ARGV, 2 do
+  local id = ARGV[i]
+  local k = p .. ':m:' .. id
+  if held(z, k, id, ARGV[i + 1], now) then
+    redis.call('DEL', k)
+    redis.call('ZREM', z, id)
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+end
+return out",
     )
 });
 
@@ -351,6 +373,16 @@ impl LeaseStore for RedisStore {
         Ok(n == 1)
     }
 
+    async fn ack_many(&self, queue: &str, items: &[(String, Arc<str>)], now_ms: i64) -> Result<Option<Vec<bool>>> {
+        let mut inv = ACK_MANY.prepare_invoke();
+        inv.arg(prefix(queue)).arg(now_ms);
+        for (id, token) in items {
+            inv.arg(id.as_str()).arg(token.as_ref());
+        }
+        let held: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await.map_err(map_err)?;
+        Ok(Some(held.into_iter().map(|h| h == 1).collect()))
+    }
+
     async fn release(
         &self,
         queue: &str,
@@ -445,6 +477,10 @@ impl LeaseStore for RedisStore {
 
     async fn wait_for_work(&self, _queue: &str, timeout: Duration) {
         tokio::time::sleep(timeout).await;
+    }
+
+    fn groups_acks(&self) -> bool {
+        true
     }
 
     fn max_poll_interval(&self) -> Duration {

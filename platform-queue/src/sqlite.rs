@@ -10,6 +10,7 @@
 //! `busy_timeout` (default 5s). WAL journal mode is turned on for files.
 
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -320,6 +321,14 @@ impl LeaseStore for SqliteStore {
 
     async fn wait_for_work(&self, _queue: &str, timeout: Duration) {
         let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
+    }
+
+    fn groups_acks(&self) -> bool {
+        false
+    }
+
+    async fn ack_many(&self, _queue: &str, _items: &[(String, Arc<str>)], _now_ms: i64) -> Result<Option<Vec<bool>>> {
+        Ok(None)
     }
 
     fn max_poll_interval(&self) -> Duration {

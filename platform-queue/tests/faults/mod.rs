@@ -60,7 +60,8 @@ fn remove_dir(dir: &Path) {
 }
 
 /// Sends `total` messages while one consumer receives and acks; calls `crash` after a
-/// third was sent. Returns (received distinct, duplicates).
+/// third was sent (some of those delayed past the crash). Returns (received distinct,
+/// duplicates).
 async fn run_through_crash<F, Fut>(queue: Arc<dyn Queue>, total: usize, crash: F) -> (usize, usize)
 where
     F: FnOnce() -> Fut,
@@ -91,13 +92,18 @@ where
         })
     };
     let mut crash = Some(crash);
+    // Some messages are delayed past the crash: scheduled messages survive a restart too.
+    let delays = queue.capabilities().delay;
     for i in 0..total {
         if i == total / 3
             && let Some(crash) = crash.take()
         {
             crash().await;
         }
-        let message = Message::new(format!("m{i}"));
+        let mut message = Message::new(format!("m{i}"));
+        if delays && i < total / 3 && i % 25 == 0 {
+            message = message.with_delay(Duration::from_secs(1));
+        }
         // A send that fails while the server is down is retried: the caller saw an
         // error, so nothing was acknowledged yet.
         let mut tries = 0;
