@@ -264,14 +264,30 @@ impl Queue for NatsQueue {
         let deadline = tokio::time::Instant::now() + options.wait;
         let mut pause = Duration::from_millis(5);
         loop {
-            let mut batch = self.consumer.fetch().max_messages(options.max).messages().await.map_err(map_err)?;
-            let mut out = Vec::new();
-            while let Some(m) = batch.next().await {
-                let m = m.map_err(map_err)?;
-                if let Some(d) = self.deliver(m).await? {
-                    out.push(d);
+            // A no-wait pull that finds only unacked messages gets no answer from some
+            // servers; `expires` makes the server end it, the timeout covers the rest.
+            let fetch = async {
+                let mut batch = self
+                    .consumer
+                    .fetch()
+                    .max_messages(options.max)
+                    .expires(Duration::from_millis(200))
+                    .messages()
+                    .await
+                    .map_err(map_err)?;
+                let mut out = Vec::new();
+                while let Some(m) = batch.next().await {
+                    let m = m.map_err(map_err)?;
+                    if let Some(d) = self.deliver(m).await? {
+                        out.push(d);
+                    }
                 }
-            }
+                Ok::<_, Error>(out)
+            };
+            let out = match tokio::time::timeout(Duration::from_secs(2), fetch).await {
+                Ok(out) => out?,
+                Err(_) => Vec::new(),
+            };
             if !out.is_empty() {
                 return Ok(out);
             }
