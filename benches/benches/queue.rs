@@ -178,7 +178,14 @@ async fn raw_nats(client: async_nats::Client, batch: usize) -> Duration {
             let (consumer, done) = (consumer.clone(), Arc::clone(&done));
             tokio::spawn(async move {
                 while done.load(Ordering::Relaxed) < N {
-                    let mut got = consumer.fetch().max_messages(batch).messages().await.expect("fetch");
+                    // `expires`: a no-wait pull that finds only unacked messages may get no answer.
+                    let mut got = consumer
+                        .fetch()
+                        .max_messages(batch)
+                        .expires(Duration::from_millis(200))
+                        .messages()
+                        .await
+                        .expect("fetch");
                     let mut n = 0;
                     while let Some(m) = got.next().await {
                         m.expect("message").double_ack().await.expect("ack");

@@ -201,30 +201,39 @@ async fn flush_acks<S: LeaseStore>(
     inner: std::sync::Weak<Inner<S>>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<PendingAck>,
 ) {
-    let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 1000).await > 0 {
+    loop {
+        let mut batch = Vec::new();
+        if rx.recv_many(&mut batch, 1000).await == 0 {
+            return;
+        }
         let Some(inner) = inner.upgrade() else { return };
-        let queue = inner.options.queue.as_str();
-        let now = now_ms();
-        let items: Vec<(String, Arc<str>)> = batch.iter().map(|(id, t, _)| (id.clone(), Arc::clone(t))).collect();
-        let grouped = if items.len() > 1 { inner.store.ack_many(queue, &items, now).await } else { Ok(None) };
-        match grouped {
-            Ok(Some(held)) => {
-                for ((_, _, done), ok) in batch.drain(..).zip(held) {
-                    let _ = done.send(Ok(ok));
-                }
+        // Each gathered batch goes out on its own, so batches overlap instead of queueing
+        // behind one another.
+        tokio::spawn(async move { ack_batch(&inner, batch).await });
+    }
+}
+
+async fn ack_batch<S: LeaseStore>(inner: &Inner<S>, mut batch: Vec<PendingAck>) {
+    let queue = inner.options.queue.as_str();
+    let now = now_ms();
+    let items: Vec<(String, Arc<str>)> = batch.iter().map(|(id, t, _)| (id.clone(), Arc::clone(t))).collect();
+    let grouped = if items.len() > 1 { inner.store.ack_many(queue, &items, now).await } else { Ok(None) };
+    match grouped {
+        Ok(Some(held)) => {
+            for ((_, _, done), ok) in batch.drain(..).zip(held) {
+                let _ = done.send(Ok(ok));
             }
-            Ok(None) => {
-                let results =
-                    futures::future::join_all(batch.iter().map(|(id, t, _)| inner.store.ack(queue, id, t, now))).await;
-                for ((_, _, done), r) in batch.drain(..).zip(results) {
-                    let _ = done.send(r);
-                }
+        }
+        Ok(None) => {
+            let results =
+                futures::future::join_all(batch.iter().map(|(id, t, _)| inner.store.ack(queue, id, t, now))).await;
+            for ((_, _, done), r) in batch.drain(..).zip(results) {
+                let _ = done.send(r);
             }
-            Err(e) => {
-                for (_, _, done) in batch.drain(..) {
-                    let _ = done.send(Err(Error::new(e.kind(), e.to_string()).with_backend(inner.store.backend())));
-                }
+        }
+        Err(e) => {
+            for (_, _, done) in batch.drain(..) {
+                let _ = done.send(Err(Error::new(e.kind(), e.to_string()).with_backend(inner.store.backend())));
             }
         }
     }
