@@ -532,6 +532,49 @@ pub async fn url_parameters_are_checked(base_url: &str) {
     assert!(err.details().iter().any(|d| d.field == "max_attempts"), "{err}");
 }
 
+/// The `Worker` keeps leases alive: a handler that runs longer than the visibility
+/// timeout is not redelivered (its lease is extended while it runs), and a message
+/// that waited in the prefetch buffer longer than the lease gets a fresh lease when it
+/// is handed out, so nothing is handled twice.
+pub async fn worker_keeps_leases_alive(h: &dyn Harness) {
+    use std::sync::Mutex;
+    let vt = Duration::from_millis(1000);
+    let q = h.open(&fresh().with_visibility_timeout(vt)).await.expect("open");
+    if !q.capabilities().extend {
+        return;
+    }
+    q.send_batch((0..3).map(|i| Message::new(i.to_string())).collect()).await.expect("send");
+    let seen: Arc<Mutex<Vec<(String, u32)>>> = Arc::default();
+    let handler = {
+        let seen = Arc::clone(&seen);
+        move |d: Arc<Delivery>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                seen.lock().expect("lock").push((String::from_utf8_lossy(d.body()).into_owned(), d.attempt()));
+                tokio::time::sleep(Duration::from_millis(1300)).await;
+                Ok(())
+            }
+        }
+    };
+    let config =
+        WorkerConfig::default().with_concurrency(1).with_prefetch(2).with_poll_wait(Duration::from_millis(200));
+    let worker = Worker::new(Arc::clone(&q), handler).with_config(config);
+    let stats = worker.stats();
+    let stop = CancellationToken::new();
+    let running = tokio::spawn(worker.run(stop.clone()));
+    eventually(Duration::from_secs(30), || async { (stats.finished() >= 3).then_some(()) })
+        .await
+        .expect("three jobs finished");
+    // Nothing may come back after its lease would have run out.
+    tokio::time::sleep(vt + Duration::from_millis(500)).await;
+    stop.cancel();
+    running.await.expect("join").expect("run");
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 3, "a job was handled twice: {seen:?}");
+    assert!(seen.iter().all(|(_, attempt)| *attempt == 1), "a job was redelivered: {seen:?}");
+    assert!(stats.extended.load(std::sync::atomic::Ordering::Relaxed) >= 1, "no lease was extended");
+}
+
 /// Runs every behaviour in turn (the macro runs them as separate tests instead).
 pub async fn run_all(h: &dyn Harness) {
     round_trip_is_exact(h).await;
@@ -553,6 +596,7 @@ pub async fn run_all(h: &dyn Harness) {
     fresh_queue_is_empty(h).await;
     health_check_round_trips(h).await;
     worker_retries_dead_letters_and_drains(h).await;
+    worker_keeps_leases_alive(h).await;
 }
 
 /// Writes one `#[tokio::test]` per behaviour in a module named after the backend.
@@ -584,7 +628,8 @@ macro_rules! conformance_tests {
             cancelled_receive_loses_nothing,
             fresh_queue_is_empty,
             health_check_round_trips,
-            worker_retries_dead_letters_and_drains
+            worker_retries_dead_letters_and_drains,
+            worker_keeps_leases_alive
         );
     };
     (@each $backend:ident, $harness:expr, $($behaviour:ident),+) => {

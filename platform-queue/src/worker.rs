@@ -224,9 +224,15 @@ impl Worker {
                 }
                 continue;
             }
+            // While every handler is busy, buffered messages keep their leases alive.
+            let renew_every = buffer.iter().map(|(d, _)| d.lease()).min().unwrap_or(Duration::from_secs(1)) / 3;
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 p = Arc::clone(&slots).acquire_owned() => p.expect("semaphore never closes"),
+                _ = tokio::time::sleep(renew_every) => {
+                    renew_buffered(&mut buffer).await;
+                    continue;
+                }
             };
             let Some((delivery, fetched)) = buffer.pop_front() else { continue };
             // The lease must run from hand-out: renew it when the message sat in the buffer.
@@ -266,6 +272,27 @@ impl Worker {
         }
         Ok(self.stats)
     }
+}
+
+/// Extends the leases of buffered messages past half their lease; drops the ones whose
+/// lease was lost (they come back to someone else).
+async fn renew_buffered(buffer: &mut VecDeque<(Delivery, Instant)>) {
+    let mut kept = VecDeque::with_capacity(buffer.len());
+    for (d, fetched) in buffer.drain(..) {
+        if fetched.elapsed() < d.lease() / 2 {
+            kept.push_back((d, fetched));
+            continue;
+        }
+        match d.extend(d.lease()).await {
+            Ok(()) => kept.push_back((d, Instant::now())),
+            Err(e) if e.is_conflict() => tracing::debug!(id = d.id(), "lease lost while prefetched"),
+            Err(e) => {
+                tracing::warn!(id = d.id(), error = %e, "could not extend a prefetched lease");
+                kept.push_back((d, fetched));
+            }
+        }
+    }
+    *buffer = kept;
 }
 
 struct Job {
