@@ -274,6 +274,21 @@ async fn raw_rabbitmq(conn: Arc<lapin::Connection>, batch: usize) -> Duration {
     started.elapsed()
 }
 
+/// Runs `iteration` `iters` times on `rt` and adds up the durations it reports.
+fn timed<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, mut iteration: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    rt.block_on(async {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            total += iteration().await;
+        }
+        total
+    })
+}
+
 fn url(name: &str) -> Option<String> {
     std::env::var(format!("PLATFORM_TEST_{name}_URL")).ok().filter(|u| !u.is_empty())
 }
@@ -297,49 +312,25 @@ fn bench(c: &mut Criterion) {
     for batch in [1, 100] {
         for (name, base) in &backends {
             let sep = if base.contains('?') { '&' } else { '?' };
-            group.bench_with_input(BenchmarkId::new(format!("{name}-consume"), batch), &batch, |b, &batch| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
+            for (label, prefill) in [(format!("{name}-consume"), true), ((*name).to_owned(), false)] {
+                group.bench_with_input(BenchmarkId::new(label, batch), &batch, |b, &batch| {
+                    b.iter_custom(|iters| {
+                        timed(&rt, iters, || async {
                             let q = platform_queue::open(&format!("{base}{sep}queue={}", unique_name("bench")))
                                 .await
                                 .expect("open");
-                            total += through_queue(q, batch, true).await;
-                        }
-                        total
-                    })
+                            through_queue(q, batch, prefill).await
+                        })
+                    });
                 });
-            });
-            group.bench_with_input(BenchmarkId::new(*name, batch), &batch, |b, &batch| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            let q = platform_queue::open(&format!("{base}{sep}queue={}", unique_name("bench")))
-                                .await
-                                .expect("open");
-                            total += through_queue(q, batch, false).await;
-                        }
-                        total
-                    })
-                });
-            });
+            }
         }
         if let Some(u) = url("REDIS") {
             let conn = rt.block_on(async {
                 redis::Client::open(u.as_str()).expect("client").get_multiplexed_async_connection().await.expect("conn")
             });
             group.bench_with_input(BenchmarkId::new("redis-raw", batch), &batch, |b, &batch| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            total += raw_redis(conn.clone(), batch).await;
-                        }
-                        total
-                    })
-                });
+                b.iter_custom(|iters| timed(&rt, iters, || raw_redis(conn.clone(), batch)));
             });
         }
         if let Some(u) = url("POSTGRES") {
@@ -354,29 +345,13 @@ fn bench(c: &mut Criterion) {
                 pool
             });
             group.bench_with_input(BenchmarkId::new("postgres-raw", batch), &batch, |b, &batch| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            total += raw_postgres(pool.clone(), batch).await;
-                        }
-                        total
-                    })
-                });
+                b.iter_custom(|iters| timed(&rt, iters, || raw_postgres(pool.clone(), batch)));
             });
         }
         if let Some(u) = url("NATS") {
             let client = rt.block_on(async { async_nats::connect(u.as_str()).await.expect("nats") });
             group.bench_with_input(BenchmarkId::new("nats-raw", batch), &batch, |b, &batch| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            total += raw_nats(client.clone(), batch).await;
-                        }
-                        total
-                    })
-                });
+                b.iter_custom(|iters| timed(&rt, iters, || raw_nats(client.clone(), batch)));
             });
         }
         if let Some(u) = url("RABBITMQ") {
@@ -384,15 +359,7 @@ fn bench(c: &mut Criterion) {
                 Arc::new(lapin::Connection::connect(&u, lapin::ConnectionProperties::default()).await.expect("amqp"))
             });
             group.bench_with_input(BenchmarkId::new("rabbitmq-raw", batch), &batch, |b, &batch| {
-                b.iter_custom(|iters| {
-                    rt.block_on(async {
-                        let mut total = Duration::ZERO;
-                        for _ in 0..iters {
-                            total += raw_rabbitmq(Arc::clone(&conn), batch).await;
-                        }
-                        total
-                    })
-                });
+                b.iter_custom(|iters| timed(&rt, iters, || raw_rabbitmq(Arc::clone(&conn), batch)));
             });
         }
     }
