@@ -140,6 +140,38 @@ where
 }
 
 impl MysqlStore {
+    /// Locks the rows whose leases the items hold, deletes them, and says which.
+    async fn try_ack_many(
+        &self,
+        queue: &str,
+        items: &[(String, Arc<str>)],
+        now_ms: i64,
+    ) -> Result<std::collections::HashSet<i64>> {
+        let pairs: Vec<(i64, String)> =
+            items.iter().filter_map(|(id, t)| Some((parse_seq(id)?, t.to_string()))).collect();
+        if pairs.is_empty() {
+            return Ok(std::collections::HashSet::new());
+        }
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        let mut b: QueryBuilder<MySql> = QueryBuilder::new("SELECT seq FROM platform_queue_messages WHERE queue = ");
+        b.push_bind(queue.to_owned()).push(" AND visible_at > ").push_bind(now_ms).push(" AND (seq, token) IN (");
+        let mut list = b.separated(", ");
+        for (seq, token) in &pairs {
+            list.push("(").push_bind_unseparated(*seq).push_unseparated(", ").push_bind_unseparated(token.clone());
+            list.push_unseparated(")");
+        }
+        b.push(") FOR UPDATE");
+        let held: Vec<(i64,)> = b.build_query_as().fetch_all(&mut *tx).await.map_err(map_err)?;
+        let held: Vec<i64> = held.into_iter().map(|(s,)| s).collect();
+        if !held.is_empty() {
+            let mut b: QueryBuilder<MySql> = QueryBuilder::new("DELETE FROM platform_queue_messages WHERE");
+            in_list(&mut b, &held);
+            b.build().execute(&mut *tx).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(held.into_iter().collect())
+    }
+
     async fn try_insert(&self, queue: &str, messages: &[NewMessage], now_ms: i64, dedup_until_ms: i64) -> Result<()> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let mut rows = Vec::with_capacity(messages.len());
@@ -404,11 +436,12 @@ impl LeaseStore for MysqlStore {
     }
 
     fn groups_acks(&self) -> bool {
-        false
+        true
     }
 
-    async fn ack_many(&self, _queue: &str, _items: &[(String, Arc<str>)], _now_ms: i64) -> Result<Option<Vec<bool>>> {
-        Ok(None)
+    async fn ack_many(&self, queue: &str, items: &[(String, Arc<str>)], now_ms: i64) -> Result<Option<Vec<bool>>> {
+        let gone = again(|| self.try_ack_many(queue, items, now_ms)).await?;
+        Ok(Some(items.iter().map(|(id, _)| parse_seq(id).is_some_and(|s| gone.contains(&s))).collect()))
     }
 
     fn max_poll_interval(&self) -> Duration {

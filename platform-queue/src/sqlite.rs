@@ -324,11 +324,32 @@ impl LeaseStore for SqliteStore {
     }
 
     fn groups_acks(&self) -> bool {
-        false
+        true
     }
 
-    async fn ack_many(&self, _queue: &str, _items: &[(String, Arc<str>)], _now_ms: i64) -> Result<Option<Vec<bool>>> {
-        Ok(None)
+    async fn ack_many(&self, queue: &str, items: &[(String, Arc<str>)], now_ms: i64) -> Result<Option<Vec<bool>>> {
+        let pairs: Vec<(i64, &str)> = items.iter().filter_map(|(id, t)| Some((parse_seq(id)?, t.as_ref()))).collect();
+        if pairs.is_empty() {
+            return Ok(Some(vec![false; items.len()]));
+        }
+        let mut b: sqlx::QueryBuilder<sqlx::Sqlite> =
+            sqlx::QueryBuilder::new("DELETE FROM platform_queue_messages WHERE queue = ");
+        b.push_bind(queue.to_owned())
+            .push(" AND visible_at > ")
+            .push_bind(now_ms)
+            .push(" AND (seq, token) IN (VALUES ");
+        let mut list = b.separated(", ");
+        for (seq, token) in &pairs {
+            list.push("(")
+                .push_bind_unseparated(*seq)
+                .push_unseparated(", ")
+                .push_bind_unseparated((*token).to_owned());
+            list.push_unseparated(")");
+        }
+        b.push(") RETURNING seq");
+        let gone: Vec<(i64,)> = b.build_query_as().fetch_all(&self.pool).await.map_err(map_err)?;
+        let gone: std::collections::HashSet<i64> = gone.into_iter().map(|(s,)| s).collect();
+        Ok(Some(items.iter().map(|(id, _)| parse_seq(id).is_some_and(|s| gone.contains(&s))).collect()))
     }
 
     fn max_poll_interval(&self) -> Duration {

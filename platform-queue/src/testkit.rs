@@ -174,6 +174,18 @@ pub async fn ack_after_lease_lost_conflicts(h: &dyn Harness) {
     assert_eq!(second.attempt(), 2);
     assert_eq!(first.ack().await.expect_err("stale ack").kind(), ErrorKind::Conflict);
     second.ack().await.expect("current holder acks");
+    // In a group of acks, a stale one fails alone; the others go through.
+    q.send_batch(vec![Message::new("b"), Message::new("c")]).await.expect("send");
+    let stale = must_get(&*q).await;
+    let mut group = vec![must_get(&*q).await];
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let fresh = eventually(LONG, || async { one(&*q, Duration::from_millis(200)).await }).await.expect("redelivered");
+    assert_eq!(fresh.attempt(), 2);
+    group.push(fresh);
+    let err = q.ack_all(&group).await.expect_err("one lease in the group was lost");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    assert!(group[1].is_settled(), "the current holder's ack went through");
+    drop(stale);
 }
 
 /// Nack makes the message visible again at once, attempt one higher.
@@ -352,10 +364,9 @@ pub async fn competing_consumers_share_the_work(h: &dyn Harness) {
                     waited = true;
                     first_batches.wait().await;
                 }
-                for d in got {
-                    seen.push(String::from_utf8_lossy(d.body()).into_owned());
-                    d.ack().await.expect("ack");
-                }
+                // Acked together: backends that group concurrent acks do it here.
+                c.ack_all(&got).await.expect("ack all");
+                seen.extend(got.iter().map(|d| String::from_utf8_lossy(d.body()).into_owned()));
             }
             seen
         }));
