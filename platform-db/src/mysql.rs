@@ -1,0 +1,183 @@
+//! MySQL and MariaDB: `mysql://user:pass@host:3306/db` (or `mariadb://`), plus the pool
+//! parameters.
+//!
+//! Migrations run under `GET_LOCK('<db>.platform_db_migrations', lock_timeout)`. MySQL
+//! commits DDL implicitly, so a migration is not atomic: each is recorded as started
+//! before it runs and as done after; one that fails partway refuses startup until the
+//! schema is repaired by hand and its row deleted. The drift check applies the
+//! migrations to a scratch database (`CREATE DATABASE` privilege needed) and drops it.
+//! No row-level security: tenant scope is the [`tenant::filter`](crate::tenant::filter)
+//! helper only.
+
+use std::str::FromStr;
+
+use platform_core::{Error, ErrorKind, Result};
+use sqlx::Row as _;
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlRow};
+
+use crate::db::{Guard, TxConn, lock_timeout_error, map_sqlx, pool_options, sql_fns, unsupported_type};
+use crate::schema::Schema;
+use crate::{DbOptions, Dialect, Sql, Statement, Value};
+
+/// Maps a sqlx error from MySQL or MariaDB onto the portable kinds, by error number.
+pub fn map_err(e: sqlx::Error) -> Error {
+    map_sqlx("mysql", e, |db| {
+        let number = db.try_downcast_ref::<MySqlDatabaseError>()?.number();
+        Some(match number {
+            1062 | 1586 => (ErrorKind::AlreadyExists, false),
+            1451 | 1452 | 1216 | 1217 | 3819 | 4025 | 1048 => (ErrorKind::Conflict, false),
+            1213 | 1205 => (ErrorKind::Conflict, true),
+            1045 | 1698 => (ErrorKind::Unauthenticated, false),
+            1044 | 1142 | 1143 | 1227 => (ErrorKind::PermissionDenied, false),
+            1146 | 1049 => (ErrorKind::NotFound, false),
+            1064 | 1054 | 1406 | 1264 | 1366 | 1292 | 1050 | 1060 | 1061 => (ErrorKind::InvalidInput, false),
+            1040 | 1053 | 1927 | 2006 | 2013 => (ErrorKind::Unavailable, true),
+            1969 | 3024 => (ErrorKind::Timeout, true),
+            _ => return None,
+        })
+    })
+}
+
+/// Reads a non-null column of database type `ty`.
+fn decode(row: &MySqlRow, i: usize, column: &str, ty: &str) -> Result<Value> {
+    let e = map_err;
+    Ok(match ty {
+        "BOOLEAN" => Value::Bool(row.try_get_unchecked(i).map_err(e)?),
+        "TINYINT" | "SMALLINT" | "INT" | "MEDIUMINT" | "BIGINT" | "TINYINT UNSIGNED" | "SMALLINT UNSIGNED"
+        | "MEDIUMINT UNSIGNED" | "INT UNSIGNED" | "YEAR" => Value::Int(row.try_get_unchecked(i).map_err(e)?),
+        "BIGINT UNSIGNED" => {
+            let v: u64 = row.try_get_unchecked(i).map_err(e)?;
+            i64::try_from(v).map(Value::Int).unwrap_or_else(|_| Value::Text(v.to_string()))
+        }
+        "FLOAT" => Value::Float(row.try_get_unchecked::<f32, _>(i).map_err(e)?.into()),
+        "DOUBLE" => Value::Float(row.try_get_unchecked(i).map_err(e)?),
+        "CHAR" | "VARCHAR" | "TINYTEXT" | "TEXT" | "MEDIUMTEXT" | "LONGTEXT" | "ENUM" | "SET" | "DECIMAL" => {
+            Value::Text(row.try_get_unchecked(i).map_err(e)?)
+        }
+        "BINARY" | "VARBINARY" | "TINYBLOB" | "BLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT" => {
+            Value::Bytes(row.try_get_unchecked(i).map_err(e)?)
+        }
+        "DATETIME" | "TIMESTAMP" => {
+            Value::Timestamp(row.try_get_unchecked::<time::PrimitiveDateTime, _>(i).map_err(e)?.assume_utc())
+        }
+        "DATE" => Value::Text(row.try_get_unchecked::<time::Date, _>(i).map_err(e)?.to_string()),
+        "JSON" => Value::Json(row.try_get_unchecked(i).map_err(e)?),
+        "NULL" => Value::Null,
+        other => return Err(unsupported_type("mysql", column, other)),
+    })
+}
+
+sql_fns!(sqlx::MySql, decode, map_err);
+
+fn no_values() -> sea_query::Values {
+    sea_query::Values(Vec::new())
+}
+
+pub(crate) async fn connect(o: &DbOptions) -> Result<MySqlPool> {
+    let options = MySqlConnectOptions::from_str(&o.driver_url).map_err(map_err)?;
+    pool_options(o).connect_with(options).await.map_err(map_err)
+}
+
+pub(crate) async fn begin(pool: &MySqlPool) -> Result<TxConn> {
+    pool.begin().await.map(TxConn::Mysql).map_err(map_err)
+}
+
+pub(crate) async fn server_version(pool: &MySqlPool) -> Result<String> {
+    let rows = fetch_all(pool, "SELECT VERSION() AS v".to_owned(), no_values()).await?;
+    let v: String = rows.first().map(|r| r.get("v")).transpose()?.unwrap_or_default();
+    Ok(if v.contains("MariaDB") {
+        format!("MariaDB {}", v.split('-').next().unwrap_or_default())
+    } else {
+        format!("MySQL {v}")
+    })
+}
+
+const LOCK_NAME: &str = "CONCAT(COALESCE(DATABASE(), ''), '.platform_db_migrations')";
+
+/// The lock is held by a connection of its own, outside the pool: if the migration is
+/// cancelled or panics, dropping it closes the session and the server frees the lock.
+pub(crate) async fn lock_for_migration(pool: &MySqlPool, timeout: std::time::Duration) -> Result<(TxConn, Guard)> {
+    let mut holder = pool.acquire().await.map_err(map_err)?.detach();
+    let secs = timeout.as_secs_f64().max(0.001);
+    let (sql, values) = Sql::new(format!("SELECT GET_LOCK({LOCK_NAME}, ?) AS got")).bind(secs).render(Dialect::Mysql);
+    let got: Option<i64> =
+        fetch_all(&mut holder, sql, values).await?.first().map(|r| r.get("got")).transpose()?.flatten();
+    if got != Some(1) {
+        return Err(lock_timeout_error("mysql", timeout));
+    }
+    let tx = pool.begin().await.map_err(map_err)?;
+    Ok((TxConn::Mysql(tx), Some(Box::new(holder))))
+}
+
+pub(crate) async fn unlock_after_migration(guard: Guard) -> Result<()> {
+    let Some(mut holder) = guard.and_then(|g| g.downcast::<MySqlConnection>().ok()) else { return Ok(()) };
+    let released = execute(&mut *holder, format!("DO RELEASE_LOCK({LOCK_NAME})"), no_values()).await.map(|_| ());
+    let _ = sqlx::Connection::close(*holder).await;
+    released
+}
+
+pub(crate) async fn table_exists(conn: &mut MySqlConnection, table: &str) -> Result<bool> {
+    let (sql, values) =
+        Sql::new("SELECT 1 AS one FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?")
+            .bind(table)
+            .render(Dialect::Mysql);
+    Ok(!fetch_all(conn, sql, values).await?.is_empty())
+}
+
+async fn introspect(conn: &mut MySqlConnection, database: &str) -> Result<Schema> {
+    let mut schema = Schema::default();
+    let (sql, values) = Sql::new(
+        "SELECT table_name AS t, column_name AS c, column_type AS ty, is_nullable AS n \
+         FROM information_schema.columns WHERE table_schema = ?",
+    )
+    .bind(database)
+    .render(Dialect::Mysql);
+    for r in fetch_all(&mut *conn, sql, values).await? {
+        schema.column(&r.get::<String>("t")?, &r.get::<String>("c")?, r.get("ty")?, r.get::<String>("n")? == "YES");
+    }
+    let (sql, values) = Sql::new(
+        "SELECT table_name AS t, index_name AS i, (non_unique = 0) AS u, column_name AS c \
+         FROM information_schema.statistics WHERE table_schema = ? ORDER BY table_name, index_name, seq_in_index",
+    )
+    .bind(database)
+    .render(Dialect::Mysql);
+    schema.index_columns(&fetch_all(&mut *conn, sql, values).await?)?;
+    Ok(schema)
+}
+
+async fn current_database(conn: &mut MySqlConnection) -> Result<String> {
+    let rows = fetch_all(conn, "SELECT DATABASE() AS d".to_owned(), no_values()).await?;
+    rows.first()
+        .map(|r| r.get::<Option<String>>("d"))
+        .transpose()?
+        .flatten()
+        .ok_or_else(|| Error::invalid_input("the database URL names no database").with_backend("mysql"))
+}
+
+pub(crate) async fn live_schema(pool: &MySqlPool) -> Result<Schema> {
+    let mut conn = pool.acquire().await.map_err(map_err)?;
+    let database = current_database(&mut conn).await?;
+    introspect(&mut conn, &database).await
+}
+
+pub(crate) async fn expected_schema(pool: &MySqlPool, scripts: &[String]) -> Result<Schema> {
+    // The connection changes its default database, so it never goes back to the pool.
+    let mut conn = pool.acquire().await.map_err(map_err)?.detach();
+    let live = current_database(&mut conn).await?;
+    let scratch =
+        format!("{}_scratch_{}", &live[..live.len().min(20)], &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    execute_script(&mut conn, format!("CREATE DATABASE `{scratch}`")).await?;
+    let result = async {
+        execute_script(&mut conn, format!("USE `{scratch}`")).await?;
+        for script in scripts {
+            execute_script(&mut conn, script.clone()).await?;
+        }
+        introspect(&mut conn, &scratch).await
+    }
+    .await;
+    let dropped = execute_script(&mut conn, format!("DROP DATABASE `{scratch}`")).await;
+    let _ = sqlx::Connection::close(conn).await;
+    let schema = result?;
+    dropped?;
+    Ok(schema)
+}

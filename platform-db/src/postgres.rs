@@ -1,0 +1,160 @@
+//! PostgreSQL: `postgres://user:pass@host:5432/db` (or `postgresql://`), plus the pool
+//! parameters and `schema` (the `search_path` of every connection).
+//!
+//! Migrations run in one transaction under `pg_advisory_xact_lock` keyed on the database
+//! and schema, waiting at most `lock_timeout` (transaction-scoped, so it is safe behind
+//! PgBouncer in transaction mode). The drift check applies the migrations to a scratch
+//! schema inside a transaction that is rolled back. Tenant scope is enforced by
+//! row-level security (see [`tenant`](crate::tenant)).
+
+use std::str::FromStr;
+
+use platform_core::{Error, ErrorKind, Result};
+use sqlx::Row as _;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgRow};
+
+use crate::db::{Guard, TxConn, lock_timeout_error, map_sqlx, pool_options, sql_fns, unsupported_type};
+use crate::schema::Schema;
+use crate::{DbOptions, Dialect, Sql, Statement, Value};
+
+/// Maps a sqlx error from PostgreSQL onto the portable kinds, by SQLSTATE.
+pub fn map_err(e: sqlx::Error) -> Error {
+    map_sqlx("postgres", e, |db| {
+        let code = db.code()?;
+        Some(match code.as_ref() {
+            "23505" => (ErrorKind::AlreadyExists, false),
+            "23503" | "23514" | "23502" | "23P01" => (ErrorKind::Conflict, false),
+            "40001" | "40P01" => (ErrorKind::Conflict, true),
+            "55P03" | "57014" => (ErrorKind::Timeout, true),
+            "57P01" | "57P02" | "57P03" | "53300" => (ErrorKind::Unavailable, true),
+            "28000" | "28P01" => (ErrorKind::Unauthenticated, false),
+            "42501" => (ErrorKind::PermissionDenied, false),
+            "42P01" | "3D000" | "3F000" => (ErrorKind::NotFound, false),
+            c if c.starts_with("08") => (ErrorKind::Unavailable, true),
+            c if c.starts_with("53") => (ErrorKind::Unavailable, true),
+            c if c.starts_with("42") || c.starts_with("22") || c.starts_with("25") => (ErrorKind::InvalidInput, false),
+            _ => return None,
+        })
+    })
+}
+
+/// Reads a non-null column of database type `ty`.
+fn decode(row: &PgRow, i: usize, column: &str, ty: &str) -> Result<Value> {
+    let e = map_err;
+    Ok(match ty {
+        "BOOL" => Value::Bool(row.try_get_unchecked(i).map_err(e)?),
+        "INT2" => Value::Int(row.try_get_unchecked::<i16, _>(i).map_err(e)?.into()),
+        "INT4" => Value::Int(row.try_get_unchecked::<i32, _>(i).map_err(e)?.into()),
+        "INT8" => Value::Int(row.try_get_unchecked(i).map_err(e)?),
+        "FLOAT4" => Value::Float(row.try_get_unchecked::<f32, _>(i).map_err(e)?.into()),
+        "FLOAT8" => Value::Float(row.try_get_unchecked(i).map_err(e)?),
+        "TEXT" | "VARCHAR" | "BPCHAR" | "NAME" | "CITEXT" | "UNKNOWN" => {
+            Value::Text(row.try_get_unchecked(i).map_err(e)?)
+        }
+        "BYTEA" => Value::Bytes(row.try_get_unchecked(i).map_err(e)?),
+        "UUID" => Value::Uuid(row.try_get_unchecked(i).map_err(e)?),
+        "TIMESTAMPTZ" => Value::Timestamp(row.try_get_unchecked(i).map_err(e)?),
+        "TIMESTAMP" => {
+            Value::Timestamp(row.try_get_unchecked::<time::PrimitiveDateTime, _>(i).map_err(e)?.assume_utc())
+        }
+        "DATE" => Value::Text(row.try_get_unchecked::<time::Date, _>(i).map_err(e)?.to_string()),
+        "JSON" | "JSONB" => Value::Json(row.try_get_unchecked(i).map_err(e)?),
+        "VOID" => Value::Null,
+        other => return Err(unsupported_type("postgres", column, other)),
+    })
+}
+
+sql_fns!(sqlx::Postgres, decode, map_err);
+
+fn no_values() -> sea_query::Values {
+    sea_query::Values(Vec::new())
+}
+
+pub(crate) async fn connect(o: &DbOptions) -> Result<PgPool> {
+    let mut options = PgConnectOptions::from_str(&o.driver_url).map_err(map_err)?;
+    if let Some(schema) = &o.schema {
+        options = options.options([("search_path", schema.as_str())]);
+    }
+    pool_options(o).connect_with(options).await.map_err(map_err)
+}
+
+pub(crate) async fn begin(pool: &PgPool) -> Result<TxConn> {
+    pool.begin().await.map(TxConn::Postgres).map_err(map_err)
+}
+
+pub(crate) async fn server_version(pool: &PgPool) -> Result<String> {
+    let rows = fetch_all(pool, "SELECT current_setting('server_version') AS v".to_owned(), no_values()).await?;
+    let v: String = rows.first().map(|r| r.get("v")).transpose()?.unwrap_or_default();
+    Ok(format!("PostgreSQL {}", v.split_whitespace().next().unwrap_or_default()))
+}
+
+pub(crate) async fn lock_for_migration(pool: &PgPool, timeout: std::time::Duration) -> Result<(TxConn, Guard)> {
+    let mut tx = pool.begin().await.map_err(map_err)?;
+    execute(&mut *tx, format!("SET LOCAL lock_timeout = '{}ms'", timeout.as_millis().max(1)), no_values()).await?;
+    let lock = "SELECT pg_advisory_xact_lock(hashtext(current_database() || '.' || \
+                coalesce(current_schema(), '') || '.platform_db_migrations'))";
+    if let Err(e) = execute(&mut *tx, lock.to_owned(), no_values()).await {
+        return Err(if e.kind() == ErrorKind::Timeout { lock_timeout_error("postgres", timeout) } else { e });
+    }
+    execute(&mut *tx, "SET LOCAL lock_timeout TO DEFAULT".to_owned(), no_values()).await?;
+    Ok((TxConn::Postgres(tx), None))
+}
+
+#[allow(clippy::unused_async)]
+pub(crate) async fn unlock_after_migration(_guard: Guard) -> Result<()> {
+    Ok(())
+}
+
+pub(crate) async fn table_exists(conn: &mut PgConnection, table: &str) -> Result<bool> {
+    let (sql, values) = Sql::new("SELECT to_regclass(?) IS NOT NULL AS e").bind(table).render(Dialect::Postgres);
+    fetch_all(conn, sql, values).await?.first().map_or(Ok(false), |r| r.get("e"))
+}
+
+async fn introspect(conn: &mut PgConnection, schema_name: &str) -> Result<Schema> {
+    let mut schema = Schema::default();
+    let (sql, values) = Sql::new(
+        "SELECT c.relname::text AS t, a.attname::text AS c, format_type(a.atttypid, a.atttypmod) AS ty, \
+         a.attnotnull AS nn FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE n.nspname = ? AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped",
+    )
+    .bind(schema_name)
+    .render(Dialect::Postgres);
+    for r in fetch_all(&mut *conn, sql, values).await? {
+        schema.column(&r.get::<String>("t")?, &r.get::<String>("c")?, r.get("ty")?, !r.get::<bool>("nn")?);
+    }
+    let (sql, values) = Sql::new(
+        "SELECT tablename::text AS t, indexname::text AS i, indexdef AS d FROM pg_indexes WHERE schemaname = ?",
+    )
+    .bind(schema_name)
+    .render(Dialect::Postgres);
+    let qualified = format!(" ON {schema_name}.");
+    for r in fetch_all(&mut *conn, sql, values).await? {
+        let def = r.get::<String>("d")?.replace(&qualified, " ON ");
+        let unique = if def.starts_with("CREATE UNIQUE") { "unique " } else { "" };
+        let tail = def.split_once(" USING ").map_or(def.as_str(), |(_, t)| t);
+        schema.index(&r.get::<String>("t")?, &r.get::<String>("i")?, format!("{unique}{tail}"));
+    }
+    Ok(schema)
+}
+
+pub(crate) async fn live_schema(pool: &PgPool) -> Result<Schema> {
+    let mut conn = pool.acquire().await.map_err(map_err)?;
+    let rows = fetch_all(&mut *conn, "SELECT current_schema()::text AS s".to_owned(), no_values()).await?;
+    let name: Option<String> = rows.first().map(|r| r.get("s")).transpose()?.flatten();
+    let name = name.ok_or_else(|| Error::not_found("no schema on the search_path exists").with_backend("postgres"))?;
+    introspect(&mut conn, &name).await
+}
+
+pub(crate) async fn expected_schema(pool: &PgPool, scripts: &[String]) -> Result<Schema> {
+    let mut tx = pool.begin().await.map_err(map_err)?;
+    let scratch = format!("platform_db_scratch_{}", uuid::Uuid::new_v4().simple());
+    execute(&mut *tx, format!("CREATE SCHEMA {scratch}"), no_values()).await?;
+    execute(&mut *tx, format!("SET LOCAL search_path TO {scratch}"), no_values()).await?;
+    for script in scripts {
+        execute_script(&mut *tx, script.clone()).await?;
+    }
+    let schema = introspect(&mut tx, &scratch).await;
+    tx.rollback().await.map_err(map_err)?;
+    schema
+}

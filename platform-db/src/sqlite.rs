@@ -1,0 +1,130 @@
+//! SQLite: `sqlite://data.db` (relative, created when missing), `sqlite:///abs/data.db`,
+//! or `sqlite::memory:` (a private in-memory database on one connection).
+//!
+//! Files use WAL journaling and foreign keys are on. The busy timeout is the URL's
+//! `lock_timeout`: a writer waits that long for another before failing. Migrations run
+//! inside `BEGIN EXCLUSIVE`, which is also the migration lock. There is no row-level
+//! security: [`Db::with_tenant`](crate::Db::with_tenant) only records the tenant for
+//! [`tenant::filter`](crate::tenant::filter).
+
+use std::str::FromStr;
+
+use platform_core::{Error, ErrorKind, Result};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqliteRow};
+use sqlx::{Connection as _, Row as _};
+
+use crate::db::{Guard, TxConn, lock_timeout_error, map_sqlx, pool_options, sql_fns, unsupported_type};
+use crate::schema::Schema;
+use crate::{DbOptions, Sql, Statement, Value};
+
+/// Maps a sqlx error from SQLite onto the portable kinds, by (extended) result code.
+pub fn map_err(e: sqlx::Error) -> Error {
+    map_sqlx("sqlite", e, |db| {
+        let code = db.code()?.parse::<i32>().ok()?;
+        Some(match code {
+            2067 | 1555 => (ErrorKind::AlreadyExists, false),
+            787 | 275 | 1299 | 1811 => (ErrorKind::Conflict, false),
+            _ => match code & 0xff {
+                5 | 6 => (ErrorKind::Unavailable, true),
+                3 | 8 | 23 => (ErrorKind::PermissionDenied, false),
+                13 => (ErrorKind::RateLimited, true),
+                14 => (ErrorKind::Unavailable, false),
+                1 if db.message().starts_with("no such table") => (ErrorKind::NotFound, false),
+                1 | 18 | 20 | 25 => (ErrorKind::InvalidInput, false),
+                _ => return None,
+            },
+        })
+    })
+}
+
+/// Reads a non-null column of database type `ty`.
+fn decode(row: &SqliteRow, i: usize, column: &str, ty: &str) -> Result<Value> {
+    Ok(match ty {
+        "INTEGER" | "BOOLEAN" => Value::Int(row.try_get_unchecked(i).map_err(map_err)?),
+        "REAL" => Value::Float(row.try_get_unchecked(i).map_err(map_err)?),
+        "TEXT" | "NUMERIC" | "DATE" | "TIME" | "DATETIME" => Value::Text(row.try_get_unchecked(i).map_err(map_err)?),
+        "BLOB" => Value::Bytes(row.try_get_unchecked(i).map_err(map_err)?),
+        other => return Err(unsupported_type("sqlite", column, other)),
+    })
+}
+
+sql_fns!(sqlx::Sqlite, decode, map_err);
+
+pub(crate) async fn connect(o: &DbOptions) -> Result<SqlitePool> {
+    let mut options = SqliteConnectOptions::from_str(&o.driver_url)
+        .map_err(map_err)?
+        .create_if_missing(true)
+        .foreign_keys(true)
+        .busy_timeout(o.lock_timeout);
+    if !o.in_memory {
+        options = options.journal_mode(SqliteJournalMode::Wal);
+    }
+    pool_options(o).connect_with(options).await.map_err(map_err)
+}
+
+/// Transactions take the write lock up front (`BEGIN IMMEDIATE`): a deferred one that
+/// reads and then writes can fail with `SQLITE_BUSY` whatever the busy timeout.
+pub(crate) async fn begin(pool: &SqlitePool) -> Result<TxConn> {
+    pool.begin_with("BEGIN IMMEDIATE").await.map(TxConn::Sqlite).map_err(map_err)
+}
+
+pub(crate) async fn server_version(pool: &SqlitePool) -> Result<String> {
+    let rows = fetch_all(pool, "SELECT sqlite_version() AS v".to_owned(), sea_query::Values(Vec::new())).await?;
+    Ok(format!("SQLite {}", rows.first().map(|r| r.get::<String>("v")).transpose()?.unwrap_or_default()))
+}
+
+pub(crate) async fn lock_for_migration(pool: &SqlitePool, timeout: std::time::Duration) -> Result<(TxConn, Guard)> {
+    match pool.begin_with("BEGIN EXCLUSIVE").await {
+        Ok(tx) => Ok((TxConn::Sqlite(tx), None)),
+        Err(e) => {
+            let e = map_err(e);
+            Err(if e.kind() == ErrorKind::Unavailable { lock_timeout_error("sqlite", timeout) } else { e })
+        }
+    }
+}
+
+#[allow(clippy::unused_async)]
+pub(crate) async fn unlock_after_migration(_guard: Guard) -> Result<()> {
+    Ok(())
+}
+
+pub(crate) async fn table_exists(conn: &mut SqliteConnection, table: &str) -> Result<bool> {
+    let (sql, values) = Sql::new("SELECT 1 AS one FROM sqlite_master WHERE type = 'table' AND name = ?")
+        .bind(table)
+        .render(crate::Dialect::Sqlite);
+    Ok(!fetch_all(conn, sql, values).await?.is_empty())
+}
+
+async fn introspect(conn: &mut SqliteConnection) -> Result<Schema> {
+    let mut schema = Schema::default();
+    let q = |s: &str| (s.to_owned(), sea_query::Values(Vec::new()));
+    let (sql, values) = q("SELECT m.name AS t, p.name AS c, p.type AS ty, p.\"notnull\" AS nn, p.pk AS pk \
+         FROM sqlite_master m JOIN pragma_table_info(m.name) p \
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'");
+    for r in fetch_all(&mut *conn, sql, values).await? {
+        let pk: i64 = r.get("pk")?;
+        let ty: String = r.get("ty")?;
+        let ty = if pk > 0 { format!("{ty} primary key {pk}") } else { ty };
+        schema.column(&r.get::<String>("t")?, &r.get::<String>("c")?, ty, !r.get::<bool>("nn")?);
+    }
+    let (sql, values) = q("SELECT m.name AS t, il.name AS i, il.\"unique\" AS u, ii.name AS c \
+         FROM sqlite_master m JOIN pragma_index_list(m.name) il JOIN pragma_index_info(il.name) ii \
+         WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY m.name, il.name, ii.seqno");
+    schema.index_columns(&fetch_all(&mut *conn, sql, values).await?)?;
+    Ok(schema)
+}
+
+pub(crate) async fn live_schema(pool: &SqlitePool) -> Result<Schema> {
+    let mut conn = pool.acquire().await.map_err(map_err)?;
+    introspect(&mut conn).await
+}
+
+pub(crate) async fn expected_schema(_pool: &SqlitePool, scripts: &[String]) -> Result<Schema> {
+    let mut conn = SqliteConnection::connect("sqlite::memory:").await.map_err(map_err)?;
+    for script in scripts {
+        execute_script(&mut conn, script.clone()).await?;
+    }
+    let schema = introspect(&mut conn).await;
+    let _ = conn.close().await;
+    schema
+}
