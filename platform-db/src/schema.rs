@@ -53,6 +53,7 @@ impl Schema {
 
     /// Adds indexes from catalog rows `t` (table), `i` (index), `u` (unique), `c` (column,
     /// `NULL` for an expression), ordered by table, index and column position.
+    #[cfg_attr(not(any(feature = "mysql", feature = "sqlite")), allow(dead_code))]
     pub(crate) fn index_columns(&mut self, rows: &[crate::Row]) -> platform_core::Result<()> {
         let mut indexes: Vec<(String, String, bool, Vec<String>)> = Vec::new();
         for r in rows {
