@@ -1,0 +1,296 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backend;
+pub mod presign;
+mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+mod types;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+#[allow(unused_imports)]
+use backend::{Gaps, Presigner};
+pub use backend::{ObjectBlobStore, is_not_modified, map_err};
+pub use platform_core::{Error, ErrorKind, Result};
+pub use store::{BlobStore, BlobStoreExt};
+pub use types::{
+    Attributes, ByteRange, ByteStream, Capabilities, GetOptions, GetResponse, ListOptions, ListPage, MAX_KEY_LEN,
+    ObjectInfo, ObjectRef, ObjectVersion, PresignMethod, PutMode, PutOptions, byte_stream, validate_key,
+};
+
+use platform_core::mask_url;
+
+/// The URL schemes this build opens, with the feature each needs.
+pub fn schemes() -> &'static [(&'static str, &'static str)] {
+    &[("memory", "memory"), ("file", "fs"), ("s3", "s3"), ("az", "azure"), ("gs", "gcs")]
+}
+
+fn bad(key: &str, why: &str) -> Error {
+    Error::invalid_input(format!("store url: {key} {why}")).with_op("open").with_detail(key, why)
+}
+
+/// The URL's query parameters, taken one by one; what is left is an error.
+struct Params(BTreeMap<String, String>);
+
+impl Params {
+    fn parse(url: &url::Url) -> Result<Self> {
+        let mut map = BTreeMap::new();
+        for (k, v) in url.query_pairs() {
+            if map.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(bad(&k, "is given twice"));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    fn take(&mut self, key: &str) -> Option<String> {
+        self.0.remove(key)
+    }
+
+    /// The given parameters that are present, in the order asked.
+    #[allow(dead_code)]
+    fn take_all<'k>(&mut self, keys: &[&'k str]) -> Vec<(&'k str, String)> {
+        keys.iter().filter_map(|k| self.take(k).map(|v| (*k, v))).collect()
+    }
+
+    #[allow(dead_code)]
+    fn flag(&mut self, key: &str) -> Result<bool> {
+        self.take(key).map_or(Ok(false), |v| {
+            platform_core::config::parse_bool(&v).map_err(|_| bad(key, &format!("{v:?} is not true or false")))
+        })
+    }
+
+    fn finish(&self, scheme: &str) -> Result<()> {
+        match self.0.keys().next() {
+            None => Ok(()),
+            Some(k) => Err(bad(k, &format!("is not a parameter of {scheme}:// URLs"))),
+        }
+    }
+
+    #[cfg(any(feature = "memory", feature = "fs"))]
+    fn local_presigner(&mut self) -> Result<Presigner> {
+        let secret = self.take("presign_secret");
+        let base = self.take("presign_base");
+        match (secret, base) {
+            (None, None) => Ok(Presigner::None),
+            (Some(secret), base) => {
+                if secret.len() < 16 {
+                    return Err(bad("presign_secret", "must be at least 16 characters"));
+                }
+                let base = base.unwrap_or_else(|| "http://localhost/blobs/".to_owned());
+                let base = url::Url::parse(&base).map_err(|e| bad("presign_base", &format!("is not a URL: {e}")))?;
+                Ok(Presigner::Local(presign::Signer::new(secret.into_bytes(), base)))
+            }
+            (None, Some(_)) => Err(bad("presign_base", "needs presign_secret")),
+        }
+    }
+}
+
+#[cfg(any(feature = "memory", feature = "fs"))]
+fn local_caps(presign: bool, fs: bool) -> Capabilities {
+    Capabilities {
+        create_only: true,
+        update_if_version: true,
+        attributes: true,
+        presign,
+        copy_if_absent: true,
+        conditional_in_process_only: fs,
+    }
+}
+
+/// Opens a store from a URL:
+///
+/// | URL | backend | parameters |
+/// |---|---|---|
+/// | `memory://` | in-process (feature `memory`) | `presign_secret`, `presign_base` |
+/// | `file:///abs/dir` | local disk, created when missing (`fs`) | `presign_secret`, `presign_base` |
+/// | `s3://bucket` | S3 and compatibles: MinIO, R2, Spaces (`s3`) | `endpoint`, `region`, `access_key_id`, `secret_access_key`, `session_token`, `allow_http`, `virtual_hosted_style` |
+/// | `az://container` | Azure Blob (`azure`) | `account`, `access_key`, `endpoint`, `azurite`, `allow_http` |
+/// | `gs://bucket` | Google Cloud Storage (`gcs`) | `endpoint`, `service_account_path`, `anonymous`, `allow_http` |
+///
+/// Credentials not in the URL come from the usual environment (`AWS_*`, `AZURE_*`,
+/// `GOOGLE_*`). Unknown parameters are errors naming them; secrets are masked in every
+/// error and log line.
+#[allow(clippy::unused_async)] // only local disk awaits (creating its directory)
+pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
+    let masked = mask_url(raw);
+    let url = url::Url::parse(raw).map_err(|e| bad("url", &format!("{masked:?} is not a URL: {e}")))?;
+    let mut params = Params::parse(&url)?;
+    let scheme = url.scheme().to_owned();
+    let store: Arc<dyn BlobStore> = match scheme.as_str() {
+        #[cfg(feature = "memory")]
+        "memory" => {
+            let presigner = params.local_presigner()?;
+            params.finish("memory")?;
+            let caps = local_caps(!matches!(presigner, Presigner::None), false);
+            let gaps = Gaps { sidecar: false, locked_update: false, copy_by_put: false, ordered_list: true };
+            Arc::new(ObjectBlobStore::new(
+                Arc::new(object_store::memory::InMemory::new()),
+                "memory",
+                masked,
+                caps,
+                presigner,
+                gaps,
+            ))
+        }
+        #[cfg(feature = "fs")]
+        "file" => {
+            let presigner = params.local_presigner()?;
+            params.finish("file")?;
+            let dir = url.to_file_path().map_err(|()| bad("path", "must be absolute (file:///dir)"))?;
+            tokio::fs::create_dir_all(&dir).await.map_err(|e| {
+                Error::new(ErrorKind::PermissionDenied, format!("cannot create {}: {e}", dir.display()))
+                    .with_backend("fs")
+                    .with_op("open")
+            })?;
+            let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
+                .map_err(|e| map_err("fs", e).with_op("open"))?
+                .with_automatic_cleanup(true);
+            let caps = local_caps(!matches!(presigner, Presigner::None), true);
+            let gaps = Gaps { sidecar: true, locked_update: true, copy_by_put: false, ordered_list: false };
+            Arc::new(ObjectBlobStore::new(Arc::new(fs), "fs", masked, caps, presigner, gaps))
+        }
+        #[cfg(feature = "s3")]
+        "s3" => cloud::s3(&url, &mut params, masked)?,
+        #[cfg(feature = "azure")]
+        "az" | "azure" => cloud::azure(&url, &mut params, masked)?,
+        #[cfg(feature = "gcs")]
+        "gs" => cloud::gcs(&url, &mut params, masked)?,
+        other => {
+            return Err(match schemes().iter().find(|(s, _)| *s == other) {
+                Some((_, feature)) => {
+                    bad("scheme", &format!("{other}:// needs the `{feature}` feature of platform-store"))
+                }
+                None => bad("scheme", &format!("{other:?} is not a store (memory, file, s3, az, gs)")),
+            });
+        }
+    };
+    tracing::debug!(store = %store, "store opened");
+    Ok(store)
+}
+
+/// Opens the store named by `{PREFIX}_URL` (`open_from_env("STORE")` reads `STORE_URL`).
+pub async fn open_from_env(prefix: &str) -> Result<Arc<dyn BlobStore>> {
+    let env = platform_core::config::Env::new(prefix);
+    let url: String = env.require("URL")?;
+    open(&url).await
+}
+
+#[cfg(any(feature = "s3", feature = "azure", feature = "gcs"))]
+mod cloud {
+    use std::sync::Arc;
+
+    use object_store::ClientOptions;
+    use platform_core::Result;
+
+    use super::{Params, bad};
+    use crate::backend::{Gaps, Presigner};
+    use crate::{BlobStore, Capabilities, ObjectBlobStore, map_err};
+
+    fn name(url: &url::Url, what: &str) -> Result<String> {
+        match url.host_str() {
+            Some(h) if !h.is_empty() => Ok(h.to_owned()),
+            _ => Err(bad(what, "is missing (scheme://name)")),
+        }
+    }
+
+    fn client(params: &mut Params, endpoint: Option<&str>) -> Result<ClientOptions> {
+        let allow_http = params.flag("allow_http")? || endpoint.is_some_and(|e| e.starts_with("http://"));
+        Ok(ClientOptions::new().with_allow_http(allow_http))
+    }
+
+    /// Cloud stores do everything natively (presigning needs credentials).
+    const CLOUD_CAPS: Capabilities = Capabilities {
+        create_only: true,
+        update_if_version: true,
+        attributes: true,
+        presign: true,
+        copy_if_absent: true,
+        conditional_in_process_only: false,
+    };
+
+    const GAPS: Gaps = Gaps { sidecar: false, locked_update: false, copy_by_put: false, ordered_list: true };
+
+    #[cfg(feature = "s3")]
+    pub(super) fn s3(url: &url::Url, params: &mut Params, masked: String) -> Result<Arc<dyn BlobStore>> {
+        use object_store::aws::AmazonS3Builder;
+        let mut b = AmazonS3Builder::from_env().with_bucket_name(name(url, "bucket")?);
+        let endpoint = params.take("endpoint");
+        b = b.with_client_options(client(params, endpoint.as_deref())?);
+        if let Some(e) = &endpoint {
+            b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
+        }
+        for (param, value) in params.take_all(&["region", "access_key_id", "secret_access_key", "session_token"]) {
+            b = match param {
+                "region" => b.with_region(value),
+                "access_key_id" => b.with_access_key_id(value),
+                "secret_access_key" => b.with_secret_access_key(value),
+                _ => b.with_token(value),
+            };
+        }
+        if params.flag("virtual_hosted_style")? {
+            b = b.with_virtual_hosted_style_request(true);
+        }
+        params.finish("s3")?;
+        let s3 = Arc::new(b.build().map_err(|e| map_err("s3", e).with_op("open"))?);
+        let gaps = Gaps { copy_by_put: true, ..GAPS };
+        let signer: Arc<dyn object_store::signer::Signer> = Arc::clone(&s3) as _;
+        Ok(Arc::new(ObjectBlobStore::new(s3, "s3", masked, CLOUD_CAPS, Presigner::Native(signer), gaps)))
+    }
+
+    #[cfg(feature = "azure")]
+    pub(super) fn azure(url: &url::Url, params: &mut Params, masked: String) -> Result<Arc<dyn BlobStore>> {
+        use object_store::azure::MicrosoftAzureBuilder;
+        let mut b = MicrosoftAzureBuilder::from_env().with_container_name(name(url, "container")?);
+        let endpoint = params.take("endpoint");
+        b = b.with_client_options(client(params, endpoint.as_deref())?);
+        if let Some(e) = &endpoint {
+            b = b.with_endpoint(e.clone());
+        }
+        for (param, value) in params.take_all(&["account", "access_key"]) {
+            b = if param == "account" { b.with_account(value) } else { b.with_access_key(value) };
+        }
+        if params.flag("azurite")? {
+            b = b.with_use_emulator(true);
+        }
+        params.finish("az")?;
+        let az = Arc::new(b.build().map_err(|e| map_err("azure", e).with_op("open"))?);
+        let signer: Arc<dyn object_store::signer::Signer> = Arc::clone(&az) as _;
+        Ok(Arc::new(ObjectBlobStore::new(az, "azure", masked, CLOUD_CAPS, Presigner::Native(signer), GAPS)))
+    }
+
+    #[cfg(feature = "gcs")]
+    pub(super) fn gcs(url: &url::Url, params: &mut Params, masked: String) -> Result<Arc<dyn BlobStore>> {
+        use object_store::gcp::GoogleCloudStorageBuilder;
+        let mut b = GoogleCloudStorageBuilder::from_env().with_bucket_name(name(url, "bucket")?);
+        let endpoint = params.take("endpoint");
+        b = b.with_client_options(client(params, endpoint.as_deref())?);
+        if let Some(e) = &endpoint {
+            b = b.with_base_url(e);
+        }
+        let key = params.take("service_account_path");
+        if let Some(v) = &key {
+            b = b.with_service_account_path(v);
+        }
+        if params.flag("anonymous")? {
+            // Some requests ask for a credential even with signing skipped: give a dummy
+            // bearer token rather than let them query the metadata server.
+            let token = object_store::gcp::GcpCredential { bearer: "anonymous".to_owned() };
+            b = b
+                .with_skip_signature(true)
+                .with_credentials(Arc::new(object_store::StaticCredentialProvider::new(token)));
+        }
+        params.finish("gs")?;
+        let gcs = Arc::new(b.build().map_err(|e| map_err("gcs", e).with_op("open"))?);
+        let caps = Capabilities { presign: key.is_some(), ..CLOUD_CAPS };
+        let presigner = if key.is_some() {
+            Presigner::Native(Arc::clone(&gcs) as Arc<dyn object_store::signer::Signer>)
+        } else {
+            Presigner::None
+        };
+        Ok(Arc::new(ObjectBlobStore::new(gcs, "gcs", masked, caps, presigner, GAPS)))
+    }
+}
