@@ -721,3 +721,96 @@ impl BlobStore for ObjectBlobStore {
         }
     }
 }
+
+#[cfg(all(test, feature = "memory"))]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use object_store::memory::InMemory;
+    use object_store::{GetResult, ListResult, MultipartUpload, ObjectMeta, PutResult};
+
+    use super::*;
+
+    /// The in-memory store, except that the first download breaks after 10 bytes.
+    #[derive(Debug, Default)]
+    struct BreaksOnce {
+        inner: InMemory,
+        broke: AtomicBool,
+    }
+
+    impl fmt::Display for BreaksOnce {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("BreaksOnce")
+        }
+    }
+
+    #[async_trait]
+    impl ObjectStore for BreaksOnce {
+        async fn put_opts(
+            &self,
+            location: &Path,
+            payload: PutPayload,
+            opts: object_store::PutOptions,
+        ) -> object_store::Result<PutResult> {
+            self.inner.put_opts(location, payload, opts).await
+        }
+        async fn put_multipart_opts(
+            &self,
+            location: &Path,
+            opts: PutMultipartOptions,
+        ) -> object_store::Result<Box<dyn MultipartUpload>> {
+            self.inner.put_multipart_opts(location, opts).await
+        }
+        async fn get_opts(
+            &self,
+            location: &Path,
+            options: object_store::GetOptions,
+        ) -> object_store::Result<GetResult> {
+            let mut r = self.inner.get_opts(location, options).await?;
+            if !self.broke.swap(true, Ordering::SeqCst) {
+                let whole = std::mem::replace(&mut r.payload, GetResultPayload::Stream(stream::empty().boxed()));
+                let GetResultPayload::Stream(s) = whole else { unreachable!("memory streams") };
+                let chunks: Vec<Bytes> = s.try_collect().await?;
+                let first = Bytes::from(chunks.concat()).slice(..10);
+                let broken = stream::iter([
+                    Ok(first),
+                    Err(object_store::Error::Generic { store: "test", source: "connection reset by peer".into() }),
+                ]);
+                r.payload = GetResultPayload::Stream(broken.boxed());
+            }
+            Ok(r)
+        }
+        fn delete_stream(
+            &self,
+            locations: BoxStream<'static, object_store::Result<Path>>,
+        ) -> BoxStream<'static, object_store::Result<Path>> {
+            self.inner.delete_stream(locations)
+        }
+        fn list(&self, prefix: Option<&Path>) -> BoxStream<'static, object_store::Result<ObjectMeta>> {
+            self.inner.list(prefix)
+        }
+        async fn list_with_delimiter(&self, prefix: Option<&Path>) -> object_store::Result<ListResult> {
+            self.inner.list_with_delimiter(prefix).await
+        }
+        async fn copy_opts(&self, from: &Path, to: &Path, options: CopyOptions) -> object_store::Result<()> {
+            self.inner.copy_opts(from, to, options).await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_broken_download_resumes_from_the_last_byte() {
+        let gaps = Gaps { sidecar: false, locked_update: false, copy_by_put: false, ordered_list: true };
+        let store = ObjectBlobStore::new(
+            Arc::new(BreaksOnce::default()),
+            "memory",
+            "test".into(),
+            Capabilities::default(),
+            Presigner::None,
+            gaps,
+        );
+        let body: Vec<u8> = (0..100_u8).collect();
+        store.put("k", Bytes::from(body.clone()), PutOptions::default()).await.unwrap();
+        let got = store.get("k", GetOptions::default()).await.unwrap().bytes().await.unwrap();
+        assert_eq!(got, body, "the second request continued at byte 10");
+    }
+}

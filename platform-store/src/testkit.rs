@@ -249,8 +249,9 @@ pub async fn large_object_streams_in_bounded_memory(h: &dyn Harness) {
     for _ in 0..SIZE_MIB {
         expected.update(&chunk);
     }
+    // A fresh buffer per chunk, as a real source (file, socket) hands out.
     let source = chunk.clone();
-    let body = byte_stream(futures::stream::iter((0..SIZE_MIB).map(move |_| Ok(source.clone()))));
+    let body = byte_stream(futures::stream::iter((0..SIZE_MIB).map(move |_| Ok(Bytes::from(source.to_vec())))));
     let started = std::time::Instant::now();
     let info = store.put_stream("large.bin", body, PutOptions::default()).await.expect("streamed upload");
     let up = started.elapsed();
@@ -274,8 +275,8 @@ pub async fn large_object_streams_in_bounded_memory(h: &dyn Harness) {
         store.backend(),
         before / 1024
     );
-    // The memory backend keeps the object itself in this process.
-    let kept = if store.backend() == "memory" { SIZE_MIB as u64 } else { 0 };
+    // The memory backend keeps the object itself in this process, and briefly its parts too.
+    let kept = if store.backend() == "memory" { 2 * SIZE_MIB as u64 } else { 0 };
     assert!(growth_mib < 80 + kept, "peak memory grew {growth_mib} MiB for a 100 MiB object");
     store.delete("large.bin").await.unwrap();
 }
