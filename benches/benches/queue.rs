@@ -10,10 +10,13 @@
 
 #![allow(missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::{runtime, timed, url};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use platform_core::testkit::unique_name;
 use platform_queue::{Message, Queue, QueueExt, ReceiveOptions};
@@ -21,10 +24,6 @@ use platform_queue::{Message, Queue, QueueExt, ReceiveOptions};
 const N: usize = 2000;
 const CONSUMERS: usize = 4;
 const BODY: [u8; 256] = [b'x'; 256];
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
-}
 
 /// One iteration of the workload through the `Queue` trait. With `prefill`, the
 /// messages are sent first and only their consumption is timed.
@@ -272,25 +271,6 @@ async fn raw_rabbitmq(conn: Arc<lapin::Connection>, batch: usize) -> Duration {
         c.await.expect("consumer");
     }
     started.elapsed()
-}
-
-/// Runs `iteration` `iters` times on `rt` and adds up the durations it reports.
-fn timed<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, mut iteration: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Duration>,
-{
-    rt.block_on(async {
-        let mut total = Duration::ZERO;
-        for _ in 0..iters {
-            total += iteration().await;
-        }
-        total
-    })
-}
-
-fn url(name: &str) -> Option<String> {
-    std::env::var(format!("PLATFORM_TEST_{name}_URL")).ok().filter(|u| !u.is_empty())
 }
 
 fn bench(c: &mut Criterion) {

@@ -12,10 +12,13 @@
 
 #![allow(missing_docs)]
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::{runtime, timed, url};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::path::Path;
@@ -27,14 +30,6 @@ const SMALL: usize = 4096;
 const LARGE: usize = 16 << 20;
 const LARGE_COUNT: usize = 20;
 const CONCURRENCY: usize = 16;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
-}
-
-fn url(name: &str) -> Option<String> {
-    std::env::var(format!("PLATFORM_TEST_{name}_URL")).ok().filter(|u| !u.is_empty())
-}
 
 /// Both sides of one backend: ours (through `BlobStore`) and the raw `object_store`.
 struct Pair {
@@ -78,7 +73,12 @@ async fn pairs() -> Vec<Pair> {
             .with_allow_http(true)
             .build()
             .expect("s3");
-        out.push(Pair { name: "s3", ours: platform_store::open(&ours).await.expect("s3"), raw: Arc::new(raw), small_count: 1000 });
+        out.push(Pair {
+            name: "s3",
+            ours: platform_store::open(&ours).await.expect("s3"),
+            raw: Arc::new(raw),
+            small_count: 1000,
+        });
     }
     if let Some(endpoint) = url("AZURE") {
         let harness = UrlHarness::Azure(endpoint);
@@ -170,20 +170,6 @@ async fn large_raw(store: Arc<dyn ObjectStore>) -> Duration {
         while body.try_next().await.expect("read").is_some() {}
     }
     started.elapsed()
-}
-
-fn timed<F, Fut>(rt: &tokio::runtime::Runtime, iters: u64, mut iteration: F) -> Duration
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Duration>,
-{
-    rt.block_on(async {
-        let mut total = Duration::ZERO;
-        for _ in 0..iters {
-            total += iteration().await;
-        }
-        total
-    })
 }
 
 fn bench(c: &mut Criterion) {
