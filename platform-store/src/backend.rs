@@ -92,8 +92,9 @@ pub(crate) enum Presigner {
 
 /// What a backend needs filled in by this layer.
 pub(crate) struct Gaps {
-    /// Attributes kept in a sidecar object under `.platform-meta/` (local disk).
-    pub(crate) sidecar: bool,
+    /// Attributes kept in sidecar files in this directory (local disk), one per key,
+    /// named by the key's SHA-256.
+    pub(crate) sidecar: Option<std::path::PathBuf>,
     /// `PutMode::Update` done under a process-wide lock (local disk).
     pub(crate) locked_update: bool,
     /// Copy-if-absent done as get + create-only put (S3).
@@ -165,10 +166,6 @@ fn from_os_attributes(a: &object_store::Attributes) -> Attributes {
     out
 }
 
-fn sidecar_path(key: &str) -> Path {
-    Path::from_iter(std::iter::once(RESERVED_PREFIX).chain(key.split('/')).map(ToOwned::to_owned))
-}
-
 impl ObjectBlobStore {
     pub(crate) fn new(
         inner: Arc<dyn ObjectStore>,
@@ -205,26 +202,37 @@ impl ObjectBlobStore {
         }
     }
 
+    fn sidecar_file(&self, key: &str) -> Option<std::path::PathBuf> {
+        use sha2::Digest as _;
+        let dir = self.gaps.sidecar.as_ref()?;
+        Some(dir.join(format!("{}.json", crate::store::hex(&sha2::Sha256::digest(key.as_bytes())))))
+    }
+
+    fn io_err(&self, op: &'static str, e: &std::io::Error) -> Error {
+        Error::new(ErrorKind::Unavailable, format!("attributes sidecar: {e}")).with_backend(self.backend).with_op(op)
+    }
+
     async fn read_sidecar(&self, key: &str) -> Result<Attributes> {
-        match self.inner.get(&sidecar_path(key)).await {
-            Ok(r) => {
-                let bytes = r.bytes().await.map_err(self.err("head"))?;
-                serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("attributes of {key:?}: {e}")))
-            }
-            Err(object_store::Error::NotFound { .. }) => Ok(Attributes::default()),
-            Err(e) => Err(self.err("head")(e)),
+        let Some(file) = self.sidecar_file(key) else { return Ok(Attributes::default()) };
+        match tokio::fs::read(&file).await {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("attributes of {key:?}: {e}"))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Attributes::default()),
+            Err(e) => Err(self.io_err("head", &e)),
         }
     }
 
     async fn write_sidecar(&self, key: &str, attributes: &Attributes) -> Result<()> {
+        let Some(file) = self.sidecar_file(key) else { return Ok(()) };
         if attributes.is_empty() {
-            return match self.inner.delete(&sidecar_path(key)).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-                Err(e) => Err(self.err("put")(e)),
+            return match tokio::fs::remove_file(&file).await {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(self.io_err("put", &e)),
+                _ => Ok(()),
             };
         }
-        let json = serde_json::to_vec(attributes)?;
-        self.inner.put(&sidecar_path(key), PutPayload::from(json)).await.map(|_| ()).map_err(self.err("put"))
+        // Written aside, then renamed: a reader sees the old attributes or the new, whole.
+        let staging = file.with_extension(format!("{}.tmp", uuid::Uuid::new_v4().simple()));
+        tokio::fs::write(&staging, serde_json::to_vec(attributes)?).await.map_err(|e| self.io_err("put", &e))?;
+        tokio::fs::rename(&staging, &file).await.map_err(|e| self.io_err("put", &e))
     }
 
     fn check_attributes(&self, options: &PutOptions, op: &'static str) -> Result<()> {
@@ -262,7 +270,7 @@ impl ObjectBlobStore {
             }
         };
         let attributes =
-            if self.gaps.sidecar { object_store::Attributes::new() } else { to_os_attributes(&options.attributes) };
+            if self.gaps.sidecar.is_some() { object_store::Attributes::new() } else { to_os_attributes(&options.attributes) };
         let opts = object_store::PutOptions { mode, attributes, ..Default::default() };
         let updating = matches!(options.mode, PutMode::Update(_));
         let result = self.inner.put_opts(path, PutPayload::from(body), opts).await.map_err(|e| {
@@ -274,7 +282,7 @@ impl ObjectBlobStore {
                 e
             }
         })?;
-        if self.gaps.sidecar {
+        if self.gaps.sidecar.is_some() {
             self.write_sidecar(key, &options.attributes).await?;
         }
         Ok(stored(key, size, result, options.attributes))
@@ -522,7 +530,7 @@ impl BlobStore for ObjectBlobStore {
         let path = Self::path(key, "head")?;
         let span = tracing::debug_span!("store.head", backend = self.backend, key);
         async {
-            if self.gaps.sidecar {
+            if self.gaps.sidecar.is_some() {
                 let meta = self.inner.head(&path).await.map_err(self.err("head"))?;
                 let attributes = self.read_sidecar(key).await?;
                 return Ok(self.info(&meta, attributes));
@@ -572,7 +580,7 @@ impl BlobStore for ObjectBlobStore {
                 other => other.map_err(self.err("get"))?,
             };
             let attributes =
-                if self.gaps.sidecar { self.read_sidecar(key).await? } else { from_os_attributes(&r.attributes) };
+                if self.gaps.sidecar.is_some() { self.read_sidecar(key).await? } else { from_os_attributes(&r.attributes) };
             let info = self.info(&r.meta, attributes);
             let served = r.range.clone();
             let body = match r.payload {
@@ -606,7 +614,7 @@ impl BlobStore for ObjectBlobStore {
         let span = tracing::debug_span!("store.put_stream", backend = self.backend, key);
         async {
             let attributes =
-                if self.gaps.sidecar { object_store::Attributes::new() } else { to_os_attributes(&options.attributes) };
+                if self.gaps.sidecar.is_some() { object_store::Attributes::new() } else { to_os_attributes(&options.attributes) };
             let upload = self
                 .inner
                 .put_multipart_opts(&path, PutMultipartOptions { attributes, ..Default::default() })
@@ -630,7 +638,7 @@ impl BlobStore for ObjectBlobStore {
                 writer.put(chunk);
             }
             let result = writer.finish().await.map_err(self.err("put_stream"))?;
-            if self.gaps.sidecar {
+            if self.gaps.sidecar.is_some() {
                 self.write_sidecar(key, &options.attributes).await?;
             }
             Ok(stored(key, size, result, options.attributes))
@@ -645,7 +653,7 @@ impl BlobStore for ObjectBlobStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
             Err(e) => return Err(self.err("delete")(e)),
         }
-        if self.gaps.sidecar {
+        if self.gaps.sidecar.is_some() {
             self.write_sidecar(key, &Attributes::default()).await?;
         }
         Ok(())
@@ -681,7 +689,7 @@ impl BlobStore for ObjectBlobStore {
                 .copy_opts(&src, &dst, CopyOptions { mode, ..Default::default() })
                 .await
                 .map_err(self.err("copy"))?;
-            if self.gaps.sidecar {
+            if self.gaps.sidecar.is_some() {
                 let attributes = self.read_sidecar(from).await?;
                 self.write_sidecar(to, &attributes).await?;
             }
@@ -799,7 +807,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_download_resumes_from_the_last_byte() {
-        let gaps = Gaps { sidecar: false, locked_update: false, copy_by_put: false, ordered_list: true };
+        let gaps = Gaps { sidecar: None, locked_update: false, copy_by_put: false, ordered_list: true };
         let store = ObjectBlobStore::new(
             Arc::new(BreaksOnce::default()),
             "memory",

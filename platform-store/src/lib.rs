@@ -126,7 +126,7 @@ pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
             let presigner = params.local_presigner()?;
             params.finish("memory")?;
             let caps = local_caps(!matches!(presigner, Presigner::None), false);
-            let gaps = Gaps { sidecar: false, locked_update: false, copy_by_put: false, ordered_list: true };
+            let gaps = Gaps { sidecar: None, locked_update: false, copy_by_put: false, ordered_list: true };
             Arc::new(ObjectBlobStore::new(
                 Arc::new(object_store::memory::InMemory::new()),
                 "memory",
@@ -150,7 +150,13 @@ pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
                 .map_err(|e| map_err("fs", e).with_op("open"))?
                 .with_automatic_cleanup(true);
             let caps = local_caps(!matches!(presigner, Presigner::None), true);
-            let gaps = Gaps { sidecar: true, locked_update: true, copy_by_put: false, ordered_list: false };
+            let meta = dir.join(types::RESERVED_PREFIX);
+            tokio::fs::create_dir_all(&meta).await.map_err(|e| {
+                Error::new(ErrorKind::PermissionDenied, format!("cannot create {}: {e}", meta.display()))
+                    .with_backend("fs")
+                    .with_op("open")
+            })?;
+            let gaps = Gaps { sidecar: Some(meta), locked_update: true, copy_by_put: false, ordered_list: false };
             Arc::new(ObjectBlobStore::new(Arc::new(fs), "fs", masked, caps, presigner, gaps))
         }
         #[cfg(feature = "s3")]
@@ -212,7 +218,7 @@ mod cloud {
         conditional_in_process_only: false,
     };
 
-    const GAPS: Gaps = Gaps { sidecar: false, locked_update: false, copy_by_put: false, ordered_list: true };
+    const GAPS: Gaps = Gaps { sidecar: None, locked_update: false, copy_by_put: false, ordered_list: true };
 
     #[cfg(feature = "s3")]
     pub(super) fn s3(url: &url::Url, params: &mut Params, masked: String) -> Result<Arc<dyn BlobStore>> {

@@ -29,7 +29,7 @@ pub fn validate_key(key: &str) -> Result<()> {
         Some("has an empty segment (leading, trailing or double '/')")
     } else if key.split('/').any(|s| s == "." || s == "..") {
         Some("has a '.' or '..' segment")
-    } else if key == RESERVED_PREFIX || key.starts_with(&format!("{RESERVED_PREFIX}/")) {
+    } else if key.split('/').next() == Some(RESERVED_PREFIX) {
         Some("is under the reserved .platform-meta/ prefix")
     } else {
         None
@@ -227,9 +227,14 @@ impl fmt::Debug for GetResponse {
 impl GetResponse {
     /// Collects the body.
     pub async fn bytes(self) -> Result<Bytes> {
+        let mut body = self.body;
+        let Some(first) = body.try_next().await? else { return Ok(Bytes::new()) };
+        // One chunk (the usual case for small objects) is handed on without a copy.
+        let Some(second) = body.try_next().await? else { return Ok(first) };
         let capacity = usize::try_from(self.range.end - self.range.start).unwrap_or(0);
         let mut out = Vec::with_capacity(capacity.min(64 << 20));
-        let mut body = self.body;
+        out.extend_from_slice(&first);
+        out.extend_from_slice(&second);
         while let Some(chunk) = body.try_next().await? {
             out.extend_from_slice(&chunk);
         }
