@@ -23,6 +23,8 @@ pub mod redis;
 mod sql;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "sqs")]
+pub mod sqs;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -56,6 +58,8 @@ pub fn schemes() -> Vec<&'static str> {
     all.extend(nats::SCHEMES);
     #[cfg(feature = "rabbitmq")]
     all.extend(rabbitmq::SCHEMES);
+    #[cfg(feature = "sqs")]
+    all.extend(sqs::SCHEMES);
     all
 }
 
@@ -111,6 +115,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
         "nats" => Arc::new(nats::NatsQueue::from_url(url).await?),
         #[cfg(feature = "rabbitmq")]
         "amqp" => Arc::new(rabbitmq::RabbitQueue::from_url(url).await?),
+        #[cfg(feature = "sqs")]
+        "sqs" => Arc::new(sqs::SqsQueue::from_url(url).await?),
         other => {
             let masked = platform_core::mask_url(url);
             let err = match feature_for(other) {

@@ -224,12 +224,18 @@ impl Worker {
                 }
                 continue;
             }
-            // While every handler is busy, buffered messages keep their leases alive.
-            let renew_every = buffer.iter().map(|(d, _)| d.lease()).min().unwrap_or(Duration::from_secs(1)) / 3;
+            // While every handler is busy, buffered messages keep their leases alive: wake
+            // when the first of them is half way through its lease.
+            let renew_in = buffer
+                .iter()
+                .map(|(d, fetched)| (d.lease() / 2).saturating_sub(fetched.elapsed()))
+                .min()
+                .unwrap_or(Duration::from_secs(1))
+                .max(Duration::from_millis(10));
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break,
                 p = Arc::clone(&slots).acquire_owned() => p.expect("semaphore never closes"),
-                _ = tokio::time::sleep(renew_every) => {
+                _ = tokio::time::sleep(renew_in) => {
                     renew_buffered(&mut buffer).await;
                     continue;
                 }

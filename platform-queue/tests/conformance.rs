@@ -33,6 +33,16 @@ conformance_tests!(valkey, UrlHarness::from_env("VALKEY"));
 #[cfg(feature = "nats")]
 conformance_tests!(nats, UrlHarness::from_env("NATS"));
 
+#[cfg(feature = "sqs")]
+conformance_tests!(sqs, UrlHarness::from_env("SQS"));
+
+#[cfg(feature = "sqs")]
+#[tokio::test]
+async fn url_parameters_sqs() {
+    let Some(url) = platform_core::testkit::server_url("SQS") else { return };
+    url_parameters_are_checked(&url).await;
+}
+
 #[cfg(feature = "nats")]
 #[tokio::test]
 async fn url_parameters_nats() {

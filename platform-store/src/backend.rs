@@ -215,7 +215,9 @@ impl ObjectBlobStore {
     async fn read_sidecar(&self, key: &str) -> Result<Attributes> {
         let Some(file) = self.sidecar_file(key) else { return Ok(Attributes::default()) };
         match tokio::fs::read(&file).await {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("attributes of {key:?}: {e}"))),
+            Ok(bytes) => {
+                serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("attributes of {key:?}: {e}")))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Attributes::default()),
             Err(e) => Err(self.io_err("head", &e)),
         }
@@ -269,8 +271,11 @@ impl ObjectBlobStore {
                 object_store::PutMode::Update(UpdateVersion { e_tag: want.etag.clone(), version: want.version.clone() })
             }
         };
-        let attributes =
-            if self.gaps.sidecar.is_some() { object_store::Attributes::new() } else { to_os_attributes(&options.attributes) };
+        let attributes = if self.gaps.sidecar.is_some() {
+            object_store::Attributes::new()
+        } else {
+            to_os_attributes(&options.attributes)
+        };
         let opts = object_store::PutOptions { mode, attributes, ..Default::default() };
         let updating = matches!(options.mode, PutMode::Update(_));
         let result = self.inner.put_opts(path, PutPayload::from(body), opts).await.map_err(|e| {
@@ -579,8 +584,11 @@ impl BlobStore for ObjectBlobStore {
                 }
                 other => other.map_err(self.err("get"))?,
             };
-            let attributes =
-                if self.gaps.sidecar.is_some() { self.read_sidecar(key).await? } else { from_os_attributes(&r.attributes) };
+            let attributes = if self.gaps.sidecar.is_some() {
+                self.read_sidecar(key).await?
+            } else {
+                from_os_attributes(&r.attributes)
+            };
             let info = self.info(&r.meta, attributes);
             let served = r.range.clone();
             let body = match r.payload {
@@ -613,8 +621,11 @@ impl BlobStore for ObjectBlobStore {
         }
         let span = tracing::debug_span!("store.put_stream", backend = self.backend, key);
         async {
-            let attributes =
-                if self.gaps.sidecar.is_some() { object_store::Attributes::new() } else { to_os_attributes(&options.attributes) };
+            let attributes = if self.gaps.sidecar.is_some() {
+                object_store::Attributes::new()
+            } else {
+                to_os_attributes(&options.attributes)
+            };
             let upload = self
                 .inner
                 .put_multipart_opts(&path, PutMultipartOptions { attributes, ..Default::default() })
