@@ -273,6 +273,79 @@ async fn raw_rabbitmq(conn: Arc<lapin::Connection>, batch: usize) -> Duration {
     started.elapsed()
 }
 
+/// The raw SQS client: `SendMessageBatch` of 10, `ReceiveMessage` of up to 10 and
+/// `DeleteMessage` for each message.
+async fn raw_sqs(client: aws_sdk_sqs::Client) -> Duration {
+    use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+    let url = client
+        .create_queue()
+        .queue_name(unique_name("raw"))
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url()
+        .unwrap_or_default()
+        .to_owned();
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (client, done, url) = (client.clone(), Arc::clone(&done), url.clone());
+            tokio::spawn(async move {
+                while done.load(Ordering::Relaxed) < N {
+                    let got = client
+                        .receive_message()
+                        .queue_url(&url)
+                        .max_number_of_messages(10)
+                        .send()
+                        .await
+                        .expect("receive")
+                        .messages
+                        .unwrap_or_default();
+                    for m in &got {
+                        client
+                            .delete_message()
+                            .queue_url(&url)
+                            .receipt_handle(m.receipt_handle().unwrap_or_default())
+                            .send()
+                            .await
+                            .expect("delete");
+                    }
+                    done.fetch_add(got.len(), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let body = String::from_utf8(BODY.to_vec()).expect("text");
+    for chunk in 0..N / 10 {
+        let entries = (0..10)
+            .map(|i| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(format!("{chunk}-{i}"))
+                    .message_body(body.clone())
+                    .build()
+                    .expect("entry")
+            })
+            .collect();
+        client.send_message_batch().queue_url(&url).set_entries(Some(entries)).send().await.expect("send");
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    started.elapsed()
+}
+
+fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "bench"))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
 fn bench(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("queue");
@@ -289,8 +362,15 @@ fn bench(c: &mut Criterion) {
             backends.push((name, u));
         }
     }
+    // SQS (an emulator here) goes only at batch 100: at batch 1 a run takes minutes.
+    if let Some(u) = url("SQS") {
+        backends.push(("sqs", u));
+    }
     for batch in [1, 100] {
         for (name, base) in &backends {
+            if *name == "sqs" && batch == 1 {
+                continue;
+            }
             let sep = if base.contains('?') { '&' } else { '?' };
             for (label, prefill) in [(format!("{name}-consume"), true), ((*name).to_owned(), false)] {
                 group.bench_with_input(BenchmarkId::new(label, batch), &batch, |b, &batch| {
@@ -332,6 +412,14 @@ fn bench(c: &mut Criterion) {
             let client = rt.block_on(async { async_nats::connect(u.as_str()).await.expect("nats") });
             group.bench_with_input(BenchmarkId::new("nats-raw", batch), &batch, |b, &batch| {
                 b.iter_custom(|iters| timed(&rt, iters, || raw_nats(client.clone(), batch)));
+            });
+        }
+        let sqs_endpoint = url("SQS")
+            .and_then(|u| u.split(['?', '&']).find_map(|p| p.strip_prefix("endpoint=")).map(ToOwned::to_owned));
+        if let Some(endpoint) = sqs_endpoint.filter(|_| batch == 100) {
+            let client = sqs_client(&endpoint);
+            group.bench_with_input(BenchmarkId::new("sqs-raw", batch), &batch, |b, _| {
+                b.iter_custom(|iters| timed(&rt, iters, || raw_sqs(client.clone())));
             });
         }
         if let Some(u) = url("RABBITMQ") {
