@@ -101,6 +101,8 @@ pub(crate) struct Gaps {
     pub(crate) copy_by_put: bool,
     /// Listings come back in key order (all but local disk).
     pub(crate) ordered_list: bool,
+    /// Bodies cross a network: a download that breaks midway is resumed.
+    pub(crate) remote: bool,
 }
 
 /// A [`BlobStore`] over an `object_store` backend.
@@ -562,13 +564,15 @@ impl BlobStore for ObjectBlobStore {
             {
                 return Err(Error::invalid_input(format!("range {a}..{b} is empty")).with_op("get"));
             }
-            let opts = object_store::GetOptions {
+            let mut opts = object_store::GetOptions {
                 range,
                 if_match: options.if_match.clone(),
                 if_none_match: options.if_none_match.clone(),
                 ..Default::default()
             };
-            let r = match self.inner.get_opts(&path, opts.clone()).await {
+            let suffix = matches!(options.range, Some(ByteRange::Suffix(_)));
+            let first_try = if suffix { opts.clone() } else { std::mem::take(&mut opts) };
+            let r = match self.inner.get_opts(&path, first_try).await {
                 // Azure has no suffix ranges: find the size, then ask for the tail.
                 Err(object_store::Error::NotSupported { .. })
                     if matches!(options.range, Some(ByteRange::Suffix(_))) =>
@@ -592,13 +596,15 @@ impl BlobStore for ObjectBlobStore {
             let info = self.info(&r.meta, attributes);
             let served = r.range.clone();
             let body = match r.payload {
-                GetResultPayload::Stream(_) => {
+                GetResultPayload::Stream(_) if self.gaps.remote => {
                     let etag = info.version.etag.clone();
                     let first = r.into_stream();
                     self.resumable(path, first, etag, served.clone())
                 }
-                #[allow(unreachable_patterns)]
-                _ => r.into_stream().map_err(move |e| map_err("fs", e).with_op("get")).boxed(),
+                _ => {
+                    let backend = self.backend;
+                    r.into_stream().map_err(move |e| map_err(backend, e).with_op("get")).boxed()
+                }
             };
             Ok(GetResponse { info, range: served, body })
         }
@@ -818,7 +824,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_download_resumes_from_the_last_byte() {
-        let gaps = Gaps { sidecar: None, locked_update: false, copy_by_put: false, ordered_list: true };
+        let gaps = Gaps { sidecar: None, locked_update: false, copy_by_put: false, ordered_list: true, remote: true };
         let store = ObjectBlobStore::new(
             Arc::new(BreaksOnce::default()),
             "memory",

@@ -126,7 +126,8 @@ pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
             let presigner = params.local_presigner()?;
             params.finish("memory")?;
             let caps = local_caps(!matches!(presigner, Presigner::None), false);
-            let gaps = Gaps { sidecar: None, locked_update: false, copy_by_put: false, ordered_list: true };
+            let gaps =
+                Gaps { sidecar: None, locked_update: false, copy_by_put: false, ordered_list: true, remote: false };
             Arc::new(ObjectBlobStore::new(
                 Arc::new(object_store::memory::InMemory::new()),
                 "memory",
@@ -156,7 +157,13 @@ pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
                     .with_backend("fs")
                     .with_op("open")
             })?;
-            let gaps = Gaps { sidecar: Some(meta), locked_update: true, copy_by_put: false, ordered_list: false };
+            let gaps = Gaps {
+                sidecar: Some(meta),
+                locked_update: true,
+                copy_by_put: false,
+                ordered_list: false,
+                remote: false,
+            };
             Arc::new(ObjectBlobStore::new(Arc::new(fs), "fs", masked, caps, presigner, gaps))
         }
         #[cfg(feature = "s3")]
@@ -218,7 +225,8 @@ mod cloud {
         conditional_in_process_only: false,
     };
 
-    const GAPS: Gaps = Gaps { sidecar: None, locked_update: false, copy_by_put: false, ordered_list: true };
+    const GAPS: Gaps =
+        Gaps { sidecar: None, locked_update: false, copy_by_put: false, ordered_list: true, remote: true };
 
     #[cfg(feature = "s3")]
     pub(super) fn s3(url: &url::Url, params: &mut Params, masked: String) -> Result<Arc<dyn BlobStore>> {
