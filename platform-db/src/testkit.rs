@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use platform_core::testkit::{server_url, unique_ident};
+use platform_core::testkit::server_url;
 use platform_core::{ErrorKind, HealthCheck, Result};
 use sea_query::{ColumnDef, Query, Table};
 use time::OffsetDateTime;
@@ -57,6 +57,73 @@ impl UrlHarness {
     }
 }
 
+/// Test targets are named `pt<unix seconds>_<random>` (roles `pa…`); ones older than an
+/// hour are leftovers of earlier runs and are dropped, once per process, before the
+/// first new one is made.
+const STALE_AFTER: i64 = 3600;
+
+fn stamped(prefix: &str) -> String {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    format!("{prefix}{now}_{}", &Uuid::new_v4().simple().to_string()[..8])
+}
+
+fn is_stale(name: &str, prefix: &str) -> bool {
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    name.strip_prefix(prefix)
+        .and_then(|rest| rest.split(['_', '.']).next())
+        .and_then(|t| t.parse::<i64>().ok())
+        .is_some_and(|t| now - t > STALE_AFTER)
+}
+
+static SWEPT: tokio::sync::OnceCell<()> = tokio::sync::OnceCell::const_new();
+
+/// Drops stale test targets; best effort, errors only logged.
+async fn sweep(base: &str) {
+    if let Some(dir) = base.strip_prefix("sqlite://") {
+        for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_stale(&name, "pt") {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        return;
+    }
+    let Ok(admin) = crate::open(base).await else { return };
+    let (list, drop): (&str, fn(&str) -> Vec<String>) = match admin.dialect() {
+        Dialect::Postgres => ("SELECT nspname::text AS n FROM pg_namespace WHERE nspname LIKE 'pt%'", |n| {
+            vec![format!("DROP SCHEMA {n} CASCADE")]
+        }),
+        _ => ("SELECT schema_name AS n FROM information_schema.schemata WHERE schema_name LIKE 'pt%'", |n| {
+            vec![format!("DROP DATABASE {n}")]
+        }),
+    };
+    let mut statements = Vec::new();
+    for row in admin.fetch_all(&Sql::new(list)).await.unwrap_or_default() {
+        if let Ok(name) = row.get::<String>("n")
+            && is_stale(&name, "pt")
+        {
+            statements.extend(drop(&name));
+        }
+    }
+    if admin.dialect() == Dialect::Postgres {
+        let roles = Sql::new("SELECT rolname::text AS n FROM pg_roles WHERE rolname LIKE 'pa%'");
+        for row in admin.fetch_all(&roles).await.unwrap_or_default() {
+            if let Ok(name) = row.get::<String>("n")
+                && is_stale(&name, "pa")
+            {
+                statements.push(format!("DROP OWNED BY {name}"));
+                statements.push(format!("DROP ROLE {name}"));
+            }
+        }
+    }
+    for sql in statements {
+        if let Err(e) = admin.execute(&Sql::new(sql.clone())).await {
+            tracing::debug!(%sql, error = %e, "could not drop a stale test target");
+        }
+    }
+    admin.close().await;
+}
+
 fn with_param(url: &str, param: &str) -> String {
     if url.contains('?') { format!("{url}&{param}") } else { format!("{url}?{param}") }
 }
@@ -64,7 +131,8 @@ fn with_param(url: &str, param: &str) -> String {
 #[async_trait]
 impl Harness for UrlHarness {
     async fn fresh_url(&self) -> Result<String> {
-        let name = unique_ident("t");
+        SWEPT.get_or_init(|| sweep(&self.base)).await;
+        let name = stamped("pt");
         if let Some(dir) = self.base.strip_prefix("sqlite://") {
             return Ok(format!("sqlite://{dir}/{name}.db"));
         }
@@ -88,7 +156,7 @@ impl Harness for UrlHarness {
     async fn restricted_url(&self, url: &str) -> Result<Option<String>> {
         let options = crate::DbOptions::parse(url)?;
         let (Dialect::Postgres, Some(schema)) = (options.dialect, options.schema.clone()) else { return Ok(None) };
-        let role = unique_ident("app");
+        let role = stamped("pa");
         let admin = crate::open(url).await?;
         for sql in [
             format!("CREATE ROLE {role} LOGIN"),
@@ -664,4 +732,20 @@ pub async fn url_parameters_are_checked(h: &dyn Harness) {
     let db = crate::open(&with_param(&url, "max_connections=3&min_connections=1")).await.unwrap();
     assert_eq!(db.pool_status().max_size, 3);
     assert!(db.to_string().starts_with("Db("));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_old_targets_are_stale() {
+        let fresh = stamped("pt");
+        assert!(!is_stale(&fresh, "pt"), "{fresh}");
+        let old = format!("pt{}_abcdef12", OffsetDateTime::now_utc().unix_timestamp() - 2 * STALE_AFTER);
+        assert!(is_stale(&old, "pt"));
+        assert!(is_stale(&format!("{old}.db-wal"), "pt"));
+        assert!(!is_stale("platform_db_outbox", "pt"));
+        assert!(!is_stale("pt_not_a_time", "pt"));
+    }
 }
