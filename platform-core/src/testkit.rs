@@ -100,6 +100,21 @@ pub fn unique_ident(prefix: &str) -> String {
     unique_name(prefix).replace('-', "_")
 }
 
+/// Writes one `#[tokio::test]` per behaviour, each calling `kit::behaviour(&harness)`
+/// when `harness` (an `Option`) is `Some`. The crates' `conformance_tests!` macros use it.
+#[macro_export]
+macro_rules! behaviour_tests {
+    ($kit:ident, $harness:expr, $($behaviour:ident),+) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $behaviour() {
+                let Some(harness) = $harness else { return };
+                $kit::$behaviour(&harness).await;
+            }
+        )+
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

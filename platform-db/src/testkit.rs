@@ -20,6 +20,9 @@ use crate::idempotency::IdempotencyKey;
 use crate::migrate::{Migration, MigrationState, Migrator};
 use crate::{Db, Dialect, Sql, Statement, outbox, tenant};
 
+#[doc(hidden)]
+pub use platform_core::behaviour_tests;
+
 /// Makes fresh databases for the suite.
 #[async_trait]
 pub trait Harness: Send + Sync {
@@ -198,13 +201,8 @@ macro_rules! conformance_tests {
         mod $backend {
             #[allow(unused_imports)]
             use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let Some(harness) = $harness else { return };
-                    $crate::testkit::$behaviour(&harness).await;
-                }
-            )+
+            use $crate::testkit as kit;
+            $crate::testkit::behaviour_tests!(kit, $harness, $($behaviour),+);
         }
     };
 }

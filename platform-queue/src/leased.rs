@@ -16,7 +16,7 @@ use bytes::Bytes;
 use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
 use time::OffsetDateTime;
 
-use crate::message::dead_letter_headers;
+use crate::message::{dead_letter_headers, exhausted_reason};
 use crate::url::QueueOptions;
 use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
 
@@ -463,10 +463,7 @@ impl<S: LeaseStore> Acker for LeaseAcker<S> {
     async fn nack(&self, delay: Option<Duration>, reason: Option<&str>) -> Result<bool> {
         let max = self.inner.options.max_attempts;
         if self.attempts >= max {
-            let why = match reason {
-                Some(r) => format!("failed on each of {max} attempts; last error: {r}"),
-                None => format!("failed on each of {max} attempts"),
-            };
+            let why = exhausted_reason(max, reason);
             return self.move_to_dlq(&why, "nack").await.map(|()| true);
         }
         let now = now_ms();

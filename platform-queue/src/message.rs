@@ -294,6 +294,40 @@ pub trait Acker: Send + Sync + fmt::Debug {
     async fn release(&self) -> Result<()>;
 }
 
+/// The dead-letter reason of a message that failed on its last allowed attempt.
+pub(crate) fn exhausted_reason(max: u32, last_error: Option<&str>) -> String {
+    match last_error {
+        Some(r) => format!("failed on each of {max} attempts; last error: {r}"),
+        None => format!("failed on each of {max} attempts"),
+    }
+}
+
+/// A client-side lease deadline, for brokers that cannot tell a stale settle from a live
+/// one: past it, the broker may have handed the message to someone else.
+#[cfg(any(feature = "nats", feature = "sqs"))]
+pub(crate) struct LeaseClock(Mutex<Instant>);
+
+#[cfg(any(feature = "nats", feature = "sqs"))]
+impl LeaseClock {
+    pub(crate) fn until(deadline: Instant) -> Self {
+        Self(Mutex::new(deadline))
+    }
+
+    /// `Conflict` once the lease has run out.
+    pub(crate) fn check(&self, backend: &'static str, op: &'static str) -> Result<()> {
+        if Instant::now() >= *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Err(Error::conflict("lease was lost (the visibility timeout passed)")
+                .with_backend(backend)
+                .with_op(op));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn renew(&self, deadline: Instant) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
+    }
+}
+
 const PENDING: u8 = 0;
 const SETTLING: u8 = 1;
 const SETTLED: u8 = 2;

@@ -19,7 +19,6 @@
 //! parameters and `consumer` (the durable consumer's name, default `worker`).
 
 use std::fmt;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -33,7 +32,7 @@ use futures::StreamExt;
 use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
 use time::OffsetDateTime;
 
-use crate::message::{decode_headers, encode_headers};
+use crate::message::{LeaseClock, decode_headers, encode_headers, exhausted_reason};
 use crate::url::{QueueOptions, QueueUrl};
 use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
 
@@ -364,7 +363,7 @@ impl NatsQueue {
             attempt,
             headers: headers.clone(),
             published: OffsetDateTime::from_unix_timestamp_nanos(published.unix_timestamp_nanos()).ok(),
-            deadline: Mutex::new(Instant::now() + self.options.visibility_timeout),
+            lease: LeaseClock::until(Instant::now() + self.options.visibility_timeout),
         };
         if attempt > self.options.max_attempts {
             let reason = format!("lease expired on each of {} attempts", attempt - 1);
@@ -390,7 +389,7 @@ struct NatsAcker {
     attempt: u32,
     headers: Headers,
     published: Option<OffsetDateTime>,
-    deadline: Mutex<Instant>,
+    lease: LeaseClock,
 }
 
 impl fmt::Debug for NatsAcker {
@@ -400,14 +399,8 @@ impl fmt::Debug for NatsAcker {
 }
 
 impl NatsAcker {
-    /// Past the lease the server may have handed the message to someone else.
     fn check_lease(&self, op: &'static str) -> Result<()> {
-        if Instant::now() >= *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) {
-            return Err(Error::conflict("lease was lost (the visibility timeout passed)")
-                .with_backend("nats")
-                .with_op(op));
-        }
-        Ok(())
+        self.lease.check("nats", op)
     }
 
     async fn settle(&self, kind: AckKind) -> Result<()> {
@@ -447,10 +440,7 @@ impl Acker for NatsAcker {
         self.check_lease("nack")?;
         let max = self.queue.options.max_attempts;
         if self.attempt >= max {
-            let why = match reason {
-                Some(r) => format!("failed on each of {max} attempts; last error: {r}"),
-                None => format!("failed on each of {max} attempts"),
-            };
+            let why = exhausted_reason(max, reason);
             self.move_to_dlq(&why, self.attempt).await?;
             return Ok(true);
         }
@@ -466,8 +456,7 @@ impl Acker for NatsAcker {
     async fn extend(&self, _lease: Duration) -> Result<()> {
         self.check_lease("extend")?;
         self.settle(AckKind::Progress).await?;
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) =
-            Instant::now() + self.queue.options.visibility_timeout;
+        self.lease.renew(Instant::now() + self.queue.options.visibility_timeout);
         Ok(())
     }
 

@@ -32,6 +32,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
 
+use crate::message::exhausted_reason;
 use crate::url::{QueueOptions, QueueUrl};
 use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
 
@@ -498,10 +499,7 @@ impl Acker for RabbitAcker {
         self.take("nack")?;
         let max = self.shared.options.max_attempts;
         let r = if self.attempt >= max {
-            let why = match reason {
-                Some(r) => format!("failed on each of {max} attempts; last error: {r}"),
-                None => format!("failed on each of {max} attempts"),
-            };
+            let why = exhausted_reason(max, reason);
             self.move_to_dlq(&why, self.attempt).await.map(|()| true)
         } else {
             match delay.filter(|d| !d.is_zero()) {

@@ -39,7 +39,7 @@ use bytes::Bytes;
 use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
 use time::OffsetDateTime;
 
-use crate::message::{decode_headers, encode_headers};
+use crate::message::{LeaseClock, decode_headers, encode_headers, exhausted_reason};
 use crate::url::{QueueOptions, QueueUrl};
 use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
 
@@ -583,7 +583,7 @@ impl SqsQueue {
             sent,
             // The server's lease began when it answered, a little before this: keep a
             // margin so ours never outlives it.
-            deadline: Mutex::new(until),
+            lease: LeaseClock::until(until),
         };
         let max = self.shared.options.max_attempts;
         if attempt > max {
@@ -602,7 +602,7 @@ struct SqsAcker {
     headers: Headers,
     attempt: u32,
     sent: Option<OffsetDateTime>,
-    deadline: Mutex<Instant>,
+    lease: LeaseClock,
 }
 
 impl fmt::Debug for SqsAcker {
@@ -612,14 +612,8 @@ impl fmt::Debug for SqsAcker {
 }
 
 impl SqsAcker {
-    /// Past the lease, SQS may have handed the message to someone else.
     fn check_lease(&self, op: &'static str) -> Result<()> {
-        if Instant::now() >= *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) {
-            return Err(Error::conflict("lease was lost (the visibility timeout passed)")
-                .with_backend("sqs")
-                .with_op(op));
-        }
-        Ok(())
+        self.lease.check("sqs", op)
     }
 
     async fn set_visibility(&self, after: Duration) -> Result<()> {
@@ -658,10 +652,7 @@ impl Acker for SqsAcker {
         self.check_lease("nack")?;
         let max = self.shared.options.max_attempts;
         if self.attempt >= max {
-            let why = match reason {
-                Some(r) => format!("failed on each of {max} attempts; last error: {r}"),
-                None => format!("failed on each of {max} attempts"),
-            };
+            let why = exhausted_reason(max, reason);
             self.move_to_dlq(&why, self.attempt).await?;
             return Ok(true);
         }
@@ -684,7 +675,7 @@ impl Acker for SqsAcker {
         let lease = lease_of(lease);
         self.set_visibility(lease).await?;
         let until = Instant::now() + lease - LEASE_MARGIN;
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = until;
+        self.lease.renew(until);
         set_lease(&self.lease_key, Some(until));
         Ok(())
     }

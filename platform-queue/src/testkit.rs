@@ -23,6 +23,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{Delivery, Message, Queue, QueueExt, QueueOptions, ReceiveOptions, Worker, WorkerConfig};
 
+#[doc(hidden)]
+pub use platform_core::behaviour_tests;
+
 /// Opens queues for the suite.
 #[async_trait]
 pub trait Harness: Send + Sync {
@@ -647,13 +650,8 @@ macro_rules! conformance_tests {
         mod $backend {
             #[allow(unused_imports)]
             use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let Some(harness) = $harness else { return };
-                    $crate::testkit::$behaviour(&harness).await;
-                }
-            )+
+            use $crate::testkit as kit;
+            $crate::testkit::behaviour_tests!(kit, $harness, $($behaviour),+);
         }
     };
 }

@@ -19,6 +19,9 @@ use crate::{
     byte_stream,
 };
 
+#[doc(hidden)]
+pub use platform_core::behaviour_tests;
+
 /// Makes fresh stores for the suite.
 #[async_trait]
 pub trait Harness: Send + Sync {
@@ -173,13 +176,8 @@ macro_rules! conformance_tests {
         mod $backend {
             #[allow(unused_imports)]
             use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $behaviour() {
-                    let Some(harness) = $harness else { return };
-                    $crate::testkit::$behaviour(&harness).await;
-                }
-            )+
+            use $crate::testkit as kit;
+            $crate::testkit::behaviour_tests!(kit, $harness, $($behaviour),+);
         }
     };
 }
