@@ -25,6 +25,8 @@ mod sql;
 pub mod sqlite;
 #[cfg(feature = "sqs")]
 pub mod sqs;
+#[cfg(feature = "stomp")]
+pub mod stomp;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -60,6 +62,8 @@ pub fn schemes() -> Vec<&'static str> {
     all.extend(rabbitmq::SCHEMES);
     #[cfg(feature = "sqs")]
     all.extend(sqs::SCHEMES);
+    #[cfg(feature = "stomp")]
+    all.extend(stomp::SCHEMES);
     all
 }
 
@@ -117,6 +121,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
         "amqp" => Arc::new(rabbitmq::RabbitQueue::from_url(url).await?),
         #[cfg(feature = "sqs")]
         "sqs" => Arc::new(sqs::SqsQueue::from_url(url).await?),
+        #[cfg(feature = "stomp")]
+        "stomp" => Arc::new(stomp::StompQueue::from_url(url).await?),
         other => {
             let masked = platform_core::mask_url(url);
             let err = match feature_for(other) {

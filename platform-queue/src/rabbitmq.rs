@@ -18,7 +18,7 @@
 //! URL: `amqp://[user:password@]host[:port][/vhost]` plus the common parameters.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,7 +32,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
 
-use crate::message::exhausted_reason;
+use crate::message::{ClientLease, exhausted_reason};
 use crate::url::{QueueOptions, QueueUrl};
 use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
 
@@ -213,10 +213,7 @@ impl RabbitQueue {
         let (headers, delivery_count, base, first_failure) = read_headers(&d.properties);
         let attempt = base + delivery_count + 1;
         let o = &self.shared.options;
-        let state = Arc::new(LeaseState {
-            status: AtomicU8::new(HELD),
-            deadline: Mutex::new(Instant::now() + o.visibility_timeout),
-        });
+        let state = Arc::new(ClientLease::new(o.visibility_timeout));
         let acker = RabbitAcker {
             shared: Arc::clone(&self.shared),
             _channel: Arc::clone(channel),
@@ -233,22 +230,10 @@ impl RabbitQueue {
             return Ok(None);
         }
         // The client keeps the lease: past it, the message goes back to the queue.
-        let (timer_state, timer_acker) = (Arc::clone(&state), d.acker.clone());
+        let timer_acker = d.acker.clone();
         tokio::spawn(async move {
-            loop {
-                let deadline = *timer_state.deadline.lock().unwrap_or_else(|e| e.into_inner());
-                tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)).await;
-                if timer_state.status.load(Ordering::Acquire) != HELD {
-                    return;
-                }
-                let now_deadline = *timer_state.deadline.lock().unwrap_or_else(|e| e.into_inner());
-                if Instant::now() < now_deadline {
-                    continue;
-                }
-                if timer_state.status.compare_exchange(HELD, EXPIRED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
-                    let _ = timer_acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
-                }
-                return;
+            if state.expired().await {
+                let _ = timer_acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
             }
         });
         let id = d.delivery_tag.to_string();
@@ -269,15 +254,6 @@ impl Drop for ChannelGuard {
             });
         }
     }
-}
-
-const HELD: u8 = 0;
-const SETTLED: u8 = 1;
-const EXPIRED: u8 = 2;
-
-struct LeaseState {
-    status: AtomicU8,
-    deadline: Mutex<Instant>,
 }
 
 #[async_trait]
@@ -436,7 +412,7 @@ struct RabbitAcker {
     headers: Headers,
     attempt: u32,
     first_failure: Option<String>,
-    state: Arc<LeaseState>,
+    state: Arc<ClientLease>,
     amqp: lapin::Acker,
 }
 
@@ -447,20 +423,12 @@ impl fmt::Debug for RabbitAcker {
 }
 
 impl RabbitAcker {
-    /// Claims the lease for a terminal action; `Conflict` once it expired or was settled.
     fn take(&self, op: &'static str) -> Result<()> {
-        let now = Instant::now();
-        let deadline = *self.state.deadline.lock().unwrap_or_else(|e| e.into_inner());
-        if now < deadline
-            && self.state.status.compare_exchange(HELD, SETTLED, Ordering::AcqRel, Ordering::Acquire).is_ok()
-        {
-            return Ok(());
-        }
-        Err(Error::conflict("lease was lost (the visibility timeout passed)").with_backend("rabbitmq").with_op(op))
+        self.state.take("rabbitmq", op)
     }
 
     fn untake(&self) {
-        self.state.status.store(HELD, Ordering::Release);
+        self.state.untake();
     }
 
     fn finish<T>(&self, result: Result<T>) -> Result<T> {
@@ -532,15 +500,7 @@ impl Acker for RabbitAcker {
     }
 
     async fn extend(&self, lease: Duration) -> Result<()> {
-        if self.state.status.load(Ordering::Acquire) != HELD {
-            return Err(Error::conflict("lease was lost").with_backend("rabbitmq").with_op("extend"));
-        }
-        let mut deadline = self.state.deadline.lock().unwrap_or_else(|e| e.into_inner());
-        if Instant::now() >= *deadline {
-            return Err(Error::conflict("lease was lost").with_backend("rabbitmq").with_op("extend"));
-        }
-        *deadline = Instant::now() + lease;
-        Ok(())
+        self.state.extend("rabbitmq", lease)
     }
 
     async fn release(&self) -> Result<()> {

@@ -86,3 +86,18 @@ async fn url_parameters_redis() {
     let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
     url_parameters_are_checked(&url).await;
 }
+
+#[cfg(feature = "stomp")]
+conformance_tests!(stomp_activemq, UrlHarness::from_env("ACTIVEMQ_STOMP"));
+
+#[cfg(feature = "stomp")]
+conformance_tests!(stomp_rabbitmq, UrlHarness::from_env("RABBITMQ_STOMP"));
+
+#[cfg(feature = "stomp")]
+#[tokio::test]
+async fn url_parameters_stomp() {
+    for name in ["ACTIVEMQ_STOMP", "RABBITMQ_STOMP"] {
+        let Some(url) = platform_core::testkit::server_url(name) else { return };
+        url_parameters_are_checked(&url).await;
+    }
+}

@@ -14,6 +14,8 @@ use std::time::Duration;
 use platform_core::testkit::{eventually, skip, unique_name};
 use platform_queue::{Message, Queue, ReceiveOptions};
 
+#[cfg(feature = "stomp")]
+mod activemq;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "postgres")]
