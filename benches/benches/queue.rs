@@ -335,6 +335,98 @@ async fn raw_sqs(client: aws_sdk_sqs::Client) -> Duration {
     started.elapsed()
 }
 
+/// A raw STOMP loop on the same frame codec, over plain sockets: persistent `SEND`s
+/// with receipts (B in flight), 4 subscribers with `client-individual` acks and a
+/// prefetch of 32; each consumer's final receipt proves its acks were processed.
+async fn raw_stomp(address: String, login: Option<(String, String)>, batch: usize) -> Duration {
+    use bytes::BytesMut;
+    use platform_queue::stomp::frame::{Decoded, Frame, decode};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn connect(address: &str, login: &Option<(String, String)>) -> (tokio::net::TcpStream, BytesMut) {
+        let mut s = tokio::net::TcpStream::connect(address).await.expect("connect");
+        s.set_nodelay(true).expect("nodelay");
+        let mut f = Frame::new("CONNECT").header("accept-version", "1.2").header("host", "/");
+        if let Some((l, p)) = login {
+            f = f.header("login", l.clone()).header("passcode", p.clone());
+        }
+        let mut out = BytesMut::new();
+        f.encode(&mut out);
+        s.write_all(&out).await.expect("write");
+        let mut inbox = BytesMut::new();
+        next_frame(&mut s, &mut inbox).await;
+        (s, inbox)
+    }
+    async fn next_frame(s: &mut tokio::net::TcpStream, inbox: &mut BytesMut) -> Frame {
+        loop {
+            match decode(inbox).expect("frame") {
+                Some(Decoded::Frame(f)) => return f,
+                Some(Decoded::HeartBeat) => continue,
+                None => assert!(s.read_buf(inbox).await.expect("read") > 0, "closed"),
+            }
+        }
+    }
+
+    let destination = format!("/queue/{}", unique_name("raw"));
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (address, login, destination, done) =
+                (address.clone(), login.clone(), destination.clone(), Arc::clone(&done));
+            tokio::spawn(async move {
+                let (mut s, mut inbox) = connect(&address, &login).await;
+                let mut out = BytesMut::new();
+                Frame::new("SUBSCRIBE")
+                    .header("id", "1")
+                    .header("destination", destination)
+                    .header("ack", "client-individual")
+                    .header("activemq.prefetchSize", "32")
+                    .header("prefetch-count", "32")
+                    .encode(&mut out);
+                s.write_all(&out).await.expect("subscribe");
+                while done.load(Ordering::Relaxed) < N {
+                    let Ok(f) = tokio::time::timeout(Duration::from_millis(20), next_frame(&mut s, &mut inbox)).await
+                    else {
+                        continue;
+                    };
+                    let mut out = BytesMut::new();
+                    Frame::new("ACK").header("id", f.get("ack").unwrap_or_default()).encode(&mut out);
+                    s.write_all(&out).await.expect("ack");
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut out = BytesMut::new();
+                Frame::new("DISCONNECT").header("receipt", "bye").encode(&mut out);
+                s.write_all(&out).await.expect("disconnect");
+                while next_frame(&mut s, &mut inbox).await.command != "RECEIPT" {}
+            })
+        })
+        .collect();
+    let (mut producer, mut inbox) = connect(&address, &login).await;
+    for _ in 0..N / batch {
+        let mut out = BytesMut::new();
+        for i in 0..batch {
+            Frame::new("SEND")
+                .header("destination", destination.clone())
+                .header("persistent", "true")
+                .header("receipt", i.to_string())
+                .body(bytes::Bytes::from_static(&BODY))
+                .encode(&mut out);
+        }
+        producer.write_all(&out).await.expect("send");
+        let mut receipts = 0;
+        while receipts < batch {
+            if next_frame(&mut producer, &mut inbox).await.command == "RECEIPT" {
+                receipts += 1;
+            }
+        }
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    started.elapsed()
+}
+
 fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
     let config = aws_sdk_sqs::Config::builder()
@@ -355,9 +447,15 @@ fn bench(c: &mut Criterion) {
     let sqlite_file = std::env::temp_dir().join("platform-bench-queue.db");
     let mut backends: Vec<(&str, String)> =
         vec![("memory", "memory://bench".to_owned()), ("sqlite", format!("sqlite://{}", sqlite_file.display()))];
-    for (name, var) in
-        [("postgres", "POSTGRES"), ("mysql", "MYSQL"), ("redis", "REDIS"), ("nats", "NATS"), ("rabbitmq", "RABBITMQ")]
-    {
+    for (name, var) in [
+        ("postgres", "POSTGRES"),
+        ("mysql", "MYSQL"),
+        ("redis", "REDIS"),
+        ("nats", "NATS"),
+        ("rabbitmq", "RABBITMQ"),
+        ("stomp-activemq", "ACTIVEMQ_STOMP"),
+        ("stomp-rabbitmq", "RABBITMQ_STOMP"),
+    ] {
         if let Some(u) = url(var) {
             backends.push((name, u));
         }
@@ -428,6 +526,16 @@ fn bench(c: &mut Criterion) {
             });
             group.bench_with_input(BenchmarkId::new("rabbitmq-raw", batch), &batch, |b, &batch| {
                 b.iter_custom(|iters| timed(&rt, iters, || raw_rabbitmq(Arc::clone(&conn), batch)));
+            });
+        }
+        for (name, var) in [("stomp-activemq-raw", "ACTIVEMQ_STOMP"), ("stomp-rabbitmq-raw", "RABBITMQ_STOMP")] {
+            let Some(u) = url(var) else { continue };
+            let parsed = url::Url::parse(&u).expect("stomp url");
+            let address = format!("{}:{}", parsed.host_str().unwrap_or("127.0.0.1"), parsed.port().unwrap_or(61613));
+            let login = (!parsed.username().is_empty())
+                .then(|| (parsed.username().to_owned(), parsed.password().unwrap_or_default().to_owned()));
+            group.bench_with_input(BenchmarkId::new(name, batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| timed(&rt, iters, || raw_stomp(address.clone(), login.clone(), batch)));
             });
         }
     }

@@ -123,6 +123,10 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
         "sqs" => Arc::new(sqs::SqsQueue::from_url(url).await?),
         #[cfg(feature = "stomp")]
         "stomp" => Arc::new(stomp::StompQueue::from_url(url).await?),
+        #[cfg(feature = "stomp")]
+        "stomp+ssl" => return Err(no_tls(&scheme, url)),
+        #[cfg(feature = "rabbitmq")]
+        "amqps" => return Err(no_tls(&scheme, url)),
         other => {
             let masked = platform_core::mask_url(url);
             let err = match feature_for(other) {
@@ -140,6 +144,16 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
         }
     };
     Ok(Arc::new(Traced(queue)))
+}
+
+#[cfg(any(feature = "stomp", feature = "rabbitmq"))]
+fn no_tls(scheme: &str, url: &str) -> Error {
+    let masked = platform_core::mask_url(url);
+    Error::new(
+        ErrorKind::Unsupported,
+        format!("scheme {scheme:?}: TLS is not compiled into this backend (url {masked:?})"),
+    )
+    .with_op("open")
 }
 
 /// Opens the queue named by `{PREFIX}_URL` (`open_from_env("QUEUE")` reads `QUEUE_URL`).
