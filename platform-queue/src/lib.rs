@@ -7,6 +7,8 @@ mod queue;
 pub mod url;
 mod worker;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "mysql")]
@@ -64,6 +66,8 @@ pub fn schemes() -> Vec<&'static str> {
     all.extend(sqs::SCHEMES);
     #[cfg(feature = "stomp")]
     all.extend(stomp::SCHEMES);
+    #[cfg(feature = "kafka")]
+    all.extend(kafka::SCHEMES);
     all
 }
 
@@ -123,6 +127,8 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
         "sqs" => Arc::new(sqs::SqsQueue::from_url(url).await?),
         #[cfg(feature = "stomp")]
         "stomp" => Arc::new(stomp::StompQueue::from_url(url).await?),
+        #[cfg(feature = "kafka")]
+        "kafka" => Arc::new(kafka::KafkaQueue::from_url(url).await?),
         #[cfg(feature = "stomp")]
         "stomp+ssl" => return Err(no_tls(&scheme, url)),
         #[cfg(feature = "rabbitmq")]

@@ -396,6 +396,8 @@ pub async fn delayed_message_waits(h: &dyn Harness) {
         assert_eq!(q.send(delayed).await.expect_err("delay unsupported").kind(), ErrorKind::Unsupported);
         return;
     }
+    // Empty; and a backend whose first receive joins a consumer group has joined.
+    assert!(one(&*q, Duration::ZERO).await.is_none());
     let started = std::time::Instant::now();
     q.send(delayed).await.expect("send");
     q.send_bytes("now").await.expect("send");

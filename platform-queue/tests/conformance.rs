@@ -101,3 +101,13 @@ async fn url_parameters_stomp() {
         url_parameters_are_checked(&url).await;
     }
 }
+
+#[cfg(feature = "kafka")]
+conformance_tests!(kafka, UrlHarness::from_env("KAFKA"));
+
+#[cfg(feature = "kafka")]
+#[tokio::test]
+async fn url_parameters_kafka() {
+    let Some(url) = platform_core::testkit::server_url("KAFKA") else { return };
+    url_parameters_are_checked(&url).await;
+}

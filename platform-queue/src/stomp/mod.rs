@@ -47,9 +47,9 @@ use time::OffsetDateTime;
 
 use self::client::{Conn, Connect, Subscription};
 use self::frame::Frame;
-use crate::message::{ClientLease, decode_headers, encode_headers, exhausted_reason, rfc3339};
+use crate::message::{ClientLease, Republish, Republishing, decode_headers, encode_headers, rfc3339};
 use crate::url::{QueueOptions, QueueUrl};
-use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
+use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["stomp"];
@@ -323,9 +323,8 @@ impl StompQueue {
             return None;
         }
         // The client keeps the lease: past it, a copy goes back and the original is acked.
-        let timer = Arc::clone(&acker);
-        tokio::spawn(async move { timer.expire_when_due().await });
-        Some(Delivery::new(id, frame.body, headers, attempt, o.visibility_timeout, Box::new(AckerHandle(acker))))
+        let acker = Republishing::start(acker);
+        Some(Delivery::new(id, frame.body, headers, attempt, o.visibility_timeout, Box::new(acker)))
     }
 
     /// A temporary connection subscribed to the dead-letter queue: what it holds
@@ -543,44 +542,28 @@ struct StompAcker {
     state: ClientLease,
 }
 
-/// The acker a delivery owns; the lease timer holds the same `StompAcker`.
-struct AckerHandle(Arc<StompAcker>);
+#[async_trait]
+impl Republish for StompAcker {
+    const BACKEND: &'static str = "stomp";
 
-impl fmt::Debug for AckerHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StompAcker").field("attempt", &self.0.attempt).finish_non_exhaustive()
-    }
-}
-
-impl StompAcker {
-    async fn expire_when_due(&self) {
-        if !self.state.expired().await {
-            return;
-        }
-        // If the connection is gone the broker has already taken the message back.
-        let max = self.shared.options.max_attempts;
-        let _ = if self.attempt >= max {
-            let why = format!("lease expired on each of {max} attempts");
-            self.move_to_dlq(&why, self.attempt).await
-        } else {
-            self.requeue(None, self.attempt).await
-        };
+    fn lease(&self) -> &ClientLease {
+        &self.state
     }
 
-    /// Claims the lease for a terminal action; `Conflict` once it expired, was settled,
-    /// or the connection it came on is gone (the broker took the message back).
-    fn take(&self, op: &'static str) -> Result<()> {
-        if !self.conn.is_alive() {
-            return Err(Error::conflict("lease was lost (the connection dropped)").with_backend("stomp").with_op(op));
-        }
-        self.state.take("stomp", op)
+    fn attempt(&self) -> u32 {
+        self.attempt
     }
 
-    fn finish<T>(&self, result: Result<T>) -> Result<T> {
-        if result.is_err() && self.conn.is_alive() {
-            self.state.untake();
+    fn max_attempts(&self) -> u32 {
+        self.shared.options.max_attempts
+    }
+
+    /// Once the connection it came on is gone, the broker has taken the message back.
+    fn still_held(&self, op: &'static str) -> Result<()> {
+        if self.conn.is_alive() {
+            return Ok(());
         }
-        result
+        Err(Error::conflict("lease was lost (the connection dropped)").with_backend("stomp").with_op(op))
     }
 
     /// Acknowledges the original without waiting for a receipt: frames on a connection
@@ -591,14 +574,17 @@ impl StompAcker {
         self.conn.send(&Frame::new("ACK").header("id", self.ack_id.clone()))
     }
 
-    /// Sends a copy that remembers `counted` attempts, then acknowledges the original.
     async fn requeue(&self, delay: Option<Duration>, counted: u32) -> Result<()> {
+        let delay = delay.filter(|d| !d.is_zero());
+        if delay.is_some() && !self.shared.scheduler {
+            return Err(Error::unsupported("stomp", "nack with delay without a scheduler"));
+        }
         let mut extra = vec![(ATTEMPTS_BASE, counted.to_string())];
         if counted > 0 {
             let first = self.first_failure.clone().unwrap_or_else(|| rfc3339(OffsetDateTime::now_utc()));
             extra.push((FIRST_FAILURE, first));
         }
-        let frame = match delay.filter(|d| !d.is_zero()) {
+        let frame = match delay {
             Some(d) => self.shared.delayed_frame(&self.body, &self.headers, &extra, d),
             None => self.shared.send_frame(&self.shared.options.queue, &self.body, &self.headers, &extra),
         };
@@ -615,55 +601,5 @@ impl StompAcker {
         let headers = dead_letter_headers(&self.headers, reason, &o.queue, attempts, first);
         self.conn.request(self.shared.send_frame(&o.dead_letter, &self.body, &headers, &[])).await?;
         self.ack_original()
-    }
-}
-
-#[async_trait]
-impl Acker for AckerHandle {
-    async fn ack(&self) -> Result<()> {
-        let a = &self.0;
-        a.take("ack")?;
-        let r = a.ack_original();
-        a.finish(r)
-    }
-
-    async fn nack(&self, delay: Option<Duration>, reason: Option<&str>) -> Result<bool> {
-        let a = &self.0;
-        a.take("nack")?;
-        let max = a.shared.options.max_attempts;
-        let r = if a.attempt >= max {
-            a.move_to_dlq(&exhausted_reason(max, reason), a.attempt).await.map(|()| true)
-        } else {
-            if delay.is_some_and(|d| !d.is_zero()) && !a.shared.scheduler {
-                a.finish(Err::<(), _>(Error::unsupported("stomp", "nack with delay without a scheduler")))?;
-            }
-            a.requeue(delay, a.attempt).await.map(|()| false)
-        };
-        a.finish(r)
-    }
-
-    async fn dead_letter(&self, reason: &str) -> Result<()> {
-        let a = &self.0;
-        a.take("dead_letter")?;
-        let r = a.move_to_dlq(reason, a.attempt).await;
-        a.finish(r)
-    }
-
-    async fn extend(&self, lease: Duration) -> Result<()> {
-        let a = &self.0;
-        if !a.conn.is_alive() {
-            return Err(Error::conflict("lease was lost (the connection dropped)")
-                .with_backend("stomp")
-                .with_op("extend"));
-        }
-        a.state.extend("stomp", lease)
-    }
-
-    async fn release(&self) -> Result<()> {
-        let a = &self.0;
-        a.take("release")?;
-        // A copy that does not count this delivery, then the original goes.
-        let r = a.requeue(None, a.attempt - 1).await;
-        a.finish(r)
     }
 }
