@@ -128,9 +128,30 @@ struct Track {
     open: BTreeMap<i64, bool>,
 }
 
+/// The group member. Closing one waits for the broker (leave the group, commit), for
+/// ever when the broker is gone; so it closes on a thread of its own, and dropping a
+/// queue never blocks the caller.
+struct Member(Option<StreamConsumer<HubContext>>);
+
+impl std::ops::Deref for Member {
+    type Target = StreamConsumer<HubContext>;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().unwrap_or_else(|| unreachable!("taken only on drop"))
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            let _ = std::thread::Builder::new().name("kafka-member-close".into()).spawn(move || drop(consumer));
+        }
+    }
+}
+
 /// What the group member and the handles share.
 struct HubState {
-    consumer: StreamConsumer<HubContext>,
+    consumer: Member,
     ready: Mutex<VecDeque<Fetched>>,
     delayed: Mutex<BinaryHeap<Reverse<(i64, u64, usize)>>>,
     delayed_items: Mutex<HashMap<usize, Fetched>>,
@@ -242,7 +263,7 @@ impl Hub {
         let retry = format!("{}.retry", o.queue);
         consumer.subscribe(&[o.queue.as_str(), retry.as_str()]).map_err(map_err)?;
         let state = Arc::new(HubState {
-            consumer,
+            consumer: Member(Some(consumer)),
             ready: Mutex::default(),
             delayed: Mutex::default(),
             delayed_items: Mutex::default(),
@@ -818,10 +839,7 @@ impl Republish for KafkaAcker {
 
     async fn move_to_dlq(&self, reason: &str, attempts: u32) -> Result<()> {
         let f = &self.fetched;
-        let first = f
-            .first_failure
-            .as_deref()
-            .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok());
+        let first = f.first_failure.as_deref().and_then(crate::message::parse_rfc3339);
         let o = &self.shared.options;
         let headers = dead_letter_headers(&f.headers, reason, &o.queue, attempts, first);
         self.shared.produce(&o.dead_letter, &f.body, &headers, &[]).await?;

@@ -751,6 +751,12 @@ pub(crate) fn decode_headers(s: &str) -> Headers {
     serde_json::from_str(s).unwrap_or_default()
 }
 
+/// The inverse of [`rfc3339`]; `None` for anything else.
+#[allow(dead_code)]
+pub(crate) fn parse_rfc3339(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }

@@ -443,10 +443,7 @@ impl RabbitAcker {
     }
 
     async fn move_to_dlq(&self, reason: &str, attempts: u32) -> Result<()> {
-        let first = self
-            .first_failure
-            .as_deref()
-            .and_then(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok());
+        let first = self.first_failure.as_deref().and_then(crate::message::parse_rfc3339);
         let o = &self.shared.options;
         let headers = dead_letter_headers(&self.headers, reason, &o.queue, attempts, first);
         self.shared.confirm(&o.dead_letter, &self.body, persistent(string_headers(&headers, &[]))).await?;

@@ -593,10 +593,7 @@ impl Republish for StompAcker {
     }
 
     async fn move_to_dlq(&self, reason: &str, attempts: u32) -> Result<()> {
-        let first = self
-            .first_failure
-            .as_deref()
-            .and_then(|t| OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok());
+        let first = self.first_failure.as_deref().and_then(crate::message::parse_rfc3339);
         let o = &self.shared.options;
         let headers = dead_letter_headers(&self.headers, reason, &o.queue, attempts, first);
         self.conn.request(self.shared.send_frame(&o.dead_letter, &self.body, &headers, &[])).await?;

@@ -16,6 +16,8 @@ use platform_queue::{Message, Queue, ReceiveOptions};
 
 #[cfg(feature = "stomp")]
 mod activemq;
+#[cfg(feature = "kafka")]
+mod kafka;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "postgres")]
