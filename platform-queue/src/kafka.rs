@@ -27,7 +27,8 @@
 //!
 //! URL: `kafka://host:port[,host:port…]`, plus the common parameters and `group`,
 //! `partitions`, `replication`, `prefetch` (messages buffered per process, default 500),
-//! `session_timeout`.
+//! `session_timeout`, and `member` (a name: handles with different names are separate
+//! group members even in one process; default one member per process).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
@@ -230,7 +231,7 @@ impl Drop for Hub {
     }
 }
 
-type HubKey = (String, String, String);
+type HubKey = (String, String, String, String);
 
 fn hubs() -> &'static Mutex<HashMap<HubKey, Weak<Hub>>> {
     static HUBS: OnceLock<Mutex<HashMap<HubKey, Weak<Hub>>>> = OnceLock::new();
@@ -240,7 +241,7 @@ fn hubs() -> &'static Mutex<HashMap<HubKey, Weak<Hub>>> {
 impl Hub {
     fn get(shared: &Shared) -> Result<Arc<Self>> {
         let o = &shared.options;
-        let key = (shared.brokers.clone(), shared.group.clone(), o.queue.clone());
+        let key = (shared.brokers.clone(), shared.group.clone(), o.queue.clone(), shared.member.clone());
         let mut all = hubs().lock().unwrap_or_else(|e| e.into_inner());
         if let Some(hub) = all.get(&key).and_then(Weak::upgrade) {
             return Ok(hub);
@@ -417,6 +418,7 @@ async fn fetch(
 struct Shared {
     brokers: String,
     group: String,
+    member: String,
     options: QueueOptions,
     prefetch: usize,
     session_timeout: Duration,
@@ -489,6 +491,7 @@ impl KafkaQueue {
     pub async fn from_url(url: &str) -> Result<Self> {
         let mut u = QueueUrl::parse(url)?;
         let group = u.take("group");
+        let member = u.take("member").unwrap_or_default();
         let partitions = u.take_parsed::<i32>("partitions")?.unwrap_or(8);
         let replication = u.take_parsed::<i32>("replication")?;
         let prefetch = u.take_parsed::<usize>("prefetch")?.unwrap_or(500);
@@ -535,7 +538,7 @@ impl KafkaQueue {
                 .with_op("open"));
             }
         }
-        let shared = Arc::new(Shared { brokers, group, options: o, prefetch, session_timeout, producer });
+        let shared = Arc::new(Shared { brokers, group, member, options: o, prefetch, session_timeout, producer });
         Ok(Self { shared, hub: Mutex::new(None), closed: AtomicBool::new(false) })
     }
 
