@@ -427,6 +427,76 @@ async fn raw_stomp(address: String, login: Option<(String, String)>, batch: usiz
     started.elapsed()
 }
 
+/// The raw rdkafka loop: a `FutureProducer` with B sends in flight (acks=all), one
+/// group member (`StreamConsumer`, auto-commit) reading until all N arrived; no lease,
+/// attempts, per-message acks or dead letters. One topic and member for the whole run,
+/// so the group join (seconds) is outside the timing, as it is for the backend.
+async fn raw_kafka(
+    producer: &rdkafka::producer::FutureProducer,
+    consumer: &rdkafka::consumer::StreamConsumer,
+    topic: &str,
+    batch: usize,
+) -> Duration {
+    use rdkafka::producer::FutureRecord;
+    let started = Instant::now();
+    let consume = async {
+        for _ in 0..N {
+            consumer.recv().await.expect("recv");
+        }
+    };
+    let produce = async {
+        for _ in 0..N / batch {
+            let sends = (0..batch).map(|_| {
+                producer.send(FutureRecord::<(), [u8]>::to(topic).payload(&BODY[..]), Duration::from_secs(30))
+            });
+            for r in futures::future::join_all(sends).await {
+                r.expect("produce");
+            }
+        }
+    };
+    futures::future::join(consume, produce).await;
+    started.elapsed()
+}
+
+fn raw_kafka_setup(
+    rt: &tokio::runtime::Runtime,
+    brokers: &str,
+) -> (rdkafka::producer::FutureProducer, rdkafka::consumer::StreamConsumer, String) {
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::consumer::Consumer;
+    let topic = unique_name("raw");
+    rt.block_on(async {
+        let admin: AdminClient<rdkafka::client::DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", brokers).create().expect("admin");
+        admin
+            .create_topics(&[NewTopic::new(&topic, 8, TopicReplication::Fixed(-1))], &AdminOptions::new())
+            .await
+            .expect("create topic");
+        let producer: rdkafka::producer::FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("acks", "all")
+            .set("linger.ms", "1")
+            .create()
+            .expect("producer");
+        let consumer: rdkafka::consumer::StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", format!("{topic}-group"))
+            .set("auto.offset.reset", "earliest")
+            .set("fetch.wait.max.ms", "50")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        // Join the group before anything is timed.
+        producer
+            .send(rdkafka::producer::FutureRecord::<(), [u8]>::to(&topic).payload(&BODY[..]), Duration::from_secs(30))
+            .await
+            .expect("warm-up");
+        consumer.recv().await.expect("warm-up recv");
+        (producer, consumer, topic)
+    })
+}
+
 fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
     let config = aws_sdk_sqs::Config::builder()
@@ -526,6 +596,27 @@ fn bench(c: &mut Criterion) {
             });
             group.bench_with_input(BenchmarkId::new("rabbitmq-raw", batch), &batch, |b, &batch| {
                 b.iter_custom(|iters| timed(&rt, iters, || raw_rabbitmq(Arc::clone(&conn), batch)));
+            });
+        }
+        if let Some(u) = url("KAFKA") {
+            // One queue (and group member) for the whole run: a group join takes seconds.
+            let brokers = u.trim_start_matches("kafka://").to_owned();
+            let q = rt.block_on(async {
+                let q = platform_queue::open(&format!("{u}?queue={}", unique_name("bench"))).await.expect("open");
+                q.send(Message::new(&BODY[..])).await.expect("warm-up");
+                q.ack_all(&q.receive(ReceiveOptions::new(1, Duration::from_secs(60))).await.expect("join"))
+                    .await
+                    .expect("ack");
+                q
+            });
+            for (label, prefill) in [("kafka-consume", true), ("kafka", false)] {
+                group.bench_with_input(BenchmarkId::new(label, batch), &batch, |b, &batch| {
+                    b.iter_custom(|iters| timed(&rt, iters, || through_queue(Arc::clone(&q), batch, prefill)));
+                });
+            }
+            let (producer, consumer, topic) = raw_kafka_setup(&rt, &brokers);
+            group.bench_with_input(BenchmarkId::new("kafka-raw", batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| timed(&rt, iters, || raw_kafka(&producer, &consumer, &topic, batch)));
             });
         }
         for (name, var) in [("stomp-activemq-raw", "ACTIVEMQ_STOMP"), ("stomp-rabbitmq-raw", "RABBITMQ_STOMP")] {
