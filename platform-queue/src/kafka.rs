@@ -506,6 +506,14 @@ impl KafkaQueue {
         if !(1..=100_000).contains(&prefetch) {
             return Err(bad("prefetch", "must be 1 to 100000"));
         }
+        if !u.url().username().is_empty() || u.url().password().is_some() {
+            return Err(Error::new(
+                ErrorKind::Unsupported,
+                format!("queue url {:?}: SASL credentials are not supported by the kafka backend yet", u.masked()),
+            )
+            .with_backend("kafka")
+            .with_op("open"));
+        }
         let host = u.url().host_str().unwrap_or("localhost").to_owned();
         let port = u.url().port().unwrap_or(9092);
         let brokers = format!("{host}:{port}");

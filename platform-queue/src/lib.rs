@@ -185,7 +185,7 @@ mod tests {
             assert!(err.to_string().contains("feature \"redis\""), "{err}");
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }
-        let err = open("kafka://u:hunter2@localhost").await.unwrap_err();
+        let err = open("mqtt://u:hunter2@localhost").await.unwrap_err();
         assert!(err.is_unsupported() && !err.to_string().contains("hunter2"), "{err}");
     }
 

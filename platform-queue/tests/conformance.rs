@@ -110,6 +110,11 @@ conformance_tests!(kafka, UrlHarness::from_env("KAFKA"));
 async fn url_parameters_kafka() {
     let Some(url) = platform_core::testkit::server_url("KAFKA") else { return };
     url_parameters_are_checked(&url).await;
+    // Credentials are refused, not ignored, and never echoed.
+    let with_secret = url.replacen("kafka://", "kafka://u:hunter2@", 1);
+    let err = platform_queue::open(&with_secret).await.expect_err("credentials");
+    assert_eq!(err.kind(), platform_queue::ErrorKind::Unsupported);
+    assert!(!err.to_string().contains("hunter2"), "{err}");
 }
 
 /// Two group members (as two processes would be): the second joins while the first
