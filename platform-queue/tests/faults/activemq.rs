@@ -23,7 +23,7 @@ impl ActiveMq {
         s
     }
 
-    fn spawn(&mut self) {
+    fn start_process(&mut self) {
         let d = self.dir.display();
         let mut cmd = Command::new("java");
         cmd.current_dir(&self.dir).args([
@@ -42,6 +42,20 @@ impl ActiveMq {
             format!("xbean:file:{d}/conf/activemq.xml"),
         ]);
         self.child = Some(spawn(&mut cmd));
+    }
+}
+
+impl Restartable for ActiveMq {
+    fn port(&self) -> u16 {
+        self.stomp
+    }
+
+    fn child(&mut self) -> &mut Option<Child> {
+        &mut self.child
+    }
+
+    fn spawn(&mut self) {
+        self.start_process();
     }
 }
 
@@ -66,12 +80,6 @@ async fn stomp_activemq_kill_and_restart_loses_nothing() {
         eventually(Duration::from_secs(30), || async { platform_queue::open(&url).await.ok() }).await.expect("open");
     assert!(queue.capabilities().delay, "the scheduler is on in scripts/activemq.xml");
     let total = 600;
-    let (received, duplicates) = run_through_crash(queue, total, || async {
-        kill(server.child.as_mut().expect("running"));
-        wait_port(server.stomp, false).await;
-        server.spawn();
-        wait_port(server.stomp, true).await;
-    })
-    .await;
+    let (received, duplicates) = run_through_crash(queue, total, || kill_and_restart(&mut server)).await;
     report("stomp on activemq", total, received, duplicates);
 }

@@ -37,7 +37,7 @@ struct Tansu {
 }
 
 impl Tansu {
-    fn spawn(&mut self) {
+    fn start_process(&mut self) {
         let listener = format!("tcp://127.0.0.1:{}", self.port);
         let mut cmd = Command::new(&self.bin);
         cmd.args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
@@ -49,6 +49,20 @@ impl Tansu {
             .env("AWS_DEFAULT_REGION", "us-east-1")
             .env("AWS_REGION", "us-east-1");
         self.child = Some(spawn(&mut cmd));
+    }
+}
+
+impl Restartable for Tansu {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn child(&mut self) -> &mut Option<Child> {
+        &mut self.child
+    }
+
+    fn spawn(&mut self) {
+        self.start_process();
     }
 }
 
@@ -73,12 +87,6 @@ async fn kafka_kill_and_restart_loses_nothing() {
     let queue =
         eventually(Duration::from_secs(30), || async { platform_queue::open(&url).await.ok() }).await.expect("open");
     let total = 300;
-    let (received, duplicates) = run_through_crash(queue, total, || async {
-        kill(server.child.as_mut().expect("running"));
-        wait_port(server.port, false).await;
-        server.spawn();
-        wait_port(server.port, true).await;
-    })
-    .await;
+    let (received, duplicates) = run_through_crash(queue, total, || kill_and_restart(&mut server)).await;
     report("kafka on tansu", total, received, duplicates);
 }

@@ -122,6 +122,20 @@ where
     (seen.len(), duplicates)
 }
 
+/// A private server that a fault test kills with SIGKILL and starts again on its data.
+trait Restartable {
+    fn port(&self) -> u16;
+    fn child(&mut self) -> &mut Option<Child>;
+    fn spawn(&mut self);
+}
+
+async fn kill_and_restart(server: &mut impl Restartable) {
+    kill(server.child().as_mut().expect("running"));
+    wait_port(server.port(), false).await;
+    server.spawn();
+    wait_port(server.port(), true).await;
+}
+
 fn report(backend: &str, total: usize, received: usize, duplicates: usize) {
     let lost = total - received;
     println!("fault test {backend}: sent {total}, received {received}, lost {lost}, duplicates {duplicates}");

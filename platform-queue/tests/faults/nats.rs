@@ -16,10 +16,24 @@ impl NatsServer {
         s
     }
 
-    fn spawn(&mut self) {
+    fn start_process(&mut self) {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"]).arg(&self.dir);
         self.child = Some(spawn(&mut cmd));
+    }
+}
+
+impl Restartable for NatsServer {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn child(&mut self) -> &mut Option<Child> {
+        &mut self.child
+    }
+
+    fn spawn(&mut self) {
+        self.start_process();
     }
 }
 
@@ -41,12 +55,6 @@ async fn nats_kill_and_restart_loses_nothing() {
     let queue =
         eventually(Duration::from_secs(30), || async { platform_queue::open(&url).await.ok() }).await.expect("open");
     let total = 1000;
-    let (received, duplicates) = run_through_crash(queue, total, || async {
-        kill(server.child.as_mut().expect("running"));
-        wait_port(server.port, false).await;
-        server.spawn();
-        wait_port(server.port, true).await;
-    })
-    .await;
+    let (received, duplicates) = run_through_crash(queue, total, || kill_and_restart(&mut server)).await;
     report("nats", total, received, duplicates);
 }

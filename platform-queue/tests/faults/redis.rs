@@ -16,13 +16,27 @@ impl RedisServer {
         s
     }
 
-    fn spawn(&mut self) {
+    fn start_process(&mut self) {
         let mut cmd = Command::new(&self.bin);
         cmd.args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir);
         self.child = Some(spawn(&mut cmd));
+    }
+}
+
+impl Restartable for RedisServer {
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    fn child(&mut self) -> &mut Option<Child> {
+        &mut self.child
+    }
+
+    fn spawn(&mut self) {
+        self.start_process();
     }
 }
 
@@ -43,12 +57,6 @@ async fn redis_kill_and_restart_loses_nothing() {
     let url = format!("redis://127.0.0.1:{}?queue={}&visibility_timeout=2s", server.port, unique_name("fault"));
     let queue = platform_queue::open(&url).await.expect("open");
     let total = 1000;
-    let (received, duplicates) = run_through_crash(queue, total, || async {
-        kill(server.child.as_mut().expect("running"));
-        wait_port(server.port, false).await;
-        server.spawn();
-        wait_port(server.port, true).await;
-    })
-    .await;
+    let (received, duplicates) = run_through_crash(queue, total, || kill_and_restart(&mut server)).await;
     report("redis", total, received, duplicates);
 }
