@@ -11,6 +11,8 @@ mod worker;
 pub mod kafka;
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "mqtt")]
+pub mod mqtt;
 #[cfg(feature = "mysql")]
 pub mod mysql;
 #[cfg(feature = "nats")]
@@ -68,6 +70,8 @@ pub fn schemes() -> Vec<&'static str> {
     all.extend(stomp::SCHEMES);
     #[cfg(feature = "kafka")]
     all.extend(kafka::SCHEMES);
+    #[cfg(feature = "mqtt")]
+    all.extend(mqtt::SCHEMES);
     all
 }
 
@@ -129,8 +133,12 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
         "stomp" => Arc::new(stomp::StompQueue::from_url(url).await?),
         #[cfg(feature = "kafka")]
         "kafka" => Arc::new(kafka::KafkaQueue::from_url(url).await?),
+        #[cfg(feature = "mqtt")]
+        "mqtt" => Arc::new(mqtt::MqttQueue::from_url(url).await?),
         #[cfg(feature = "stomp")]
         "stomp+ssl" => return Err(no_tls(&scheme, url)),
+        #[cfg(feature = "mqtt")]
+        "mqtts" => return Err(no_tls(&scheme, url)),
         #[cfg(feature = "rabbitmq")]
         "amqps" => return Err(no_tls(&scheme, url)),
         other => {
@@ -152,7 +160,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
     Ok(Arc::new(Traced(queue)))
 }
 
-#[cfg(any(feature = "stomp", feature = "rabbitmq"))]
+#[cfg(any(feature = "stomp", feature = "rabbitmq", feature = "mqtt"))]
 fn no_tls(scheme: &str, url: &str) -> Error {
     let masked = platform_core::mask_url(url);
     Error::new(
@@ -185,7 +193,8 @@ mod tests {
             assert!(err.to_string().contains("feature \"redis\""), "{err}");
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }
-        let err = open("mqtt://u:hunter2@localhost").await.unwrap_err();
+        // TLS is not compiled in, with the feature or without it.
+        let err = open("mqtts://u:hunter2@localhost").await.unwrap_err();
         assert!(err.is_unsupported() && !err.to_string().contains("hunter2"), "{err}");
     }
 

@@ -331,20 +331,27 @@ impl LeaseClock {
 /// A lease kept by the client, for brokers that have none (RabbitMQ, STOMP): held
 /// until a deadline that `extend` moves; settling claims it once; past the deadline a
 /// timer takes it back and the backend returns the message.
-#[cfg(any(feature = "rabbitmq", feature = "stomp", feature = "kafka"))]
+#[cfg(any(feature = "rabbitmq", feature = "stomp", feature = "kafka", feature = "mqtt"))]
 pub(crate) struct ClientLease {
     status: AtomicU8,
     deadline: Mutex<Instant>,
+    /// Wakes the lease timer once settled, so it does not hold the delivery until the
+    /// deadline.
+    settled: tokio::sync::Notify,
 }
 
-#[cfg(any(feature = "rabbitmq", feature = "stomp", feature = "kafka"))]
+#[cfg(any(feature = "rabbitmq", feature = "stomp", feature = "kafka", feature = "mqtt"))]
 impl ClientLease {
     const HELD: u8 = 0;
     const SETTLED: u8 = 1;
     const EXPIRED: u8 = 2;
 
     pub(crate) fn new(lease: Duration) -> Self {
-        Self { status: AtomicU8::new(Self::HELD), deadline: Mutex::new(Instant::now() + lease) }
+        Self {
+            status: AtomicU8::new(Self::HELD),
+            deadline: Mutex::new(Instant::now() + lease),
+            settled: tokio::sync::Notify::new(),
+        }
     }
 
     fn deadline(&self) -> Instant {
@@ -359,7 +366,12 @@ impl ClientLease {
     pub(crate) fn take(&self, backend: &'static str, op: &'static str) -> Result<()> {
         let claimed = Instant::now() < self.deadline()
             && self.status.compare_exchange(Self::HELD, Self::SETTLED, Ordering::AcqRel, Ordering::Acquire).is_ok();
-        if claimed { Ok(()) } else { Err(Self::lost(backend, op)) }
+        if claimed {
+            self.settled.notify_one();
+            Ok(())
+        } else {
+            Err(Self::lost(backend, op))
+        }
     }
 
     /// Gives back a claim whose action failed.
@@ -381,7 +393,10 @@ impl ClientLease {
     /// took it back (the caller returns the message), `false` when it was settled.
     pub(crate) async fn expired(&self) -> bool {
         loop {
-            tokio::time::sleep_until(tokio::time::Instant::from_std(self.deadline())).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(self.deadline())) => {}
+                () = self.settled.notified() => {}
+            }
             if self.status.load(Ordering::Acquire) != Self::HELD {
                 return false;
             }
@@ -398,7 +413,7 @@ impl ClientLease {
 /// A broker without nack or delivery counts (STOMP, Kafka): every settle other than
 /// `ack` sends a copy (carrying the attempts counted so far) and then acknowledges the
 /// original, so a crash in between gives a duplicate, never a loss.
-#[cfg(any(feature = "stomp", feature = "kafka"))]
+#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
 #[async_trait]
 pub(crate) trait Republish: Send + Sync + 'static {
     /// The backend's name, for errors.
@@ -422,10 +437,10 @@ pub(crate) trait Republish: Send + Sync + 'static {
 }
 
 /// The [`Acker`] over a [`Republish`]; the lease timer holds the same value.
-#[cfg(any(feature = "stomp", feature = "kafka"))]
+#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
 pub(crate) struct Republishing<R>(pub(crate) std::sync::Arc<R>);
 
-#[cfg(any(feature = "stomp", feature = "kafka"))]
+#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
 impl<R: Republish> Republishing<R> {
     /// Starts the lease timer: past the deadline, unsettled, the message goes back
     /// (its attempt counted) or, on its last attempt, to the dead letters.
@@ -458,14 +473,14 @@ impl<R: Republish> Republishing<R> {
     }
 }
 
-#[cfg(any(feature = "stomp", feature = "kafka"))]
+#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
 impl<R> fmt::Debug for Republishing<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Republishing").finish_non_exhaustive()
     }
 }
 
-#[cfg(any(feature = "stomp", feature = "kafka"))]
+#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
 #[async_trait]
 impl<R: Republish> Acker for Republishing<R> {
     async fn ack(&self) -> Result<()> {

@@ -188,3 +188,59 @@ async fn kafka_members_rebalance_without_loss() {
     assert_eq!(acked.len(), total, "messages lost across a rebalance");
     assert!(b > 0, "the second member never got a partition");
 }
+
+#[cfg(feature = "mqtt")]
+conformance_tests!(mqtt, UrlHarness::from_env("MQTT"));
+
+#[cfg(feature = "mqtt")]
+#[tokio::test]
+async fn url_parameters_mqtt() {
+    let Some(url) = platform_core::testkit::server_url("MQTT") else { return };
+    url_parameters_are_checked(&url).await;
+    for bad in ["prefetch=0", "member=a/b", "session_expiry=soon"] {
+        let err = platform_queue::open(&format!("{url}?queue=x&{bad}")).await.expect_err(bad);
+        assert_eq!(err.kind(), platform_queue::ErrorKind::InvalidInput, "{bad}: {err}");
+    }
+}
+
+/// Two members (as two processes would be) share one queue; the one that leaves gives
+/// back what it held, unsettled or still buffered, and the other gets every message.
+#[cfg(feature = "mqtt")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_members_share_and_a_leaving_member_gives_back() {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use platform_queue::{Message, QueueExt, ReceiveOptions};
+
+    let Some(base) = platform_core::testkit::server_url("MQTT") else { return };
+    let queue = platform_core::testkit::unique_name("members");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = |m: &str| format!("{base}{sep}queue={queue}&member={m}&prefetch=10&visibility_timeout=30s");
+    let a = platform_queue::open(&url("a")).await.expect("open a");
+    let b = platform_queue::open(&url("b")).await.expect("open b");
+    let total = 100;
+    b.send_batch((0..total).map(|i| Message::new(format!("m{i}"))).collect()).await.expect("send");
+    let mut seen = HashSet::new();
+    // a takes a few and settles none of them; it holds more in its buffer.
+    let held = a.receive(ReceiveOptions::new(3, Duration::from_secs(5))).await.expect("receive a");
+    assert!(!held.is_empty(), "member a got no share");
+    let first = b.receive(ReceiveOptions::new(10, Duration::from_secs(5))).await.expect("receive b");
+    assert!(!first.is_empty(), "member b got no share");
+    b.ack_all(&first).await.expect("ack");
+    seen.extend(first.iter().map(|d| d.body().clone()));
+    // a leaves (its process stops): its unsettled deliveries go back, then its buffer.
+    for d in &held {
+        d.release().await.expect("release");
+    }
+    drop(held);
+    a.close().await.expect("close a");
+    drop(a);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < total && tokio::time::Instant::now() < deadline {
+        let got = b.receive(ReceiveOptions::new(10, Duration::from_millis(500))).await.expect("receive b");
+        b.ack_all(&got).await.expect("ack");
+        seen.extend(got.iter().map(|d| d.body().clone()));
+    }
+    assert_eq!(seen.len(), total, "messages lost when a member left");
+}

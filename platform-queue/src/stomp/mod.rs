@@ -48,7 +48,7 @@ use time::OffsetDateTime;
 use self::client::{Conn, Connect, Subscription};
 use self::frame::Frame;
 use crate::message::{ClientLease, Republish, Republishing, decode_headers, encode_headers, rfc3339};
-use crate::url::{QueueOptions, QueueUrl};
+use crate::url::{QueueOptions, QueueUrl, percent_decode};
 use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
 
 /// The URL schemes of this backend.
@@ -335,13 +335,6 @@ impl StompQueue {
         let sub = conn.subscribe(&destination(&self.shared.options.dead_letter), &prefetch).await?;
         Ok((conn, sub))
     }
-}
-
-fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
 /// Waits for the next dead letter: up to a second for the first, then a short gap.

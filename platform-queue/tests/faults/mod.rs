@@ -18,6 +18,8 @@ use platform_queue::{Message, Queue, ReceiveOptions};
 mod activemq;
 #[cfg(feature = "kafka")]
 mod kafka;
+#[cfg(feature = "mqtt")]
+mod mosquitto;
 #[cfg(feature = "nats")]
 mod nats;
 #[cfg(feature = "postgres")]
