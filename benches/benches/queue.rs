@@ -427,6 +427,78 @@ async fn raw_stomp(address: String, login: Option<(String, String)>, batch: usiz
     started.elapsed()
 }
 
+/// The raw rumqttc loop: a producer with B QoS 1 publishes in flight (waiting for
+/// their `PUBACK`s), 4 members of a shared subscription with manual acks and a receive
+/// maximum of 32; no lease, attempts or dead letters.
+async fn raw_mqtt(host: String, port: u16, batch: usize) -> Duration {
+    use rumqttc::Outgoing;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let options = |id: String| {
+        let mut o = MqttOptions::new(id, host.clone(), port);
+        o.set_receive_maximum(Some(32)).set_manual_acks(true).set_keep_alive(Duration::from_secs(10));
+        o
+    };
+    let topic = format!("raw/{}", unique_name("raw"));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut consumers = Vec::new();
+    // Members subscribe first: a shared subscription without members drops messages.
+    for _ in 0..CONSUMERS {
+        let (client, mut events) = AsyncClient::new(options(unique_name("rawc")), 256);
+        client.subscribe(format!("$share/raw/{topic}"), QoS::AtLeastOnce).await.expect("subscribe");
+        while !matches!(events.poll().await.expect("poll"), Event::Incoming(Packet::SubAck(_))) {}
+        let done = Arc::clone(&done);
+        consumers.push(tokio::spawn(async move {
+            while done.load(Ordering::Relaxed) < N {
+                match tokio::time::timeout(Duration::from_millis(20), events.poll()).await {
+                    Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                        client.ack(&p).await.expect("ack");
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(Err(e)) => panic!("consumer: {e}"),
+                    _ => {}
+                }
+            }
+            // The acks are out once the DISCONNECT behind them is.
+            client.disconnect().await.expect("disconnect");
+            while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(1), events.poll()).await {
+                if e == Event::Outgoing(Outgoing::Disconnect) {
+                    break;
+                }
+            }
+        }));
+    }
+    let started = Instant::now();
+    let (producer, mut events) = AsyncClient::new(options(unique_name("rawp")), 256);
+    let (acked, mut acks) = tokio::sync::mpsc::unbounded_channel();
+    let driver = tokio::spawn(async move {
+        while let Ok(e) = events.poll().await {
+            if let Event::Incoming(Packet::PubAck(_)) = e
+                && acked.send(()).is_err()
+            {
+                break;
+            }
+        }
+    });
+    for _ in 0..N / batch {
+        for _ in 0..batch {
+            producer.publish(topic.clone(), QoS::AtLeastOnce, false, &BODY[..]).await.expect("publish");
+        }
+        for _ in 0..batch {
+            acks.recv().await.expect("puback");
+        }
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let elapsed = started.elapsed();
+    drop(acks);
+    driver.abort();
+    elapsed
+}
+
 /// The raw rdkafka loop: a `FutureProducer` with B sends in flight (acks=all), one
 /// group member (`StreamConsumer`, auto-commit) reading until all N arrived; no lease,
 /// attempts, per-message acks or dead letters. One topic and member for the whole run,
@@ -525,6 +597,7 @@ fn bench(c: &mut Criterion) {
         ("rabbitmq", "RABBITMQ"),
         ("stomp-activemq", "ACTIVEMQ_STOMP"),
         ("stomp-rabbitmq", "RABBITMQ_STOMP"),
+        ("mqtt", "MQTT"),
     ] {
         if let Some(u) = url(var) {
             backends.push((name, u));
@@ -617,6 +690,13 @@ fn bench(c: &mut Criterion) {
             let (producer, consumer, topic) = raw_kafka_setup(&rt, &brokers);
             group.bench_with_input(BenchmarkId::new("kafka-raw", batch), &batch, |b, &batch| {
                 b.iter_custom(|iters| timed(&rt, iters, || raw_kafka(&producer, &consumer, &topic, batch)));
+            });
+        }
+        if let Some(u) = url("MQTT") {
+            let parsed = url::Url::parse(&u).expect("mqtt url");
+            let (host, port) = (parsed.host_str().unwrap_or("127.0.0.1").to_owned(), parsed.port().unwrap_or(1883));
+            group.bench_with_input(BenchmarkId::new("mqtt-raw", batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| timed(&rt, iters, || raw_mqtt(host.clone(), port, batch)));
             });
         }
         for (name, var) in [("stomp-activemq-raw", "ACTIVEMQ_STOMP"), ("stomp-rabbitmq-raw", "RABBITMQ_STOMP")] {

@@ -244,3 +244,17 @@ async fn mqtt_members_share_and_a_leaving_member_gives_back() {
     }
     assert_eq!(seen.len(), total, "messages lost when a member left");
 }
+
+/// ActiveMQ Classic's MQTT connector speaks MQTT 3.1.1 only, without shared
+/// subscriptions, so it cannot carry a work queue: opening one fails clearly, in
+/// seconds, instead of hanging or half-working.
+#[cfg(feature = "mqtt")]
+#[tokio::test]
+async fn mqtt_on_activemq_classic_is_refused_clearly() {
+    let Some(url) = platform_core::testkit::server_url("ACTIVEMQ_MQTT") else { return };
+    let started = std::time::Instant::now();
+    let err = platform_queue::open(&url).await.expect_err("ActiveMQ Classic has no MQTT 5");
+    assert_eq!(err.kind(), platform_queue::ErrorKind::Timeout, "{err}");
+    assert!(err.to_string().contains("MQTT 5"), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}

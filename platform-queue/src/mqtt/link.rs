@@ -174,6 +174,11 @@ impl Link {
                     Error::new(ErrorKind::Timeout, "connecting to the MQTT broker timed out").with_backend("mqtt")
                 );
             }
+            Ok(Err(e @ ConnectionError::Timeout(_))) => {
+                let what = "the broker did not answer an MQTT 5 CONNECT (brokers that speak only MQTT 3.1.1, \
+                            such as ActiveMQ Classic, never do)";
+                return Err(error(&Failure::Connection(&e), what));
+            }
             Ok(Err(e)) => return Err(error(&Failure::Connection(&e), "cannot connect to the MQTT broker")),
             Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => ack,
             Ok(Ok(other)) => {

@@ -170,9 +170,9 @@ struct Held {
 
 /// Publishes a copy of `held` as it came (no attempt counted), then acks the
 /// original; when no subscriber took the copy the original stays with the broker.
-async fn give_back(topic: &str, held: Held) {
+async fn give_back(producer: &Link, topic: &str, held: Held) {
     let props = held.publish.properties.clone().unwrap_or_default();
-    if held.link.deliver(topic.to_owned(), held.publish.payload.clone(), props).await.is_ok() {
+    if producer.deliver(topic.to_owned(), held.publish.payload.clone(), props).await.is_ok() {
         let _ = held.link.ack(&held.publish);
     }
 }
@@ -189,6 +189,10 @@ struct Inbox {
 struct Session {
     key: SessionKey,
     mqtt: MqttOptions,
+    /// Publishes go on a connection of their own: rumqttc stops taking requests while
+    /// its outgoing window is full, which would hold back the subscriber's acks.
+    producer_options: MqttOptions,
+    producer: tokio::sync::Mutex<Option<Arc<Link>>>,
     topic: String,
     filter: String,
     visibility: Duration,
@@ -227,9 +231,13 @@ impl Session {
             .set_receive_maximum(Some(prefetch))
             .set_manual_acks(true);
         let topic = queue_topic(queue);
+        let mut producer_options = settings.options(&format!("platform-pub-{}", uuid::Uuid::new_v4().simple()));
+        producer_options.set_clean_start(true);
         let session = Arc::new(Self {
             key: key.clone(),
             mqtt,
+            producer_options,
+            producer: tokio::sync::Mutex::new(None),
             filter: format!("$share/{queue}/{topic}"),
             topic,
             visibility,
@@ -269,14 +277,16 @@ impl Session {
         Ok(link)
     }
 
-    /// The live connection, waiting for one to come back up to [`TIMEOUT`].
-    async fn link(&self, op: &'static str) -> Result<Arc<Link>> {
-        let mut rx = self.current.subscribe();
-        let found = tokio::time::timeout(TIMEOUT, rx.wait_for(|l| l.as_ref().is_some_and(|l| l.is_alive()))).await;
-        match found {
-            Ok(Ok(l)) => Ok(Arc::clone(l.as_ref().unwrap_or_else(|| unreachable!("waited for Some")))),
-            _ => Err(Error::unavailable("the MQTT broker is unreachable").with_backend("mqtt").with_op(op)),
+    /// The publishing connection, replaced when it dropped.
+    async fn producer(&self) -> Result<Arc<Link>> {
+        let mut slot = self.producer.lock().await;
+        if let Some(l) = slot.as_ref().filter(|l| l.is_alive()) {
+            return Ok(Arc::clone(l));
         }
+        let ignore: Sink = Arc::new(|_, _| {});
+        let link = Link::connect(self.producer_options.clone(), ignore).await?;
+        *slot = Some(Arc::clone(&link));
+        Ok(link)
     }
 
     /// Up to `max` messages that are due, oldest first, and the next due time of the rest.
@@ -315,8 +325,9 @@ impl Session {
             *buffer = keep;
             idle
         };
+        let Ok(producer) = self.producer().await else { return };
         for h in idle {
-            give_back(&self.topic, h).await;
+            give_back(&producer, &self.topic, h).await;
         }
     }
 }
@@ -332,9 +343,18 @@ impl Drop for Session {
             return;
         };
         let (filter, topic, inbox) = (self.filter.clone(), self.topic.clone(), Arc::clone(&self.inbox));
+        let producer = self.producer.try_lock().ok().and_then(|mut p| p.take());
+        let options = self.producer_options.clone();
         tracing::debug!(client_id = %self.key.2, "mqtt member leaves");
         runtime.spawn(async move {
             link.unsubscribe(&filter).await;
+            let producer = match producer.filter(|p| p.is_alive()) {
+                Some(p) => p,
+                None => match Link::connect(options, Arc::new(|_, _| {})).await {
+                    Ok(p) => p,
+                    Err(_) => return link.close(),
+                },
+            };
             let deadline = tokio::time::Instant::now() + TIMEOUT;
             loop {
                 let arrived = inbox.arrived.notified();
@@ -342,7 +362,7 @@ impl Drop for Session {
                 arrived.as_mut().enable();
                 let held = std::mem::take(&mut *lock(&inbox.buffer));
                 for h in held.into_iter().filter(|h| Arc::ptr_eq(&h.link, &link)) {
-                    give_back(&topic, h).await;
+                    give_back(&producer, &topic, h).await;
                 }
                 // Done once nothing more comes for a moment (or a copy found no taker,
                 // so the broker keeps the original for this member).
@@ -352,6 +372,7 @@ impl Drop for Session {
                 }
             }
             link.close();
+            producer.close();
         });
     }
 }
@@ -509,7 +530,7 @@ impl MqttQueue {
         let id = c.id.unwrap_or_else(|| uuid::Uuid::now_v7().simple().to_string());
         let body = held.publish.payload.clone();
         let acker = Arc::new(MqttAcker {
-            _session: Arc::clone(session),
+            session: Arc::clone(session),
             link: held.link,
             publish: held.publish,
             id: id.clone(),
@@ -611,7 +632,7 @@ impl Queue for MqttQueue {
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
         let session = self.session("send")?;
         self.capabilities().validate_batch(&messages).map_err(|e| e.with_backend("mqtt"))?;
-        let link = session.link("send").await?;
+        let link = session.producer().await.map_err(|e| e.with_op("send"))?;
         let now = now_ms();
         let sends = messages.into_iter().map(|m| {
             let id = uuid::Uuid::now_v7().simple().to_string();
@@ -700,7 +721,7 @@ impl Queue for MqttQueue {
 }
 
 struct MqttAcker {
-    _session: Arc<Session>,
+    session: Arc<Session>,
     link: Arc<Link>,
     publish: Publish,
     id: String,
@@ -749,7 +770,8 @@ impl Republish for MqttAcker {
             extra.push((DUE, (now_ms() + u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)).to_string()));
         }
         let props = properties(&self.id, &self.headers, &extra);
-        self.link.deliver(queue_topic(&self.options.queue), self.publish.payload.clone(), props).await?;
+        let producer = self.session.producer().await?;
+        producer.deliver(queue_topic(&self.options.queue), self.publish.payload.clone(), props).await?;
         self.ack_original()
     }
 
@@ -761,7 +783,8 @@ impl Republish for MqttAcker {
         payload.push(DEAD_MARK);
         payload.extend_from_slice(&self.publish.payload);
         let topic = format!("{}/{}", dead_prefix(&o.dead_letter), uuid::Uuid::now_v7().simple());
-        match self.link.publish(topic, payload.into(), true, properties(&self.id, &headers, &[])).await? {
+        let producer = self.session.producer().await?;
+        match producer.publish(topic, payload.into(), true, properties(&self.id, &headers, &[])).await? {
             PubAckReason::Success | PubAckReason::NoMatchingSubscribers => self.ack_original(),
             reason => {
                 Err(error(&Failure::PubAck(&reason), "the broker refused the dead letter").with_op("dead_letter"))
