@@ -222,12 +222,49 @@ struct Hub {
     state: Arc<HubState>,
     joined: tokio::sync::watch::Receiver<bool>,
     tracks: Arc<Mutex<HashMap<(String, i32), Track>>>,
+    commits: Arc<Commits>,
     task: tokio::task::JoinHandle<()>,
+    committer: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Hub {
     fn drop(&mut self) {
         self.task.abort();
+        self.committer.abort();
+    }
+}
+
+/// Offsets to commit, per partition with the epoch they were settled in; acks that
+/// land together go to the broker in one commit.
+#[derive(Default)]
+struct Commits {
+    due: Mutex<HashMap<(String, i32), (i64, u64)>>,
+    wake: tokio::sync::Notify,
+}
+
+/// Commits what settled, a few milliseconds after the first of a group of acks; a
+/// partition that moved since is skipped (its new owner reads from the last commit).
+async fn commit_settled(
+    state: Arc<HubState>,
+    tracks: Arc<Mutex<HashMap<(String, i32), Track>>>,
+    commits: Arc<Commits>,
+) {
+    loop {
+        commits.wake.notified().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let due = std::mem::take(&mut *commits.due.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut list = TopicPartitionList::new();
+        {
+            let tracks = tracks.lock().unwrap_or_else(|e| e.into_inner());
+            for ((topic, partition), (offset, epoch)) in due {
+                if tracks.get(&(topic.clone(), partition)).is_some_and(|t| t.epoch == epoch) {
+                    let _ = list.add_partition_offset(&topic, partition, Offset::Offset(offset));
+                }
+            }
+        }
+        if list.count() > 0 {
+            let _ = state.consumer.commit(&list, CommitMode::Async);
+        }
     }
 }
 
@@ -274,12 +311,14 @@ impl Hub {
             prefetch: shared.prefetch,
         });
         let task = tokio::spawn(fetch(Arc::clone(&state), Arc::clone(&tracks), paused, retry));
-        let hub = Arc::new(Self { state, joined, tracks, task });
+        let commits = Arc::new(Commits::default());
+        let committer = tokio::spawn(commit_settled(Arc::clone(&state), Arc::clone(&tracks), Arc::clone(&commits)));
+        let hub = Arc::new(Self { state, joined, tracks, commits, task, committer });
         all.insert(key, Arc::downgrade(&hub));
         Ok(hub)
     }
 
-    /// Marks a fetched message settled and commits past the settled prefix.
+    /// Marks a fetched message settled; the committer commits past the settled prefix.
     /// `false` when its partition moved to another member since it was fetched.
     fn settle(&self, f: &Fetched) -> bool {
         let mut tracks = self.tracks.lock().unwrap_or_else(|e| e.into_inner());
@@ -292,10 +331,15 @@ impl Hub {
             None => return false,
         }
         if let Some(next) = commit_point(track) {
+            let epoch = track.epoch;
             drop(tracks);
-            let mut list = TopicPartitionList::new();
-            let _ = list.add_partition_offset(&f.topic, f.partition, Offset::Offset(next));
-            let _ = self.state.consumer.commit(&list, CommitMode::Async);
+            let mut due = self.commits.due.lock().unwrap_or_else(|e| e.into_inner());
+            let slot = due.entry((f.topic.clone(), f.partition)).or_insert((next, epoch));
+            if slot.1 != epoch || slot.0 < next {
+                *slot = (next, epoch);
+            }
+            drop(due);
+            self.commits.wake.notify_one();
         }
         true
     }
