@@ -197,9 +197,13 @@ conformance_tests!(mqtt, UrlHarness::from_env("MQTT"));
 async fn url_parameters_mqtt() {
     let Some(url) = platform_core::testkit::server_url("MQTT") else { return };
     url_parameters_are_checked(&url).await;
-    for bad in ["prefetch=0", "member=a/b", "session_expiry=soon"] {
-        let err = platform_queue::open(&format!("{url}?queue=x&{bad}")).await.expect_err(bad);
+    let sep = if url.contains('?') { '&' } else { '?' };
+    for (bad, field) in
+        [("prefetch=0", "prefetch"), ("member=a/b", "member"), ("session_expiry=soon", "session_expiry")]
+    {
+        let err = platform_queue::open(&format!("{url}{sep}queue=x&{bad}")).await.expect_err(bad);
         assert_eq!(err.kind(), platform_queue::ErrorKind::InvalidInput, "{bad}: {err}");
+        assert!(err.details().iter().any(|d| d.field == field), "{bad}: {err}");
     }
 }
 
@@ -257,4 +261,34 @@ async fn mqtt_on_activemq_classic_is_refused_clearly() {
     assert_eq!(err.kind(), platform_queue::ErrorKind::Timeout, "{err}");
     assert!(err.to_string().contains("MQTT 5"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
+}
+
+/// A process that only sends is a member too (its session keeps the queue subscribed),
+/// so the broker hands it a share; it gives that share back after one visibility
+/// timeout with nobody receiving, and the consumer gets every message.
+#[cfg(feature = "mqtt")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_a_member_that_only_sends_gives_its_share_back() {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use platform_queue::{Message, QueueExt, ReceiveOptions};
+
+    let Some(base) = platform_core::testkit::server_url("MQTT") else { return };
+    let queue = platform_core::testkit::unique_name("sender");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = |m: &str| format!("{base}{sep}queue={queue}&member={m}&visibility_timeout=1s");
+    let sender = platform_queue::open(&url("sender")).await.expect("open sender");
+    let consumer = platform_queue::open(&url("consumer")).await.expect("open consumer");
+    let total = 40;
+    sender.send_batch((0..total).map(|i| Message::new(format!("m{i}"))).collect()).await.expect("send");
+    let mut seen = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while seen.len() < total && tokio::time::Instant::now() < deadline {
+        let got = consumer.receive(ReceiveOptions::new(10, Duration::from_millis(500))).await.expect("receive");
+        consumer.ack_all(&got).await.expect("ack");
+        seen.extend(got.iter().map(|d| d.body().clone()));
+    }
+    assert_eq!(seen.len(), total, "the sender kept messages nobody received");
+    drop(sender);
 }
