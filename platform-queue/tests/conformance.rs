@@ -207,46 +207,77 @@ async fn url_parameters_mqtt() {
     }
 }
 
-/// Two members (as two processes would be) share one queue; the one that leaves gives
-/// back what it held, unsettled or still buffered, and the other gets every message.
+/// MQTT members as separate processes would be: one session per `member` name.
 #[cfg(feature = "mqtt")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_members_share_and_a_leaving_member_gives_back() {
+mod mqtt_members {
     use std::collections::HashSet;
     use std::time::Duration;
 
-    use platform_queue::{Message, QueueExt, ReceiveOptions};
+    use bytes::Bytes;
+    use platform_queue::{Message, Queue, QueueExt, ReceiveOptions};
 
-    let Some(base) = platform_core::testkit::server_url("MQTT") else { return };
-    let queue = platform_core::testkit::unique_name("members");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = |m: &str| format!("{base}{sep}queue={queue}&member={m}&prefetch=10&visibility_timeout=30s");
-    let a = platform_queue::open(&url("a")).await.expect("open a");
-    let b = platform_queue::open(&url("b")).await.expect("open b");
-    let total = 100;
-    b.send_batch((0..total).map(|i| Message::new(format!("m{i}"))).collect()).await.expect("send");
-    let mut seen = HashSet::new();
-    // a takes a few and settles none of them; it holds more in its buffer.
-    let held = a.receive(ReceiveOptions::new(3, Duration::from_secs(5))).await.expect("receive a");
-    assert!(!held.is_empty(), "member a got no share");
-    let first = b.receive(ReceiveOptions::new(10, Duration::from_secs(5))).await.expect("receive b");
-    assert!(!first.is_empty(), "member b got no share");
-    b.ack_all(&first).await.expect("ack");
-    seen.extend(first.iter().map(|d| d.body().clone()));
-    // a leaves (its process stops): its unsettled deliveries go back, then its buffer.
-    for d in &held {
-        d.release().await.expect("release");
+    /// A fresh queue's URL for member `m`, or `None` (skipped) without a broker.
+    fn urls(prefix: &str, extra: &str) -> Option<impl Fn(&str) -> String> {
+        let base = platform_core::testkit::server_url("MQTT")?;
+        let queue = platform_core::testkit::unique_name(prefix);
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let extra = extra.to_owned();
+        Some(move |m: &str| format!("{base}{sep}queue={queue}&member={m}&{extra}"))
     }
-    drop(held);
-    a.close().await.expect("close a");
-    drop(a);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while seen.len() < total && tokio::time::Instant::now() < deadline {
-        let got = b.receive(ReceiveOptions::new(10, Duration::from_millis(500))).await.expect("receive b");
-        b.ack_all(&got).await.expect("ack");
-        seen.extend(got.iter().map(|d| d.body().clone()));
+
+    /// Receives and acks until `seen` holds `total` bodies or 20 s passed.
+    async fn drain_into(q: &dyn Queue, seen: &mut HashSet<Bytes>, total: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while seen.len() < total && tokio::time::Instant::now() < deadline {
+            let got = q.receive(ReceiveOptions::new(10, Duration::from_millis(500))).await.expect("receive");
+            q.ack_all(&got).await.expect("ack");
+            seen.extend(got.iter().map(|d| d.body().clone()));
+        }
     }
-    assert_eq!(seen.len(), total, "messages lost when a member left");
+
+    /// Two members share one queue; the one that leaves gives back what it held,
+    /// unsettled or still buffered, and the other gets every message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_leaving_member_gives_back() {
+        let Some(url) = urls("members", "prefetch=10&visibility_timeout=30s") else { return };
+        let a = platform_queue::open(&url("a")).await.expect("open a");
+        let b = platform_queue::open(&url("b")).await.expect("open b");
+        let total = 100;
+        b.send_batch((0..total).map(|i| Message::new(format!("m{i}"))).collect()).await.expect("send");
+        let mut seen = HashSet::new();
+        // a takes a few and settles none of them; it holds more in its buffer.
+        let held = a.receive(ReceiveOptions::new(3, Duration::from_secs(5))).await.expect("receive a");
+        assert!(!held.is_empty(), "member a got no share");
+        let first = b.receive(ReceiveOptions::new(10, Duration::from_secs(5))).await.expect("receive b");
+        assert!(!first.is_empty(), "member b got no share");
+        b.ack_all(&first).await.expect("ack");
+        seen.extend(first.iter().map(|d| d.body().clone()));
+        // a leaves (its process stops): its unsettled deliveries go back, then its buffer.
+        for d in &held {
+            d.release().await.expect("release");
+        }
+        drop(held);
+        a.close().await.expect("close a");
+        drop(a);
+        drain_into(&*b, &mut seen, total).await;
+        assert_eq!(seen.len(), total, "messages lost when a member left");
+    }
+
+    /// A process that only sends is a member too (its session keeps the queue
+    /// subscribed), so the broker hands it a share; it gives that share back after one
+    /// visibility timeout with nobody receiving, and the consumer gets every message.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_that_only_sends_gives_its_share_back() {
+        let Some(url) = urls("sender", "visibility_timeout=1s") else { return };
+        let sender = platform_queue::open(&url("sender")).await.expect("open sender");
+        let consumer = platform_queue::open(&url("consumer")).await.expect("open consumer");
+        let total = 40;
+        sender.send_batch((0..total).map(|i| Message::new(format!("m{i}"))).collect()).await.expect("send");
+        let mut seen = HashSet::new();
+        drain_into(&*consumer, &mut seen, total).await;
+        assert_eq!(seen.len(), total, "the sender kept messages nobody received");
+        drop(sender);
+    }
 }
 
 /// ActiveMQ Classic's MQTT connector speaks MQTT 3.1.1 only, without shared
@@ -261,34 +292,4 @@ async fn mqtt_on_activemq_classic_is_refused_clearly() {
     assert_eq!(err.kind(), platform_queue::ErrorKind::Timeout, "{err}");
     assert!(err.to_string().contains("MQTT 5"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
-}
-
-/// A process that only sends is a member too (its session keeps the queue subscribed),
-/// so the broker hands it a share; it gives that share back after one visibility
-/// timeout with nobody receiving, and the consumer gets every message.
-#[cfg(feature = "mqtt")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mqtt_a_member_that_only_sends_gives_its_share_back() {
-    use std::collections::HashSet;
-    use std::time::Duration;
-
-    use platform_queue::{Message, QueueExt, ReceiveOptions};
-
-    let Some(base) = platform_core::testkit::server_url("MQTT") else { return };
-    let queue = platform_core::testkit::unique_name("sender");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    let url = |m: &str| format!("{base}{sep}queue={queue}&member={m}&visibility_timeout=1s");
-    let sender = platform_queue::open(&url("sender")).await.expect("open sender");
-    let consumer = platform_queue::open(&url("consumer")).await.expect("open consumer");
-    let total = 40;
-    sender.send_batch((0..total).map(|i| Message::new(format!("m{i}"))).collect()).await.expect("send");
-    let mut seen = HashSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while seen.len() < total && tokio::time::Instant::now() < deadline {
-        let got = consumer.receive(ReceiveOptions::new(10, Duration::from_millis(500))).await.expect("receive");
-        consumer.ack_all(&got).await.expect("ack");
-        seen.extend(got.iter().map(|d| d.body().clone()));
-    }
-    assert_eq!(seen.len(), total, "the sender kept messages nobody received");
-    drop(sender);
 }
