@@ -235,6 +235,50 @@ mod mqtt_members {
         }
     }
 
+    /// A member's process crashes (aborts: no goodbye) holding messages; the same
+    /// member started again resumes its session and gets them back, attempt counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crashed_member_gets_its_messages_back_when_it_restarts() {
+        let Some(url) = urls("crash", "visibility_timeout=30s") else { return };
+        let url = url("restarts");
+        let child = std::process::Command::new(std::env::current_exe().expect("test binary"))
+            .args(["--exact", "mqtt_members::crashing_member", "--nocapture"])
+            .env(CRASH_URL, &url)
+            .output()
+            .expect("run the crashing member");
+        let out = String::from_utf8_lossy(&child.stdout);
+        assert!(out.contains("holding 5"), "the member did not get its messages: {out}");
+        assert!(!child.status.success(), "the member should have crashed");
+        let q = platform_queue::open(&url).await.expect("restart the member");
+        let mut seen = HashSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while seen.len() < 5 && tokio::time::Instant::now() < deadline {
+            let got = q.receive(ReceiveOptions::new(5, Duration::from_millis(500))).await.expect("receive");
+            assert!(got.iter().all(|d| d.attempt() == 2), "a redelivery counts one more attempt");
+            q.ack_all(&got).await.expect("ack");
+            seen.extend(got.iter().map(|d| d.body().clone()));
+        }
+        assert_eq!(seen.len(), 5, "messages lost across a member's crash and restart");
+    }
+
+    const CRASH_URL: &str = "PLATFORM_TEST_MQTT_CRASH_URL";
+
+    /// The member the test above runs in a process of its own: sends 5, receives them,
+    /// and aborts without settling. Does nothing unless that test started it.
+    #[tokio::test]
+    async fn crashing_member() {
+        let Ok(url) = std::env::var(CRASH_URL) else { return };
+        let q = platform_queue::open(&url).await.expect("open");
+        q.send_batch((0..5).map(|i| Message::new(format!("c{i}"))).collect()).await.expect("send");
+        let mut held = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while held.len() < 5 && tokio::time::Instant::now() < deadline {
+            held.extend(q.receive(ReceiveOptions::new(5, Duration::from_millis(500))).await.expect("receive"));
+        }
+        println!("holding {}", held.len());
+        std::process::abort();
+    }
+
     /// Two members share one queue; the one that leaves gives back what it held,
     /// unsettled or still buffered, and the other gets every message.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
