@@ -50,7 +50,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use time::OffsetDateTime;
 
-use crate::message::{ClientLease, Republish, Republishing, decode_headers, encode_headers, rfc3339};
+use crate::message::{
+    ATTEMPTS_BASE, ClientLease, FIRST_FAILURE, Republish, Republishing, decode_headers, encode_headers, requeue_marks,
+};
 use crate::url::{QueueOptions, QueueUrl};
 use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
 
@@ -58,8 +60,6 @@ use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, Receive
 pub const SCHEMES: &[&str] = &["kafka"];
 
 const HEADERS: &str = "platform-headers";
-const ATTEMPTS_BASE: &str = "platform-attempts-base";
-const FIRST_FAILURE: &str = "platform-first-failure";
 const DUE: &str = "platform-due-ms";
 const KEY_HEADER: &str = "key";
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -880,11 +880,7 @@ impl Republish for KafkaAcker {
 
     async fn requeue(&self, delay: Option<Duration>, counted: u32) -> Result<()> {
         let f = &self.fetched;
-        let mut extra = vec![(ATTEMPTS_BASE, counted.to_string())];
-        let first = f.first_failure.clone().or_else(|| (counted > 0).then(|| rfc3339(OffsetDateTime::now_utc())));
-        if let Some(first) = first {
-            extra.push((FIRST_FAILURE, first));
-        }
+        let extra = requeue_marks(counted, f.first_failure.as_deref());
         match delay.filter(|d| !d.is_zero()) {
             Some(d) => self.shared.produce_delayed(&f.body, &f.headers, &extra, d).await?,
             None => self.shared.produce(&self.shared.options.queue, &f.body, &f.headers, &extra).await?,

@@ -436,6 +436,23 @@ pub(crate) trait Republish: Send + Sync + 'static {
     async fn move_to_dlq(&self, reason: &str, attempts: u32) -> Result<()>;
 }
 
+/// Where a republished copy carries the attempts counted before it.
+#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
+pub(crate) const ATTEMPTS_BASE: &str = "platform-attempts-base";
+/// Where a republished copy carries when its message first failed.
+#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
+pub(crate) const FIRST_FAILURE: &str = "platform-first-failure";
+
+/// The history a republished copy carries: the attempts counted so far and, once one
+/// failed, when the first failure was.
+#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
+pub(crate) fn requeue_marks(counted: u32, first_failure: Option<&str>) -> Vec<(&'static str, String)> {
+    let mut marks = vec![(ATTEMPTS_BASE, counted.to_string())];
+    let first = first_failure.map(str::to_owned).or_else(|| (counted > 0).then(|| rfc3339(OffsetDateTime::now_utc())));
+    marks.extend(first.map(|f| (FIRST_FAILURE, f)));
+    marks
+}
+
 /// The [`Acker`] over a [`Republish`]; the lease timer holds the same value.
 #[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
 pub(crate) struct Republishing<R>(pub(crate) std::sync::Arc<R>);

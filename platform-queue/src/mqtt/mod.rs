@@ -59,7 +59,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::link::{Failure, Link, Sink, TIMEOUT, error, lock};
-use crate::message::{ClientLease, Republish, Republishing, rfc3339};
+use crate::message::{ATTEMPTS_BASE, ClientLease, FIRST_FAILURE, Republish, Republishing, requeue_marks};
 use crate::url::{QueueOptions, QueueUrl, percent_decode};
 use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
 
@@ -67,8 +67,6 @@ use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, Receive
 pub const SCHEMES: &[&str] = &["mqtt"];
 
 const ID: &str = "platform-id";
-const ATTEMPTS_BASE: &str = "platform-attempts-base";
-const FIRST_FAILURE: &str = "platform-first-failure";
 const DUE: &str = "platform-due-ms";
 const HEADER: &str = "h:";
 /// Dead letters are retained messages; an empty retained message deletes one, so a
@@ -761,11 +759,7 @@ impl Republish for MqttAcker {
     }
 
     async fn requeue(&self, delay: Option<Duration>, counted: u32) -> Result<()> {
-        let mut extra = vec![(ATTEMPTS_BASE, counted.to_string())];
-        if counted > 0 {
-            let first = self.first_failure.clone().unwrap_or_else(|| rfc3339(OffsetDateTime::now_utc()));
-            extra.push((FIRST_FAILURE, first));
-        }
+        let mut extra = requeue_marks(counted, self.first_failure.as_deref());
         if let Some(d) = delay.filter(|d| !d.is_zero()) {
             extra.push((DUE, (now_ms() + u64::try_from(d.as_millis()).unwrap_or(u64::MAX / 2)).to_string()));
         }

@@ -43,11 +43,12 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
-use time::OffsetDateTime;
 
 use self::client::{Conn, Connect, Subscription};
 use self::frame::Frame;
-use crate::message::{ClientLease, Republish, Republishing, decode_headers, encode_headers, rfc3339};
+use crate::message::{
+    ATTEMPTS_BASE, ClientLease, FIRST_FAILURE, Republish, Republishing, decode_headers, encode_headers, requeue_marks,
+};
 use crate::url::{QueueOptions, QueueUrl, percent_decode};
 use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
 
@@ -55,8 +56,6 @@ use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, Receive
 pub const SCHEMES: &[&str] = &["stomp"];
 
 const HEADERS: &str = "platform-headers";
-const ATTEMPTS_BASE: &str = "platform-attempts-base";
-const FIRST_FAILURE: &str = "platform-first-failure";
 const DEFAULT_PREFETCH: usize = 32;
 
 /// Maps a STOMP server's error text onto the portable kinds.
@@ -572,11 +571,7 @@ impl Republish for StompAcker {
         if delay.is_some() && !self.shared.scheduler {
             return Err(Error::unsupported("stomp", "nack with delay without a scheduler"));
         }
-        let mut extra = vec![(ATTEMPTS_BASE, counted.to_string())];
-        if counted > 0 {
-            let first = self.first_failure.clone().unwrap_or_else(|| rfc3339(OffsetDateTime::now_utc()));
-            extra.push((FIRST_FAILURE, first));
-        }
+        let extra = requeue_marks(counted, self.first_failure.as_deref());
         let frame = match delay {
             Some(d) => self.shared.delayed_frame(&self.body, &self.headers, &extra, d),
             None => self.shared.send_frame(&self.shared.options.queue, &self.body, &self.headers, &extra),
