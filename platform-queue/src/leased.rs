@@ -47,8 +47,6 @@ impl StoredMessage {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct NewMessage {
-    /// A fresh id (UUID v7 text; stores may use their own).
-    pub id: String,
     /// The body.
     pub body: Bytes,
     /// The headers.
@@ -158,6 +156,15 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
 /// Milliseconds since the epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// A fresh lease token, unique across processes: a random base drawn once per process
+/// plus a counter, so a receive costs no call into the OS's random source.
+fn lease_token() -> Arc<str> {
+    static BASE: std::sync::LazyLock<u128> = std::sync::LazyLock::new(|| uuid::Uuid::new_v4().as_u128());
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    Arc::from(format!("{:032x}", BASE.wrapping_add(u128::from(n))))
 }
 
 fn ms(d: Duration) -> i64 {
@@ -273,7 +280,6 @@ impl<S: LeaseStore> LeasedQueue<S> {
 
     fn to_new(&self, m: Message, now: i64) -> NewMessage {
         NewMessage {
-            id: uuid::Uuid::now_v7().to_string(),
             body: m.body,
             headers: m.headers,
             visible_at_ms: now + m.delay.map(ms).unwrap_or(0),
@@ -352,7 +358,7 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
         loop {
             let now = now_ms();
             let vt = inner.options.visibility_timeout;
-            let token: Arc<str> = Arc::from(uuid::Uuid::new_v4().simple().to_string());
+            let token = lease_token();
             let claimed = inner.store.claim(queue, options.max, now, now + ms(vt), &token).await?;
             let mut out = Vec::with_capacity(claimed.len());
             for m in claimed {
@@ -489,5 +495,38 @@ impl<S: LeaseStore> Acker for LeaseAcker<S> {
         let q = &self.inner.options.queue;
         let held = self.inner.store.release(q, &self.id, &self.token, now, now, false, true).await?;
         self.check(held, "release")
+    }
+
+    async fn ack_with(&self, others: &[&dyn Acker]) -> Vec<Result<()>> {
+        // Ackers of this same queue handle go to the store in one `ack_many`.
+        let same = |a: &&dyn Acker| {
+            a.as_any()
+                .and_then(|any| any.downcast_ref::<Self>())
+                .filter(|peer| Arc::ptr_eq(&peer.inner, &self.inner))
+                .is_some()
+        };
+        if !others.iter().all(same) {
+            let all = std::iter::once(self.ack()).chain(others.iter().map(|a| a.ack()));
+            return futures::future::join_all(all).await;
+        }
+        let peers = others.iter().filter_map(|a| a.as_any().and_then(|any| any.downcast_ref::<Self>()));
+        let group: Vec<&Self> = std::iter::once(self).chain(peers).collect();
+        let items: Vec<(String, Arc<str>)> = group.iter().map(|a| (a.id.clone(), Arc::clone(&a.token))).collect();
+        match self.inner.store.ack_many(&self.inner.options.queue, &items, now_ms()).await {
+            Ok(Some(held)) if held.len() == group.len() => {
+                group.iter().zip(held).map(|(a, held)| a.check(held, "ack")).collect()
+            }
+            Ok(_) => futures::future::join_all(group.iter().map(|a| a.ack())).await,
+            Err(e) => group
+                .iter()
+                .map(|_| {
+                    Err(Error::new(e.kind(), e.to_string()).with_backend(self.inner.store.backend()).with_op("ack"))
+                })
+                .collect(),
+        }
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 }

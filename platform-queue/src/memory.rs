@@ -9,13 +9,15 @@
 //! URL: `memory://NAME` or `memory://?queue=NAME`, plus the common parameters
 //! (`visibility_timeout`, `max_attempts`, `dead_letter`, `dedup_window`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use platform_core::{Error, Result};
+use rustc_hash::FxHasher;
 use tokio::sync::Notify;
 
 use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
@@ -38,19 +40,68 @@ struct Entry {
     first_failure: Option<i64>,
 }
 
+/// One queue. Every message is in exactly one of two places: `ready` (visible now, in
+/// send order) or `timed` (delayed, nacked with a delay, or leased: keyed by the time it
+/// becomes claimable). A claim moves what came due from `timed` to `ready`, then takes
+/// from the front of `ready`.
 #[derive(Debug, Default)]
 struct State {
     seq: u64,
-    entries: HashMap<u64, Entry>,
-    index: BTreeSet<(i64, u64)>,
+    entries: HashMap<u64, Entry, BuildHasherDefault<FxHasher>>,
+    ready: VecDeque<u64>,
+    timed: BTreeSet<(i64, u64)>,
     dedup: HashMap<String, i64>,
 }
 
 impl State {
-    fn push(&mut self, entry: Entry) {
+    fn push(&mut self, entry: Entry, now: i64) {
         self.seq += 1;
-        self.index.insert((entry.visible_at, self.seq));
+        self.schedule(entry.visible_at, self.seq, now);
         self.entries.insert(self.seq, entry);
+    }
+
+    /// Files `seq` under the time it becomes claimable.
+    fn schedule(&mut self, at: i64, seq: u64, now: i64) {
+        if at <= now {
+            self.ready.push_back(seq);
+        } else {
+            self.timed.insert((at, seq));
+        }
+    }
+
+    /// Takes `seq` out of `timed`, where it was filed under `at`.
+    fn unschedule(&mut self, at: i64, seq: u64) {
+        self.timed.remove(&(at, seq));
+    }
+
+    /// Moves what came due by `now` to `ready`.
+    fn promote(&mut self, now: i64) {
+        while let Some(&(at, seq)) = self.timed.first()
+            && at <= now
+        {
+            self.timed.pop_first();
+            self.ready.push_back(seq);
+        }
+    }
+
+    /// The next claimable message, if any. `ready` may name messages that were
+    /// redriven away meanwhile: those are skipped.
+    fn next_ready(&mut self) -> Option<u64> {
+        while let Some(seq) = self.ready.pop_front() {
+            if self.entries.contains_key(&seq) {
+                return Some(seq);
+            }
+        }
+        None
+    }
+
+    /// Removes the entry if `token` holds its lease at `now`.
+    fn remove_held(&mut self, id: &str, token: &str, now: i64) -> bool {
+        let Some((seq, e)) = self.held(id, token, now) else { return false };
+        let at = e.visible_at;
+        self.unschedule(at, seq);
+        self.entries.remove(&seq);
+        true
     }
 
     /// The entry if `token` holds its lease at `now`.
@@ -146,14 +197,15 @@ impl LeaseStore for MemoryStore {
                     }
                     st.dedup.insert(key, dedup_until_ms);
                 }
-                st.push(Entry {
+                let entry = Entry {
                     body: m.body,
                     headers: m.headers,
                     visible_at: m.visible_at_ms,
                     token: None,
                     attempts: 0,
                     first_failure: None,
-                });
+                };
+                st.push(entry, now_ms);
             }
         }
         q.notify.notify_waiters();
@@ -169,39 +221,38 @@ impl LeaseStore for MemoryStore {
         token: &str,
     ) -> Result<Vec<StoredMessage>> {
         let q = self.queue(queue);
-        let mut st = lock(&q);
-        let due: Vec<(i64, u64)> = st.index.iter().take_while(|(at, _)| *at <= now_ms).take(max).copied().collect();
         let token: Arc<str> = Arc::from(token);
-        let mut out = Vec::with_capacity(due.len());
-        for key in due {
-            st.index.remove(&key);
-            st.index.insert((lease_until_ms, key.1));
-            let Some(e) = st.entries.get_mut(&key.1) else { continue };
-            e.visible_at = lease_until_ms;
-            e.token = Some(Arc::clone(&token));
-            if e.attempts > 0 && e.first_failure.is_none() {
-                e.first_failure = Some(now_ms);
+        let mut taken = Vec::with_capacity(max.min(1024));
+        {
+            let mut guard = lock(&q);
+            let st = &mut *guard;
+            st.promote(now_ms);
+            while taken.len() < max {
+                let Some(seq) = st.next_ready() else { break };
+                let Some(e) = st.entries.get_mut(&seq) else { continue };
+                st.timed.insert((lease_until_ms, seq));
+                e.visible_at = lease_until_ms;
+                e.token = Some(Arc::clone(&token));
+                if e.attempts > 0 && e.first_failure.is_none() {
+                    e.first_failure = Some(now_ms);
+                }
+                e.attempts += 1;
+                taken.push((seq, e.body.clone(), e.headers.clone(), e.attempts, e.first_failure));
             }
-            e.attempts += 1;
-            out.push(StoredMessage::new(
-                key.1.to_string(),
-                e.body.clone(),
-                e.headers.clone(),
-                e.attempts,
-                e.first_failure,
-            ));
         }
-        Ok(out)
+        // Ids are made outside the lock.
+        Ok(taken
+            .into_iter()
+            .map(|(seq, body, headers, attempts, first)| {
+                StoredMessage::new(seq.to_string(), body, headers, attempts, first)
+            })
+            .collect())
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
         let q = self.queue(queue);
         let mut st = lock(&q);
-        let Some((seq, e)) = st.held(id, token, now_ms) else { return Ok(false) };
-        let at = e.visible_at;
-        st.index.remove(&(at, seq));
-        st.entries.remove(&seq);
-        Ok(true)
+        Ok(st.remove_held(id, token, now_ms))
     }
 
     async fn release(
@@ -227,8 +278,8 @@ impl LeaseStore for MemoryStore {
             if refund {
                 e.attempts = e.attempts.saturating_sub(1);
             }
-            st.index.remove(&(old, seq));
-            st.index.insert((visible_at_ms, seq));
+            st.unschedule(old, seq);
+            st.schedule(visible_at_ms, seq, now_ms);
         }
         q.notify.notify_waiters();
         Ok(true)
@@ -240,8 +291,8 @@ impl LeaseStore for MemoryStore {
         let Some((seq, e)) = st.held(id, token, now_ms) else { return Ok(false) };
         let old = e.visible_at;
         e.visible_at = until_ms;
-        st.index.remove(&(old, seq));
-        st.index.insert((until_ms, seq));
+        st.unschedule(old, seq);
+        st.schedule(until_ms, seq, now_ms);
         Ok(true)
     }
 
@@ -259,7 +310,7 @@ impl LeaseStore for MemoryStore {
             let mut st = lock(&q);
             let Some((seq, e)) = st.held(id, token, now_ms) else { return Ok(false) };
             let at = e.visible_at;
-            st.index.remove(&(at, seq));
+            st.unschedule(at, seq);
             st.entries.remove(&seq)
         };
         if let Some(mut e) = entry {
@@ -269,7 +320,7 @@ impl LeaseStore for MemoryStore {
             e.attempts = 0;
             e.first_failure = None;
             let t = self.queue(target);
-            lock(&t).push(e);
+            lock(&t).push(e, now_ms);
             t.notify.notify_waiters();
         }
         Ok(true)
@@ -300,7 +351,7 @@ impl LeaseStore for MemoryStore {
             seqs.into_iter()
                 .filter_map(|s| {
                     let e = st.entries.remove(&s)?;
-                    st.index.remove(&(e.visible_at, s));
+                    st.unschedule(e.visible_at, s);
                     Some(e)
                 })
                 .collect()
@@ -314,7 +365,7 @@ impl LeaseStore for MemoryStore {
                 e.token = None;
                 e.attempts = 0;
                 e.first_failure = None;
-                st.push(e);
+                st.push(e, now_ms);
             }
         }
         t.notify.notify_waiters();
@@ -334,8 +385,10 @@ impl LeaseStore for MemoryStore {
         false
     }
 
-    async fn ack_many(&self, _queue: &str, _items: &[(String, Arc<str>)], _now_ms: i64) -> Result<Option<Vec<bool>>> {
-        Ok(None)
+    async fn ack_many(&self, queue: &str, items: &[(String, Arc<str>)], now_ms: i64) -> Result<Option<Vec<bool>>> {
+        let q = self.queue(queue);
+        let mut st = lock(&q);
+        Ok(Some(items.iter().map(|(id, token)| st.remove_held(id, token, now_ms)).collect()))
     }
 
     fn max_poll_interval(&self) -> Duration {

@@ -292,6 +292,20 @@ pub trait Acker: Send + Sync + fmt::Debug {
     /// Gives the message back unprocessed: visible now, and this delivery does not
     /// count as an attempt (used on shutdown for messages never started).
     async fn release(&self) -> Result<()>;
+
+    /// Acks `others` together with this one, in as few round trips as the backend can:
+    /// one result per acker, this one first. The default acks each on its own,
+    /// concurrently. Called by [`Delivery::ack_all`] with ackers it has claimed.
+    async fn ack_with(&self, others: &[&dyn Acker]) -> Vec<Result<()>> {
+        let all = std::iter::once(self.ack()).chain(others.iter().map(|a| a.ack()));
+        futures::future::join_all(all).await
+    }
+
+    /// This acker as `Any`, for [`ack_with`](Self::ack_with) implementations that
+    /// recognise their own kind among the others. `None` by default.
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        None
+    }
 }
 
 /// The dead-letter reason of a message that failed on its last allowed attempt.
@@ -635,34 +649,67 @@ impl Delivery {
         self.state.load(Ordering::Acquire) == SETTLED
     }
 
+    /// Marks the delivery as being settled; `Conflict` when it is or was already.
+    fn claim(&self, op: &'static str) -> Result<()> {
+        match self.state.compare_exchange(PENDING, SETTLING, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ok(()),
+            Err(SETTLING) => Err(Error::conflict(format!("message {} is being settled already", self.id)).with_op(op)),
+            Err(_) => Err(Error::conflict(format!("message {} was settled already", self.id)).with_op(op)),
+        }
+    }
+
+    /// Records how a claimed settle ended: a lost lease is final; anything else may be
+    /// tried again.
+    fn finish<T>(&self, result: Result<T>) -> Result<T> {
+        let next = match &result {
+            Ok(_) => SETTLED,
+            Err(e) if e.is_conflict() => SETTLED,
+            Err(_) => PENDING,
+        };
+        self.state.store(next, Ordering::Release);
+        result
+    }
+
     async fn settle<T, F>(&self, op: &'static str, f: F) -> Result<T>
     where
         F: Future<Output = Result<T>>,
     {
-        match self.state.compare_exchange(PENDING, SETTLING, Ordering::AcqRel, Ordering::Acquire) {
-            Ok(_) => {}
-            Err(SETTLING) => {
-                return Err(Error::conflict(format!("message {} is being settled already", self.id)).with_op(op));
-            }
-            Err(_) => return Err(Error::conflict(format!("message {} was settled already", self.id)).with_op(op)),
-        }
-        match f.await {
-            Ok(v) => {
-                self.state.store(SETTLED, Ordering::Release);
-                Ok(v)
-            }
-            Err(e) => {
-                // A lost lease is final; anything else may be tried again.
-                let next = if e.is_conflict() { SETTLED } else { PENDING };
-                self.state.store(next, Ordering::Release);
-                Err(e)
-            }
-        }
+        self.claim(op)?;
+        self.finish(f.await)
     }
 
     /// Removes the message for good. `Conflict` on a second call or after the lease was lost.
     pub async fn ack(&self) -> Result<()> {
         self.settle("ack", self.acker.ack()).await
+    }
+
+    /// Acks every delivery in `deliveries`, grouped where the backend can (one lock, one
+    /// script, one statement for a whole batch); each is tried, and the first error, if
+    /// any, is returned after all were tried. Each delivery settles as if acked alone.
+    pub async fn ack_all(deliveries: &[Self]) -> Result<()> {
+        let mut first_err = None;
+        let mut claimed = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            match d.claim("ack") {
+                Ok(()) => claimed.push(d),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let Some((head, rest)) = claimed.split_first() else {
+            return first_err.map_or(Ok(()), Err);
+        };
+        let others: Vec<&dyn Acker> = rest.iter().map(|d| &*d.acker).collect();
+        let results = head.acker.ack_with(&others).await;
+        let mut results = results.into_iter();
+        for d in claimed {
+            let r = results.next().unwrap_or_else(|| Err(Error::internal("an ack result is missing")));
+            if let Err(e) = d.finish(r) {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
     }
 
     /// Gives the message back: visible again now, or after `delay`. Its attempt count

@@ -123,13 +123,10 @@ pub trait QueueExt: Queue {
         self.send(Message::new(body))
     }
 
-    /// Acks every delivery concurrently (so backends pipeline them); the first error,
-    /// if any, after all were tried.
+    /// Acks every delivery, grouped where the backend can (see [`Delivery::ack_all`]);
+    /// the first error, if any, after all were tried.
     fn ack_all<'a>(&self, deliveries: &'a [Delivery]) -> impl Future<Output = Result<()>> + Send + 'a {
-        async move {
-            let results = futures::future::join_all(deliveries.iter().map(Delivery::ack)).await;
-            results.into_iter().collect()
-        }
+        Delivery::ack_all(deliveries)
     }
 
     /// One delivery, waiting up to `wait`; `None` when none came.

@@ -331,7 +331,7 @@ impl LeaseStore for RedisStore {
         let ttl = (dedup_until_ms - now_ms).max(1);
         inv.arg(prefix(queue)).arg(ttl).arg(messages.len());
         for m in &messages {
-            inv.arg(&m.id)
+            inv.arg(uuid::Uuid::now_v7().to_string())
                 .arg(m.body.as_ref())
                 .arg(encode_headers(&m.headers))
                 .arg(m.visible_at_ms)
