@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{runtime, timed, url};
+use common::{Done, runtime, timed, url};
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use platform_core::testkit::unique_name;
 use platform_queue::{Message, Queue, QueueExt, ReceiveOptions};
@@ -34,16 +34,17 @@ async fn through_queue(queue: Arc<dyn Queue>, batch: usize, prefill: bool) -> Du
         }
     }
     let started = Instant::now();
-    let done = Arc::new(AtomicUsize::new(0));
+    let done = Done::new(N);
     let consumers: Vec<_> = (0..CONSUMERS)
         .map(|_| {
             let (queue, done) = (Arc::clone(&queue), Arc::clone(&done));
             tokio::spawn(async move {
-                while done.load(Ordering::Relaxed) < N {
-                    let got =
-                        queue.receive(ReceiveOptions::new(batch, Duration::from_millis(20))).await.expect("receive");
+                while done.more() {
+                    let options = ReceiveOptions::new(batch, Duration::from_millis(20));
+                    let Some(got) = done.or_done(queue.receive(options)).await else { break };
+                    let got = got.expect("receive");
                     queue.ack_all(&got).await.expect("ack");
-                    done.fetch_add(got.len(), Ordering::Relaxed);
+                    done.add(got.len());
                 }
             })
         })
@@ -171,12 +172,12 @@ async fn raw_nats(client: async_nats::Client, batch: usize) -> Duration {
         .await
         .expect("consumer");
     let started = Instant::now();
-    let done = Arc::new(AtomicUsize::new(0));
+    let done = Done::new(N);
     let consumers: Vec<_> = (0..CONSUMERS)
         .map(|_| {
             let (consumer, done) = (consumer.clone(), Arc::clone(&done));
             tokio::spawn(async move {
-                while done.load(Ordering::Relaxed) < N {
+                while done.more() {
                     // `expires`: a no-wait pull that finds only unacked messages may get no answer.
                     let mut got = consumer
                         .fetch()
@@ -186,14 +187,11 @@ async fn raw_nats(client: async_nats::Client, batch: usize) -> Duration {
                         .await
                         .expect("fetch");
                     let mut n = 0;
-                    while let Some(m) = got.next().await {
+                    while let Some(Some(m)) = done.or_done(got.next()).await {
                         m.expect("message").double_ack().await.expect("ack");
                         n += 1;
                     }
-                    if n == 0 {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    done.fetch_add(n, Ordering::Relaxed);
+                    done.add(n);
                 }
             })
         })

@@ -97,7 +97,7 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
     /// Acks several messages in one round trip: for each `(id, token)`, whether its
     /// lease was held and it is gone. Stores without a batch form return `None`, and
     /// acks then go one by one.
-    async fn ack_many(&self, queue: &str, items: &[(String, Arc<str>)], now_ms: i64) -> Result<Option<Vec<bool>>>;
+    async fn ack_many(&self, queue: &str, items: &[(&str, &str)], now_ms: i64) -> Result<Option<Vec<bool>>>;
 
     /// If `token` holds the lease: clears it, sets `visible_at`, sets the first failure
     /// to `now_ms` when none was set and `failed`, and, when `refund`, takes back the
@@ -223,7 +223,7 @@ async fn flush_acks<S: LeaseStore>(
 async fn ack_batch<S: LeaseStore>(inner: &Inner<S>, mut batch: Vec<PendingAck>) {
     let queue = inner.options.queue.as_str();
     let now = now_ms();
-    let items: Vec<(String, Arc<str>)> = batch.iter().map(|(id, t, _)| (id.clone(), Arc::clone(t))).collect();
+    let items: Vec<(&str, &str)> = batch.iter().map(|(id, t, _)| (id.as_str(), &**t)).collect();
     let grouped = if items.len() > 1 { inner.store.ack_many(queue, &items, now).await } else { Ok(None) };
     match grouped {
         Ok(Some(held)) => {
@@ -511,7 +511,7 @@ impl<S: LeaseStore> Acker for LeaseAcker<S> {
         }
         let peers = others.iter().filter_map(|a| a.as_any().and_then(|any| any.downcast_ref::<Self>()));
         let group: Vec<&Self> = std::iter::once(self).chain(peers).collect();
-        let items: Vec<(String, Arc<str>)> = group.iter().map(|a| (a.id.clone(), Arc::clone(&a.token))).collect();
+        let items: Vec<(&str, &str)> = group.iter().map(|a| (a.id.as_str(), &*a.token)).collect();
         match self.inner.store.ack_many(&self.inner.options.queue, &items, now_ms()).await {
             Ok(Some(held)) if held.len() == group.len() => {
                 group.iter().zip(held).map(|(a, held)| a.check(held, "ack")).collect()

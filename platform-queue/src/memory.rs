@@ -385,7 +385,7 @@ impl LeaseStore for MemoryStore {
         false
     }
 
-    async fn ack_many(&self, queue: &str, items: &[(String, Arc<str>)], now_ms: i64) -> Result<Option<Vec<bool>>> {
+    async fn ack_many(&self, queue: &str, items: &[(&str, &str)], now_ms: i64) -> Result<Option<Vec<bool>>> {
         let q = self.queue(queue);
         let mut st = lock(&q);
         Ok(Some(items.iter().map(|(id, token)| st.remove_held(id, token, now_ms)).collect()))

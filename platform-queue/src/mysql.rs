@@ -11,7 +11,6 @@
 //! `socket`, `timezone`. Tables are created on open.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -144,7 +143,7 @@ impl MysqlStore {
     async fn try_ack_many(
         &self,
         queue: &str,
-        items: &[(String, Arc<str>)],
+        items: &[(&str, &str)],
         now_ms: i64,
     ) -> Result<std::collections::HashSet<i64>> {
         let pairs: Vec<(i64, String)> =
@@ -439,7 +438,7 @@ impl LeaseStore for MysqlStore {
         true
     }
 
-    async fn ack_many(&self, queue: &str, items: &[(String, Arc<str>)], now_ms: i64) -> Result<Option<Vec<bool>>> {
+    async fn ack_many(&self, queue: &str, items: &[(&str, &str)], now_ms: i64) -> Result<Option<Vec<bool>>> {
         let gone = again(|| self.try_ack_many(queue, items, now_ms)).await?;
         Ok(Some(items.iter().map(|(id, _)| parse_seq(id).is_some_and(|s| gone.contains(&s))).collect()))
     }

@@ -285,7 +285,7 @@ impl LeaseStore for PostgresStore {
         Ok(n == 1)
     }
 
-    async fn ack_many(&self, queue: &str, items: &[(String, Arc<str>)], now_ms: i64) -> Result<Option<Vec<bool>>> {
+    async fn ack_many(&self, queue: &str, items: &[(&str, &str)], now_ms: i64) -> Result<Option<Vec<bool>>> {
         let (seqs, tokens): (Vec<i64>, Vec<String>) =
             items.iter().filter_map(|(id, t)| Some((parse_seq(id)?, t.to_string()))).unzip();
         let gone: Vec<(i64,)> = sqlx::query_as(

@@ -16,7 +16,7 @@
 //! and `valkeys://` as aliases, plus the common parameters and `response_timeout`
 //! (default 10s).
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -373,11 +373,11 @@ impl LeaseStore for RedisStore {
         Ok(n == 1)
     }
 
-    async fn ack_many(&self, queue: &str, items: &[(String, Arc<str>)], now_ms: i64) -> Result<Option<Vec<bool>>> {
+    async fn ack_many(&self, queue: &str, items: &[(&str, &str)], now_ms: i64) -> Result<Option<Vec<bool>>> {
         let mut inv = ACK_MANY.prepare_invoke();
         inv.arg(prefix(queue)).arg(now_ms);
         for (id, token) in items {
-            inv.arg(id.as_str()).arg(token.as_ref());
+            inv.arg(*id).arg(*token);
         }
         let held: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await.map_err(map_err)?;
         Ok(Some(held.into_iter().map(|h| h == 1).collect()))

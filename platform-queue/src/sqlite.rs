@@ -10,7 +10,6 @@
 //! `busy_timeout` (default 5s). WAL journal mode is turned on for files.
 
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -327,8 +326,8 @@ impl LeaseStore for SqliteStore {
         true
     }
 
-    async fn ack_many(&self, queue: &str, items: &[(String, Arc<str>)], now_ms: i64) -> Result<Option<Vec<bool>>> {
-        let pairs: Vec<(i64, &str)> = items.iter().filter_map(|(id, t)| Some((parse_seq(id)?, t.as_ref()))).collect();
+    async fn ack_many(&self, queue: &str, items: &[(&str, &str)], now_ms: i64) -> Result<Option<Vec<bool>>> {
+        let pairs: Vec<(i64, &str)> = items.iter().filter_map(|(id, t)| Some((parse_seq(id)?, *t))).collect();
         if pairs.is_empty() {
             return Ok(Some(vec![false; items.len()]));
         }
