@@ -189,14 +189,14 @@ impl ObjectBlobStore {
         Path::parse(key).map_err(|e| Error::invalid_input(format!("key {key:?}: {e}")).with_op(op))
     }
 
-    fn info(&self, meta: &object_store::ObjectMeta, attributes: Attributes) -> ObjectInfo {
+    fn info(&self, key: &str, meta: &object_store::ObjectMeta, attributes: Attributes) -> ObjectInfo {
         let last_modified = OffsetDateTime::from_unix_timestamp_nanos(
             i128::from(meta.last_modified.timestamp()) * 1_000_000_000
                 + i128::from(meta.last_modified.timestamp_subsec_nanos()),
         )
         .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         ObjectInfo {
-            key: meta.location.to_string(),
+            key: key.to_owned(),
             size: meta.size,
             last_modified,
             version: ObjectVersion { etag: meta.e_tag.clone(), version: meta.version.clone() },
@@ -540,11 +540,11 @@ impl BlobStore for ObjectBlobStore {
             if self.gaps.sidecar.is_some() {
                 let meta = self.inner.head(&path).await.map_err(self.err("head"))?;
                 let attributes = self.read_sidecar(key).await?;
-                return Ok(self.info(&meta, attributes));
+                return Ok(self.info(key, &meta, attributes));
             }
             let opts = object_store::GetOptions { head: true, ..Default::default() };
             let r = self.inner.get_opts(&path, opts).await.map_err(self.err("head"))?;
-            Ok(self.info(&r.meta, from_os_attributes(&r.attributes)))
+            Ok(self.info(key, &r.meta, from_os_attributes(&r.attributes)))
         }
         .instrument(span)
         .await
@@ -593,7 +593,7 @@ impl BlobStore for ObjectBlobStore {
             } else {
                 from_os_attributes(&r.attributes)
             };
-            let info = self.info(&r.meta, attributes);
+            let info = self.info(key, &r.meta, attributes);
             let served = r.range.clone();
             let body = match r.payload {
                 GetResultPayload::Stream(_) if self.gaps.remote => {

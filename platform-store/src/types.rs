@@ -25,14 +25,19 @@ pub fn validate_key(key: &str) -> Result<()> {
         Some("is longer than 1024 bytes")
     } else if key.chars().any(char::is_control) {
         Some("has a control character")
-    } else if key.split('/').any(str::is_empty) {
-        Some("has an empty segment (leading, trailing or double '/')")
-    } else if key.split('/').any(|s| s == "." || s == "..") {
-        Some("has a '.' or '..' segment")
-    } else if key.split('/').next() == Some(RESERVED_PREFIX) {
-        Some("is under the reserved .platform-meta/ prefix")
     } else {
-        None
+        // One pass over the segments: every call checks a key, so this stays cheap.
+        let mut why = None;
+        for (i, segment) in key.split('/').enumerate() {
+            why = match segment {
+                "" => Some("has an empty segment (leading, trailing or double '/')"),
+                "." | ".." => Some("has a '.' or '..' segment"),
+                RESERVED_PREFIX if i == 0 => Some("is under the reserved .platform-meta/ prefix"),
+                _ => continue,
+            };
+            break;
+        }
+        why
     };
     match why {
         None => Ok(()),
