@@ -84,17 +84,6 @@ impl State {
         }
     }
 
-    /// The next claimable message, if any. `ready` may name messages that were
-    /// redriven away meanwhile: those are skipped.
-    fn next_ready(&mut self) -> Option<u64> {
-        while let Some(seq) = self.ready.pop_front() {
-            if self.entries.contains_key(&seq) {
-                return Some(seq);
-            }
-        }
-        None
-    }
-
     /// Removes the entry if `token` holds its lease at `now`.
     fn remove_held(&mut self, id: &str, token: &str, now: i64) -> bool {
         let Some((seq, e)) = self.held(id, token, now) else { return false };
@@ -228,7 +217,8 @@ impl LeaseStore for MemoryStore {
             let st = &mut *guard;
             st.promote(now_ms);
             while taken.len() < max {
-                let Some(seq) = st.next_ready() else { break };
+                let Some(seq) = st.ready.pop_front() else { break };
+                // `ready` may name a message that was redriven away meanwhile.
                 let Some(e) = st.entries.get_mut(&seq) else { continue };
                 st.timed.insert((lease_until_ms, seq));
                 e.visible_at = lease_until_ms;
