@@ -498,6 +498,9 @@ impl<S: LeaseStore> Acker for LeaseAcker<S> {
     }
 
     async fn ack_with(&self, others: &[&dyn Acker]) -> Vec<Result<()>> {
+        if others.is_empty() {
+            return vec![self.ack().await];
+        }
         // Ackers of this same queue handle go to the store in one `ack_many`.
         let same = |a: &&dyn Acker| {
             a.as_any()
