@@ -671,9 +671,10 @@ fn bench(c: &mut Criterion) {
         }
         if let Some(u) = url("KAFKA") {
             // One queue (and group member) for the whole run: a group join takes seconds.
-            let brokers = u.trim_start_matches("kafka://").to_owned();
+            let brokers = u.trim_start_matches("kafka://").split(['?', '/']).next().unwrap_or_default().to_owned();
             let q = rt.block_on(async {
-                let q = platform_queue::open(&format!("{u}?queue={}", unique_name("bench"))).await.expect("open");
+                let sep = if u.contains('?') { '&' } else { '?' };
+                let q = platform_queue::open(&format!("{u}{sep}queue={}", unique_name("bench"))).await.expect("open");
                 q.send(Message::new(&BODY[..])).await.expect("warm-up");
                 q.ack_all(&q.receive(ReceiveOptions::new(1, Duration::from_secs(60))).await.expect("join"))
                     .await

@@ -389,14 +389,29 @@ impl Hub {
 
 /// The member's fetch loop: registers each message with its partition's track and
 /// queues it (or holds it until due); pauses fetching while the buffer is full.
+/// How long a full buffer holds the fetch loop back before the partitions are paused.
+const PAUSE_AFTER: Duration = Duration::from_secs(5);
+
 async fn fetch(
     state: Arc<HubState>,
     tracks: Arc<Mutex<HashMap<(String, i32), Track>>>,
     paused: Arc<AtomicBool>,
     retry: String,
 ) {
+    let is_full = || state.ready.lock().unwrap_or_else(|e| e.into_inner()).len() >= state.prefetch;
     loop {
-        let full = state.ready.lock().unwrap_or_else(|e| e.into_inner()).len() >= state.prefetch;
+        if is_full() && !paused.load(Ordering::Acquire) {
+            // Back-pressure first: stop taking messages from librdkafka (which bounds
+            // its own prefetch) until receivers make room. Pausing the partitions
+            // drops what librdkafka had fetched, so only a buffer that stays full for
+            // `PAUSE_AFTER` pauses them, and the loop goes back to polling so that
+            // rebalances are served.
+            let drained = state.drained.notified();
+            if is_full() && tokio::time::timeout(PAUSE_AFTER, drained).await.is_ok() {
+                continue;
+            }
+        }
+        let full = is_full();
         // Fetching stops while the buffer is full; the loop keeps polling so that
         // rebalances are served.
         if full != paused.load(Ordering::Acquire)
