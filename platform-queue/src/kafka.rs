@@ -387,11 +387,12 @@ impl Hub {
     }
 }
 
-/// The member's fetch loop: registers each message with its partition's track and
-/// queues it (or holds it until due); pauses fetching while the buffer is full.
 /// How long a full buffer holds the fetch loop back before the partitions are paused.
 const PAUSE_AFTER: Duration = Duration::from_secs(5);
 
+/// The member's fetch loop: registers each message with its partition's track and
+/// queues it (or holds it until due); holds back, then pauses fetching, while the
+/// buffer is full.
 async fn fetch(
     state: Arc<HubState>,
     tracks: Arc<Mutex<HashMap<(String, i32), Track>>>,
