@@ -26,7 +26,8 @@
 //! not), and rebalances between processes under load.
 //!
 //! URL: `kafka://host:port[,host:port…]`, plus the common parameters and `group`,
-//! `partitions`, `replication`, `prefetch` (messages buffered per process, default 500),
+//! `partitions`, `replication`, `prefetch` (messages buffered per process, default 500;
+//! behind them librdkafka keeps its own prefetch, at most 64 MiB),
 //! `session_timeout`, and `member` (a name: handles with different names are separate
 //! group members even in one process; default one member per process).
 
