@@ -117,6 +117,41 @@ async fn url_parameters_kafka() {
     assert!(!err.to_string().contains("hunter2"), "{err}");
 }
 
+/// A member whose receive buffer fills holds its fetch loop back, and one whose buffer
+/// stays full past the hold pauses its partitions; either way every message arrives
+/// once receivers make room again.
+#[cfg(feature = "kafka")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_full_buffer_loses_nothing() {
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    use platform_queue::{Message, QueueExt as _, ReceiveOptions};
+
+    let Some(base) = platform_core::testkit::server_url("KAFKA") else { return };
+    let queue = platform_core::testkit::unique_name("full");
+    let q = platform_queue::open(&format!("{base}?queue={queue}&prefetch=20")).await.expect("open");
+    let total = 300;
+    for chunk in (0..total).collect::<Vec<_>>().chunks(100) {
+        q.send_batch(chunk.iter().map(|i| Message::new(format!("m{i}"))).collect()).await.expect("send");
+    }
+    let mut seen = HashSet::new();
+    // The first receive joins the group and fills the 20-message buffer.
+    let first = q.receive(ReceiveOptions::new(1, Duration::from_secs(60))).await.expect("join");
+    q.ack_all(&first).await.expect("ack");
+    seen.extend(first.iter().map(|d| d.body().clone()));
+    // Nobody receives for longer than the fetch loop holds back (5 s): the partitions
+    // are paused with the buffer full.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < total && tokio::time::Instant::now() < deadline {
+        let got = q.receive(ReceiveOptions::new(50, Duration::from_millis(500))).await.expect("receive");
+        q.ack_all(&got).await.expect("ack");
+        seen.extend(got.iter().map(|d| d.body().clone()));
+    }
+    assert_eq!(seen.len(), total, "messages missing after the buffer filled and the partitions paused");
+}
+
 /// Two group members (as two processes would be): the second joins while the first
 /// consumes, partitions move, and every message is acked once at least; none is lost.
 /// Needs a broker that rebalances: on tansu 0.6 a second member never gets an
