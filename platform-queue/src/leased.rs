@@ -167,11 +167,11 @@ fn lease_token() -> Arc<str> {
     Arc::from(format!("{:032x}", BASE.wrapping_add(u128::from(n))))
 }
 
-fn ms(d: Duration) -> i64 {
+pub(crate) fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
 }
 
-fn time_of(ms: i64) -> Option<OffsetDateTime> {
+pub(crate) fn time_of(ms: i64) -> Option<OffsetDateTime> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
 }
 

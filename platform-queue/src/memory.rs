@@ -8,56 +8,72 @@
 //!
 //! URL: `memory://NAME` or `memory://?queue=NAME`, plus the common parameters
 //! (`visibility_timeout`, `max_attempts`, `dead_letter`, `dedup_window`).
+//!
+//! The queue implements [`Queue`] directly on integer sequence numbers, and is split
+//! into one shard per core, each behind its own lock: a send puts its batch in the next
+//! shard in turn, a receive starts at its thread's own shard and moves on to the others
+//! when that one has too little, and a grouped ack takes one lock per shard it touches.
+//! Consumers on different threads so rarely wait for one another. Order across shards
+//! is not kept (the [`Queue`] contract promises none).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt::{self, Debug, Display};
 use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use platform_core::{Error, Result};
+use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
 use rustc_hash::FxHasher;
 use tokio::sync::Notify;
 
-use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
+use crate::leased::{ms, now_ms, time_of};
+use crate::message::{DeliveryId, dead_letter_headers, exhausted_reason};
 use crate::url::{QueueOptions, QueueUrl};
-use crate::{Capabilities, Headers};
+use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["memory"];
 
-/// An in-process queue.
-pub type MemoryQueue = LeasedQueue<MemoryStore>;
+const BACKEND: &str = "memory";
+
+/// Lease tokens: unique in the process, which is as far as a memory queue reaches.
+/// Zero means "not leased".
+static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug)]
 struct Entry {
     body: Bytes,
     headers: Headers,
     visible_at: i64,
-    token: Option<Arc<str>>,
+    token: u64,
     attempts: u32,
     first_failure: Option<i64>,
 }
 
-/// One queue. Every message is in exactly one of two places: `ready` (visible now, in
-/// send order) or `timed` (delayed, nacked with a delay, or leased: keyed by the time it
-/// becomes claimable). A claim moves what came due from `timed` to `ready`, then takes
-/// from the front of `ready`.
+impl Entry {
+    fn fresh(body: Bytes, headers: Headers, visible_at: i64) -> Self {
+        Self { body, headers, visible_at, token: 0, attempts: 0, first_failure: None }
+    }
+}
+
+/// One shard of a queue. Every message is in exactly one of two places: `ready`
+/// (visible now, in send order) or `timed` (delayed, nacked with a delay, or leased:
+/// keyed by the time it becomes claimable). A claim moves what came due from `timed` to
+/// `ready`, then takes from the front of `ready`.
 #[derive(Debug, Default)]
 struct State {
-    seq: u64,
     entries: HashMap<u64, Entry, BuildHasherDefault<FxHasher>>,
     ready: VecDeque<u64>,
     timed: BTreeSet<(i64, u64)>,
-    dedup: HashMap<String, i64>,
 }
 
 impl State {
-    fn push(&mut self, entry: Entry, now: i64) {
-        self.seq += 1;
-        self.schedule(entry.visible_at, self.seq, now);
-        self.entries.insert(self.seq, entry);
+    fn push(&mut self, seq: u64, entry: Entry, now: i64) {
+        self.schedule(entry.visible_at, seq, now);
+        self.entries.insert(seq, entry);
     }
 
     /// Files `seq` under the time it becomes claimable.
@@ -67,11 +83,6 @@ impl State {
         } else {
             self.timed.insert((at, seq));
         }
-    }
-
-    /// Takes `seq` out of `timed`, where it was filed under `at`.
-    fn unschedule(&mut self, at: i64, seq: u64) {
-        self.timed.remove(&(at, seq));
     }
 
     /// Moves what came due by `now` to `ready`.
@@ -84,27 +95,117 @@ impl State {
         }
     }
 
-    /// Removes the entry if `token` holds its lease at `now`.
-    fn remove_held(&mut self, id: &str, token: &str, now: i64) -> bool {
-        let Some((seq, e)) = self.held(id, token, now) else { return false };
-        let at = e.visible_at;
-        self.unschedule(at, seq);
-        self.entries.remove(&seq);
+    /// The entry if `token` holds its lease at `now`.
+    fn held(&mut self, seq: u64, token: u64, now: i64) -> Option<&mut Entry> {
+        self.entries.get_mut(&seq).filter(|e| e.token == token && e.visible_at > now)
+    }
+
+    /// Removes and returns the entry if `token` holds its lease at `now`.
+    fn take_held(&mut self, seq: u64, token: u64, now: i64) -> Option<Entry> {
+        let at = self.held(seq, token, now)?.visible_at;
+        self.timed.remove(&(at, seq));
+        self.entries.remove(&seq)
+    }
+
+    /// Removes and returns the entry, whatever its state.
+    fn take(&mut self, seq: u64) -> Option<Entry> {
+        let e = self.entries.remove(&seq)?;
+        self.timed.remove(&(e.visible_at, seq));
+        Some(e)
+    }
+
+    /// Moves the held lease of `seq` to `at`; `false` when not held.
+    fn reschedule(&mut self, seq: u64, token: u64, now: i64, at: i64, update: impl FnOnce(&mut Entry)) -> bool {
+        let Some(e) = self.held(seq, token, now) else { return false };
+        let old = e.visible_at;
+        e.visible_at = at;
+        update(e);
+        self.timed.remove(&(old, seq));
+        self.schedule(at, seq, now);
         true
     }
 
-    /// The entry if `token` holds its lease at `now`.
-    fn held(&mut self, id: &str, token: &str, now: i64) -> Option<(u64, &mut Entry)> {
-        let seq: u64 = id.parse().ok()?;
-        let e = self.entries.get_mut(&seq)?;
-        (e.visible_at > now && e.token.as_deref() == Some(token)).then_some((seq, e))
+    /// When the next timed message becomes claimable.
+    fn next_due(&self) -> Option<i64> {
+        self.timed.first().map(|&(at, _)| at)
     }
 }
 
+/// A shard on a cache line of its own, so two cores working on neighbouring shards do
+/// not slow each other down.
 #[derive(Debug, Default)]
+#[repr(align(128))]
+struct Shard(Mutex<State>);
+
+impl Shard {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// How many shards a queue has: one per core, at most 8.
+static SHARDS: LazyLock<usize> =
+    LazyLock::new(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).clamp(1, 8));
+
+thread_local! {
+    /// The shard this thread's receives start at.
+    static HOME: usize = {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    };
+}
+
+/// One queue: its shards, one sequence for all of them (ids and age order), the dedup
+/// keys, and one notification for receivers waiting on any shard.
+#[derive(Debug)]
 struct Shared {
-    state: Mutex<State>,
+    shards: Box<[Shard]>,
+    seq: AtomicU64,
+    next_send: AtomicUsize,
+    dedup: Mutex<HashMap<String, i64>>,
     notify: Notify,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Self {
+            shards: (0..*SHARDS).map(|_| Shard::default()).collect(),
+            seq: AtomicU64::new(0),
+            next_send: AtomicUsize::new(0),
+            dedup: Mutex::default(),
+            notify: Notify::new(),
+        }
+    }
+}
+
+impl Shared {
+    fn shard(&self, i: usize) -> &Shard {
+        &self.shards[i % self.shards.len()]
+    }
+
+    /// Appends entries (visible now or later) to the next shard in turn, under one lock,
+    /// and wakes waiting receivers.
+    fn push_all(&self, entries: impl IntoIterator<Item = Entry>, now: i64) {
+        let shard = self.shard(self.next_send.fetch_add(1, Ordering::Relaxed));
+        {
+            let mut st = shard.lock();
+            for e in entries {
+                st.push(self.seq.fetch_add(1, Ordering::Relaxed) + 1, e, now);
+            }
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// The oldest `limit` messages as (sequence, shard), whatever their state.
+    fn oldest(&self, limit: usize) -> Vec<(u64, usize)> {
+        let mut all: Vec<(u64, usize)> = Vec::new();
+        for (i, shard) in self.shards.iter().enumerate() {
+            all.extend(shard.lock().entries.keys().map(|&seq| (seq, i)));
+        }
+        all.sort_unstable();
+        all.truncate(limit);
+        all
+    }
 }
 
 static QUEUES: LazyLock<Mutex<HashMap<String, Arc<Shared>>>> = LazyLock::new(Mutex::default);
@@ -117,24 +218,22 @@ fn shared(name: &str) -> Arc<Shared> {
     Arc::clone(all.entry(name.to_owned()).or_default())
 }
 
-fn lock(s: &Shared) -> MutexGuard<'_, State> {
-    s.state.lock().unwrap_or_else(|e| e.into_inner())
+fn cancelled(queue: &str, op: &'static str) -> Error {
+    Error::new(ErrorKind::Cancelled, format!("queue {queue} is closed")).with_backend(BACKEND).with_op(op)
 }
 
-/// The store behind [`MemoryQueue`]: process-wide queues by name.
-#[derive(Debug, Clone, Default)]
-pub struct MemoryStore {
-    /// The queues this handle uses most (its queue and dead-letter queue), looked up once.
-    cached: Vec<(String, Arc<Shared>)>,
+/// What one handle holds: its options and the two queues it uses, looked up once.
+#[derive(Debug)]
+struct Handle {
+    options: QueueOptions,
+    queue: Arc<Shared>,
+    dlq: Arc<Shared>,
+    closed: AtomicBool,
 }
 
-impl MemoryStore {
-    fn queue(&self, name: &str) -> Arc<Shared> {
-        match self.cached.iter().find(|(n, _)| n == name) {
-            Some((_, q)) => Arc::clone(q),
-            None => shared(name),
-        }
-    }
+/// An in-process queue.
+pub struct MemoryQueue {
+    inner: Arc<Handle>,
 }
 
 impl MemoryQueue {
@@ -153,239 +252,421 @@ impl MemoryQueue {
 
     /// Opens the in-process queue described by `options`.
     pub fn with_options(options: QueueOptions) -> Result<Self> {
-        let cached = [&options.queue, &options.dead_letter].map(|n| (n.clone(), shared(n))).to_vec();
-        Self::new(MemoryStore { cached }, options)
-    }
-}
-
-#[async_trait]
-impl LeaseStore for MemoryStore {
-    fn backend(&self) -> &'static str {
-        "memory"
+        options.validate()?;
+        let (queue, dlq) = (shared(&options.queue), shared(&options.dead_letter));
+        Ok(Self { inner: Arc::new(Handle { options, queue, dlq, closed: AtomicBool::new(false) }) })
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: false, max_body_bytes: 16 * 1024 * 1024, ..Capabilities::default() }
+    /// The options.
+    pub fn options(&self) -> &QueueOptions {
+        &self.inner.options
     }
 
-    fn location(&self) -> String {
-        "process".into()
-    }
-
-    async fn insert(&self, queue: &str, messages: Vec<NewMessage>, now_ms: i64, dedup_until_ms: i64) -> Result<()> {
-        let q = self.queue(queue);
-        {
-            let mut st = lock(&q);
-            if st.dedup.len() > 10_000 {
-                st.dedup.retain(|_, until| *until > now_ms);
-            }
-            for m in messages {
-                if let Some(key) = m.dedup_key {
-                    if st.dedup.get(&key).is_some_and(|until| *until > now_ms) {
-                        continue;
-                    }
-                    st.dedup.insert(key, dedup_until_ms);
-                }
-                let entry = Entry {
-                    body: m.body,
-                    headers: m.headers,
-                    visible_at: m.visible_at_ms,
-                    token: None,
-                    attempts: 0,
-                    first_failure: None,
-                };
-                st.push(entry, now_ms);
-            }
+    fn check_open(&self, op: &'static str) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(cancelled(&self.inner.options.queue, op));
         }
-        q.notify.notify_waiters();
         Ok(())
     }
 
-    async fn claim(
-        &self,
-        queue: &str,
-        max: usize,
-        now_ms: i64,
-        lease_until_ms: i64,
-        token: &str,
-    ) -> Result<Vec<StoredMessage>> {
-        let q = self.queue(queue);
-        let token: Arc<str> = Arc::from(token);
+    /// Leases up to `max` claimable messages; dead-letters, instead of handing out, those
+    /// whose leases ran out on each allowed attempt. Also returns when the next timed
+    /// message comes due.
+    fn claim(&self, max: usize) -> (Vec<Delivery>, Option<i64>) {
+        let h = &self.inner;
+        let now = now_ms();
+        let vt = h.options.visibility_timeout;
+        let until = now + ms(vt);
+        let token = NEXT_TOKEN.fetch_add(1, Ordering::Relaxed);
+        let max_attempts = h.options.max_attempts;
         let mut taken = Vec::with_capacity(max.min(1024));
-        {
-            let mut guard = lock(&q);
+        let mut exhausted = Vec::new();
+        let mut next_due: Option<i64> = None;
+        let home = HOME.with(|h| *h);
+        for i in 0..h.queue.shards.len() {
+            if taken.len() >= max {
+                break;
+            }
+            let shard = (home + i) % h.queue.shards.len();
+            let mut guard = h.queue.shards[shard].lock();
             let st = &mut *guard;
-            st.promote(now_ms);
+            st.promote(now);
             while taken.len() < max {
                 let Some(seq) = st.ready.pop_front() else { break };
                 // `ready` may name a message that was redriven away meanwhile.
                 let Some(e) = st.entries.get_mut(&seq) else { continue };
-                st.timed.insert((lease_until_ms, seq));
-                e.visible_at = lease_until_ms;
-                e.token = Some(Arc::clone(&token));
                 if e.attempts > 0 && e.first_failure.is_none() {
-                    e.first_failure = Some(now_ms);
+                    e.first_failure = Some(now);
                 }
+                if e.attempts >= max_attempts {
+                    // Delivered max_attempts times and never settled: its leases ran out.
+                    exhausted.extend(st.entries.remove(&seq));
+                    continue;
+                }
+                st.timed.insert((until, seq));
+                e.visible_at = until;
+                e.token = token;
                 e.attempts += 1;
-                taken.push((seq, e.body.clone(), e.headers.clone(), e.attempts, e.first_failure));
+                taken.push((shard, seq, e.body.clone(), e.headers.clone(), e.attempts));
             }
+            next_due = match (next_due, st.next_due()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
         }
-        // Ids are made outside the lock.
-        Ok(taken
+        if !exhausted.is_empty() {
+            self.dead_letter_expired(exhausted, now);
+        }
+        // Deliveries are built outside the locks.
+        let deadline = std::time::Instant::now() + vt;
+        let deliveries = taken
             .into_iter()
-            .map(|(seq, body, headers, attempts, first)| {
-                StoredMessage::new(seq.to_string(), body, headers, attempts, first)
+            .map(|(shard, seq, body, headers, attempt)| {
+                let acker = MemoryAcker { handle: Arc::clone(h), shard, seq, token, attempt };
+                Delivery::leased_until(DeliveryId::number(seq), body, headers, attempt, vt, deadline, Box::new(acker))
+            })
+            .collect();
+        (deliveries, next_due)
+    }
+
+    fn dead_letter_expired(&self, exhausted: Vec<Entry>, now: i64) {
+        let queue = &self.inner.options.queue;
+        let moved = exhausted.into_iter().map(|e| {
+            let reason = format!("lease expired on each of {} attempts", e.attempts);
+            let headers =
+                dead_letter_headers(&e.headers, &reason, queue, e.attempts, e.first_failure.and_then(time_of));
+            Entry::fresh(e.body, headers, now)
+        });
+        self.inner.dlq.push_all(moved, now);
+    }
+}
+
+impl Debug for MemoryQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryQueue").field("options", &self.inner.options).finish_non_exhaustive()
+    }
+}
+
+impl Display for MemoryQueue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "memory(process/{})", self.inner.options.queue)
+    }
+}
+
+#[async_trait]
+impl HealthCheck for MemoryQueue {
+    fn name(&self) -> String {
+        format!("queue:{BACKEND}")
+    }
+
+    async fn check(&self) -> Result<CheckOutcome> {
+        let started = std::time::Instant::now();
+        drop(self.inner.queue.shard(0).lock());
+        Ok(CheckOutcome::new(started.elapsed()).with_version(format!("platform-queue {}", env!("CARGO_PKG_VERSION"))))
+    }
+}
+
+#[async_trait]
+impl Queue for MemoryQueue {
+    fn queue_name(&self) -> &str {
+        &self.inner.options.queue
+    }
+
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            durable: false,
+            max_body_bytes: 16 * 1024 * 1024,
+            dedup_window: Some(self.inner.options.dedup_window),
+            ..Capabilities::default()
+        }
+    }
+
+    async fn send(&self, message: Message) -> Result<()> {
+        self.send_batch(vec![message]).await.map_err(|e| e.with_op("send"))
+    }
+
+    async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
+        self.check_open("send")?;
+        self.capabilities().validate_batch(&messages).map_err(|e| e.with_backend(BACKEND))?;
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let q = &self.inner.queue;
+        let mut messages = messages;
+        if messages.iter().any(|m| m.dedup_key.is_some()) {
+            let dedup_until = now + ms(self.inner.options.dedup_window);
+            let mut seen = q.dedup.lock().unwrap_or_else(|e| e.into_inner());
+            if seen.len() > 10_000 {
+                seen.retain(|_, until| *until > now);
+            }
+            messages.retain_mut(|m| match m.dedup_key.take() {
+                Some(key) if seen.get(&key).is_some_and(|until| *until > now) => false,
+                Some(key) => {
+                    seen.insert(key, dedup_until);
+                    true
+                }
+                None => true,
+            });
+        }
+        q.push_all(
+            messages.into_iter().map(|m| Entry::fresh(m.body, m.headers, now + m.delay.map(ms).unwrap_or(0))),
+            now,
+        );
+        Ok(())
+    }
+
+    async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Delivery>> {
+        self.check_open("receive")?;
+        options.validate(&self.capabilities()).map_err(|e| e.with_backend(BACKEND))?;
+        let deadline = tokio::time::Instant::now() + options.wait;
+        loop {
+            // Created before the claim, so a send between the claim and the wait wakes it.
+            let notified = self.inner.queue.notify.notified();
+            let (got, next_due) = self.claim(options.max);
+            if !got.is_empty() {
+                return Ok(got);
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(got);
+            }
+            // Wake for a send, for the next delayed or leased message coming due, or at
+            // the deadline; the ready check above ran under the same lock as `next_due`.
+            let wake = next_due
+                .map(|at| now + Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0) + 1))
+                .map_or(deadline, |due| due.min(deadline));
+            tokio::select! {
+                () = notified => {}
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            self.check_open("receive")?;
+        }
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
+        self.check_open("dead_letters")?;
+        let dlq = &self.inner.dlq;
+        Ok(dlq
+            .oldest(limit)
+            .into_iter()
+            .filter_map(|(seq, shard)| {
+                let st = dlq.shard(shard).lock();
+                st.entries.get(&seq).map(|e| DeadLetter::new(seq.to_string(), e.body.clone(), e.headers.clone()))
             })
             .collect())
     }
 
-    async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
-        let q = self.queue(queue);
-        let mut st = lock(&q);
-        Ok(st.remove_held(id, token, now_ms))
+    async fn redrive(&self, limit: usize) -> Result<usize> {
+        self.check_open("redrive")?;
+        let now = now_ms();
+        let dlq = &self.inner.dlq;
+        let moved: Vec<Entry> =
+            dlq.oldest(limit).into_iter().filter_map(|(seq, shard)| dlq.shard(shard).lock().take(seq)).collect();
+        let n = moved.len();
+        self.inner.queue.push_all(moved.into_iter().map(|e| Entry::fresh(e.body, e.headers, now)), now);
+        Ok(n)
     }
 
-    async fn release(
-        &self,
-        queue: &str,
-        id: &str,
-        token: &str,
-        now_ms: i64,
-        visible_at_ms: i64,
-        failed: bool,
-        refund: bool,
-    ) -> Result<bool> {
-        let q = self.queue(queue);
-        {
-            let mut st = lock(&q);
-            let Some((seq, e)) = st.held(id, token, now_ms) else { return Ok(false) };
-            let old = e.visible_at;
-            e.visible_at = visible_at_ms;
-            e.token = None;
+    async fn close(&self) -> Result<()> {
+        self.inner.closed.store(true, Ordering::Release);
+        Ok(())
+    }
+}
+
+/// Settles one leased message: its sequence number and the token of the receive that
+/// leased it.
+struct MemoryAcker {
+    handle: Arc<Handle>,
+    shard: usize,
+    seq: u64,
+    token: u64,
+    attempt: u32,
+}
+
+impl Debug for MemoryAcker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryAcker").field("seq", &self.seq).field("attempt", &self.attempt).finish()
+    }
+}
+
+impl MemoryAcker {
+    fn check(&self, held: bool, op: &'static str) -> Result<()> {
+        if held {
+            return Ok(());
+        }
+        Err(Error::conflict(format!("lease on message {} was lost (expired or settled elsewhere)", self.seq))
+            .with_backend(BACKEND)
+            .with_op(op))
+    }
+
+    /// Gives the lease back: visible at `visible_at`; `failed` records a first failure,
+    /// `refund` takes back the attempt this delivery counted.
+    fn give_back(&self, visible_at: i64, failed: bool, refund: bool, op: &'static str) -> Result<()> {
+        let now = now_ms();
+        let q = &self.handle.queue;
+        let held = self.lock().reschedule(self.seq, self.token, now, visible_at, |e| {
+            e.token = 0;
             if failed && e.first_failure.is_none() {
-                e.first_failure = Some(now_ms);
+                e.first_failure = Some(now);
             }
             if refund {
                 e.attempts = e.attempts.saturating_sub(1);
             }
-            st.unschedule(old, seq);
-            st.schedule(visible_at_ms, seq, now_ms);
+        });
+        if held {
+            q.notify.notify_waiters();
         }
-        q.notify.notify_waiters();
-        Ok(true)
+        self.check(held, op)
     }
 
-    async fn extend(&self, queue: &str, id: &str, token: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
-        let q = self.queue(queue);
-        let mut st = lock(&q);
-        let Some((seq, e)) = st.held(id, token, now_ms) else { return Ok(false) };
-        let old = e.visible_at;
-        e.visible_at = until_ms;
-        st.unschedule(old, seq);
-        st.schedule(until_ms, seq, now_ms);
-        Ok(true)
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.handle.queue.shard(self.shard).lock()
     }
 
-    async fn move_to(
-        &self,
-        queue: &str,
-        id: &str,
-        token: &str,
-        now_ms: i64,
-        target: &str,
-        headers: &Headers,
-    ) -> Result<bool> {
-        let entry = {
-            let q = self.queue(queue);
-            let mut st = lock(&q);
-            let Some((seq, e)) = st.held(id, token, now_ms) else { return Ok(false) };
-            let at = e.visible_at;
-            st.unschedule(at, seq);
-            st.entries.remove(&seq)
-        };
-        if let Some(mut e) = entry {
-            e.headers = headers.clone();
-            e.visible_at = now_ms;
-            e.token = None;
-            e.attempts = 0;
-            e.first_failure = None;
-            let t = self.queue(target);
-            lock(&t).push(e, now_ms);
-            t.notify.notify_waiters();
+    /// `other` when it is an acker of the same queue.
+    fn peer<'a>(&self, other: &'a dyn Acker) -> Option<&'a Self> {
+        other
+            .as_any()
+            .and_then(|any| any.downcast_ref::<Self>())
+            .filter(|p| Arc::ptr_eq(&p.handle.queue, &self.handle.queue))
+    }
+
+    fn move_to_dlq(&self, reason: &str, op: &'static str) -> Result<()> {
+        let now = now_ms();
+        let taken = self.lock().take_held(self.seq, self.token, now);
+        let Some(e) = taken else { return self.check(false, op) };
+        let first = time_of(e.first_failure.unwrap_or(now));
+        let headers = dead_letter_headers(&e.headers, reason, &self.handle.options.queue, self.attempt, first);
+        self.handle.dlq.push_all([Entry::fresh(e.body, headers, now)], now);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Acker for MemoryAcker {
+    async fn ack(&self) -> Result<()> {
+        let taken = self.lock().take_held(self.seq, self.token, now_ms());
+        self.check(taken.is_some(), "ack")
+    }
+
+    async fn nack(&self, delay: Option<Duration>, reason: Option<&str>) -> Result<bool> {
+        let max = self.handle.options.max_attempts;
+        if self.attempt >= max {
+            return self.move_to_dlq(&exhausted_reason(max, reason), "nack").map(|()| true);
         }
-        Ok(true)
+        let visible_at = now_ms() + delay.map(ms).unwrap_or(0);
+        self.give_back(visible_at, true, false, "nack").map(|()| false)
     }
 
-    async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<StoredMessage>> {
-        let q = self.queue(queue);
-        let st = lock(&q);
-        let mut seqs: Vec<u64> = st.entries.keys().copied().collect();
-        seqs.sort_unstable();
-        Ok(seqs
-            .into_iter()
-            .take(limit)
-            .filter_map(|s| {
-                let e = st.entries.get(&s)?;
-                Some(StoredMessage::new(s.to_string(), e.body.clone(), e.headers.clone(), e.attempts, e.first_failure))
-            })
-            .collect())
+    async fn dead_letter(&self, reason: &str) -> Result<()> {
+        self.move_to_dlq(reason, "dead_letter")
     }
 
-    async fn redrive(&self, from: &str, to: &str, limit: usize, now_ms: i64) -> Result<usize> {
-        let moved: Vec<Entry> = {
-            let f = self.queue(from);
-            let mut st = lock(&f);
-            let mut seqs: Vec<u64> = st.entries.keys().copied().collect();
-            seqs.sort_unstable();
-            seqs.truncate(limit);
-            seqs.into_iter()
-                .filter_map(|s| {
-                    let e = st.entries.remove(&s)?;
-                    st.unschedule(e.visible_at, s);
-                    Some(e)
-                })
-                .collect()
-        };
-        let n = moved.len();
-        let t = self.queue(to);
-        {
-            let mut st = lock(&t);
-            for mut e in moved {
-                e.visible_at = now_ms;
-                e.token = None;
-                e.attempts = 0;
-                e.first_failure = None;
-                st.push(e, now_ms);
+    async fn extend(&self, lease: Duration) -> Result<()> {
+        let now = now_ms();
+        let held = self.lock().reschedule(self.seq, self.token, now, now + ms(lease), |_| {});
+        self.check(held, "extend")
+    }
+
+    async fn release(&self) -> Result<()> {
+        self.give_back(now_ms(), false, true, "release")
+    }
+
+    async fn ack_with(&self, others: &[&dyn Acker]) -> Vec<Result<()>> {
+        let peers: Vec<&Self> = others.iter().filter_map(|a| self.peer(*a)).collect();
+        if peers.len() != others.len() {
+            let all = std::iter::once(self.ack()).chain(others.iter().map(|a| a.ack()));
+            return futures::future::join_all(all).await;
+        }
+        // Every acker of the same queue settles under one lock per shard.
+        let group: Vec<&Self> = std::iter::once(self).chain(peers).collect();
+        let now = now_ms();
+        let mut taken: Vec<Option<Entry>> = Vec::with_capacity(group.len());
+        taken.resize_with(group.len(), || None);
+        let shards = &self.handle.queue.shards;
+        for (i, shard) in shards.iter().enumerate() {
+            let mut mine = group.iter().zip(taken.iter_mut()).filter(|(a, _)| a.shard % shards.len() == i).peekable();
+            if mine.peek().is_none() {
+                continue;
+            }
+            let mut st = shard.lock();
+            for (a, slot) in mine {
+                *slot = st.take_held(a.seq, a.token, now);
             }
         }
-        t.notify.notify_waiters();
-        Ok(n)
+        // What was taken is freed outside the locks.
+        group.iter().zip(taken).map(|(a, e)| a.check(e.is_some(), "ack")).collect()
     }
 
-    async fn ping(&self) -> Result<Option<String>> {
-        Ok(Some(format!("platform-queue {}", env!("CARGO_PKG_VERSION"))))
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use super::*;
+    use crate::QueueExt;
+
+    fn queue(name: &str) -> MemoryQueue {
+        MemoryQueue::with_options(QueueOptions::new(name).with_max_attempts(1)).expect("queue")
     }
 
-    async fn wait_for_work(&self, queue: &str, timeout: Duration) {
-        let q = self.queue(queue);
-        let _ = tokio::time::timeout(timeout, q.notify.notified()).await;
+    /// Batches land on different shards; receivers on two threads still get every
+    /// message exactly once, and grouped acks settle across shards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_shard_is_drained_exactly_once() {
+        let q = Arc::new(queue("memory-unit-shards"));
+        for b in 0..50 {
+            q.send_batch((0..20).map(|i| Message::new(format!("{b}-{i}"))).collect()).await.expect("send");
+        }
+        let receivers: Vec<_> = (0..4)
+            .map(|_| {
+                let q = Arc::clone(&q);
+                tokio::spawn(async move {
+                    let mut seen = Vec::new();
+                    loop {
+                        let got = q.receive(ReceiveOptions::new(7, Duration::ZERO)).await.expect("receive");
+                        if got.is_empty() {
+                            return seen;
+                        }
+                        q.ack_all(&got).await.expect("ack");
+                        seen.extend(got.iter().map(|d| d.body().clone()));
+                    }
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for r in receivers {
+            all.extend(r.await.expect("receiver"));
+        }
+        let distinct: HashSet<_> = all.iter().collect();
+        assert_eq!((all.len(), distinct.len()), (1000, 1000));
+        assert!(q.receive(ReceiveOptions::new(10, Duration::ZERO)).await.expect("receive").is_empty());
     }
 
-    fn groups_acks(&self) -> bool {
-        false
-    }
-
-    async fn ack_many(&self, queue: &str, items: &[(&str, &str)], now_ms: i64) -> Result<Option<Vec<bool>>> {
-        let q = self.queue(queue);
-        let mut st = lock(&q);
-        Ok(Some(items.iter().map(|(id, token)| st.remove_held(id, token, now_ms)).collect()))
-    }
-
-    fn max_poll_interval(&self) -> Duration {
-        Duration::from_millis(50)
-    }
-
-    async fn close(&self) -> Result<()> {
-        Ok(())
+    /// Dead letters from several shards come back oldest first, and redrive moves the
+    /// oldest.
+    #[tokio::test]
+    async fn dead_letters_are_oldest_first_across_shards() {
+        let q = queue("memory-unit-dlq-order");
+        for i in 0..6 {
+            q.send(Message::new(format!("m{i}"))).await.expect("send");
+            let d = q.receive_one(Duration::ZERO).await.expect("receive").expect("one");
+            d.dead_letter("no").await.expect("dead letter");
+        }
+        let bodies = |dls: Vec<DeadLetter>| dls.into_iter().map(|d| d.body).collect::<Vec<_>>();
+        let want: Vec<Bytes> = (0..6).map(|i| Bytes::from(format!("m{i}"))).collect();
+        assert_eq!(bodies(q.dead_letters(10).await.expect("dlq")), want);
+        assert_eq!(bodies(q.dead_letters(2).await.expect("dlq")), want[..2]);
+        assert_eq!(q.redrive(2).await.expect("redrive"), 2);
+        assert_eq!(bodies(q.dead_letters(10).await.expect("dlq")), want[2..]);
     }
 }

@@ -550,6 +550,41 @@ impl<R: Republish> Acker for Republishing<R> {
     }
 }
 
+/// A delivery's id: the backend's text, or a number kept as its decimal digits inline.
+pub(crate) enum DeliveryId {
+    Text(String),
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    Digits {
+        buf: [u8; 20],
+        start: u8,
+    },
+}
+
+impl DeliveryId {
+    #[cfg_attr(not(feature = "memory"), allow(dead_code))]
+    pub(crate) fn number(mut n: u64) -> Self {
+        let mut buf = [0u8; 20];
+        let mut start = buf.len();
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Self::Digits { buf, start: start as u8 }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Text(s) => s,
+            // Only ASCII digits are ever written there.
+            Self::Digits { buf, start } => std::str::from_utf8(&buf[usize::from(*start)..]).unwrap_or_default(),
+        }
+    }
+}
+
 const PENDING: u8 = 0;
 const SETTLING: u8 = 1;
 const SETTLED: u8 = 2;
@@ -560,7 +595,7 @@ const SETTLED: u8 = 2;
 /// Dropping a delivery without settling it loses nothing: when its lease runs out the
 /// message is delivered again, with its attempt count one higher.
 pub struct Delivery {
-    id: String,
+    id: DeliveryId,
     body: Bytes,
     headers: Headers,
     attempt: u32,
@@ -573,7 +608,7 @@ pub struct Delivery {
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery")
-            .field("id", &self.id)
+            .field("id", &self.id())
             .field("attempt", &self.attempt)
             .field("body_len", &self.body.len())
             .field("headers", &self.headers)
@@ -592,21 +627,26 @@ impl Delivery {
         lease: Duration,
         acker: Box<dyn Acker>,
     ) -> Self {
-        Self {
-            id: id.into(),
-            body,
-            headers,
-            attempt,
-            lease,
-            deadline: Mutex::new(Instant::now() + lease),
-            state: AtomicU8::new(PENDING),
-            acker,
-        }
+        Self::leased_until(DeliveryId::Text(id.into()), body, headers, attempt, lease, Instant::now() + lease, acker)
+    }
+
+    /// A delivery leased until `deadline`: backends that read the clock once for a whole
+    /// batch, or whose ids are numbers, build theirs here.
+    pub(crate) fn leased_until(
+        id: DeliveryId,
+        body: Bytes,
+        headers: Headers,
+        attempt: u32,
+        lease: Duration,
+        deadline: Instant,
+        acker: Box<dyn Acker>,
+    ) -> Self {
+        Self { id, body, headers, attempt, lease, deadline: Mutex::new(deadline), state: AtomicU8::new(PENDING), acker }
     }
 
     /// The backend's message id.
     pub fn id(&self) -> &str {
-        &self.id
+        self.id.as_str()
     }
 
     /// The body.
@@ -653,8 +693,10 @@ impl Delivery {
     fn claim(&self, op: &'static str) -> Result<()> {
         match self.state.compare_exchange(PENDING, SETTLING, Ordering::AcqRel, Ordering::Acquire) {
             Ok(_) => Ok(()),
-            Err(SETTLING) => Err(Error::conflict(format!("message {} is being settled already", self.id)).with_op(op)),
-            Err(_) => Err(Error::conflict(format!("message {} was settled already", self.id)).with_op(op)),
+            Err(SETTLING) => {
+                Err(Error::conflict(format!("message {} is being settled already", self.id())).with_op(op))
+            }
+            Err(_) => Err(Error::conflict(format!("message {} was settled already", self.id())).with_op(op)),
         }
     }
 
@@ -739,7 +781,7 @@ impl Delivery {
     /// Renews the lease for `lease` from now. `Conflict` when it was already lost.
     pub async fn extend(&self, lease: Duration) -> Result<()> {
         if self.state.load(Ordering::Acquire) != PENDING {
-            return Err(Error::conflict(format!("message {} was settled already", self.id)).with_op("extend"));
+            return Err(Error::conflict(format!("message {} was settled already", self.id())).with_op("extend"));
         }
         let until = Instant::now() + lease;
         self.acker.extend(lease).await?;
@@ -872,6 +914,13 @@ mod tests {
         assert!(caps.validate_batch(&batch).is_err());
         assert!(ReceiveOptions::new(0, Duration::ZERO).validate(&caps).is_err());
         assert!(ReceiveOptions::new(1001, Duration::ZERO).validate(&caps).is_err());
+    }
+
+    #[test]
+    fn numbered_ids_read_as_decimal() {
+        for n in [0, 7, 10, 12_345, u64::MAX] {
+            assert_eq!(DeliveryId::number(n).as_str(), n.to_string());
+        }
     }
 
     #[test]
