@@ -319,10 +319,11 @@ impl MemoryQueue {
         }
         // Deliveries are built outside the locks.
         let deadline = std::time::Instant::now() + vt;
+        let lease = Arc::new(Lease { handle: Arc::clone(h), token });
         let deliveries = taken
             .into_iter()
             .map(|(shard, seq, body, headers, attempt)| {
-                let acker = MemoryAcker { handle: Arc::clone(h), shard, seq, token, attempt };
+                let acker = MemoryAcker { lease: Arc::clone(&lease), shard, seq, attempt };
                 Delivery::leased_until(DeliveryId::number(seq), body, headers, attempt, vt, deadline, Box::new(acker))
             })
             .collect();
@@ -481,11 +482,18 @@ impl Queue for MemoryQueue {
 /// Settles one leased message: its sequence number and the token of the receive that
 /// leased it.
 struct MemoryAcker {
-    handle: Arc<Handle>,
+    lease: Arc<Lease>,
     shard: usize,
     seq: u64,
-    token: u64,
     attempt: u32,
+}
+
+/// What the deliveries of one receive share: the handle and the lease token. One
+/// reference count per receive, touched by the thread that works the batch, instead of
+/// one on the handle that every thread's deliveries would bounce between cores.
+struct Lease {
+    handle: Arc<Handle>,
+    token: u64,
 }
 
 impl Debug for MemoryAcker {
@@ -508,8 +516,8 @@ impl MemoryAcker {
     /// `refund` takes back the attempt this delivery counted.
     fn give_back(&self, visible_at: i64, failed: bool, refund: bool, op: &'static str) -> Result<()> {
         let now = now_ms();
-        let q = &self.handle.queue;
-        let held = self.lock().reschedule(self.seq, self.token, now, visible_at, |e| {
+        let q = &self.lease.handle.queue;
+        let held = self.lock().reschedule(self.seq, self.lease.token, now, visible_at, |e| {
             e.token = 0;
             if failed && e.first_failure.is_none() {
                 e.first_failure = Some(now);
@@ -525,7 +533,7 @@ impl MemoryAcker {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.handle.queue.shard(self.shard).lock()
+        self.lease.handle.queue.shard(self.shard).lock()
     }
 
     /// `other` when it is an acker of the same queue.
@@ -533,16 +541,16 @@ impl MemoryAcker {
         other
             .as_any()
             .and_then(|any| any.downcast_ref::<Self>())
-            .filter(|p| Arc::ptr_eq(&p.handle.queue, &self.handle.queue))
+            .filter(|p| Arc::ptr_eq(&p.lease.handle.queue, &self.lease.handle.queue))
     }
 
     fn move_to_dlq(&self, reason: &str, op: &'static str) -> Result<()> {
         let now = now_ms();
-        let taken = self.lock().take_held(self.seq, self.token, now);
+        let taken = self.lock().take_held(self.seq, self.lease.token, now);
         let Some(e) = taken else { return self.check(false, op) };
         let first = time_of(e.first_failure.unwrap_or(now));
-        let headers = dead_letter_headers(&e.headers, reason, &self.handle.options.queue, self.attempt, first);
-        self.handle.dlq.push_all([Entry::fresh(e.body, headers, now)], now);
+        let headers = dead_letter_headers(&e.headers, reason, &self.lease.handle.options.queue, self.attempt, first);
+        self.lease.handle.dlq.push_all([Entry::fresh(e.body, headers, now)], now);
         Ok(())
     }
 }
@@ -550,12 +558,12 @@ impl MemoryAcker {
 #[async_trait]
 impl Acker for MemoryAcker {
     async fn ack(&self) -> Result<()> {
-        let taken = self.lock().take_held(self.seq, self.token, now_ms());
+        let taken = self.lock().take_held(self.seq, self.lease.token, now_ms());
         self.check(taken.is_some(), "ack")
     }
 
     async fn nack(&self, delay: Option<Duration>, reason: Option<&str>) -> Result<bool> {
-        let max = self.handle.options.max_attempts;
+        let max = self.lease.handle.options.max_attempts;
         if self.attempt >= max {
             return self.move_to_dlq(&exhausted_reason(max, reason), "nack").map(|()| true);
         }
@@ -569,7 +577,7 @@ impl Acker for MemoryAcker {
 
     async fn extend(&self, lease: Duration) -> Result<()> {
         let now = now_ms();
-        let held = self.lock().reschedule(self.seq, self.token, now, now + ms(lease), |_| {});
+        let held = self.lock().reschedule(self.seq, self.lease.token, now, now + ms(lease), |_| {});
         self.check(held, "extend")
     }
 
@@ -588,7 +596,7 @@ impl Acker for MemoryAcker {
         let now = now_ms();
         let mut taken: Vec<Option<Entry>> = Vec::with_capacity(group.len());
         taken.resize_with(group.len(), || None);
-        let shards = &self.handle.queue.shards;
+        let shards = &self.lease.handle.queue.shards;
         for (i, shard) in shards.iter().enumerate() {
             let mut mine = group.iter().zip(taken.iter_mut()).filter(|(a, _)| a.shard % shards.len() == i).peekable();
             if mine.peek().is_none() {
@@ -596,7 +604,7 @@ impl Acker for MemoryAcker {
             }
             let mut st = shard.lock();
             for (a, slot) in mine {
-                *slot = st.take_held(a.seq, a.token, now);
+                *slot = st.take_held(a.seq, a.lease.token, now);
             }
         }
         // What was taken is freed outside the locks.
