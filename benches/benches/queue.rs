@@ -213,8 +213,8 @@ async fn raw_nats(client: async_nats::Client, batch: usize) -> Duration {
     elapsed
 }
 
-/// The raw lapin client: publish with confirms to a durable queue, `basic.get` and
-/// `basic.ack` each message.
+/// The raw lapin client: publish with confirms to a durable quorum queue (the queue type
+/// the backend declares), `basic.get` and `basic.ack` each message.
 async fn raw_rabbitmq(conn: Arc<lapin::Connection>, batch: usize) -> Duration {
     use lapin::options::{
         BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
@@ -224,7 +224,9 @@ async fn raw_rabbitmq(conn: Arc<lapin::Connection>, batch: usize) -> Duration {
     let publisher = conn.create_channel().await.expect("channel");
     publisher.confirm_select(ConfirmSelectOptions::default()).await.expect("confirms");
     let opts = QueueDeclareOptions { durable: true, ..Default::default() };
-    publisher.queue_declare(queue.as_str().into(), opts, FieldTable::default()).await.expect("declare");
+    let mut quorum = FieldTable::default();
+    quorum.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
+    publisher.queue_declare(queue.as_str().into(), opts, quorum).await.expect("declare");
     let started = Instant::now();
     let done = Arc::new(AtomicUsize::new(0));
     let consumers: Vec<_> = (0..CONSUMERS)
