@@ -1,6 +1,6 @@
 //! The queue semantics written once over a store of leased rows.
 //!
-//! Backends without native leases (memory, SQL databases, Redis) implement
+//! Backends without native leases (SQL databases, Redis) implement
 //! [`LeaseStore`], a handful of atomic operations on messages that carry a
 //! `visible_at` time, a lease token and an attempt count; [`LeasedQueue`] turns that
 //! into the full [`Queue`] contract: leases, attempts, dead letters, delay, dedup,

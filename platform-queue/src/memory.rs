@@ -11,9 +11,10 @@
 //!
 //! The queue implements [`Queue`] directly on integer sequence numbers, and is split
 //! into one shard per core, each behind its own lock: a send puts its batch in the next
-//! shard in turn, a receive starts at its thread's own shard and moves on to the others
-//! when that one has too little, and a grouped ack takes one lock per shard it touches.
-//! Consumers on different threads so rarely wait for one another. Order across shards
+//! shard in turn; a receive starts at the next shard in its thread's turn (threads start
+//! apart) and moves on to the others when that one has too little; a grouped ack takes
+//! one lock per shard it touches. Consumers on different threads so rarely wait for one
+//! another, and no shard waits while another stays busy. Order across shards
 //! is not kept (the [`Queue`] contract promises none).
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -148,11 +149,22 @@ static SHARDS: LazyLock<usize> =
     LazyLock::new(|| std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get).clamp(1, 8));
 
 thread_local! {
-    /// The shard this thread's receives start at.
-    static HOME: usize = {
+    /// Where this thread's next receive starts: threads start apart, and each moves on
+    /// one shard per receive, so every shard is the first choice of every S-th receive
+    /// and none is left waiting while another stays busy.
+    static START: std::cell::Cell<usize> = {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
-        NEXT.fetch_add(1, Ordering::Relaxed)
+        std::cell::Cell::new(NEXT.fetch_add(1, Ordering::Relaxed))
     };
+}
+
+/// The shard the calling thread's receive starts at.
+fn start_shard() -> usize {
+    START.with(|s| {
+        let at = s.get();
+        s.set(at.wrapping_add(1));
+        at
+    })
 }
 
 /// One queue: its shards, one sequence for all of them (ids and age order), the dedup
@@ -282,7 +294,7 @@ impl MemoryQueue {
         let mut taken = Vec::with_capacity(max.min(1024));
         let mut exhausted = Vec::new();
         let mut next_due: Option<i64> = None;
-        let home = HOME.with(|h| *h);
+        let home = start_shard();
         for i in 0..h.queue.shards.len() {
             if taken.len() >= max {
                 break;
@@ -658,6 +670,26 @@ mod tests {
         let distinct: HashSet<_> = all.iter().collect();
         assert_eq!((all.len(), distinct.len()), (1000, 1000));
         assert!(q.receive(ReceiveOptions::new(10, Duration::ZERO)).await.expect("receive").is_empty());
+    }
+
+    /// A busy queue serves every shard: messages already waiting are received within a
+    /// few receives even while new ones keep arriving.
+    #[tokio::test]
+    async fn no_shard_is_starved() {
+        let q = queue("memory-unit-fair");
+        for i in 0..10 {
+            q.send(Message::new(format!("old-{i}"))).await.expect("send");
+        }
+        let mut old = 0;
+        for n in 0..20 {
+            // Two new for each one taken: no shard ever runs dry.
+            q.send_batch(vec![Message::new(format!("new-{n}"))]).await.expect("send");
+            q.send_batch(vec![Message::new(format!("new-{n}"))]).await.expect("send");
+            let d = q.receive_one(Duration::ZERO).await.expect("receive").expect("one");
+            old += usize::from(d.body().starts_with(b"old-"));
+            d.ack().await.expect("ack");
+        }
+        assert_eq!(old, 10, "every waiting message within 20 receives ({} shards)", *SHARDS);
     }
 
     /// Dead letters from several shards come back oldest first, and redrive moves the
