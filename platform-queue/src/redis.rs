@@ -6,6 +6,11 @@
 //!   when `maxmemory-policy` can evict keys)
 //! - [ ] ~~Redis Cluster~~: dead-lettering moves keys between queues, which needs one node
 //!
+//! Waiting receives wake when a message becomes visible: every script that makes one
+//! visible now publishes on `platform:queue:{NAME}:wake`, and each queue handle keeps
+//! one subscriber connection on its queue's channel (opened by the first receive that
+//! waits). Delays and lease expiries are still found by polling, at most every 200 ms.
+//!
 //! Layout: each queue is a sorted set `platform:queue:{NAME}:z` of message ids scored
 //! by the time they become visible (a lease moves the score to its end), and one hash
 //! per message (`…:m:ID`: body, headers, attempts, first failure, lease token). Every
@@ -16,14 +21,16 @@
 //! and `valkeys://` as aliases, plus the common parameters and `response_timeout`
 //! (default 10s).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::StreamExt as _;
 use platform_core::{Error, ErrorKind, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, ServerErrorKind};
+use tokio::sync::Notify;
 
 use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
 use crate::message::{decode_headers, encode_headers};
@@ -94,6 +101,7 @@ for i = 0, n - 1 do
     added = added + 1
   end
 end
+if added > 0 then redis.call('PUBLISH', p .. ':wake', '') end
 return added",
     )
 });
@@ -173,6 +181,7 @@ redis.call('HDEL', k, 't')
 if ARGV[6] == '1' and redis.call('HEXISTS', k, 'f') == 0 then redis.call('HSET', k, 'f', now) end
 if ARGV[7] == '1' and tonumber(redis.call('HGET', k, 'a')) > 0 then redis.call('HINCRBY', k, 'a', -1) end
 redis.call('ZADD', z, tonumber(ARGV[5]), id)
+if tonumber(ARGV[5]) <= now then redis.call('PUBLISH', p .. ':wake', '') end
 return 1",
     )
 });
@@ -201,6 +210,7 @@ redis.call('DEL', k)
 redis.call('ZREM', z, id)
 redis.call('HSET', t .. ':m:' .. id, 'b', body, 'h', ARGV[6], 'a', 0)
 redis.call('ZADD', t .. ':z', now, id)
+redis.call('PUBLISH', t .. ':wake', '')
 return 1",
     )
 });
@@ -245,6 +255,7 @@ for _, id in ipairs(ids) do
     n = n + 1
   end
 end
+if n > 0 then redis.call('PUBLISH', t .. ':wake', '') end
 return n",
     )
 });
@@ -272,6 +283,56 @@ fn decode(flat: Vec<Vec<u8>>) -> Vec<StoredMessage> {
 pub struct RedisStore {
     conn: ConnectionManager,
     location: String,
+    client: redis::Client,
+    /// The channel this handle's queue announces visible messages on.
+    wake_channel: String,
+    wake: Arc<Notify>,
+    listener: OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+impl RedisStore {
+    /// Starts, once, the task that turns messages on the wake channel into wake-ups; it
+    /// reconnects on its own, and wakes every waiter after a gap in which it may have
+    /// missed one.
+    fn ensure_listener(&self) {
+        if self.listener.get().is_some() {
+            return;
+        }
+        let (client, channel) = (self.client.clone(), self.wake_channel.clone());
+        let wake = Arc::downgrade(&self.wake);
+        self.listener.get_or_init(|| {
+            tokio::spawn(async move {
+                loop {
+                    let subscribed = match client.get_async_pubsub().await {
+                        Ok(mut pubsub) => pubsub.subscribe(&channel).await.map(|()| pubsub),
+                        Err(e) => Err(e),
+                    };
+                    match subscribed {
+                        Ok(pubsub) => {
+                            let mut messages = pubsub.into_on_message();
+                            while messages.next().await.is_some() {
+                                let Some(w) = wake.upgrade() else { return };
+                                w.notify_waiters();
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "redis wake subscriber could not subscribe"),
+                    }
+                    let Some(w) = wake.upgrade() else { return };
+                    w.notify_waiters();
+                    drop(w);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+        });
+    }
+}
+
+impl Drop for RedisStore {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.get() {
+            task.abort();
+        }
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -308,7 +369,16 @@ impl RedisQueue {
         {
             tracing::warn!(policy = %p[1], "redis maxmemory-policy can evict queued messages; use noeviction");
         }
-        Self::new(RedisStore { conn, location }, u.options)
+        let wake_channel = format!("{}:wake", prefix(&u.options.queue));
+        let store = RedisStore {
+            conn,
+            location,
+            client,
+            wake_channel,
+            wake: Arc::new(Notify::new()),
+            listener: OnceLock::new(),
+        };
+        Self::new(store, u.options)
     }
 }
 
@@ -475,8 +545,13 @@ impl LeaseStore for RedisStore {
             .or_else(|| field("redis_version:").map(|v| format!("redis {v}"))))
     }
 
-    async fn wait_for_work(&self, _queue: &str, timeout: Duration) {
-        tokio::time::sleep(timeout).await;
+    async fn wait_for_work(&self, queue: &str, timeout: Duration) {
+        if self.wake_channel != format!("{}:wake", prefix(queue)) {
+            tokio::time::sleep(timeout).await;
+            return;
+        }
+        self.ensure_listener();
+        let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
     }
 
     fn groups_acks(&self) -> bool {

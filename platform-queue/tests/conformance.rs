@@ -372,3 +372,36 @@ async fn mqtt_on_activemq_classic_is_refused_clearly() {
     assert!(err.to_string().contains("MQTT 5"), "{err}");
     assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
+
+/// Every way a message becomes visible now (a send, a nack, a dead letter, a redrive)
+/// is announced on the queue's wake channel, which waiting receivers subscribe to.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_announces_visible_messages() {
+    use futures::StreamExt as _;
+    use platform_queue::testkit::{Harness as _, fresh};
+    use platform_queue::{Message, QueueExt as _};
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    let options = fresh();
+    let q = UrlHarness::new(url.clone()).open(&options).await.expect("open");
+    let client = ::redis::Client::open(url.as_str()).expect("client");
+    let mut pubsub = client.get_async_pubsub().await.expect("pubsub");
+    for name in [&options.queue, &options.dead_letter] {
+        pubsub.subscribe(format!("platform:queue:{{{name}}}:wake")).await.expect("subscribe");
+    }
+    let mut wakes = pubsub.into_on_message();
+    let mut next_wake = async || {
+        let msg = tokio::time::timeout(std::time::Duration::from_secs(10), wakes.next()).await;
+        msg.expect("a wake within 10 s").expect("subscription open").get_channel_name().to_owned()
+    };
+    let channel = |name: &str| format!("platform:queue:{{{name}}}:wake");
+    let wait = std::time::Duration::from_secs(5);
+    q.send(Message::new("a")).await.expect("send");
+    assert_eq!(next_wake().await, channel(&options.queue));
+    q.receive_one(wait).await.expect("receive").expect("one").nack(None).await.expect("nack");
+    assert_eq!(next_wake().await, channel(&options.queue));
+    q.receive_one(wait).await.expect("receive").expect("one").dead_letter("test").await.expect("dead letter");
+    assert_eq!(next_wake().await, channel(&options.dead_letter));
+    assert_eq!(q.redrive(10).await.expect("redrive"), 1);
+    assert_eq!(next_wake().await, channel(&options.queue));
+}
