@@ -9,7 +9,9 @@
 //! Waiting receives wake when a message becomes visible: every script that makes one
 //! visible now publishes on `platform:queue:{NAME}:wake`, and each queue handle keeps
 //! one subscriber connection on its queue's channel (opened by the first receive that
-//! waits). Delays and lease expiries are still found by polling, at most every 200 ms.
+//! waits). Delays and lease expiries are still found by polling, at most every 200 ms,
+//! and so is everything when the server refuses pub/sub (an ACL user without channel
+//! rights: announcing is best effort and never fails the operation).
 //!
 //! Layout: each queue is a sorted set `platform:queue:{NAME}:z` of message ids scored
 //! by the time they become visible (a lease moves the score to its end), and one hash
@@ -101,7 +103,7 @@ for i = 0, n - 1 do
     added = added + 1
   end
 end
-if added > 0 then redis.call('PUBLISH', p .. ':wake', '') end
+if added > 0 then redis.pcall('PUBLISH', p .. ':wake', '') end
 return added",
     )
 });
@@ -181,7 +183,7 @@ redis.call('HDEL', k, 't')
 if ARGV[6] == '1' and redis.call('HEXISTS', k, 'f') == 0 then redis.call('HSET', k, 'f', now) end
 if ARGV[7] == '1' and tonumber(redis.call('HGET', k, 'a')) > 0 then redis.call('HINCRBY', k, 'a', -1) end
 redis.call('ZADD', z, tonumber(ARGV[5]), id)
-if tonumber(ARGV[5]) <= now then redis.call('PUBLISH', p .. ':wake', '') end
+if tonumber(ARGV[5]) <= now then redis.pcall('PUBLISH', p .. ':wake', '') end
 return 1",
     )
 });
@@ -210,7 +212,7 @@ redis.call('DEL', k)
 redis.call('ZREM', z, id)
 redis.call('HSET', t .. ':m:' .. id, 'b', body, 'h', ARGV[6], 'a', 0)
 redis.call('ZADD', t .. ':z', now, id)
-redis.call('PUBLISH', t .. ':wake', '')
+redis.pcall('PUBLISH', t .. ':wake', '')
 return 1",
     )
 });
@@ -255,7 +257,7 @@ for _, id in ipairs(ids) do
     n = n + 1
   end
 end
-if n > 0 then redis.call('PUBLISH', t .. ':wake', '') end
+if n > 0 then redis.pcall('PUBLISH', t .. ':wake', '') end
 return n",
     )
 });
@@ -302,6 +304,9 @@ impl RedisStore {
         let wake = Arc::downgrade(&self.wake);
         self.listener.get_or_init(|| {
             tokio::spawn(async move {
+                // A server that refuses the subscription (an ACL user without channel
+                // rights) is asked again less and less often; receives poll meanwhile.
+                let mut retry = Duration::from_secs(1);
                 loop {
                     let subscribed = match client.get_async_pubsub().await {
                         Ok(mut pubsub) => pubsub.subscribe(&channel).await.map(|()| pubsub),
@@ -309,6 +314,7 @@ impl RedisStore {
                     };
                     match subscribed {
                         Ok(pubsub) => {
+                            retry = Duration::from_secs(1);
                             let mut messages = pubsub.into_on_message();
                             while messages.next().await.is_some() {
                                 let Some(w) = wake.upgrade() else { return };
@@ -320,7 +326,8 @@ impl RedisStore {
                     let Some(w) = wake.upgrade() else { return };
                     w.notify_waiters();
                     drop(w);
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(Duration::from_secs(60));
                 }
             })
         });

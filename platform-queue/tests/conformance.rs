@@ -405,3 +405,38 @@ async fn redis_announces_visible_messages() {
     assert_eq!(q.redrive(10).await.expect("redrive"), 1);
     assert_eq!(next_wake().await, channel(&options.queue));
 }
+
+/// A user without pub/sub rights (Redis 7's default for new ACL users) still sends and
+/// receives: the announcement is best effort, and receives fall back to polling.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_without_channel_rights_still_works() {
+    use platform_queue::{Message, QueueExt as _};
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    let Some(rest) = url.strip_prefix("redis://").filter(|r| !r.contains('@')) else { return };
+    let user = platform_core::testkit::unique_name("nochan");
+    let client = ::redis::Client::open(url.as_str()).expect("client");
+    let mut admin = client.get_multiplexed_async_connection().await.expect("connection");
+    let () = ::redis::cmd("ACL")
+        .arg(&["SETUSER", &user, "on", ">secret", "~*", "+@all", "resetchannels"][..])
+        .query_async(&mut admin)
+        .await
+        .expect("acl setuser");
+    let sep = if rest.contains('?') { '&' } else { '?' };
+    let queue = platform_core::testkit::unique_name("nochan");
+    let q = platform_queue::open(&format!("redis://{user}:secret@{rest}{sep}queue={queue}")).await.expect("open");
+    let outcome = async {
+        let waiting = q.receive_one(std::time::Duration::from_secs(10));
+        let sending = async {
+            tokio::task::yield_now().await;
+            q.send(Message::new("through")).await
+        };
+        let (got, sent) = tokio::join!(waiting, sending);
+        sent.expect("send");
+        let d = got.expect("receive").expect("the message");
+        assert_eq!(d.body().as_ref(), b"through");
+        d.ack().await.expect("ack");
+    };
+    outcome.await;
+    let () = ::redis::cmd("ACL").arg(&["DELUSER", &user][..]).query_async(&mut admin).await.expect("acl deluser");
+}
