@@ -191,6 +191,29 @@ impl LeaseStore for PostgresStore {
     }
 
     async fn insert(&self, queue: &str, messages: Vec<NewMessage>, now_ms: i64, dedup_until_ms: i64) -> Result<()> {
+        if messages.iter().all(|m| m.dedup_key.is_none()) {
+            // One statement, so one round trip: the rows and the wake-up commit together.
+            let bodies: Vec<&[u8]> = messages.iter().map(|m| m.body.as_ref()).collect();
+            let headers: Vec<String> = messages.iter().map(|m| encode_headers(&m.headers)).collect();
+            let visible: Vec<i64> = messages.iter().map(|m| m.visible_at_ms).collect();
+            sqlx::query(
+                "WITH added AS (
+                   INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at)
+                   SELECT $1, b, h, v, $5 FROM UNNEST($2::bytea[], $3::text[], $4::bigint[]) AS t(b, h, v)
+                   RETURNING 1)
+                 SELECT pg_notify($6, $1) WHERE EXISTS (SELECT 1 FROM added)",
+            )
+            .bind(queue)
+            .bind(&bodies)
+            .bind(&headers)
+            .bind(&visible)
+            .bind(now_ms)
+            .bind(CHANNEL)
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+            return Ok(());
+        }
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(messages.len());
         let mut headers: Vec<String> = Vec::with_capacity(messages.len());
