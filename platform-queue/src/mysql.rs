@@ -172,6 +172,11 @@ impl MysqlStore {
     }
 
     async fn try_insert(&self, queue: &str, messages: &[NewMessage], now_ms: i64, dedup_until_ms: i64) -> Result<()> {
+        if messages.iter().all(|m| m.dedup_key.is_none()) {
+            // One multi-row statement is atomic on its own: no transaction round trips.
+            let rows: Vec<&NewMessage> = messages.iter().collect();
+            return insert_rows(&self.pool, queue, &rows, now_ms).await;
+        }
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         let mut rows = Vec::with_capacity(messages.len());
         for m in messages {
@@ -201,17 +206,7 @@ impl MysqlStore {
             rows.push(m);
         }
         if !rows.is_empty() {
-            let mut b: QueryBuilder<MySql> = QueryBuilder::new(
-                "INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at) ",
-            );
-            b.push_values(&rows, |mut r, m| {
-                r.push_bind(queue)
-                    .push_bind(m.body.as_ref())
-                    .push_bind(encode_headers(&m.headers))
-                    .push_bind(m.visible_at_ms)
-                    .push_bind(now_ms);
-            });
-            b.build().execute(&mut *tx).await.map_err(map_err)?;
+            insert_rows(&mut *tx, queue, &rows, now_ms).await?;
         }
         tx.commit().await.map_err(map_err)
     }
@@ -258,6 +253,26 @@ impl MysqlStore {
         tx.commit().await.map_err(map_err)?;
         Ok(rows.into_iter().map(decode_row).collect())
     }
+}
+
+/// Inserts `rows` in one multi-row statement.
+async fn insert_rows<'e, E: Executor<'e, Database = MySql>>(
+    exec: E,
+    queue: &str,
+    rows: &[&NewMessage],
+    now_ms: i64,
+) -> Result<()> {
+    let mut b: QueryBuilder<MySql> =
+        QueryBuilder::new("INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at) ");
+    b.push_values(rows, |mut r, m| {
+        r.push_bind(queue)
+            .push_bind(m.body.as_ref())
+            .push_bind(encode_headers(&m.headers))
+            .push_bind(m.visible_at_ms)
+            .push_bind(now_ms);
+    });
+    b.build().execute(exec).await.map_err(map_err)?;
+    Ok(())
 }
 
 #[async_trait]
