@@ -448,8 +448,9 @@ impl Queue for MemoryQueue {
             if now >= deadline {
                 return Ok(got);
             }
-            // Wake for a send, for the next delayed or leased message coming due, or at
-            // the deadline; the ready check above ran under the same lock as `next_due`.
+            // Wake for a send, for the next delayed or leased message coming due (the
+            // earliest over every shard, read under each shard's lock during the claim),
+            // or at the deadline.
             let wake = next_due
                 .map(|at| now + Duration::from_millis(u64::try_from(at - now_ms()).unwrap_or(0) + 1))
                 .map_or(deadline, |due| due.min(deadline));
