@@ -100,8 +100,13 @@ pub fn unique_ident(prefix: &str) -> String {
     unique_name(prefix).replace('-', "_")
 }
 
+/// How long one behaviour may run before it fails: a wedged server fails its tests
+/// instead of hanging the whole run.
+pub const BEHAVIOUR_DEADLINE: std::time::Duration = std::time::Duration::from_secs(180);
+
 /// Writes one `#[tokio::test]` per behaviour, each calling `kit::behaviour(&harness)`
-/// when `harness` (an `Option`) is `Some`. The crates' `conformance_tests!` macros use it.
+/// when `harness` (an `Option`) is `Some`, and failing after [`BEHAVIOUR_DEADLINE`].
+/// The crates' `conformance_tests!` macros use it.
 #[macro_export]
 macro_rules! behaviour_tests {
     ($kit:ident, $harness:expr, $($behaviour:ident),+) => {
@@ -109,7 +114,10 @@ macro_rules! behaviour_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $behaviour() {
                 let Some(harness) = $harness else { return };
-                $kit::$behaviour(&harness).await;
+                let deadline = $crate::testkit::BEHAVIOUR_DEADLINE;
+                if tokio::time::timeout(deadline, $kit::$behaviour(&harness)).await.is_err() {
+                    panic!("{} did not finish within {deadline:?}", stringify!($behaviour));
+                }
             }
         )+
     };
