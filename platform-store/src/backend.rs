@@ -103,6 +103,10 @@ pub(crate) struct Gaps {
     pub(crate) ordered_list: bool,
     /// Bodies cross a network: a download that breaks midway is resumed.
     pub(crate) remote: bool,
+    /// The client's copy modes are the wrong way round (GCS in `object_store` 0.13:
+    /// `Overwrite` refuses an existing target and `Create` overwrites it; its issue
+    /// #712, fixed in 0.14). The GCS conformance run fails if this stops being so.
+    pub(crate) swapped_copy_modes: bool,
 }
 
 /// A [`BlobStore`] over an `object_store` backend.
@@ -701,7 +705,7 @@ impl BlobStore for ObjectBlobStore {
                 self.inner.put_opts(&dst, PutPayload::from(bytes), opts).await.map_err(self.err("copy"))?;
                 return Ok(());
             }
-            let mode = if overwrite { CopyMode::Overwrite } else { CopyMode::Create };
+            let mode = if overwrite != self.gaps.swapped_copy_modes { CopyMode::Overwrite } else { CopyMode::Create };
             self.inner
                 .copy_opts(&src, &dst, CopyOptions { mode, ..Default::default() })
                 .await
@@ -824,7 +828,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_download_resumes_from_the_last_byte() {
-        let gaps = Gaps { sidecar: None, locked_update: false, copy_by_put: false, ordered_list: true, remote: true };
+        let gaps = Gaps {
+            sidecar: None,
+            locked_update: false,
+            copy_by_put: false,
+            ordered_list: true,
+            remote: true,
+            swapped_copy_modes: false,
+        };
         let store = ObjectBlobStore::new(
             Arc::new(BreaksOnce::default()),
             "memory",

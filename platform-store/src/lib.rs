@@ -126,8 +126,14 @@ pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
             let presigner = params.local_presigner()?;
             params.finish("memory")?;
             let caps = local_caps(!matches!(presigner, Presigner::None), false);
-            let gaps =
-                Gaps { sidecar: None, locked_update: false, copy_by_put: false, ordered_list: true, remote: false };
+            let gaps = Gaps {
+                sidecar: None,
+                locked_update: false,
+                copy_by_put: false,
+                ordered_list: true,
+                remote: false,
+                swapped_copy_modes: false,
+            };
             Arc::new(ObjectBlobStore::new(
                 Arc::new(object_store::memory::InMemory::new()),
                 "memory",
@@ -163,6 +169,7 @@ pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
                 copy_by_put: false,
                 ordered_list: false,
                 remote: false,
+                swapped_copy_modes: false,
             };
             Arc::new(ObjectBlobStore::new(Arc::new(fs), "fs", masked, caps, presigner, gaps))
         }
@@ -225,8 +232,14 @@ mod cloud {
         conditional_in_process_only: false,
     };
 
-    const GAPS: Gaps =
-        Gaps { sidecar: None, locked_update: false, copy_by_put: false, ordered_list: true, remote: true };
+    const GAPS: Gaps = Gaps {
+        sidecar: None,
+        locked_update: false,
+        copy_by_put: false,
+        ordered_list: true,
+        remote: true,
+        swapped_copy_modes: false,
+    };
 
     #[cfg(feature = "s3")]
     pub(super) fn s3(url: &url::Url, params: &mut Params, masked: String) -> Result<Arc<dyn BlobStore>> {
@@ -305,6 +318,7 @@ mod cloud {
         } else {
             Presigner::None
         };
-        Ok(Arc::new(ObjectBlobStore::new(gcs, "gcs", masked, caps, presigner, GAPS)))
+        let gaps = Gaps { swapped_copy_modes: true, ..GAPS };
+        Ok(Arc::new(ObjectBlobStore::new(gcs, "gcs", masked, caps, presigner, gaps)))
     }
 }

@@ -43,7 +43,9 @@ pub enum UrlHarness {
     S3(String),
     /// Azurite's blob endpoint (`http://127.0.0.1:10000/devstoreaccount1`).
     Azure(String),
-    /// fake-gcs-server's endpoint (`http://127.0.0.1:4443`).
+    /// A GCS XML API endpoint with the store URL's parameters after it
+    /// (`http://127.0.0.1:4443?service_account_path=/path/key.json`); buckets are
+    /// created through the JSON API.
     Gcs(String),
 }
 
@@ -136,7 +138,8 @@ impl Harness for UrlHarness {
                 azurite_container(endpoint, &bucket).await?;
                 format!("az://{bucket}?azurite=true")
             }
-            Self::Gcs(endpoint) => {
+            Self::Gcs(base) => {
+                let (endpoint, params) = base.split_once('?').unwrap_or((base.as_str(), "anonymous=true"));
                 let response = reqwest::Client::new()
                     .post(format!("{}/storage/v1/b?project=test", endpoint.trim_end_matches('/')))
                     .header("content-type", "application/json")
@@ -147,7 +150,7 @@ impl Harness for UrlHarness {
                 if !response.status().is_success() {
                     return Err(setup_err("create bucket", response.status()));
                 }
-                format!("gs://{bucket}?endpoint={endpoint}&anonymous=true")
+                format!("gs://{bucket}?endpoint={endpoint}&{params}")
             }
         };
         Ok(join(url, extra))

@@ -1,9 +1,11 @@
-//! The conformance suite, run on memory and local disk and against the S3 (moto) and Azure
-//! (Azurite) emulators.
+//! The conformance suite, run on memory and local disk, against the S3 (moto) and Azure
+//! (Azurite) emulators, and for GCS against `scripts/gcs-double.py`.
 //!
-//! GCS is not run: the one emulator that installs here, fake-gcs-server, does not serve
-//! the XML API that `object_store` speaks (uploads by `PUT /bucket/object` return 404;
-//! fake-gcs-server issue #331). `gcs_opens_offline` checks what can be checked without it.
+//! GCS has no server to run, and the emulators that install here speak the JSON API,
+//! not the XML API `object_store` uses for uploads (fake-gcs-server issue #331). The
+//! double answers the XML API as Google documents it and checks every request: bearer
+//! tokens signed by the test service account, V4 signed URLs, preconditions, ranges,
+//! multipart uploads and listing.
 //!
 //! Server URLs come from `PLATFORM_TEST_<NAME>_URL` (see `scripts/services.env`);
 //! unset, a backend's tests are skipped, or fail under `PLATFORM_TEST_REQUIRE_ALL=1`.
@@ -22,6 +24,9 @@ conformance_tests!(s3, UrlHarness::s3_from_env());
 
 #[cfg(feature = "azure")]
 conformance_tests!(azure, UrlHarness::azure_from_env());
+
+#[cfg(feature = "gcs")]
+conformance_tests!(gcs, UrlHarness::gcs_from_env());
 
 #[cfg(feature = "gcs")]
 #[tokio::test]
