@@ -109,6 +109,19 @@ pub(crate) struct Gaps {
     pub(crate) swapped_copy_modes: bool,
 }
 
+impl Gaps {
+    /// A store across a network that does everything natively.
+    #[cfg(any(test, feature = "s3", feature = "azure", feature = "gcs"))]
+    pub(crate) const REMOTE: Self = Self {
+        sidecar: None,
+        locked_update: false,
+        copy_by_put: false,
+        ordered_list: true,
+        remote: true,
+        swapped_copy_modes: false,
+    };
+}
+
 /// A [`BlobStore`] over an `object_store` backend.
 pub struct ObjectBlobStore {
     inner: Arc<dyn ObjectStore>,
@@ -828,14 +841,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_broken_download_resumes_from_the_last_byte() {
-        let gaps = Gaps {
-            sidecar: None,
-            locked_update: false,
-            copy_by_put: false,
-            ordered_list: true,
-            remote: true,
-            swapped_copy_modes: false,
-        };
+        let gaps = Gaps::REMOTE;
         let store = ObjectBlobStore::new(
             Arc::new(BreaksOnce::default()),
             "memory",

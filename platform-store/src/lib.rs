@@ -232,14 +232,7 @@ mod cloud {
         conditional_in_process_only: false,
     };
 
-    const GAPS: Gaps = Gaps {
-        sidecar: None,
-        locked_update: false,
-        copy_by_put: false,
-        ordered_list: true,
-        remote: true,
-        swapped_copy_modes: false,
-    };
+    const GAPS: Gaps = Gaps::REMOTE;
 
     #[cfg(feature = "s3")]
     pub(super) fn s3(url: &url::Url, params: &mut Params, masked: String) -> Result<Arc<dyn BlobStore>> {
