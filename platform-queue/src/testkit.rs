@@ -89,20 +89,27 @@ async fn must_get(q: &dyn Queue) -> Delivery {
     one(q, LONG).await.expect("a message within 10s")
 }
 
-/// Receives until `n` deliveries arrived (or 10 s passed), acking each batch at once.
+/// Receives until `n` distinct bodies arrived (or 10 s passed), acking each batch at
+/// once. A redelivered duplicate (at least once allows it) is acked and left out, so
+/// it can neither stand in for a lost message nor count twice.
 async fn drain(q: &dyn Queue, n: usize) -> Vec<(Bytes, BTreeMap<String, String>)> {
     drain_within(q, n, LONG).await
 }
 
 /// Like [`drain`], waiting up to `within`.
 async fn drain_within(q: &dyn Queue, n: usize, within: Duration) -> Vec<(Bytes, BTreeMap<String, String>)> {
-    let mut out = Vec::new();
+    let mut out: Vec<(Bytes, BTreeMap<String, String>)> = Vec::new();
+    let mut seen = HashSet::new();
     let deadline = tokio::time::Instant::now() + within;
     while out.len() < n && tokio::time::Instant::now() < deadline {
         let got = q.receive(ReceiveOptions::new(n - out.len(), Duration::from_millis(500))).await.expect("receive");
         // Acked together, well inside the lease even on a slow server.
         q.ack_all(&got).await.expect("ack");
-        out.extend(got.iter().map(|d| (d.body().clone(), d.headers().clone())));
+        for d in &got {
+            if seen.insert(d.body().clone()) {
+                out.push((d.body().clone(), d.headers().clone()));
+            }
+        }
     }
     out
 }
