@@ -18,7 +18,7 @@
 //! URL: `amqp://[user:password@]host[:port][/vhost]` plus the common parameters.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -123,6 +123,8 @@ struct Shared {
     publisher: Channel,
     options: QueueOptions,
     declared_delays: Mutex<std::collections::HashSet<u64>>,
+    /// Receive channels whose deliveries were all settled, kept for the next receive.
+    idle_channels: Mutex<Vec<Channel>>,
 }
 
 impl Shared {
@@ -196,7 +198,13 @@ impl RabbitQueue {
             .queue_declare(o.dead_letter.as_str().into(), durable, FieldTable::default())
             .await
             .map_err(map_err)?;
-        let shared = Arc::new(Shared { conn, publisher, options: u.options, declared_delays: Mutex::default() });
+        let shared = Arc::new(Shared {
+            conn,
+            publisher,
+            options: u.options,
+            declared_delays: Mutex::default(),
+            idle_channels: Mutex::default(),
+        });
         Ok(Self { shared, location, closed: AtomicBool::new(false) })
     }
 
@@ -217,7 +225,7 @@ impl RabbitQueue {
         let body = Bytes::from(d.data);
         let acker = RabbitAcker {
             shared: Arc::clone(&self.shared),
-            _channel: Arc::clone(channel),
+            channel: Arc::clone(channel),
             body: body.clone(),
             headers: headers.clone(),
             attempt,
@@ -228,6 +236,7 @@ impl RabbitQueue {
         if attempt > o.max_attempts {
             let reason = format!("lease expired on each of {} attempts", attempt - 1);
             acker.move_to_dlq(&reason, attempt - 1).await?;
+            channel.settled();
             return Ok(None);
         }
         // The client keeps the lease: past it, the message goes back to the queue.
@@ -242,13 +251,54 @@ impl RabbitQueue {
     }
 }
 
-/// A receive's channel, closed when its last delivery is gone: the broker then
-/// requeues whatever was not settled on it.
-struct ChannelGuard(Channel);
+/// A receive's channel. When its last delivery is gone it is kept for the next
+/// receive if every message taken on it was settled, and closed otherwise: the broker
+/// then requeues what was not settled (a delivery dropped mid-job comes back at once).
+struct ChannelGuard {
+    channel: Channel,
+    shared: Arc<Shared>,
+    /// Messages taken on this channel and not yet acked, nacked or moved, plus one
+    /// while the receive runs: a receive that fails or is cancelled midway may have
+    /// left messages on the channel unseen, so it is closed, never reused.
+    outstanding: AtomicUsize,
+}
+
+impl ChannelGuard {
+    /// An idle channel of this queue, or a new one.
+    async fn take(shared: &Arc<Shared>) -> Result<Self> {
+        let idle = {
+            let mut idle = shared.idle_channels.lock().unwrap_or_else(|e| e.into_inner());
+            std::iter::from_fn(|| idle.pop()).find(|c| c.status().connected())
+        };
+        let channel = match idle {
+            Some(c) => c,
+            None => shared.conn.create_channel().await.map_err(map_err)?,
+        };
+        Ok(Self { channel, shared: Arc::clone(shared), outstanding: AtomicUsize::new(1) })
+    }
+
+    fn taken(&self) {
+        self.outstanding.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn settled(&self) {
+        self.outstanding.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Idle receive channels kept per queue handle.
+const IDLE_CHANNELS: usize = 16;
 
 impl Drop for ChannelGuard {
     fn drop(&mut self) {
-        let channel = self.0.clone();
+        if *self.outstanding.get_mut() == 0 && self.channel.status().connected() {
+            let mut idle = self.shared.idle_channels.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.len() < IDLE_CHANNELS {
+                idle.push(self.channel.clone());
+                return;
+            }
+        }
+        let channel = self.channel.clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = channel.close(200, "".into()).await;
@@ -334,13 +384,17 @@ impl Queue for RabbitQueue {
         options.validate(&self.capabilities()).map_err(|e| e.with_backend("rabbitmq"))?;
         // One channel per receive: its deliveries are settled on it, and if this
         // process dies the channel closes and the broker requeues them.
-        let channel = Arc::new(ChannelGuard(self.shared.conn.create_channel().await.map_err(map_err)?));
+        let channel = Arc::new(ChannelGuard::take(&self.shared).await?);
+        let finished = |out: Vec<Delivery>| {
+            channel.settled();
+            Ok(out)
+        };
         let deadline = tokio::time::Instant::now() + options.wait;
         let mut pause = Duration::from_millis(5);
         let queue: ShortString = self.shared.options.queue.as_str().into();
         loop {
             let mut out = Vec::new();
-            let get = || channel.0.basic_get(queue.clone(), BasicGetOptions { no_ack: false });
+            let get = || channel.channel.basic_get(queue.clone(), BasicGetOptions { no_ack: false });
             while out.len() < options.max {
                 let Some(first) = get().await.map_err(map_err)? else { break };
                 // The reply says how many more wait: ask for those (up to the max) at
@@ -350,7 +404,10 @@ impl Queue for RabbitQueue {
                 let mut drained = false;
                 for got in std::iter::once(Ok(Some(first))).chain(rest) {
                     match got.map_err(map_err)? {
-                        Some(got) => out.extend(self.deliver(&channel, got.delivery).await?),
+                        Some(got) => {
+                            channel.taken();
+                            out.extend(self.deliver(&channel, got.delivery).await?);
+                        }
                         None => drained = true,
                     }
                 }
@@ -358,12 +415,9 @@ impl Queue for RabbitQueue {
                     break;
                 }
             }
-            if !out.is_empty() {
-                return Ok(out);
-            }
             let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return Ok(out);
+            if !out.is_empty() || now >= deadline {
+                return finished(out);
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
             self.check_open("receive")?;
@@ -418,7 +472,7 @@ impl Queue for RabbitQueue {
 
 struct RabbitAcker {
     shared: Arc<Shared>,
-    _channel: Arc<ChannelGuard>,
+    channel: Arc<ChannelGuard>,
     body: Bytes,
     headers: Headers,
     attempt: u32,
@@ -445,6 +499,8 @@ impl RabbitAcker {
     fn finish<T>(&self, result: Result<T>) -> Result<T> {
         if result.is_err() {
             self.untake();
+        } else {
+            self.channel.settled();
         }
         result
     }

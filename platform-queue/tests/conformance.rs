@@ -60,6 +60,36 @@ async fn url_parameters_rabbitmq() {
     url_parameters_are_checked(&url).await;
 }
 
+/// Receive channels are reused only when everything taken on them was settled: a
+/// delivery dropped mid-job still closes its channel, so the broker gives the message
+/// back at once, long before its 60 s lease ends; settled and empty receives leave
+/// their channel for the next receive, which still works.
+#[cfg(feature = "rabbitmq")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_reuses_only_settled_channels() {
+    use platform_queue::{Message, Queue as _, ReceiveOptions};
+    use std::time::Duration;
+    let Some(base) = platform_core::testkit::server_url("RABBITMQ") else { return };
+    let queue = platform_core::testkit::unique_name("reuse");
+    let q = platform_queue::open(&format!("{base}?queue={queue}&visibility_timeout=60s")).await.expect("open");
+    let receive = |wait| q.receive(ReceiveOptions::new(10, wait));
+    assert!(receive(Duration::ZERO).await.expect("empty receive").is_empty());
+    for round in 0..3 {
+        q.send(Message::new(format!("settled {round}"))).await.expect("send");
+        let got = receive(Duration::from_secs(5)).await.expect("receive");
+        assert_eq!(got.len(), 1);
+        got[0].ack().await.expect("ack");
+    }
+    q.send(Message::new("dropped")).await.expect("send");
+    let got = receive(Duration::from_secs(5)).await.expect("receive");
+    assert_eq!((got.len(), got[0].attempt()), (1, 1));
+    drop(got);
+    let again = receive(Duration::from_secs(10)).await.expect("receive again");
+    assert_eq!(again.len(), 1, "a dropped delivery comes back when its channel closes, not after its lease");
+    assert_eq!((again[0].body().as_ref(), again[0].attempt()), (&b"dropped"[..], 2));
+    again[0].ack().await.expect("ack");
+}
+
 #[tokio::test]
 async fn url_parameters_memory_and_sqlite() {
     url_parameters_are_checked("memory://conformance").await;
