@@ -4,6 +4,9 @@
 //! - [x] manual acks; the lease is kept by the client: a delivery not settled within
 //!   the visibility timeout is returned to the queue (`basic.nack` with requeue), and a
 //!   crashed consumer's channel closes, which returns its messages too
+//! - [x] a receive works on a channel of its own, reused by a later receive once every
+//!   message taken on it was settled (up to 16 idle per handle); one that a dropped
+//!   delivery, an error or a cancelled receive left unsettled is closed instead
 //! - [x] attempts from the quorum queue's `x-delivery-count`, plus what was carried
 //!   across delays
 //! - [x] delay and `nack(delay)`: a durable holding queue per delay length
