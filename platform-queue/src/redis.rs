@@ -9,7 +9,8 @@
 //! Waiting receives wake when a message becomes visible: every script that makes one
 //! visible now publishes on `platform:queue:{NAME}:wake`, and each queue handle keeps
 //! one subscriber connection on its queue's channel (opened by the first receive that
-//! waits). Delays and lease expiries are still found by polling, at most every 200 ms,
+//! waits). A send announces how many messages it added and wakes that many waiting
+//! receives; a release, dead-letter move or redrive wakes them all. Delays and lease expiries are still found by polling, at most every 200 ms,
 //! and so is everything when the server refuses pub/sub (an ACL user without channel
 //! rights: announcing is best effort and never fails the operation).
 //!
@@ -38,6 +39,9 @@ use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
 use crate::message::{decode_headers, encode_headers};
 use crate::url::QueueUrl;
 use crate::{Capabilities, Headers};
+
+/// The most receivers one announcement wakes.
+const MAX_WOKEN: usize = 64;
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["redis", "rediss", "valkey", "valkeys"];
@@ -113,7 +117,7 @@ for i = 0, n - 1 do
 end
 if #scored > 0 then
   chunked('ZADD', p .. ':z', scored)
-  redis.pcall('PUBLISH', p .. ':wake', '')
+  redis.pcall('PUBLISH', p .. ':wake', tostring(#scored / 2))
 end
 return #scored / 2",
     )
@@ -339,9 +343,15 @@ impl RedisStore {
                         Ok(pubsub) => {
                             retry = Duration::from_secs(1);
                             let mut messages = pubsub.into_on_message();
-                            while messages.next().await.is_some() {
+                            while let Some(message) = messages.next().await {
                                 let Some(w) = wake.upgrade() else { return };
-                                w.notify_waiters();
+                                // A send says how many messages it added: that many
+                                // receivers wake, not every one that waits (they would
+                                // all run a claim, and all but one find nothing).
+                                match message.get_payload::<String>().ok().and_then(|p| p.parse::<usize>().ok()) {
+                                    Some(added) => (0..added.min(MAX_WOKEN)).for_each(|_| w.notify_one()),
+                                    None => w.notify_waiters(),
+                                }
                             }
                         }
                         Err(e) => tracing::debug!(error = %e, "redis wake subscriber could not subscribe"),
