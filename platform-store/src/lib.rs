@@ -2,6 +2,8 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod backend;
+#[cfg(feature = "memory")]
+mod memory;
 pub mod presign;
 mod store;
 #[cfg(feature = "testkit")]
@@ -14,6 +16,8 @@ use std::sync::Arc;
 #[allow(unused_imports)]
 use backend::{Gaps, Presigner};
 pub use backend::{ObjectBlobStore, is_not_modified, map_err};
+#[cfg(feature = "memory")]
+pub use memory::MemoryStore;
 pub use platform_core::{Error, ErrorKind, Result};
 pub use store::{BlobStore, BlobStoreExt};
 pub use types::{
@@ -89,15 +93,16 @@ impl Params {
     }
 }
 
-#[cfg(any(feature = "memory", feature = "fs"))]
-fn local_caps(presign: bool, fs: bool) -> Capabilities {
+/// Local disk: conditional updates are decided by a lock of this process.
+#[cfg(feature = "fs")]
+fn fs_caps(presign: bool) -> Capabilities {
     Capabilities {
         create_only: true,
         update_if_version: true,
         attributes: true,
         presign,
         copy_if_absent: true,
-        conditional_in_process_only: fs,
+        conditional_in_process_only: true,
     }
 }
 
@@ -123,25 +128,12 @@ pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
     let store: Arc<dyn BlobStore> = match scheme.as_str() {
         #[cfg(feature = "memory")]
         "memory" => {
-            let presigner = params.local_presigner()?;
-            params.finish("memory")?;
-            let caps = local_caps(!matches!(presigner, Presigner::None), false);
-            let gaps = Gaps {
-                sidecar: None,
-                locked_update: false,
-                copy_by_put: false,
-                ordered_list: true,
-                remote: false,
-                swapped_copy_modes: false,
+            let signer = match params.local_presigner()? {
+                Presigner::Local(signer) => Some(signer),
+                _ => None,
             };
-            Arc::new(ObjectBlobStore::new(
-                Arc::new(object_store::memory::InMemory::new()),
-                "memory",
-                masked,
-                caps,
-                presigner,
-                gaps,
-            ))
+            params.finish("memory")?;
+            Arc::new(MemoryStore::new(masked, signer))
         }
         #[cfg(feature = "fs")]
         "file" => {
@@ -156,7 +148,7 @@ pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
                 .map_err(|e| map_err("fs", e).with_op("open"))?
                 .with_automatic_cleanup(true);
-            let caps = local_caps(!matches!(presigner, Presigner::None), true);
+            let caps = fs_caps(!matches!(presigner, Presigner::None));
             let meta = dir.join(types::RESERVED_PREFIX);
             tokio::fs::create_dir_all(&meta).await.map_err(|e| {
                 Error::new(ErrorKind::PermissionDenied, format!("cannot create {}: {e}", meta.display()))
