@@ -426,6 +426,17 @@ impl ObjectBlobStore {
     }
 }
 
+/// Every object under `prefix`, from `list_from` once the prefix is checked.
+pub(crate) fn list_with(
+    prefix: &str,
+    list_from: impl FnOnce(&str) -> BoxStream<'static, Result<ObjectInfo>>,
+) -> BoxStream<'static, Result<ObjectInfo>> {
+    match validate_prefix(prefix) {
+        Ok(()) => list_from(prefix),
+        Err(e) => stream::once(async move { Err(e) }).boxed(),
+    }
+}
+
 /// One page of a listing, read from `list_from(prefix, offset)`, a stream of the objects
 /// under the prefix that sort after the offset (in key order when `ordered`).
 pub(crate) async fn list_page_with(
@@ -702,10 +713,7 @@ impl BlobStore for ObjectBlobStore {
     }
 
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectInfo>> {
-        if let Err(e) = validate_prefix(prefix) {
-            return stream::once(async move { Err(e) }).boxed();
-        }
-        self.list_from(prefix, None)
+        list_with(prefix, |prefix| self.list_from(prefix, None))
     }
 
     async fn list_page(&self, options: ListOptions) -> Result<ListPage> {

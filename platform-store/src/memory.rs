@@ -20,10 +20,10 @@ use futures::stream::{self, BoxStream, StreamExt as _, TryStreamExt as _};
 use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
 use time::OffsetDateTime;
 
-use crate::backend::list_page_with;
+use crate::backend::{list_page_with, list_with};
 use crate::types::{
     Attributes, ByteRange, ByteStream, Capabilities, GetOptions, GetResponse, ListOptions, ListPage, ObjectInfo,
-    ObjectVersion, PresignMethod, PutMode, PutOptions, validate_key, validate_prefix,
+    ObjectVersion, PresignMethod, PutMode, PutOptions, validate_key,
 };
 use crate::{BlobStore, presign};
 
@@ -341,10 +341,7 @@ impl BlobStore for MemoryStore {
     }
 
     fn list(&self, prefix: &str) -> BoxStream<'static, Result<ObjectInfo>> {
-        if let Err(e) = validate_prefix(prefix) {
-            return stream::once(async move { Err(e) }).boxed();
-        }
-        self.list_from(prefix, None)
+        list_with(prefix, |prefix| self.list_from(prefix, None))
     }
 
     async fn list_page(&self, options: ListOptions) -> Result<ListPage> {
