@@ -236,7 +236,7 @@ impl ObjectBlobStore {
         let Some(file) = self.sidecar_file(key) else { return Ok(Attributes::default()) };
         // Inline, not on the blocking pool: a sidecar is a few hundred bytes (most often
         // none), and handing the call to another thread cost more than the call itself
-        // (fs small put+get: 0.79x of object_store alone before, see BENCHMARKS.md).
+        // (fs small put+get: 0.72-0.87x of object_store alone before, see BENCHMARKS.md).
         match std::fs::read(&file) {
             Ok(bytes) => {
                 serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("attributes of {key:?}: {e}")))
