@@ -106,6 +106,71 @@ async fn raw_redis(conn: redis::aio::MultiplexedConnection, batch: usize) -> Dur
     started.elapsed()
 }
 
+/// The raw Redis client with the guarantees of a work queue: a stream and one
+/// consumer group (`XADD`; `XREADGROUP` leaves each message in the group's pending
+/// list, with its delivery count, until `XACK`; then `XDEL`), the usual at-least-once
+/// pattern on Redis. No delay, dead letters or fencing token.
+async fn raw_redis_streams(conn: redis::aio::MultiplexedConnection, batch: usize) -> Duration {
+    let key = unique_name("raw-stream");
+    let mut setup = conn.clone();
+    let () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg("workers")
+        .arg("$")
+        .arg("MKSTREAM")
+        .query_async(&mut setup)
+        .await
+        .expect("xgroup");
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|i| {
+            let (mut conn, done, key) = (conn.clone(), Arc::clone(&done), key.clone());
+            tokio::spawn(async move {
+                let me = format!("c{i}");
+                while done.load(Ordering::Relaxed) < N {
+                    let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg("workers")
+                        .arg(&me)
+                        .arg("COUNT")
+                        .arg(batch)
+                        .arg("STREAMS")
+                        .arg(&key)
+                        .arg(">")
+                        .query_async(&mut conn)
+                        .await
+                        .expect("xreadgroup");
+                    let ids: Vec<String> = reply.keys.into_iter().flat_map(|k| k.ids).map(|m| m.id).collect();
+                    if ids.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    let mut acks = redis::pipe();
+                    acks.cmd("XACK").arg(&key).arg("workers").arg(&ids).ignore();
+                    acks.cmd("XDEL").arg(&key).arg(&ids).ignore();
+                    let () = acks.query_async(&mut conn).await.expect("xack");
+                    done.fetch_add(ids.len(), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut conn = conn;
+    for _ in 0..N / batch {
+        let mut pipe = redis::pipe();
+        for _ in 0..batch {
+            pipe.cmd("XADD").arg(&key).arg("*").arg("b").arg(&BODY[..]).ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.expect("xadd");
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.expect("del");
+    started.elapsed()
+}
+
 /// The raw sqlx client on Postgres: INSERT (UNNEST for batches), then
 /// `DELETE … FOR UPDATE SKIP LOCKED RETURNING` to take messages (no lease: a crash
 /// mid-job loses the message).
@@ -143,6 +208,67 @@ async fn raw_postgres(pool: sqlx::PgPool, batch: usize) -> Duration {
             .execute(&pool)
             .await
             .expect("insert");
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    started.elapsed()
+}
+
+/// The raw sqlx client on Postgres with a lease, the usual reliable SQL queue: a claim
+/// is `UPDATE … SET visible_at = lease end, attempts = attempts + 1 … FOR UPDATE SKIP
+/// LOCKED RETURNING` (a crashed consumer's messages come back when the lease ends), an
+/// ack `DELETE … WHERE id = ANY(…)`. No fencing token, delay or dead letters.
+async fn raw_postgres_leased(pool: sqlx::PgPool, batch: usize) -> Duration {
+    let queue = unique_name("raw");
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (pool, done, queue) = (pool.clone(), Arc::clone(&done), queue.clone());
+            tokio::spawn(async move {
+                while done.load(Ordering::Relaxed) < N {
+                    let t = now();
+                    let got: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+                        "UPDATE bench_raw_leased m SET visible_at = $3, attempts = m.attempts + 1
+                         FROM (SELECT id FROM bench_raw_leased WHERE queue = $1 AND visible_at <= $4
+                               ORDER BY visible_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) c
+                         WHERE m.id = c.id RETURNING m.id, m.body",
+                    )
+                    .bind(&queue)
+                    .bind(batch as i64)
+                    .bind(t + 30_000)
+                    .bind(t)
+                    .fetch_all(&pool)
+                    .await
+                    .expect("claim");
+                    if got.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    let ids: Vec<i64> = got.iter().map(|(id, _)| *id).collect();
+                    sqlx::query("DELETE FROM bench_raw_leased WHERE id = ANY($1)")
+                        .bind(&ids)
+                        .execute(&pool)
+                        .await
+                        .expect("ack");
+                    done.fetch_add(got.len(), Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for _ in 0..N / batch {
+        let bodies: Vec<Vec<u8>> = (0..batch).map(|_| BODY.to_vec()).collect();
+        sqlx::query(
+            "INSERT INTO bench_raw_leased (queue, body, visible_at) SELECT $1, b, $3 FROM UNNEST($2::bytea[]) AS t(b)",
+        )
+        .bind(&queue)
+        .bind(&bodies)
+        .bind(now())
+        .execute(&pool)
+        .await
+        .expect("insert");
     }
     for c in consumers {
         c.await.expect("consumer");
@@ -633,6 +759,9 @@ fn bench(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new("redis-raw", batch), &batch, |b, &batch| {
                 b.iter_custom(|iters| timed(&rt, iters, || raw_redis(conn.clone(), batch)));
             });
+            group.bench_with_input(BenchmarkId::new("redis-raw-streams", batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| timed(&rt, iters, || raw_redis_streams(conn.clone(), batch)));
+            });
         }
         if let Some(u) = url("POSTGRES") {
             let pool = rt.block_on(async {
@@ -643,10 +772,20 @@ fn bench(c: &mut Criterion) {
                 .execute(&pool)
                 .await
                 .expect("table");
+                for ddl in [
+                    "CREATE TABLE IF NOT EXISTS bench_raw_leased (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                     queue TEXT NOT NULL, body BYTEA NOT NULL, visible_at BIGINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0)",
+                    "CREATE INDEX IF NOT EXISTS bench_raw_leased_ready ON bench_raw_leased (queue, visible_at, id)",
+                ] {
+                    sqlx::query(ddl).execute(&pool).await.expect("leased table");
+                }
                 pool
             });
             group.bench_with_input(BenchmarkId::new("postgres-raw", batch), &batch, |b, &batch| {
                 b.iter_custom(|iters| timed(&rt, iters, || raw_postgres(pool.clone(), batch)));
+            });
+            group.bench_with_input(BenchmarkId::new("postgres-raw-leased", batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| timed(&rt, iters, || raw_postgres_leased(pool.clone(), batch)));
             });
         }
         if let Some(u) = url("NATS") {

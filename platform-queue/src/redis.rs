@@ -15,10 +15,15 @@
 //! rights: announcing is best effort and never fails the operation).
 //!
 //! Layout: each queue is a sorted set `platform:queue:{NAME}:z` of message ids scored
-//! by the time they become visible (a lease moves the score to its end), and one hash
-//! per message (`…:m:ID`: body, headers, attempts, first failure, lease token). Every
-//! operation is one Lua script, so it is atomic on the server. This gives delay, lease
-//! expiry and redelivery in one structure, which Streams' pending lists do not.
+//! by the time they become visible (a lease moves the score to its end), and three
+//! hashes keyed by message id: `…:b` (body), `…:h` (headers, only for messages that
+//! have any) and `…:l` (attempts, first failure and lease token). Every operation is
+//! one Lua script, so it is atomic on the server, and a script touches each structure
+//! once per batch, not once per message. This gives delay, lease expiry and
+//! redelivery in one structure, which Streams' pending lists do not. Messages written
+//! in the earlier layout (one hash `…:m:ID` per message) are moved into the queue's
+//! hashes when a receive or a dead-letter listing first reaches them. Needs Redis 6.2
+//! or later (`ZMSCORE`), or Valkey.
 //!
 //! URL: `redis://[user:password@]host[:port][/db]` or `rediss://` (TLS), `valkey://`
 //! and `valkeys://` as aliases, plus the common parameters and `response_timeout`
@@ -77,20 +82,65 @@ pub fn map_err(e: redis::RedisError) -> Error {
     Error::new(kind, e.to_string()).with_backend("redis").with_source(e)
 }
 
-/// Is the lease on message `id` (hash `k`) held by `token` at `now`? And `chunked`:
-/// one command for a whole list of arguments after `key` (in runs of 1,000, under
-/// Lua's limit on unpacked values), so a batch costs the server one call, not one per
-/// message.
+/// Helpers every script shares. A message lives in three hashes of its queue, keyed by
+/// its id: `…:b` (body), `…:h` (headers, only when there are any) and `…:l` (its lease
+/// record, `attempts|first failure|token`, absent before the first delivery). Whole
+/// batches go to the server as one command per hash (`chunked` and `gathered`, in runs
+/// of 1,000 under Lua's limit on unpacked values), so a batch of 100 costs the server
+/// a handful of calls, not several per message. `adopt` moves a message written in the
+/// earlier layout (one hash `…:m:ID` per message) into the queue's hashes.
 const HELD: &str = r"
-local function held(z, k, id, token, now)
-  local t = redis.call('HGET', k, 't')
-  local s = redis.call('ZSCORE', z, id)
-  return t == token and s and tonumber(s) > now
-end
 local function chunked(cmd, key, args)
   for i = 1, #args, 1000 do
     redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
   end
+end
+local function gathered(cmd, key, args)
+  local out = {}
+  for i = 1, #args, 1000 do
+    local r = redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+    for j = 1, #r do out[#out + 1] = r[j] end
+  end
+  return out
+end
+local function record(r)
+  if not r then return 0, '', '' end
+  local a, f, t = string.match(r, '^(%d*)|(%d*)|(.*)$')
+  return tonumber(a) or 0, f or '', t or ''
+end
+local function adopt(p, id)
+  local k = p .. ':m:' .. id
+  local v = redis.call('HMGET', k, 'b', 'h', 'a', 'f', 't')
+  if not v[1] then return false end
+  redis.call('HSET', p .. ':b', id, v[1])
+  if v[2] and v[2] ~= '{}' then redis.call('HSET', p .. ':h', id, v[2]) end
+  redis.call('HSET', p .. ':l', id, (v[3] or '0') .. '|' .. (v[4] or '') .. '|' .. (v[5] or ''))
+  redis.call('DEL', k)
+  return true
+end
+local function fetch(p, ids)
+  local b = gathered('HMGET', p .. ':b', ids)
+  local h = gathered('HMGET', p .. ':h', ids)
+  local l = gathered('HMGET', p .. ':l', ids)
+  for i, id in ipairs(ids) do
+    if not b[i] and adopt(p, id) then
+      b[i] = redis.call('HGET', p .. ':b', id)
+      h[i] = redis.call('HGET', p .. ':h', id)
+      l[i] = redis.call('HGET', p .. ':l', id)
+    end
+  end
+  return b, h, l
+end
+local function forget(p, ids)
+  chunked('HDEL', p .. ':b', ids)
+  chunked('HDEL', p .. ':h', ids)
+  chunked('HDEL', p .. ':l', ids)
+  chunked('ZREM', p .. ':z', ids)
+end
+local function held(p, id, token, now)
+  local _, _, t = record(redis.call('HGET', p .. ':l', id))
+  local s = redis.call('ZSCORE', p .. ':z', id)
+  return t == token and s and tonumber(s) > now
 end
 ";
 
@@ -98,24 +148,31 @@ fn script(body: &str) -> Script {
     Script::new(&format!("{HELD}\n{body}"))
 }
 
-// ARGV: prefix, dedup ttl ms, n, then per message: id, body, headers, visible_at, dedup key ("" for none).
+// ARGV: prefix, dedup ttl ms, n, then per message: id, body, headers ("" for none), visible_at, dedup key ("" for none).
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local p, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local scored = {}
+local bodies, heads, scored = {}, {}, {}
 for i = 0, n - 1 do
   local b = 4 + i * 5
   local id, dk = ARGV[b], ARGV[b + 4]
   local fresh = true
   if dk ~= '' then fresh = redis.call('SET', p .. ':d:' .. dk, '1', 'NX', 'PX', ttl) end
   if fresh then
-    redis.call('HSET', p .. ':m:' .. id, 'b', ARGV[b + 1], 'h', ARGV[b + 2], 'a', 0)
+    bodies[#bodies + 1] = id
+    bodies[#bodies + 1] = ARGV[b + 1]
+    if ARGV[b + 2] ~= '' then
+      heads[#heads + 1] = id
+      heads[#heads + 1] = ARGV[b + 2]
+    end
     scored[#scored + 1] = ARGV[b + 3]
     scored[#scored + 1] = id
   end
 end
 if #scored > 0 then
+  chunked('HSET', p .. ':b', bodies)
+  chunked('HSET', p .. ':h', heads)
   chunked('ZADD', p .. ':z', scored)
   redis.pcall('PUBLISH', p .. ':wake', tostring(#scored / 2))
 end
@@ -127,33 +184,31 @@ return #scored / 2",
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local p, now, lease_end, token = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local p, now, lease_end, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local z = p .. ':z'
 local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
-local out, leased, gone = {}, {}, {}
-for _, id in ipairs(ids) do
-  local k = p .. ':m:' .. id
-  local v = redis.call('HMGET', k, 'b', 'h', 'f', 'a')
-  if not v[1] then
+if #ids == 0 then return {} end
+local b, h, l = fetch(p, ids)
+local out, leased, records, gone = {}, {}, {}, {}
+for i, id in ipairs(ids) do
+  if not b[i] then
     gone[#gone + 1] = id
   else
-    local a = (tonumber(v[4]) or 0) + 1
-    local f = v[3]
-    if a > 1 and not f then
-      f = ARGV[2]
-      redis.call('HSET', k, 'a', tostring(a), 't', token, 'f', f)
-    else
-      redis.call('HSET', k, 'a', tostring(a), 't', token)
-    end
-    leased[#leased + 1] = ARGV[3]
+    local a, f = record(l[i])
+    a = a + 1
+    if a > 1 and f == '' then f = now end
+    records[#records + 1] = id
+    records[#records + 1] = a .. '|' .. f .. '|' .. token
+    leased[#leased + 1] = lease_end
     leased[#leased + 1] = id
     out[#out + 1] = id
-    out[#out + 1] = v[1]
-    out[#out + 1] = v[2]
+    out[#out + 1] = b[i]
+    out[#out + 1] = h[i] or ''
     out[#out + 1] = tostring(a)
-    out[#out + 1] = f or ''
+    out[#out + 1] = f
   end
 end
+chunked('HSET', p .. ':l', records)
 chunked('ZADD', z, leased)
 chunked('ZREM', z, gone)
 return out",
@@ -165,10 +220,8 @@ static ACK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local p, id = ARGV[1], ARGV[2]
-local z, k = p .. ':z', p .. ':m:' .. id
-if not held(z, k, id, ARGV[3], tonumber(ARGV[4])) then return 0 end
-redis.call('DEL', k)
-redis.call('ZREM', z, id)
+if not held(p, id, ARGV[3], tonumber(ARGV[4])) then return 0 end
+forget(p, {id})
 return 1",
     )
 });
@@ -178,23 +231,21 @@ static ACK_MANY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local p, now = ARGV[1], tonumber(ARGV[2])
-local z = p .. ':z'
-local out, keys, ids = {}, {}, {}
-for i = 3, #ARGV, 2 do
-  local id = ARGV[i]
-  local k = p .. ':m:' .. id
-  if held(z, k, id, ARGV[i + 1], now) then
-    keys[#keys + 1] = k
-    ids[#ids + 1] = id
-    out[#out + 1] = 1
+local ids = {}
+for i = 3, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+local l = gathered('HMGET', p .. ':l', ids)
+local s = gathered('ZMSCORE', p .. ':z', ids)
+local out, settled = {}, {}
+for i, id in ipairs(ids) do
+  local _, _, t = record(l[i])
+  if l[i] and t == ARGV[2 + 2 * i] and s[i] and tonumber(s[i]) > now then
+    settled[#settled + 1] = id
+    out[i] = 1
   else
-    out[#out + 1] = 0
+    out[i] = 0
   end
 end
-for i = 1, #keys, 1000 do
-  redis.call('DEL', unpack(keys, i, math.min(i + 999, #keys)))
-end
-chunked('ZREM', z, ids)
+forget(p, settled)
 return out",
     )
 });
@@ -204,12 +255,12 @@ static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local p, id, now = ARGV[1], ARGV[2], tonumber(ARGV[4])
-local z, k = p .. ':z', p .. ':m:' .. id
-if not held(z, k, id, ARGV[3], now) then return 0 end
-redis.call('HDEL', k, 't')
-if ARGV[6] == '1' and redis.call('HEXISTS', k, 'f') == 0 then redis.call('HSET', k, 'f', now) end
-if ARGV[7] == '1' and tonumber(redis.call('HGET', k, 'a')) > 0 then redis.call('HINCRBY', k, 'a', -1) end
-redis.call('ZADD', z, tonumber(ARGV[5]), id)
+if not held(p, id, ARGV[3], now) then return 0 end
+local a, f = record(redis.call('HGET', p .. ':l', id))
+if ARGV[6] == '1' and f == '' then f = ARGV[4] end
+if ARGV[7] == '1' and a > 0 then a = a - 1 end
+redis.call('HSET', p .. ':l', id, a .. '|' .. f .. '|')
+redis.call('ZADD', p .. ':z', tonumber(ARGV[5]), id)
 if tonumber(ARGV[5]) <= now then redis.pcall('PUBLISH', p .. ':wake', '') end
 return 1",
     )
@@ -220,24 +271,22 @@ static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local p, id = ARGV[1], ARGV[2]
-local z, k = p .. ':z', p .. ':m:' .. id
-if not held(z, k, id, ARGV[3], tonumber(ARGV[4])) then return 0 end
-redis.call('ZADD', z, tonumber(ARGV[5]), id)
+if not held(p, id, ARGV[3], tonumber(ARGV[4])) then return 0 end
+redis.call('ZADD', p .. ':z', tonumber(ARGV[5]), id)
 return 1",
     )
 });
 
-// ARGV: prefix, target prefix, id, token, now, headers.
+// ARGV: prefix, target prefix, id, token, now, headers ("" for none).
 static MOVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local p, t, id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
-local z, k = p .. ':z', p .. ':m:' .. id
-if not held(z, k, id, ARGV[4], now) then return 0 end
-local body = redis.call('HGET', k, 'b')
-redis.call('DEL', k)
-redis.call('ZREM', z, id)
-redis.call('HSET', t .. ':m:' .. id, 'b', body, 'h', ARGV[6], 'a', 0)
+if not held(p, id, ARGV[4], now) then return 0 end
+local body = redis.call('HGET', p .. ':b', id)
+forget(p, {id})
+redis.call('HSET', t .. ':b', id, body)
+if ARGV[6] ~= '' then redis.call('HSET', t .. ':h', id, ARGV[6]) end
 redis.call('ZADD', t .. ':z', now, id)
 redis.pcall('PUBLISH', t .. ':wake', '')
 return 1",
@@ -250,15 +299,17 @@ static PEEK: LazyLock<Script> = LazyLock::new(|| {
         r"
 local p = ARGV[1]
 local ids = redis.call('ZRANGE', p .. ':z', 0, tonumber(ARGV[2]) - 1)
+if #ids == 0 then return {} end
+local b, h, l = fetch(p, ids)
 local out = {}
-for _, id in ipairs(ids) do
-  local v = redis.call('HMGET', p .. ':m:' .. id, 'b', 'h', 'a', 'f')
-  if v[1] then
+for i, id in ipairs(ids) do
+  if b[i] then
+    local a, f = record(l[i])
     out[#out + 1] = id
-    out[#out + 1] = v[1]
-    out[#out + 1] = v[2]
-    out[#out + 1] = v[3]
-    out[#out + 1] = v[4] or ''
+    out[#out + 1] = b[i]
+    out[#out + 1] = h[i] or ''
+    out[#out + 1] = tostring(a)
+    out[#out + 1] = f
   end
 end
 return out",
@@ -269,28 +320,40 @@ return out",
 static REDRIVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local f, t, now = ARGV[1], ARGV[2], tonumber(ARGV[4])
+local f, t, now = ARGV[1], ARGV[2], ARGV[4]
 local ids = redis.call('ZRANGE', f .. ':z', 0, tonumber(ARGV[3]) - 1)
-local n = 0
-for _, id in ipairs(ids) do
-  redis.call('ZREM', f .. ':z', id)
-  local k = f .. ':m:' .. id
-  if redis.call('EXISTS', k) == 1 then
-    local nk = t .. ':m:' .. id
-    redis.call('RENAME', k, nk)
-    redis.call('HSET', nk, 'a', 0)
-    redis.call('HDEL', nk, 'f', 't')
-    redis.call('ZADD', t .. ':z', now, id)
-    n = n + 1
+if #ids == 0 then return 0 end
+local b, h = fetch(f, ids)
+forget(f, ids)
+local bodies, heads, scored = {}, {}, {}
+for i, id in ipairs(ids) do
+  if b[i] then
+    bodies[#bodies + 1] = id
+    bodies[#bodies + 1] = b[i]
+    if h[i] then
+      heads[#heads + 1] = id
+      heads[#heads + 1] = h[i]
+    end
+    scored[#scored + 1] = now
+    scored[#scored + 1] = id
   end
 end
-if n > 0 then redis.pcall('PUBLISH', t .. ':wake', '') end
-return n",
+chunked('HSET', t .. ':b', bodies)
+chunked('HSET', t .. ':h', heads)
+chunked('HDEL', t .. ':l', ids)
+chunked('ZADD', t .. ':z', scored)
+if #scored > 0 then redis.pcall('PUBLISH', t .. ':wake', '') end
+return #scored / 2",
     )
 });
 
 fn prefix(queue: &str) -> String {
     format!("platform:queue:{{{queue}}}")
+}
+
+/// Headers as a script argument: empty for none, so no field is written for them.
+fn headers_arg(h: &Headers) -> String {
+    if h.is_empty() { String::new() } else { encode_headers(h) }
 }
 
 fn decode(flat: Vec<Vec<u8>>) -> Vec<StoredMessage> {
@@ -300,7 +363,7 @@ fn decode(flat: Vec<Vec<u8>>) -> Vec<StoredMessage> {
             StoredMessage::new(
                 text(&c[0]),
                 Bytes::copy_from_slice(&c[1]),
-                decode_headers(&text(&c[2])),
+                if c[2].is_empty() { Headers::new() } else { decode_headers(&text(&c[2])) },
                 text(&c[3]).parse().unwrap_or(0),
                 text(&c[4]).parse().ok(),
             )
@@ -443,7 +506,7 @@ impl LeaseStore for RedisStore {
         for m in &messages {
             inv.arg(uuid::Uuid::now_v7().to_string())
                 .arg(m.body.as_ref())
-                .arg(encode_headers(&m.headers))
+                .arg(headers_arg(&m.headers))
                 .arg(m.visible_at_ms)
                 .arg(m.dedup_key.as_deref().unwrap_or(""));
         }
@@ -545,7 +608,7 @@ impl LeaseStore for RedisStore {
             .arg(id)
             .arg(token)
             .arg(now_ms)
-            .arg(encode_headers(headers))
+            .arg(headers_arg(headers))
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(map_err)?;

@@ -436,6 +436,50 @@ async fn redis_announces_visible_messages() {
     assert_eq!(next_wake().await, channel(&options.queue));
 }
 
+/// Messages written in the earlier layout (one hash per message) are still delivered,
+/// with their attempts, and dead letters in it are still listed and redriven.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_reads_the_earlier_layout() {
+    use platform_queue::testkit::{Harness as _, fresh};
+    use platform_queue::{Message, QueueExt as _};
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    let options = fresh();
+    let q = UrlHarness::new(url.clone()).open(&options).await.expect("open");
+    let client = ::redis::Client::open(url.as_str()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connection");
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    for (name, id, attempts) in [(&options.queue, "old-1", 2), (&options.dead_letter, "old-2", 0)] {
+        let p = format!("platform:queue:{{{name}}}");
+        let () = ::redis::cmd("HSET")
+            .arg(format!("{p}:m:{id}"))
+            .arg(&["b", id, "h", r#"{"k":"v"}"#, "a", &attempts.to_string()][..])
+            .query_async(&mut conn)
+            .await
+            .expect("hset");
+        let () =
+            ::redis::cmd("ZADD").arg(format!("{p}:z")).arg(now).arg(id).query_async(&mut conn).await.expect("zadd");
+    }
+    let wait = std::time::Duration::from_secs(5);
+    let d = q.receive_one(wait).await.expect("receive").expect("the earlier message");
+    assert_eq!(d.body().as_ref(), b"old-1");
+    assert_eq!(d.headers().get("k").map(String::as_str), Some("v"));
+    assert_eq!(d.attempt(), 3);
+    d.ack().await.expect("ack");
+    let dead = q.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body.as_ref(), b"old-2");
+    assert_eq!(q.redrive(10).await.expect("redrive"), 1);
+    let d = q.receive_one(wait).await.expect("receive").expect("the redriven message");
+    assert_eq!((d.body().as_ref(), d.attempt()), (&b"old-2"[..], 1));
+    d.ack().await.expect("ack");
+    q.send(Message::new("new")).await.expect("send");
+    let d = q.receive_one(wait).await.expect("receive").expect("a new message");
+    assert_eq!(d.body().as_ref(), b"new");
+    d.ack().await.expect("ack");
+    assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
+}
+
 /// A user without pub/sub rights (Redis 7's default for new ACL users) still sends and
 /// receives: the announcement is best effort, and receives fall back to polling.
 #[cfg(feature = "redis")]
