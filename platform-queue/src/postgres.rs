@@ -147,7 +147,11 @@ impl PostgresStore {
                             Ok(Some(n)) => {
                                 let w = wakers.lock().unwrap_or_else(|e| e.into_inner()).get(n.payload()).cloned();
                                 if let Some(w) = w {
+                                    // Every receive waiting now, and (a stored permit) the
+                                    // next one to wait: a receive whose claim found nothing
+                                    // just before this message arrived would miss it.
                                     w.notify_waiters();
+                                    w.notify_one();
                                 }
                             }
                             // Connection lost: notifications may have been missed.
