@@ -200,19 +200,25 @@ async fn raw_postgres(pool: sqlx::PgPool, batch: usize) -> Duration {
             })
         })
         .collect();
-    for _ in 0..N / batch {
-        let bodies: Vec<Vec<u8>> = (0..batch).map(|_| BODY.to_vec()).collect();
-        sqlx::query("INSERT INTO bench_raw_queue (queue, body) SELECT $1, b FROM UNNEST($2::bytea[]) AS t(b)")
-            .bind(&queue)
-            .bind(&bodies)
-            .execute(&pool)
-            .await
-            .expect("insert");
-    }
+    let sql = "INSERT INTO bench_raw_queue (queue, body) SELECT $1, b FROM UNNEST($2::bytea[]) AS t(b)";
+    send_raw_postgres(&pool, sql, &queue, batch, None).await;
     for c in consumers {
         c.await.expect("consumer");
     }
     started.elapsed()
+}
+
+/// The producer of both raw Postgres loops: N messages in batches of `batch`, one
+/// `INSERT … UNNEST` each; `visible_at` is bound as `$3` when given.
+async fn send_raw_postgres(pool: &sqlx::PgPool, sql: &'static str, queue: &str, batch: usize, visible_at: Option<i64>) {
+    for _ in 0..N / batch {
+        let bodies: Vec<Vec<u8>> = (0..batch).map(|_| BODY.to_vec()).collect();
+        let mut insert = sqlx::query(sql).bind(queue).bind(&bodies);
+        if let Some(at) = visible_at {
+            insert = insert.bind(at);
+        }
+        insert.execute(pool).await.expect("insert");
+    }
 }
 
 /// The raw sqlx client on Postgres with a lease, the usual reliable SQL queue: a claim
@@ -258,18 +264,9 @@ async fn raw_postgres_leased(pool: sqlx::PgPool, batch: usize) -> Duration {
             })
         })
         .collect();
-    for _ in 0..N / batch {
-        let bodies: Vec<Vec<u8>> = (0..batch).map(|_| BODY.to_vec()).collect();
-        sqlx::query(
-            "INSERT INTO bench_raw_leased (queue, body, visible_at) SELECT $1, b, $3 FROM UNNEST($2::bytea[]) AS t(b)",
-        )
-        .bind(&queue)
-        .bind(&bodies)
-        .bind(now())
-        .execute(&pool)
-        .await
-        .expect("insert");
-    }
+    let sql =
+        "INSERT INTO bench_raw_leased (queue, body, visible_at) SELECT $1, b, $3 FROM UNNEST($2::bytea[]) AS t(b)";
+    send_raw_postgres(&pool, sql, &queue, batch, Some(now())).await;
     for c in consumers {
         c.await.expect("consumer");
     }
