@@ -480,6 +480,45 @@ async fn redis_reads_the_earlier_layout() {
     assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
 }
 
+/// A queue's keys are in the server's hash-table encodings from the first small
+/// message on, and the marker that keeps them there is never seen as a message.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_keys_stay_in_the_large_encoding() {
+    use platform_queue::testkit::{Harness as _, fresh};
+    use platform_queue::{Message, QueueExt as _};
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    let options = fresh();
+    let q = UrlHarness::new(url.clone()).open(&options).await.expect("open");
+    let client = ::redis::Client::open(url.as_str()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connection");
+    q.send(Message::new("small").with_header("k", "v")).await.expect("send");
+    let d = q.receive_one(std::time::Duration::from_secs(5)).await.expect("receive").expect("the message");
+    let p = format!("platform:queue:{{{}}}", options.queue);
+    for (key, encoding) in [("z", "skiplist"), ("b", "hashtable"), ("h", "hashtable"), ("l", "hashtable")] {
+        let got: String = ::redis::cmd("OBJECT")
+            .arg("ENCODING")
+            .arg(format!("{p}:{key}"))
+            .query_async(&mut conn)
+            .await
+            .expect("object encoding");
+        assert_eq!(got, encoding, "{key}");
+    }
+    d.ack().await.expect("ack");
+    assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
+    q.send(Message::new("dead")).await.expect("send");
+    let d = q.receive_one(std::time::Duration::from_secs(5)).await.expect("receive").expect("the message");
+    d.dead_letter("for the listing").await.expect("dead letter");
+    let dead = q.dead_letters(10).await.expect("dead letters");
+    assert_eq!(dead.len(), 1, "only the message, not the marker");
+    assert_eq!(q.redrive(10).await.expect("redrive"), 1);
+    let d = q.receive_one(std::time::Duration::from_secs(5)).await.expect("receive").expect("redriven");
+    assert_eq!(d.body().as_ref(), b"dead");
+    d.ack().await.expect("ack");
+    assert!(q.dead_letters(10).await.expect("dead letters").is_empty());
+    assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
+}
+
 /// A user without pub/sub rights (Redis 7's default for new ACL users) still sends and
 /// receives: the announcement is best effort, and receives fall back to polling.
 #[cfg(feature = "redis")]
