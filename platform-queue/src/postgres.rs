@@ -9,6 +9,10 @@
 //! parameters and `max_connections` (default 8). Driver parameters passed through:
 //! `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `application_name`, `options`,
 //! `statement_cache_capacity`. Tables are created on open, under an advisory lock.
+//!
+//! Every claim and ack leaves a dead row version behind, which autovacuum reclaims;
+//! the queue warns at open when the server runs without it, since claims then slow
+//! down as the dead rows pile up (run `VACUUM platform_queue_messages` regularly).
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -107,6 +111,16 @@ impl PostgresQueue {
             sqlx::query(*stmt).execute(&mut *tx).await.map_err(map_err)?;
         }
         tx.commit().await.map_err(map_err)?;
+        let autovacuum: std::result::Result<(String,), _> = sqlx::query_as("SHOW autovacuum").fetch_one(&pool).await;
+        if let Ok((v,)) = autovacuum
+            && v != "on"
+        {
+            tracing::warn!(
+                autovacuum = %v,
+                "postgres autovacuum is off: the queue's dead rows are never reclaimed and claims slow down; \
+                 turn it on or VACUUM platform_queue_messages regularly"
+            );
+        }
         let store = PostgresStore { pool, location, wakers: Arc::default(), listener: std::sync::OnceLock::new() };
         Self::new(store, u.options)
     }
