@@ -458,9 +458,7 @@ impl RedisStore {
             })
         });
     }
-}
 
-impl RedisStore {
     /// Inserts messages without dedup keys: nothing is conditional, so the batch is
     /// one `MULTI`/`EXEC` of plain commands, which the server runs in about half the
     /// time of the same commands issued from a script. The announcement goes beside
