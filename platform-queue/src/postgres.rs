@@ -10,11 +10,6 @@
 //! `sslmode`, `sslrootcert`, `sslcert`, `sslkey`, `application_name`, `options`,
 //! `statement_cache_capacity`. Tables are created on open, under an advisory lock.
 //!
-//! The statements that find messages (claim, ack, release, extend, dead-letter) are
-//! planned on every call, not once per connection: a plan cached while the table was
-//! small (just after a vacuum) scans the whole table, dead rows included, for as long
-//! as the connection lives, however much the table has grown since.
-//!
 //! Every claim and ack leaves a dead row version behind, which autovacuum reclaims;
 //! the queue warns at open when the server runs without it, since claims then slow
 //! down as the dead rows pile up (run `VACUUM platform_queue_messages` regularly).
@@ -166,12 +161,10 @@ impl PostgresStore {
                             Ok(Some(n)) => {
                                 let w = wakers.lock().unwrap_or_else(|e| e.into_inner()).get(n.payload()).cloned();
                                 if let Some(w) = w {
-                                    // One receive: the one waiting longest, or (a stored
-                                    // permit) the next to wait, since a receive whose claim
-                                    // found nothing just before this message arrived would
-                                    // miss it. A receive that fills its batch wakes the
-                                    // next (see `claim`), so a herd of receivers does not
-                                    // race for one insert.
+                                    // Every receive waiting now, and (a stored permit) the
+                                    // next one to wait: a receive whose claim found nothing
+                                    // just before this message arrived would miss it.
+                                    w.notify_waiters();
                                     w.notify_one();
                                 }
                             }
@@ -306,7 +299,6 @@ impl LeaseStore for PostgresStore {
              WHERE m.seq = c.seq
              RETURNING m.seq, m.body, m.headers, m.attempts, m.first_failure",
         )
-        .persistent(false)
         .bind(token)
         .bind(lease_until_ms)
         .bind(now_ms)
@@ -315,10 +307,6 @@ impl LeaseStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        if rows.len() == max {
-            // There may be more: pass the wake-up on to the next waiting receive.
-            self.waker(queue).notify_one();
-        }
         Ok(rows.into_iter().map(decode_row).collect())
     }
 
@@ -327,7 +315,6 @@ impl LeaseStore for PostgresStore {
         let n = sqlx::query(
             "DELETE FROM platform_queue_messages WHERE seq = $1 AND queue = $2 AND token = $3 AND visible_at > $4",
         )
-        .persistent(false)
         .bind(seq)
         .bind(queue)
         .bind(token)
@@ -350,7 +337,6 @@ impl LeaseStore for PostgresStore {
              WHERE m.seq = a.seq AND m.token = a.token AND m.queue || '' = $1 AND m.visible_at + 0 > $4
              RETURNING m.seq",
         )
-        .persistent(false)
         .bind(queue)
         .bind(&seqs)
         .bind(&tokens)
@@ -379,7 +365,6 @@ impl LeaseStore for PostgresStore {
                attempts = GREATEST(attempts - $4, 0)
              WHERE seq = $5 AND queue = $6 AND token = $7 AND visible_at > $3",
         )
-        .persistent(false)
         .bind(visible_at_ms)
         .bind(failed)
         .bind(now_ms)
@@ -400,7 +385,6 @@ impl LeaseStore for PostgresStore {
             "UPDATE platform_queue_messages SET visible_at = $1
              WHERE seq = $2 AND queue = $3 AND token = $4 AND visible_at > $5",
         )
-        .persistent(false)
         .bind(until_ms)
         .bind(seq)
         .bind(queue)
@@ -428,7 +412,6 @@ impl LeaseStore for PostgresStore {
              SET queue = $1, headers = $2, visible_at = $3, token = NULL, attempts = 0, first_failure = NULL
              WHERE seq = $4 AND queue = $5 AND token = $6 AND visible_at > $3",
         )
-        .persistent(false)
         .bind(target)
         .bind(encode_headers(headers))
         .bind(now_ms)
