@@ -161,10 +161,12 @@ impl PostgresStore {
                             Ok(Some(n)) => {
                                 let w = wakers.lock().unwrap_or_else(|e| e.into_inner()).get(n.payload()).cloned();
                                 if let Some(w) = w {
-                                    // Every receive waiting now, and (a stored permit) the
-                                    // next one to wait: a receive whose claim found nothing
-                                    // just before this message arrived would miss it.
-                                    w.notify_waiters();
+                                    // One receive: the one waiting longest or, as a stored
+                                    // permit, the next to wait (a receive whose claim found
+                                    // nothing just before this message arrived would miss
+                                    // it otherwise). A claim that fills its batch passes
+                                    // the wake-up on (see `claim`): waking every waiting
+                                    // receive made all but one claim nothing.
                                     w.notify_one();
                                 }
                             }
@@ -307,6 +309,10 @@ impl LeaseStore for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
+        if rows.len() == max {
+            // There may be more: the next waiting receive looks.
+            self.waker(queue).notify_one();
+        }
         Ok(rows.into_iter().map(decode_row).collect())
     }
 
