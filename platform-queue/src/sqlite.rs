@@ -331,10 +331,17 @@ impl LeaseStore for SqliteStore {
         if pairs.is_empty() {
             return Ok(Some(vec![false; items.len()]));
         }
+        // By primary key (`seq IN`), with `+` keeping the lease check off the ready
+        // index, which would otherwise walk every lease of the queue.
         let mut b: sqlx::QueryBuilder<sqlx::Sqlite> =
-            sqlx::QueryBuilder::new("DELETE FROM platform_queue_messages WHERE queue = ");
-        b.push_bind(queue.to_owned())
-            .push(" AND visible_at > ")
+            sqlx::QueryBuilder::new("DELETE FROM platform_queue_messages WHERE seq IN (");
+        let mut seqs = b.separated(", ");
+        for (seq, _) in &pairs {
+            seqs.push_bind(*seq);
+        }
+        b.push(") AND +queue = ")
+            .push_bind(queue.to_owned())
+            .push(" AND +visible_at > ")
             .push_bind(now_ms)
             .push(" AND (seq, token) IN (VALUES ");
         let mut list = b.separated(", ");
