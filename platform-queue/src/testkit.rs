@@ -182,7 +182,9 @@ pub async fn ack_removes_and_second_settle_conflicts(h: &dyn Harness) {
 
 /// An ack after the lease ran out (and someone else got the message) is `Conflict`.
 pub async fn ack_after_lease_lost_conflicts(h: &dyn Harness) {
-    let q = h.open(&fresh().with_visibility_timeout(Duration::from_millis(500))).await.expect("open");
+    // Long enough that the current holder's ack lands inside its lease on a loaded
+    // machine (at 500 ms it once did not), short enough to keep the test quick.
+    let q = h.open(&fresh().with_visibility_timeout(Duration::from_millis(1500))).await.expect("open");
     q.send_bytes("a").await.expect("send");
     let first = must_get(&*q).await;
     let second = must_get(&*q).await;
@@ -193,7 +195,7 @@ pub async fn ack_after_lease_lost_conflicts(h: &dyn Harness) {
     q.send_batch(vec![Message::new("b"), Message::new("c")]).await.expect("send");
     let stale = must_get(&*q).await;
     let mut group = vec![must_get(&*q).await];
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
     let fresh = eventually(LONG, || async { one(&*q, Duration::from_millis(200)).await }).await.expect("redelivered");
     assert_eq!(fresh.attempt(), 2);
     group.push(fresh);
