@@ -152,9 +152,9 @@ impl MysqlStore {
             return Ok(std::collections::HashSet::new());
         }
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        // By primary key: on the ready index the optimizer would read, and lock, every
-        // lease of the queue (`queue = ? AND visible_at > ?`), waiting on those other
-        // receivers hold.
+        // By primary key: on the ready index the optimizer would read and lock every
+        // lease of the queue (`queue = ? AND visible_at > ?`), and wait on the ones
+        // other receivers hold.
         let mut b: QueryBuilder<MySql> =
             QueryBuilder::new("SELECT seq FROM platform_queue_messages FORCE INDEX (PRIMARY) WHERE queue = ");
         b.push_bind(queue.to_owned()).push(" AND visible_at > ").push_bind(now_ms).push(" AND (seq, token) IN (");
