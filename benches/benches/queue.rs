@@ -11,13 +11,14 @@
 #![allow(missing_docs)]
 
 mod common;
+mod cpu;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{Done, runtime, timed, url};
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group};
 use platform_core::testkit::unique_name;
 use platform_queue::{Message, Queue, QueueExt, ReceiveOptions};
 
@@ -706,6 +707,22 @@ fn vacuum_postgres(rt: &tokio::runtime::Runtime, url: &str) {
     });
 }
 
+/// A pool for the raw Postgres loops, with their tables made.
+fn raw_postgres_pool(rt: &tokio::runtime::Runtime, url: &str) -> sqlx::PgPool {
+    rt.block_on(async {
+        let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(url).await.expect("pool");
+        for ddl in [
+            "CREATE TABLE IF NOT EXISTS bench_raw_queue (id BIGSERIAL PRIMARY KEY, queue TEXT NOT NULL, body BYTEA NOT NULL)",
+            "CREATE TABLE IF NOT EXISTS bench_raw_leased (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+             queue TEXT NOT NULL, body BYTEA NOT NULL, visible_at BIGINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0)",
+            "CREATE INDEX IF NOT EXISTS bench_raw_leased_ready ON bench_raw_leased (queue, visible_at, id)",
+        ] {
+            sqlx::query(ddl).execute(&pool).await.expect("raw tables");
+        }
+        pool
+    })
+}
+
 fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
     let config = aws_sdk_sqs::Config::builder()
@@ -789,23 +806,7 @@ fn bench(c: &mut Criterion) {
         }
         if let Some(u) = url("POSTGRES") {
             vacuum_postgres(&rt, &u);
-            let pool = rt.block_on(async {
-                let pool = sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(&u).await.expect("pool");
-                sqlx::query(
-                    "CREATE TABLE IF NOT EXISTS bench_raw_queue (id BIGSERIAL PRIMARY KEY, queue TEXT NOT NULL, body BYTEA NOT NULL)",
-                )
-                .execute(&pool)
-                .await
-                .expect("table");
-                for ddl in [
-                    "CREATE TABLE IF NOT EXISTS bench_raw_leased (id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-                     queue TEXT NOT NULL, body BYTEA NOT NULL, visible_at BIGINT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0)",
-                    "CREATE INDEX IF NOT EXISTS bench_raw_leased_ready ON bench_raw_leased (queue, visible_at, id)",
-                ] {
-                    sqlx::query(ddl).execute(&pool).await.expect("leased table");
-                }
-                pool
-            });
+            let pool = raw_postgres_pool(&rt, &u);
             group.bench_with_input(BenchmarkId::new("postgres-raw", batch), &batch, |b, &batch| {
                 b.iter_custom(|iters| timed(&rt, iters, || raw_postgres(pool.clone(), batch)));
             });
@@ -878,5 +879,82 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
+/// `--cpu BACKEND [BATCH] [ROUNDS]`: the CPU per message of each loop, client and
+/// server (see `cpu/mod.rs`), for `memory`, `redis` or `postgres` through one handle
+/// beside their raw loops.
+fn cpu_report(args: &[String]) {
+    let backend = args.first().map_or("redis", String::as_str);
+    let batch: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100);
+    let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
+    const ITERS: usize = 10;
+    let rt = runtime();
+    let mut report = cpu::Report::default();
+    let open = |base: &str| {
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let base = format!("{base}{sep}queue={}", unique_name("cpu"));
+        rt.block_on(async { platform_queue::open(&base).await.expect("open") })
+    };
+    match backend {
+        "memory" => {
+            let q = open("memory://cpu");
+            for round in 1..=rounds {
+                let s = cpu::measure(&rt, &|| None, ITERS, N, || through_queue(Arc::clone(&q), batch, false));
+                report.add("memory", round, s);
+            }
+        }
+        "redis" => {
+            let u = url("REDIS").expect("PLATFORM_TEST_REDIS_URL is unset");
+            let q = open(&u);
+            let conn = rt.block_on(async {
+                redis::Client::open(u.as_str()).expect("client").get_multiplexed_async_connection().await.expect("conn")
+            });
+            let info: String =
+                rt.block_on(redis::cmd("INFO").arg("server").query_async(&mut conn.clone())).expect("info");
+            let pid = info.lines().find_map(|l| l.strip_prefix("process_id:")?.trim().parse::<u32>().ok());
+            let server = move || pid.map(cpu::cpu_ns);
+            for round in 1..=rounds {
+                let s = cpu::measure(&rt, &server, ITERS, N, || through_queue(Arc::clone(&q), batch, false));
+                report.add("redis-one-handle", round, s);
+                let s = cpu::measure(&rt, &server, ITERS, N, || raw_redis(conn.clone(), batch));
+                report.add("redis-raw", round, s);
+                let s = cpu::measure(&rt, &server, ITERS, N, || raw_redis_streams(conn.clone(), batch));
+                report.add("redis-raw-streams", round, s);
+            }
+        }
+        "postgres" => {
+            let u = url("POSTGRES").expect("PLATFORM_TEST_POSTGRES_URL is unset");
+            let q = open(&u);
+            let pool = raw_postgres_pool(&rt, &u);
+            // The postmaster, from the data directory the server reports (readable when
+            // the server runs on this machine and the user may read its directory).
+            let dir: Option<(String,)> =
+                rt.block_on(sqlx::query_as("SHOW data_directory").fetch_optional(&pool)).ok().flatten();
+            let pid = dir.and_then(|(d,)| cpu::pid_in(&format!("{d}/postmaster.pid")));
+            let server = move || pid.map(cpu::tree_cpu_ns);
+            for round in 1..=rounds {
+                vacuum_postgres(&rt, &u);
+                let s = cpu::measure(&rt, &server, ITERS, N, || through_queue(Arc::clone(&q), batch, false));
+                report.add("postgres-one-handle", round, s);
+                let s = cpu::measure(&rt, &server, ITERS, N, || raw_postgres(pool.clone(), batch));
+                report.add("postgres-raw", round, s);
+                let s = cpu::measure(&rt, &server, ITERS, N, || raw_postgres_leased(pool.clone(), batch));
+                report.add("postgres-raw-leased", round, s);
+            }
+        }
+        other => panic!("--cpu takes memory, redis or postgres, not {other}"),
+    }
+    report.summary();
+}
+
 criterion_group!(benches, bench);
-criterion_main!(benches);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--cpu") {
+        let rest: Vec<String> = args[at + 1..].iter().filter(|a| !a.starts_with("--")).cloned().collect();
+        cpu_report(&rest);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

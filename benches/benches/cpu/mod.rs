@@ -1,0 +1,130 @@
+//! CPU per message, on the client and on the server, for the loops of the queue bench:
+//! `cargo bench -p platform-benches --bench queue -- --cpu redis 100 5` (backend, batch,
+//! rounds). Criterion times whole iterations, and on a machine whose cores are shared
+//! with other guests those times spread widely; the CPU each side spends per message
+//! moves much less, and says which side a change saved. Each round runs every loop once,
+//! in turn, so drift in the machine falls on all of them alike. Linux only (`/proc`).
+
+use std::time::{Duration, Instant};
+
+/// Nanoseconds on CPU of every live thread of process `pid`.
+pub(crate) fn cpu_ns(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Nanoseconds on CPU of process `root` and its children: a PostgreSQL server and
+/// its backends.
+pub(crate) fn tree_cpu_ns(root: u32) -> u64 {
+    let parent = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // `pid (comm) state ppid …`: the command may hold spaces and parentheses.
+        stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    };
+    let Ok(all) = std::fs::read_dir("/proc") else { return 0 };
+    let children = all
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| parent(pid) == Some(root));
+    cpu_ns(root) + children.map(cpu_ns).sum::<u64>()
+}
+
+/// The first line of a pid file, as a pid.
+pub(crate) fn pid_in(file: &str) -> Option<u32> {
+    std::fs::read_to_string(file).ok()?.lines().next()?.trim().parse().ok()
+}
+
+/// What one measurement of one loop cost.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sample {
+    wall: Duration,
+    client_ns: u64,
+    server_ns: Option<u64>,
+    messages: usize,
+}
+
+impl Sample {
+    fn rate(&self) -> f64 {
+        self.messages as f64 / self.wall.as_secs_f64()
+    }
+
+    fn client_us(&self) -> f64 {
+        self.client_ns as f64 / 1e3 / self.messages as f64
+    }
+
+    fn server_us(&self) -> Option<f64> {
+        self.server_ns.map(|ns| ns as f64 / 1e3 / self.messages as f64)
+    }
+}
+
+/// Runs `iteration` `iters` times on `rt` (each settles `per_iteration` messages) and
+/// reads the CPU both sides spent meanwhile; `server` reads the server's, when it can.
+pub(crate) fn measure<F, Fut>(
+    rt: &tokio::runtime::Runtime,
+    server: &dyn Fn() -> Option<u64>,
+    iters: usize,
+    per_iteration: usize,
+    mut iteration: F,
+) -> Sample
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Duration>,
+{
+    let me = std::process::id();
+    let (client, host, started) = (cpu_ns(me), server(), Instant::now());
+    rt.block_on(async {
+        for _ in 0..iters {
+            iteration().await;
+        }
+    });
+    let wall = started.elapsed();
+    Sample {
+        wall,
+        client_ns: cpu_ns(me).saturating_sub(client),
+        server_ns: server().zip(host).map(|(after, before)| after.saturating_sub(before)),
+        messages: iters * per_iteration,
+    }
+}
+
+/// Prints one line per sample as it comes, and the medians at the end.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    rows: Vec<(String, Sample)>,
+}
+
+impl Report {
+    pub(crate) fn add(&mut self, label: &str, round: usize, s: Sample) {
+        let server = s.server_us().map_or_else(|| "n/a".to_owned(), |us| format!("{us:.1}"));
+        println!(
+            "round {round} {label:<24} {:>9.0} msgs/s  client {:>6.1} µs/msg  server {server:>6} µs/msg",
+            s.rate(),
+            s.client_us()
+        );
+        self.rows.push((label.to_owned(), s));
+    }
+
+    pub(crate) fn summary(&self) {
+        let mut labels: Vec<&str> = self.rows.iter().map(|(l, _)| l.as_str()).collect();
+        labels.dedup();
+        labels.sort_unstable();
+        labels.dedup();
+        println!("median of each loop:");
+        for label in labels {
+            let of = |f: &dyn Fn(&Sample) -> Option<f64>| {
+                let mut v: Vec<f64> = self.rows.iter().filter(|(l, _)| l == label).filter_map(|(_, s)| f(s)).collect();
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied()
+            };
+            let server = of(&|s| s.server_us()).map_or_else(|| "n/a".to_owned(), |us| format!("{us:.1}"));
+            println!(
+                "{label:<24} {:>9.0} msgs/s  client {:>6.1} µs/msg  server {server:>6} µs/msg",
+                of(&|s| Some(s.rate())).unwrap_or_default(),
+                of(&|s| Some(s.client_us())).unwrap_or_default()
+            );
+        }
+    }
+}
