@@ -879,16 +879,16 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-/// `--cpu BACKEND [BATCH] [ROUNDS]`: the CPU per message of each loop, client and
-/// server (see `cpu/mod.rs`), for `memory`, `redis` or `postgres` through one handle
-/// beside their raw loops.
+/// `--cpu BACKEND [BATCH] [ROUNDS] [ONLY]`: the CPU per message of each loop, client
+/// and server (see `cpu/mod.rs`), for `memory`, `redis` or `postgres` through one
+/// handle beside their raw loops; with `ONLY`, just the loops whose label holds it.
 fn cpu_report(args: &[String]) {
     let backend = args.first().map_or("redis", String::as_str);
     let batch: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100);
     let rounds: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(5);
     const ITERS: usize = 10;
     let rt = runtime();
-    let mut report = cpu::Report::default();
+    let mut report = cpu::Report::only(args.get(3).cloned());
     let open = |base: &str| {
         let sep = if base.contains('?') { '&' } else { '?' };
         let base = format!("{base}{sep}queue={}", unique_name("cpu"));
@@ -898,8 +898,9 @@ fn cpu_report(args: &[String]) {
         "memory" => {
             let q = open("memory://cpu");
             for round in 1..=rounds {
-                let s = cpu::measure(&rt, &|| None, ITERS, N, || through_queue(Arc::clone(&q), batch, false));
-                report.add("memory", round, s);
+                report.run("memory", round, || {
+                    cpu::measure(&rt, &|| None, ITERS, N, || through_queue(Arc::clone(&q), batch, false))
+                });
             }
         }
         "redis" => {
@@ -913,12 +914,15 @@ fn cpu_report(args: &[String]) {
             let pid = info.lines().find_map(|l| l.strip_prefix("process_id:")?.trim().parse::<u32>().ok());
             let server = move || pid.map(cpu::cpu_ns);
             for round in 1..=rounds {
-                let s = cpu::measure(&rt, &server, ITERS, N, || through_queue(Arc::clone(&q), batch, false));
-                report.add("redis-one-handle", round, s);
-                let s = cpu::measure(&rt, &server, ITERS, N, || raw_redis(conn.clone(), batch));
-                report.add("redis-raw", round, s);
-                let s = cpu::measure(&rt, &server, ITERS, N, || raw_redis_streams(conn.clone(), batch));
-                report.add("redis-raw-streams", round, s);
+                report.run("redis-one-handle", round, || {
+                    cpu::measure(&rt, &server, ITERS, N, || through_queue(Arc::clone(&q), batch, false))
+                });
+                report.run("redis-raw", round, || {
+                    cpu::measure(&rt, &server, ITERS, N, || raw_redis(conn.clone(), batch))
+                });
+                report.run("redis-raw-streams", round, || {
+                    cpu::measure(&rt, &server, ITERS, N, || raw_redis_streams(conn.clone(), batch))
+                });
             }
         }
         "postgres" => {
@@ -933,12 +937,15 @@ fn cpu_report(args: &[String]) {
             let server = move || pid.map(cpu::tree_cpu_ns);
             for round in 1..=rounds {
                 vacuum_postgres(&rt, &u);
-                let s = cpu::measure(&rt, &server, ITERS, N, || through_queue(Arc::clone(&q), batch, false));
-                report.add("postgres-one-handle", round, s);
-                let s = cpu::measure(&rt, &server, ITERS, N, || raw_postgres(pool.clone(), batch));
-                report.add("postgres-raw", round, s);
-                let s = cpu::measure(&rt, &server, ITERS, N, || raw_postgres_leased(pool.clone(), batch));
-                report.add("postgres-raw-leased", round, s);
+                report.run("postgres-one-handle", round, || {
+                    cpu::measure(&rt, &server, ITERS, N, || through_queue(Arc::clone(&q), batch, false))
+                });
+                report.run("postgres-raw", round, || {
+                    cpu::measure(&rt, &server, ITERS, N, || raw_postgres(pool.clone(), batch))
+                });
+                report.run("postgres-raw-leased", round, || {
+                    cpu::measure(&rt, &server, ITERS, N, || raw_postgres_leased(pool.clone(), batch))
+                });
             }
         }
         other => panic!("--cpu takes memory, redis or postgres, not {other}"),

@@ -102,16 +102,23 @@ pub fn map_err(e: redis::RedisError) -> Error {
 /// a handful of calls, not several per message. `adopt` moves a message written in the
 /// earlier layout (one hash `…:m:ID` per message) into the queue's hashes.
 const HELD: &str = r"
+local call = redis.call
 local function chunked(cmd, key, args)
-  for i = 1, #args, 1000 do
-    redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+  local n = #args
+  if n == 0 then return end
+  if n <= 1000 then call(cmd, key, unpack(args)) return end
+  for i = 1, n, 1000 do
+    call(cmd, key, unpack(args, i, math.min(i + 999, n)))
   end
 end
 local function gathered(cmd, key, args)
-  local out = {}
-  for i = 1, #args, 1000 do
-    local r = redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
-    for j = 1, #r do out[#out + 1] = r[j] end
+  local n = #args
+  if n == 0 then return {} end
+  if n <= 1000 then return call(cmd, key, unpack(args)) end
+  local out, k = {}, 0
+  for i = 1, n, 1000 do
+    local r = call(cmd, key, unpack(args, i, math.min(i + 999, n)))
+    for j = 1, #r do k = k + 1; out[k] = r[j] end
   end
   return out
 end
@@ -219,22 +226,29 @@ local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, tonumber(ARG
 if #ids == 0 then return {} end
 local b, h, l = fetch(p, ids)
 local out, leased, records, gone = {}, {}, {}, {}
+local no, nl, ng = 0, 0, 0
 for i, id in ipairs(ids) do
-  if not b[i] then
-    gone[#gone + 1] = id
+  local body = b[i]
+  if not body then
+    ng = ng + 1
+    gone[ng] = id
   else
-    local a, f = record(l[i])
+    local a, f = 0, ''
+    if l[i] then a, f = record(l[i]) end
     a = a + 1
     if a > 1 and f == '' then f = now end
-    records[#records + 1] = id
-    records[#records + 1] = a .. '|' .. f .. '|' .. token
-    leased[#leased + 1] = lease_end
-    leased[#leased + 1] = id
-    out[#out + 1] = id
-    out[#out + 1] = b[i]
-    out[#out + 1] = h[i] or ''
-    out[#out + 1] = tostring(a)
-    out[#out + 1] = f
+    local attempts = tostring(a)
+    records[nl + 1] = id
+    records[nl + 2] = attempts .. '|' .. f .. '|' .. token
+    leased[nl + 1] = lease_end
+    leased[nl + 2] = id
+    nl = nl + 2
+    out[no + 1] = id
+    out[no + 2] = body
+    out[no + 3] = h[i] or ''
+    out[no + 4] = attempts
+    out[no + 5] = f
+    no = no + 5
   end
 end
 chunked('HSET', p .. ':l', records)
@@ -260,14 +274,15 @@ static ACK_MANY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local p, now = ARGV[1], tonumber(ARGV[2])
-local ids = {}
-for i = 3, #ARGV, 2 do ids[#ids + 1] = ARGV[i] end
+local ids, n = {}, 0
+for i = 3, #ARGV, 2 do n = n + 1; ids[n] = ARGV[i] end
 local l = gathered('HMGET', p .. ':l', ids)
 local s = gathered('ZMSCORE', p .. ':z', ids)
-local out, settled = {}, {}
-for i, id in ipairs(ids) do
+local out, settled, k = {}, {}, 0
+for i = 1, n do
   if holds(l[i], ARGV[2 + 2 * i]) and s[i] and tonumber(s[i]) > now then
-    settled[#settled + 1] = id
+    k = k + 1
+    settled[k] = ids[i]
     out[i] = 1
   else
     out[i] = 0

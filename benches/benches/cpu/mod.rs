@@ -94,10 +94,24 @@ where
 #[derive(Debug, Default)]
 pub(crate) struct Report {
     rows: Vec<(String, Sample)>,
+    only: Option<String>,
 }
 
 impl Report {
-    pub(crate) fn add(&mut self, label: &str, round: usize, s: Sample) {
+    /// A report of the loops whose label holds `only`, or of every loop.
+    pub(crate) fn only(only: Option<String>) -> Self {
+        Self { rows: Vec::new(), only }
+    }
+
+    /// Measures the loop `label` with `measure`, unless it is left out.
+    pub(crate) fn run(&mut self, label: &str, round: usize, measure: impl FnOnce() -> Sample) {
+        if self.only.as_ref().is_none_or(|o| label.contains(o.as_str())) {
+            let s = measure();
+            self.add(label, round, s);
+        }
+    }
+
+    fn add(&mut self, label: &str, round: usize, s: Sample) {
         let server = s.server_us().map_or_else(|| "n/a".to_owned(), |us| format!("{us:.1}"));
         println!(
             "round {round} {label:<24} {:>9.0} msgs/s  client {:>6.1} µs/msg  server {server:>6} µs/msg",
