@@ -133,6 +133,24 @@ local function holds(r, token)
   return r ~= false and r ~= nil and #token > 0 and #r > #token and string.sub(r, -#token) == token
     and string.byte(r, -#token - 1) == 124
 end
+local function timed(r)
+  return #r > 14 and string.byte(r, -14) == 124
+end
+local function lease(p, id, r, token, now)
+  if not r then return false end
+  if timed(r) then
+    return string.sub(r, -14 - #token, -15) == token and string.byte(r, -15 - #token) == 124
+      and tonumber(string.sub(r, -13)) > now
+  end
+  if not holds(r, token) then return false end
+  local s = redis.call('ZSCORE', p .. ':z', id)
+  return s and tonumber(s) > now
+end
+local function until_end(r, lease_end)
+  if timed(r) then r = string.sub(r, 1, -15) end
+  if #lease_end == 13 then return r .. '|' .. lease_end end
+  return r
+end
 local function any(key)
   return redis.call('EXISTS', key) == 1
 end
@@ -173,9 +191,7 @@ local function forget(p, ids)
   chunked('ZREM', p .. ':z', ids)
 end
 local function held(p, id, token, now)
-  if not holds(redis.call('HGET', p .. ':l', id), token) then return false end
-  local s = redis.call('ZSCORE', p .. ':z', id)
-  return s and tonumber(s) > now
+  return lease(p, id, redis.call('HGET', p .. ':l', id), token, now)
 end
 ";
 
@@ -224,6 +240,8 @@ local p, now, lease_end, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local z = p .. ':z'
 local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
 if #ids == 0 then return {} end
+local held_until = ''
+if #lease_end == 13 then held_until = '|' .. lease_end end
 local b, h, l = fetch(p, ids)
 local out, leased, records, gone = {}, {}, {}, {}
 local no, nl, ng = 0, 0, 0
@@ -239,7 +257,7 @@ for i, id in ipairs(ids) do
     if a > 1 and f == '' then f = now end
     local attempts = tostring(a)
     records[nl + 1] = id
-    records[nl + 2] = attempts .. '|' .. f .. '|' .. token
+    records[nl + 2] = attempts .. '|' .. f .. '|' .. token .. held_until
     leased[nl + 1] = lease_end
     leased[nl + 2] = id
     nl = nl + 2
@@ -277,10 +295,9 @@ local p, now = ARGV[1], tonumber(ARGV[2])
 local ids, n = {}, 0
 for i = 3, #ARGV, 2 do n = n + 1; ids[n] = ARGV[i] end
 local l = gathered('HMGET', p .. ':l', ids)
-local s = gathered('ZMSCORE', p .. ':z', ids)
 local out, settled, k = {}, {}, 0
 for i = 1, n do
-  if holds(l[i], ARGV[2 + 2 * i]) and s[i] and tonumber(s[i]) > now then
+  if lease(p, ids[i], l[i], ARGV[2 + 2 * i], now) then
     k = k + 1
     settled[k] = ids[i]
     out[i] = 1
@@ -314,7 +331,9 @@ static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local p, id = ARGV[1], ARGV[2]
-if not held(p, id, ARGV[3], tonumber(ARGV[4])) then return 0 end
+local r = redis.call('HGET', p .. ':l', id)
+if not lease(p, id, r, ARGV[3], tonumber(ARGV[4])) then return 0 end
+redis.call('HSET', p .. ':l', id, until_end(r, ARGV[5]))
 redis.call('ZADD', p .. ':z', tonumber(ARGV[5]), id)
 return 1",
     )

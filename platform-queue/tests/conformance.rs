@@ -480,6 +480,39 @@ async fn redis_reads_the_earlier_layout() {
     assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
 }
 
+/// A lease record written before records carried their lease's end
+/// (`attempts|first failure|token`, the end only in the sorted set) still holds: such
+/// a delivery extends, acks alone and acks in a group, and its token still fences.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_honours_lease_records_without_their_end() {
+    use platform_queue::testkit::{Harness as _, fresh};
+    use platform_queue::{Message, QueueExt as _, ReceiveOptions};
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    let options = fresh();
+    let q = UrlHarness::new(url.clone()).open(&options).await.expect("open");
+    let client = ::redis::Client::open(url.as_str()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connection");
+    let leases = format!("platform:queue:{{{}}}:l", options.queue);
+    q.send_batch(["a", "b", "c"].map(Message::new).to_vec()).await.expect("send");
+    let wait = std::time::Duration::from_secs(5);
+    let got = q.receive(ReceiveOptions::new(3, wait)).await.expect("receive");
+    assert_eq!(got.len(), 3);
+    for d in &got {
+        let record: String = ::redis::cmd("HGET").arg(&leases).arg(d.id()).query_async(&mut conn).await.expect("hget");
+        let (earlier, end) = record.rsplit_once('|').expect("a record with its lease end");
+        assert_eq!(end.len(), 13, "{record}");
+        let () = ::redis::cmd("HSET").arg(&leases).arg(d.id()).arg(earlier).query_async(&mut conn).await.expect("hset");
+    }
+    let mut got = got;
+    let alone = got.remove(1);
+    alone.ack().await.expect("ack alone");
+    assert!(alone.ack().await.is_err(), "a settled lease does not ack twice");
+    got[0].extend(std::time::Duration::from_secs(30)).await.expect("extend");
+    q.ack_all(&got).await.expect("ack in a group");
+    assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
+}
+
 /// A queue's keys are in the server's hash-table encodings from the first small
 /// message on, and the marker that keeps them there is never seen as a message.
 #[cfg(feature = "redis")]

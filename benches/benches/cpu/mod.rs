@@ -17,20 +17,28 @@ pub(crate) fn cpu_ns(pid: u32) -> u64 {
         .sum()
 }
 
-/// Nanoseconds on CPU of process `root` and its children: a PostgreSQL server and
-/// its backends.
+/// Nanoseconds on CPU of process `root` and its children, live or ended: a
+/// PostgreSQL server and its backends, autovacuum workers included. Ended children
+/// count in clock ticks, as `root`'s `/proc` stat gives them (taken as 100 a second).
 pub(crate) fn tree_cpu_ns(root: u32) -> u64 {
-    let parent = |pid: u32| -> Option<u32> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        // `pid (comm) state ppid …`: the command may hold spaces and parentheses.
-        stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    let stat = |pid: u32| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok();
+    // `pid (comm) state ppid …`: the command may hold spaces and parentheses, so the
+    // fields are counted from the last `)`; `state` is field 0 there.
+    let fields = |s: &str| -> Vec<u64> {
+        s.rfind(')')
+            .map_or_else(Vec::new, |at| s[at + 1..].split_whitespace().map(|f| f.parse().unwrap_or(0)).collect())
     };
+    let ended = stat(root).map_or(0, |s| {
+        let f = fields(&s);
+        // cutime and cstime: fields 16 and 17 of the stat line, 13 and 14 here.
+        (f.get(13).copied().unwrap_or(0) + f.get(14).copied().unwrap_or(0)) * 10_000_000
+    });
     let Ok(all) = std::fs::read_dir("/proc") else { return 0 };
     let children = all
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|&pid| parent(pid) == Some(root));
-    cpu_ns(root) + children.map(cpu_ns).sum::<u64>()
+        .filter(|&pid| stat(pid).is_some_and(|s| fields(&s).get(1) == Some(&u64::from(root))));
+    cpu_ns(root) + ended + children.map(cpu_ns).sum::<u64>()
 }
 
 /// The first line of a pid file, as a pid.
