@@ -17,7 +17,7 @@
 //! Layout: each queue is a sorted set `platform:queue:{NAME}:z` of message ids scored
 //! by the time they become visible (a lease moves the score to its end), and three
 //! hashes keyed by message id: `…:b` (body), `…:h` (headers, only for messages that
-//! have any) and `…:l` (attempts, first failure and lease token). Every operation is
+//! have any) and `…:l` (attempts, first failure, lease token and lease end). Every operation is
 //! one Lua script, so it is atomic on the server, and a script touches each structure
 //! once per batch, not once per message. This gives delay, lease expiry and
 //! redelivery in one structure, which Streams' pending lists do not. Messages written
@@ -96,7 +96,8 @@ pub fn map_err(e: redis::RedisError) -> Error {
 
 /// Helpers every script shares. A message lives in three hashes of its queue, keyed by
 /// its id: `…:b` (body), `…:h` (headers, only when there are any) and `…:l` (its lease
-/// record, `attempts|first failure|token`, absent before the first delivery). Whole
+/// record, `attempts|first failure|token|lease end`, absent before the first delivery; records
+/// written before the lease end was kept there are checked against the sorted set). Whole
 /// batches go to the server as one command per hash (`chunked` and `gathered`, in runs
 /// of 1,000 under Lua's limit on unpacked values), so a batch of 100 costs the server
 /// a handful of calls, not several per message. `adopt` moves a message written in the
@@ -133,6 +134,8 @@ local function holds(r, token)
   return r ~= false and r ~= nil and #token > 0 and #r > #token and string.sub(r, -#token) == token
     and string.byte(r, -#token - 1) == 124
 end
+-- Whether a record ends in its lease's end (13 digits of milliseconds): records held
+-- the end only in the sorted set before, and a lease end of another width still does.
 local function timed(r)
   return #r > 14 and string.byte(r, -14) == 124
 end
@@ -146,6 +149,7 @@ local function lease(p, id, r, token, now)
   local s = redis.call('ZSCORE', p .. ':z', id)
   return s and tonumber(s) > now
 end
+-- The record `r` with its lease end replaced by `lease_end`.
 local function until_end(r, lease_end)
   if timed(r) then r = string.sub(r, 1, -15) end
   if #lease_end == 13 then return r .. '|' .. lease_end end
