@@ -131,7 +131,6 @@ impl Report {
 
     pub(crate) fn summary(&self) {
         let mut labels: Vec<&str> = self.rows.iter().map(|(l, _)| l.as_str()).collect();
-        labels.dedup();
         labels.sort_unstable();
         labels.dedup();
         println!("median of each loop:");
