@@ -723,6 +723,49 @@ fn raw_postgres_pool(rt: &tokio::runtime::Runtime, url: &str) -> sqlx::PgPool {
     })
 }
 
+/// How the server read the queue tables, from `pg_stat_user_tables`: printed after
+/// each loop of the `--cpu` mode as what changed since the last print, so a slow round
+/// shows whether it scanned whole tables or walked dead rows.
+struct PgScans(Vec<(String, [i64; 5])>);
+
+impl PgScans {
+    fn read(rt: &tokio::runtime::Runtime, pool: &sqlx::PgPool) -> Self {
+        let rows: Vec<(String, i64, i64, i64, i64, i64)> = rt
+            .block_on(
+                sqlx::query_as(
+                    "SELECT relname::text, seq_scan, seq_tup_read, COALESCE(idx_scan, 0), COALESCE(idx_tup_fetch, 0),
+                            n_dead_tup
+                     FROM pg_stat_user_tables
+                     WHERE relname IN ('platform_queue_messages', 'bench_raw_queue', 'bench_raw_leased')
+                     ORDER BY relname",
+                )
+                .fetch_all(pool),
+            )
+            .unwrap_or_default();
+        Self(rows.into_iter().map(|(t, a, b, c, d, e)| (t, [a, b, c, d, e])).collect())
+    }
+
+    /// Prints the change since the last reading (statistics reach the view within a
+    /// second or so of each transaction) and keeps the new one.
+    fn since(&mut self, rt: &tokio::runtime::Runtime, pool: &sqlx::PgPool) {
+        rt.block_on(async {
+            let _ = sqlx::query("SELECT pg_stat_force_next_flush()").execute(pool).await;
+        });
+        let now = Self::read(rt, pool);
+        for (table, n) in &now.0 {
+            let before = self.0.iter().find(|(t, _)| t == table).map_or([0; 5], |(_, b)| *b);
+            let d: Vec<i64> = n.iter().zip(before).map(|(a, b)| a - b).collect();
+            if d.iter().take(4).any(|&x| x != 0) {
+                println!(
+                    "    {table:<24} seq scans {:>6} rows read {:>9}  index scans {:>7} rows fetched {:>8}  dead rows {:>7}",
+                    d[0], d[1], d[2], d[3], n[4]
+                );
+            }
+        }
+        *self = now;
+    }
+}
+
 fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
     let config = aws_sdk_sqs::Config::builder()
@@ -880,8 +923,8 @@ fn bench(c: &mut Criterion) {
 }
 
 /// `--cpu BACKEND [BATCH] [ROUNDS] [ONLY]`: the CPU per message of each loop, client
-/// and server (see `cpu/mod.rs`), for `memory`, `redis` or `postgres` through one
-/// handle beside their raw loops; with `ONLY`, just the loops whose label holds it.
+/// and server (see `cpu/mod.rs`), for `memory`, `redis`, `postgres` or `nats` through
+/// one handle beside their raw loops; with `ONLY`, just the loops whose label holds it.
 fn cpu_report(args: &[String]) {
     let backend = args.first().map_or("redis", String::as_str);
     let batch: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(100);
@@ -937,18 +980,38 @@ fn cpu_report(args: &[String]) {
             let server = move || pid.map(cpu::tree_cpu_ns);
             for round in 1..=rounds {
                 vacuum_postgres(&rt, &u);
+                let mut scans = PgScans::read(&rt, &pool);
                 report.run("postgres-one-handle", round, || {
                     cpu::measure(&rt, &server, ITERS, N, || through_queue(Arc::clone(&q), batch, false))
                 });
+                scans.since(&rt, &pool);
                 report.run("postgres-raw", round, || {
                     cpu::measure(&rt, &server, ITERS, N, || raw_postgres(pool.clone(), batch))
                 });
+                scans.since(&rt, &pool);
                 report.run("postgres-raw-leased", round, || {
                     cpu::measure(&rt, &server, ITERS, N, || raw_postgres_leased(pool.clone(), batch))
                 });
+                scans.since(&rt, &pool);
             }
         }
-        other => panic!("--cpu takes memory, redis or postgres, not {other}"),
+        "nats" => {
+            let u = url("NATS").expect("PLATFORM_TEST_NATS_URL is unset");
+            let q = open(&u);
+            let port = url::Url::parse(&u).ok().and_then(|p| p.port()).unwrap_or(4222);
+            let pid = cpu::pid_listening(port);
+            let server = move || pid.map(cpu::cpu_ns);
+            let client = rt.block_on(async { async_nats::connect(u.as_str()).await.expect("nats") });
+            for round in 1..=rounds {
+                report.run("nats-one-handle", round, || {
+                    cpu::measure(&rt, &server, ITERS, N, || through_queue(Arc::clone(&q), batch, false))
+                });
+                report.run("nats-raw", round, || {
+                    cpu::measure(&rt, &server, ITERS, N, || raw_nats(client.clone(), batch))
+                });
+            }
+        }
+        other => panic!("--cpu takes memory, redis, postgres or nats, not {other}"),
     }
     report.summary();
 }

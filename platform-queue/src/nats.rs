@@ -12,13 +12,15 @@
 //! - [ ] ~~atomic batches~~: each message of a batch is published and confirmed on its own
 //!
 //! Headers travel JSON-encoded in one NATS header (`Platform-Headers`), so any bytes
-//! and spacing survive exactly. The first-failure time of a dead letter is the time
+//! and spacing survive exactly; a message without headers or dedup key is published
+//! with no NATS headers at all. The first-failure time of a dead letter is the time
 //! the message was first published (JetStream keeps no failure time).
 //!
 //! URL: `nats://[user:password@]host:port`, plus the common
 //! parameters and `consumer` (the durable consumer's name, default `worker`).
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -89,6 +91,8 @@ pub struct NatsQueue {
     options: QueueOptions,
     max_payload: usize,
     closed: AtomicBool,
+    /// What every delivery's acker shares, made once.
+    shared: Arc<NatsRef>,
 }
 
 impl fmt::Debug for NatsQueue {
@@ -153,7 +157,8 @@ impl NatsQueue {
             )
             .await
             .map_err(map_err)?;
-        Ok(Self { client, js, consumer, dlq, options: u.options, max_payload, closed: AtomicBool::new(false) })
+        let shared = Arc::new(NatsRef { js: js.clone(), options: u.options.clone(), max_payload });
+        Ok(Self { client, js, consumer, dlq, options: u.options, max_payload, closed: AtomicBool::new(false), shared })
     }
 
     fn check_open(&self, op: &'static str) -> Result<()> {
@@ -231,7 +236,8 @@ impl Queue for NatsQueue {
         let caps = self.capabilities();
         caps.validate_batch(&messages).map_err(|e| e.with_backend("nats"))?;
         for m in &messages {
-            let size = m.body.len() + encode_headers(&m.headers).len() + 256;
+            let headers = if m.headers.is_empty() { 0 } else { encode_headers(&m.headers).len() };
+            let size = m.body.len() + headers + 256;
             if size > self.max_payload {
                 return Err(Error::invalid_input(format!(
                     "message of {size} bytes with headers exceeds the server's max payload {}",
@@ -246,10 +252,15 @@ impl Queue for NatsQueue {
         // Publish all, then wait for every confirmation: pipelined, not atomic.
         let mut pending = Vec::with_capacity(messages.len());
         for m in messages {
-            let extra: Vec<(&str, String)> = m.dedup_key.iter().map(|k| (MSG_ID, k.clone())).collect();
-            let headers = self.nats_headers(&m.headers, &extra);
-            let ack = self.js.publish_with_headers(subject.clone(), headers, m.body).await.map_err(map_err)?;
-            pending.push(ack);
+            let ack = if m.headers.is_empty() && m.dedup_key.is_none() {
+                // No headers to carry: a plain publish, which neither side parses headers for.
+                self.js.publish(subject.clone(), m.body).await
+            } else {
+                let extra: Vec<(&str, String)> = m.dedup_key.iter().map(|k| (MSG_ID, k.clone())).collect();
+                let headers = self.nats_headers(&m.headers, &extra);
+                self.js.publish_with_headers(subject.clone(), headers, m.body).await
+            };
+            pending.push(ack.map_err(map_err)?);
         }
         for ack in pending {
             ack.await.map_err(map_err)?;
@@ -353,12 +364,12 @@ impl NatsQueue {
         let delivered = u32::try_from(info.delivered).unwrap_or(u32::MAX);
         let published = info.published;
         let stream_seq = info.stream_sequence;
-        let nh = m.headers.clone().unwrap_or_default();
-        let base: u32 = nh.get(ATTEMPTS_BASE).and_then(|v| v.as_str().parse().ok()).unwrap_or(0);
+        let nh = m.headers.as_ref();
+        let base: u32 = nh.and_then(|h| h.get(ATTEMPTS_BASE)).and_then(|v| v.as_str().parse().ok()).unwrap_or(0);
         let attempt = base + delivered;
-        let headers = nh.get(HEADERS).map(|v| decode_headers(v.as_str())).unwrap_or_default();
+        let headers = nh.and_then(|h| h.get(HEADERS)).map(|v| decode_headers(v.as_str())).unwrap_or_default();
         let acker = NatsAcker {
-            queue: NatsRef { js: self.js.clone(), options: self.options.clone(), max_payload: self.max_payload },
+            queue: Arc::clone(&self.shared),
             message: m,
             attempt,
             headers: headers.clone(),
@@ -384,7 +395,7 @@ struct NatsRef {
 }
 
 struct NatsAcker {
-    queue: NatsRef,
+    queue: Arc<NatsRef>,
     message: js::Message,
     attempt: u32,
     headers: Headers,
