@@ -185,8 +185,8 @@ async fn raw_postgres(pool: sqlx::PgPool, batch: usize) -> Duration {
             tokio::spawn(async move {
                 while done.load(Ordering::Relaxed) < N {
                     let got: Vec<(Vec<u8>,)> = sqlx::query_as(
-                        "DELETE FROM bench_raw_queue WHERE id IN (SELECT id FROM bench_raw_queue WHERE queue = $1
-                         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED) RETURNING body",
+                        "DELETE FROM bench_raw_queue WHERE id = ANY(ARRAY(SELECT id FROM bench_raw_queue WHERE queue = $1
+                         ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED)) RETURNING body",
                     )
                     .bind(&queue)
                     .bind(batch as i64)
@@ -239,9 +239,8 @@ async fn raw_postgres_leased(pool: sqlx::PgPool, batch: usize) -> Duration {
                     let t = now();
                     let got: Vec<(i64, Vec<u8>)> = sqlx::query_as(
                         "UPDATE bench_raw_leased m SET visible_at = $3, attempts = m.attempts + 1
-                         FROM (SELECT id FROM bench_raw_leased WHERE queue = $1 AND visible_at <= $4
-                               ORDER BY visible_at, id LIMIT $2 FOR UPDATE SKIP LOCKED) c
-                         WHERE m.id = c.id RETURNING m.id, m.body",
+                         WHERE m.id = ANY(ARRAY(SELECT id FROM bench_raw_leased WHERE queue = $1 AND visible_at <= $4
+                               ORDER BY visible_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)) RETURNING m.id, m.body",
                     )
                     .bind(&queue)
                     .bind(batch as i64)

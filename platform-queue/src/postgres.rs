@@ -292,13 +292,16 @@ impl LeaseStore for PostgresStore {
         lease_until_ms: i64,
         token: &str,
     ) -> Result<Vec<StoredMessage>> {
+        // The locking select runs once, as an init plan, whatever the planner thinks of
+        // the table: joined as a subquery, a table whose statistics say it is empty (a
+        // young queue, or one just vacuumed) gets a nested loop that runs the select
+        // again for every row of the table, and each claim costs the whole table.
         let rows: Vec<Row> = sqlx::query_as(
             "UPDATE platform_queue_messages m SET token = $1, visible_at = $2, attempts = m.attempts + 1,
                first_failure = CASE WHEN m.attempts > 0 AND m.first_failure IS NULL THEN $3 ELSE m.first_failure END
-             FROM (SELECT seq FROM platform_queue_messages
+             WHERE m.seq = ANY(ARRAY(SELECT seq FROM platform_queue_messages
                    WHERE queue = $4 AND visible_at <= $3 ORDER BY visible_at, seq LIMIT $5
-                   FOR UPDATE SKIP LOCKED) c
-             WHERE m.seq = c.seq
+                   FOR UPDATE SKIP LOCKED))
              RETURNING m.seq, m.body, m.headers, m.attempts, m.first_failure",
         )
         .bind(token)
@@ -449,8 +452,8 @@ impl LeaseStore for PostgresStore {
         let n = sqlx::query(
             "UPDATE platform_queue_messages
              SET queue = $1, visible_at = $2, token = NULL, attempts = 0, first_failure = NULL
-             WHERE seq IN (SELECT seq FROM platform_queue_messages WHERE queue = $3 ORDER BY seq LIMIT $4
-                           FOR UPDATE SKIP LOCKED)",
+             WHERE seq = ANY(ARRAY(SELECT seq FROM platform_queue_messages WHERE queue = $3 ORDER BY seq LIMIT $4
+                                   FOR UPDATE SKIP LOCKED))",
         )
         .bind(to)
         .bind(now_ms)
