@@ -56,6 +56,20 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (queue, dedup_key))",
 ];
 
+/// Leases the next `$5` visible messages of queue `$4` at time `$3` to token `$1` until `$2`.
+///
+/// The locking select runs once, as an init plan, whatever the planner thinks of the
+/// table. Joined as a subquery, it ran again for every row of the table under the
+/// nested loop that a table whose statistics say empty gets (a drained queue that
+/// autovacuum visited, planned once and cached by the prepared statement): each claim
+/// then cost the whole table and leased every row it met, not `$5`.
+const CLAIM: &str = "UPDATE platform_queue_messages m SET token = $1, visible_at = $2, attempts = m.attempts + 1,
+       first_failure = CASE WHEN m.attempts > 0 AND m.first_failure IS NULL THEN $3 ELSE m.first_failure END
+     WHERE m.seq = ANY(ARRAY(SELECT seq FROM platform_queue_messages
+           WHERE queue = $4 AND visible_at <= $3 ORDER BY visible_at, seq LIMIT $5
+           FOR UPDATE SKIP LOCKED))
+     RETURNING m.seq, m.body, m.headers, m.attempts, m.first_failure";
+
 const DRIVER_PARAMS: &[&str] =
     &["sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "options", "statement_cache_capacity"];
 
@@ -292,26 +306,15 @@ impl LeaseStore for PostgresStore {
         lease_until_ms: i64,
         token: &str,
     ) -> Result<Vec<StoredMessage>> {
-        // The locking select runs once, as an init plan, whatever the planner thinks of
-        // the table: joined as a subquery, a table whose statistics say it is empty (a
-        // young queue, or one just vacuumed) gets a nested loop that runs the select
-        // again for every row of the table, and each claim costs the whole table.
-        let rows: Vec<Row> = sqlx::query_as(
-            "UPDATE platform_queue_messages m SET token = $1, visible_at = $2, attempts = m.attempts + 1,
-               first_failure = CASE WHEN m.attempts > 0 AND m.first_failure IS NULL THEN $3 ELSE m.first_failure END
-             WHERE m.seq = ANY(ARRAY(SELECT seq FROM platform_queue_messages
-                   WHERE queue = $4 AND visible_at <= $3 ORDER BY visible_at, seq LIMIT $5
-                   FOR UPDATE SKIP LOCKED))
-             RETURNING m.seq, m.body, m.headers, m.attempts, m.first_failure",
-        )
-        .bind(token)
-        .bind(lease_until_ms)
-        .bind(now_ms)
-        .bind(queue)
-        .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
+        let rows: Vec<Row> = sqlx::query_as(CLAIM)
+            .bind(token)
+            .bind(lease_until_ms)
+            .bind(now_ms)
+            .bind(queue)
+            .bind(i64::try_from(max).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
         if rows.len() == max {
             // There may be more: the next waiting receive looks.
             self.waker(queue).notify_one();
@@ -493,5 +496,49 @@ impl LeaseStore for PostgresStore {
         }
         self.pool.close().await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A claim planned while its table was known to be empty, and run from the plan cache
+    /// once the table is full (as sqlx's prepared statements are), leases the
+    /// batch it asks for: a plan that ran the locking select once per row of the table
+    /// leased every row it met instead.
+    #[tokio::test]
+    async fn a_claim_planned_on_an_empty_table_leases_its_batch() {
+        let Some(url) = platform_core::testkit::server_url("POSTGRES") else { return };
+        let schema = format!("claim_plan_{}", uuid::Uuid::new_v4().simple());
+        let opts = PgConnectOptions::from_str(&url).expect("url");
+        let admin = PgPoolOptions::new().max_connections(1).connect_with(opts.clone()).await.expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&admin).await.expect("schema");
+        // One connection, so one plan cache; its generic plan is made on the first claim.
+        let opts = opts.options([("search_path", schema.as_str()), ("plan_cache_mode", "force_generic_plan")]);
+        let pool = PgPoolOptions::new().max_connections(1).connect_with(opts).await.expect("connect");
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&pool).await.expect("table");
+        }
+        let store = PostgresStore {
+            pool,
+            location: String::new(),
+            wakers: Arc::default(),
+            listener: std::sync::OnceLock::new(),
+        };
+        // What autovacuum leaves of a queue it finds drained: statistics that say empty.
+        sqlx::query("VACUUM ANALYZE platform_queue_messages").execute(&store.pool).await.expect("vacuum");
+        assert!(store.claim("q", 10, 1, 2, "first").await.expect("claim").is_empty());
+        let rows = (0..300)
+            .map(|_| NewMessage { body: "x".into(), headers: Headers::new(), visible_at_ms: 0, dedup_key: None })
+            .collect();
+        store.insert("q", rows, 0, 0).await.expect("insert");
+        let first = store.claim("q", 10, 1, 2, "second").await.expect("claim");
+        let next = store.claim("q", 10, 1, 2, "third").await.expect("claim");
+        store.pool.close().await;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await.expect("drop");
+        assert_eq!((first.len(), next.len()), (10, 10), "each claim leases the batch it asks for");
+        let seqs = |b: &[StoredMessage]| b.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
+        assert!(seqs(&first).iter().all(|id| !seqs(&next).contains(id)), "the second claim leases other messages");
     }
 }
