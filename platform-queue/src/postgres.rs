@@ -56,19 +56,30 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (queue, dedup_key))",
 ];
 
-/// Leases the next `$5` visible messages of queue `$4` at time `$3` to token `$1` until `$2`.
+/// Leases the next `$5` visible messages of queue `$4` at time `$3` to token `$1` until
+/// `$2`. Each row also says whether the queue holds more visible messages than the
+/// claim took, so a full claim wakes another receive only when there is more to take.
 ///
 /// The locking select runs once, as an init plan, whatever the planner thinks of the
 /// table. Joined as a subquery, it ran again for every row of the table under the
 /// nested loop that a table whose statistics say empty gets (a drained queue that
 /// autovacuum visited, planned once and cached by the prepared statement): each claim
 /// then cost the whole table and leased every row it met, not `$5`.
-const CLAIM: &str = "UPDATE platform_queue_messages m SET token = $1, visible_at = $2, attempts = m.attempts + 1,
-       first_failure = CASE WHEN m.attempts > 0 AND m.first_failure IS NULL THEN $3 ELSE m.first_failure END
-     WHERE m.seq = ANY(ARRAY(SELECT seq FROM platform_queue_messages
-           WHERE queue = $4 AND visible_at <= $3 ORDER BY visible_at, seq LIMIT $5
-           FOR UPDATE SKIP LOCKED))
-     RETURNING m.seq, m.body, m.headers, m.attempts, m.first_failure";
+///
+/// The probe for more runs only for a full claim, and sees the table as it was before
+/// the claim, so the claimed rows are the first `$5` it skips (rows that others hold
+/// count as more: a wasted wake-up, never a missed one).
+const CLAIM: &str = "WITH c AS (
+       UPDATE platform_queue_messages m SET token = $1, visible_at = $2, attempts = m.attempts + 1,
+         first_failure = CASE WHEN m.attempts > 0 AND m.first_failure IS NULL THEN $3 ELSE m.first_failure END
+       WHERE m.seq = ANY(ARRAY(SELECT seq FROM platform_queue_messages
+             WHERE queue = $4 AND visible_at <= $3 ORDER BY visible_at, seq LIMIT $5
+             FOR UPDATE SKIP LOCKED))
+       RETURNING m.seq, m.body, m.headers, m.attempts, m.first_failure)
+     SELECT seq, body, headers, attempts, first_failure,
+       (SELECT count(*) FROM c) = $5 AND EXISTS (SELECT 1 FROM platform_queue_messages
+         WHERE queue = $4 AND visible_at <= $3 ORDER BY visible_at, seq OFFSET $5 LIMIT 1)
+     FROM c";
 
 const DRIVER_PARAMS: &[&str] =
     &["sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "options", "statement_cache_capacity"];
@@ -306,7 +317,7 @@ impl LeaseStore for PostgresStore {
         lease_until_ms: i64,
         token: &str,
     ) -> Result<Vec<StoredMessage>> {
-        let rows: Vec<Row> = sqlx::query_as(CLAIM)
+        let rows: Vec<(i64, Vec<u8>, String, i32, Option<i64>, bool)> = sqlx::query_as(CLAIM)
             .bind(token)
             .bind(lease_until_ms)
             .bind(now_ms)
@@ -315,11 +326,14 @@ impl LeaseStore for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-        if rows.len() == max {
-            // There may be more: the next waiting receive looks.
+        if rows.first().is_some_and(|r| r.5) {
+            // More is ready: the next waiting receive takes it.
             self.waker(queue).notify_one();
         }
-        Ok(rows.into_iter().map(decode_row).collect())
+        Ok(rows
+            .into_iter()
+            .map(|(seq, body, headers, attempts, ff, _)| decode_row((seq, body, headers, attempts, ff)))
+            .collect())
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
@@ -506,7 +520,8 @@ mod tests {
     /// A claim planned while its table was known to be empty, and run from the plan cache
     /// once the table is full (as sqlx's prepared statements are), leases the
     /// batch it asks for: a plan that ran the locking select once per row of the table
-    /// leased every row it met instead.
+    /// leased every row it met instead. A full claim wakes another receive only when
+    /// it left messages behind.
     #[tokio::test]
     async fn a_claim_planned_on_an_empty_table_leases_its_batch() {
         let Some(url) = platform_core::testkit::server_url("POSTGRES") else { return };
@@ -533,12 +548,20 @@ mod tests {
             .map(|_| NewMessage { body: "x".into(), headers: Headers::new(), visible_at_ms: 0, dedup_key: None })
             .collect();
         store.insert("q", rows, 0, 0).await.expect("insert");
+        // A full claim that leaves more behind wakes the next receive (a stored permit
+        // here, since none waits); one that takes the last message does not.
+        let woken = || async { tokio::time::timeout(Duration::ZERO, store.waker("q").notified()).await.is_ok() };
         let first = store.claim("q", 10, 1, 2, "second").await.expect("claim");
+        let first_wakes = woken().await;
         let next = store.claim("q", 10, 1, 2, "third").await.expect("claim");
+        let next_wakes = woken().await;
+        let rest = store.claim("q", 280, 1, 2, "fourth").await.expect("claim");
+        let rest_wakes = woken().await;
         store.pool.close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await.expect("drop");
-        assert_eq!((first.len(), next.len()), (10, 10), "each claim leases the batch it asks for");
+        assert_eq!((first.len(), next.len(), rest.len()), (10, 10, 280), "each claim leases the batch it asks for");
         let seqs = |b: &[StoredMessage]| b.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
         assert!(seqs(&first).iter().all(|id| !seqs(&next).contains(id)), "the second claim leases other messages");
+        assert_eq!((first_wakes, next_wakes, rest_wakes), (true, true, false), "wake-ups after each claim");
     }
 }
