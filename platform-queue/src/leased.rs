@@ -179,6 +179,8 @@ struct Inner<S> {
     store: S,
     options: QueueOptions,
     closed: AtomicBool,
+    /// This handle's last claim found nothing.
+    idle: AtomicBool,
     acks: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PendingAck>>,
 }
 
@@ -255,7 +257,13 @@ impl<S: LeaseStore> LeasedQueue<S> {
     /// A queue over `store` with `options`.
     pub fn new(store: S, options: QueueOptions) -> Result<Self> {
         options.validate()?;
-        let inner = Inner { store, options, closed: AtomicBool::new(false), acks: std::sync::OnceLock::new() };
+        let inner = Inner {
+            store,
+            options,
+            closed: AtomicBool::new(false),
+            idle: AtomicBool::new(false),
+            acks: std::sync::OnceLock::new(),
+        };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -355,11 +363,19 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
         let queue = inner.options.queue.as_str();
         let deadline = tokio::time::Instant::now() + options.wait;
         let mut pause = Duration::from_millis(5);
+        if !options.wait.is_zero() && inner.idle.load(Ordering::Relaxed) {
+            // The last claim found nothing: wait for a send's wake-up (or the first poll)
+            // before asking again, as a receive that kept waiting would have.
+            inner.store.wait_for_work(queue, pause.min(options.wait)).await;
+            self.check_open("receive")?;
+            pause *= 2;
+        }
         loop {
             let now = now_ms();
             let vt = inner.options.visibility_timeout;
             let token = lease_token();
             let claimed = inner.store.claim(queue, options.max, now, now + ms(vt), &token).await?;
+            inner.idle.store(claimed.is_empty(), Ordering::Relaxed);
             let mut out = Vec::with_capacity(claimed.len());
             for m in claimed {
                 if m.attempts > inner.options.max_attempts {
