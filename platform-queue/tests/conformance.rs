@@ -513,6 +513,42 @@ async fn redis_honours_lease_records_without_their_end() {
     assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
 }
 
+/// The deliveries of one receive share one lease record until one of them changes, and
+/// a grouped ack still judges each: of one receive's three deliveries, the one extended
+/// acks, the two whose leases ran out (and went to another receive) conflict and stay,
+/// and their new holder acks them together.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_grouped_acks_judge_each_delivery_of_a_receive() {
+    use platform_queue::testkit::{Harness as _, fresh};
+    use platform_queue::{ErrorKind, Message, QueueExt as _, ReceiveOptions};
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    let options = fresh().with_visibility_timeout(std::time::Duration::from_millis(1500));
+    let q = UrlHarness::new(url.clone()).open(&options).await.expect("open");
+    q.send_batch(["a", "b", "c"].map(Message::new).to_vec()).await.expect("send");
+    let wait = std::time::Duration::from_secs(5);
+    let first = q.receive(ReceiveOptions::new(3, wait)).await.expect("receive");
+    assert_eq!(first.len(), 3, "one receive takes all three");
+    first[1].extend(std::time::Duration::from_secs(30)).await.expect("extend");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut again = Vec::new();
+    while again.len() < 2 && std::time::Instant::now() < deadline {
+        again.extend(q.receive(ReceiveOptions::new(2 - again.len(), wait)).await.expect("receive"));
+    }
+    assert_eq!(again.len(), 2, "the two leases that ran out came back");
+    assert!(again.iter().all(|d| d.attempt() == 2 && d.body() != first[1].body()));
+    let err = q.ack_all(&first).await.expect_err("two of the group lost their leases");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    q.ack_all(&again).await.expect("their new holder acks both");
+    let client = ::redis::Client::open(url.as_str()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connection");
+    let bodies = format!("platform:queue:{{{}}}:b", options.queue);
+    let kept: bool =
+        ::redis::cmd("HEXISTS").arg(&bodies).arg(first[1].id()).query_async(&mut conn).await.expect("hexists");
+    assert!(!kept, "the extended delivery was acked with its group");
+    assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
+}
+
 /// A queue's keys are in the server's hash-table encodings from the first small
 /// message on, and the marker that keeps them there is never seen as a message.
 #[cfg(feature = "redis")]
