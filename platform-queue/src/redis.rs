@@ -236,54 +236,63 @@ return #scored / 2",
     )
 });
 
-// ARGV: prefix, now, lease_until, token, max. Returns id, body, headers, attempts, first failure per message.
+// ARGV: prefix, now, lease_until, token, max. Returns four parts, one entry per message
+// claimed in each list: the ids joined by spaces; the redeliveries as `position:attempts:first
+// failure` joined by spaces (a message not named there is a first delivery: attempt 1, no
+// failure); the bodies (nil for a message that is gone: its id is dropped from the
+// sorted set); the headers (nil for none; an empty list when the queue has none at all).
+// The lists the server returns are handed back as they are, so a message costs the script
+// no more than its lease record and its new score.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local p, now, lease_end, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local z = p .. ':z'
 local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
-if #ids == 0 then return {} end
+local n = #ids
+if n == 0 then return {'', '', {}, {}} end
 local tail = '|' .. token
 if #lease_end == 13 then tail = tail .. '|' .. lease_end end
 -- A first delivery's record is the same for the whole batch: built once, and grouped
 -- acks then recognise it by identity instead of parsing each.
 local first = '1||' .. tail
 local b, h, l = fetch(p, ids)
-local out, leased, records, gone = {}, {}, {}, {}
-local no, nl, ng = 0, 0, 0
-for i, id in ipairs(ids) do
-  local body = b[i]
-  if not body then
+local leased, records, again, gone = {}, {}, {}, {}
+local k, na, ng = 0, 0, 0
+for i = 1, n do
+  local id = ids[i]
+  if not b[i] then
     ng = ng + 1
     gone[ng] = id
   else
-    local attempts, f, rec = '1', '', first
-    if l[i] then
-      local a
-      a, f = record(l[i])
+    local r = l[i]
+    if r then
+      local a, f = record(r)
       a = a + 1
       if a > 1 and f == '' then f = now end
-      attempts = tostring(a)
-      rec = attempts .. '|' .. f .. tail
+      r = a .. '|' .. f .. tail
+      na = na + 1
+      again[na] = i .. ':' .. a .. ':' .. f
+    else
+      r = first
     end
-    records[nl + 1] = id
-    records[nl + 2] = rec
-    leased[nl + 1] = lease_end
-    leased[nl + 2] = id
-    nl = nl + 2
-    out[no + 1] = id
-    out[no + 2] = body
-    out[no + 3] = h[i] or ''
-    out[no + 4] = attempts
-    out[no + 5] = f
-    no = no + 5
+    k = k + 2
+    records[k - 1] = id
+    records[k] = r
+    leased[k - 1] = lease_end
+    leased[k] = id
   end
 end
 chunked('HSET', p .. ':l', records)
 chunked('ZADD', z, leased)
 chunked('ZREM', z, gone)
-return out",
+-- Headers read for an adopted message may leave holes, which would cut the list short.
+if next(h) ~= nil then
+  for i = 1, n do
+    if h[i] == nil then h[i] = false end
+  end
+end
+return {table.concat(ids, ' '), table.concat(again, ' '), b, h}",
     )
 });
 
@@ -439,6 +448,35 @@ fn prefix(queue: &str) -> String {
 /// Headers as a script argument: empty for none, so no field is written for them.
 fn headers_arg(h: &Headers) -> String {
     if h.is_empty() { String::new() } else { encode_headers(h) }
+}
+
+/// What the claim script returns: ids joined by spaces, redeliveries
+/// (`position:attempts:first failure`, positions from 1), bodies and headers.
+type Claimed = (String, String, Vec<Option<Vec<u8>>>, Vec<Option<Vec<u8>>>);
+
+fn decode_claimed((ids, again, bodies, heads): Claimed) -> Vec<StoredMessage> {
+    let mut history: Vec<(u32, Option<i64>)> = vec![(1, None); bodies.len()];
+    for entry in again.split(' ').filter(|e| !e.is_empty()) {
+        let mut parts = entry.splitn(3, ':');
+        let at = parts.next().and_then(|p| p.parse::<usize>().ok()).and_then(|p| p.checked_sub(1));
+        let attempts = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0);
+        let first_failure = parts.next().and_then(|f| f.parse().ok());
+        if let Some(slot) = at.and_then(|at| history.get_mut(at)) {
+            *slot = (attempts, first_failure);
+        }
+    }
+    let mut heads = heads.into_iter();
+    ids.split(' ')
+        .zip(bodies)
+        .zip(history)
+        .filter_map(|((id, body), (attempts, first_failure))| {
+            let head = heads.next().flatten();
+            let headers = head
+                .filter(|h| !h.is_empty())
+                .map_or_else(Headers::new, |h| decode_headers(&String::from_utf8_lossy(&h)));
+            Some(StoredMessage::new(id.to_owned(), Bytes::from(body?), headers, attempts, first_failure))
+        })
+        .collect()
 }
 
 fn decode(flat: Vec<Vec<u8>>) -> Vec<StoredMessage> {
@@ -656,7 +694,7 @@ impl LeaseStore for RedisStore {
         lease_until_ms: i64,
         token: &str,
     ) -> Result<Vec<StoredMessage>> {
-        let flat: Vec<Vec<u8>> = CLAIM
+        let claimed: Claimed = CLAIM
             .arg(prefix(queue))
             .arg(now_ms)
             .arg(lease_until_ms)
@@ -665,7 +703,7 @@ impl LeaseStore for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(map_err)?;
-        Ok(decode(flat))
+        Ok(decode_claimed(claimed))
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
