@@ -549,6 +549,42 @@ async fn redis_grouped_acks_judge_each_delivery_of_a_receive() {
     assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
 }
 
+/// A claim that meets a message whose body is gone (its id left in the sorted set) drops
+/// it, and gives every other message of the batch its own body, headers and attempt.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_claim_keeps_each_message_whole_around_a_gone_one() {
+    use platform_queue::testkit::{Harness as _, fresh};
+    use platform_queue::{Message, QueueExt as _, ReceiveOptions};
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    let options = fresh();
+    let q = UrlHarness::new(url.clone()).open(&options).await.expect("open");
+    let client = ::redis::Client::open(url.as_str()).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connection");
+    let sorted = format!("platform:queue:{{{}}}:z", options.queue);
+    let messages =
+        vec![Message::new("a").with_header("x", "1"), Message::new("b"), Message::new("c").with_header("x", "3")];
+    q.send_batch(messages).await.expect("send");
+    let wait = std::time::Duration::from_secs(5);
+    let a = q.receive_one(wait).await.expect("receive").expect("one");
+    assert_eq!(a.body().as_ref(), b"a");
+    a.nack(None).await.expect("nack");
+    let () = ::redis::cmd("ZADD").arg(&sorted).arg(0).arg("gone").query_async(&mut conn).await.expect("zadd");
+    let got = q.receive(ReceiveOptions::new(10, wait)).await.expect("receive");
+    let seen: Vec<(String, Option<String>, u32)> = got
+        .iter()
+        .map(|d| (String::from_utf8_lossy(d.body()).into_owned(), d.headers().get("x").cloned(), d.attempt()))
+        .collect();
+    let want = [("b", None, 1), ("c", Some("3"), 1), ("a", Some("1"), 2)]
+        .map(|(b, x, n)| (b.to_owned(), x.map(str::to_owned), n))
+        .to_vec();
+    assert_eq!(seen, want);
+    let score: Option<f64> =
+        ::redis::cmd("ZSCORE").arg(&sorted).arg("gone").query_async(&mut conn).await.expect("zscore");
+    assert_eq!(score, None, "the gone id left the sorted set");
+    q.ack_all(&got).await.expect("ack");
+}
+
 /// A queue's keys are in the server's hash-table encodings from the first small
 /// message on, and the marker that keeps them there is never seen as a message.
 #[cfg(feature = "redis")]
