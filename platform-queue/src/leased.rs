@@ -91,6 +91,22 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
         token: &str,
     ) -> Result<Vec<StoredMessage>>;
 
+    /// Like [`claim`](Self::claim), and also whether claimable messages were left
+    /// beyond those it leased. The default cannot tell and says `true`. A store that
+    /// can tell spares a receive that follows a claim which emptied the queue from
+    /// asking again at once: it waits for a wake-up (or its first poll) first, as
+    /// after a claim that found nothing.
+    async fn claim_telling_more(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+        token: &str,
+    ) -> Result<(Vec<StoredMessage>, bool)> {
+        Ok((self.claim(queue, max, now_ms, lease_until_ms, token).await?, true))
+    }
+
     /// Deletes the message if `token` holds its lease; `false` otherwise.
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool>;
 
@@ -179,7 +195,7 @@ struct Inner<S> {
     store: S,
     options: QueueOptions,
     closed: AtomicBool,
-    /// This handle's last claim found nothing.
+    /// This handle's last claim found nothing, or left nothing claimable behind.
     idle: AtomicBool,
     acks: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PendingAck>>,
 }
@@ -374,8 +390,8 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
             let now = now_ms();
             let vt = inner.options.visibility_timeout;
             let token = lease_token();
-            let claimed = inner.store.claim(queue, options.max, now, now + ms(vt), &token).await?;
-            inner.idle.store(claimed.is_empty(), Ordering::Relaxed);
+            let (claimed, more) = inner.store.claim_telling_more(queue, options.max, now, now + ms(vt), &token).await?;
+            inner.idle.store(claimed.is_empty() || !more, Ordering::Relaxed);
             let mut out = Vec::with_capacity(claimed.len());
             for m in claimed {
                 if m.attempts > inner.options.max_attempts {

@@ -240,7 +240,8 @@ return #scored / 2",
 // claimed in each list: the ids joined by spaces; the redeliveries as `position:attempts:first
 // failure` joined by spaces (a message not named there is a first delivery: attempt 1, no
 // failure); the bodies (nil for a message that is gone: its id is dropped from the
-// sorted set); the headers (nil for none; an empty list when the queue has none at all).
+// sorted set); the headers (nil for none; an empty list when the queue has none at all);
+// 1 when claimable messages were left beyond `max`, else 0.
 // The lists the server returns are handed back as they are, so a message costs the script
 // no more than its lease record and its new score.
 static CLAIM: LazyLock<Script> = LazyLock::new(|| {
@@ -248,9 +249,15 @@ static CLAIM: LazyLock<Script> = LazyLock::new(|| {
         r"
 local p, now, lease_end, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local z = p .. ':z'
-local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, tonumber(ARGV[5]))
-local n = #ids
-if n == 0 then return {'', '', {}, {}} end
+local max = tonumber(ARGV[5])
+local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, max + 1)
+local n, more = #ids, 0
+if n == 0 then return {'', '', {}, {}, 0} end
+if n > max then
+  ids[n] = nil
+  n = max
+  more = 1
+end
 local tail = '|' .. token
 if #lease_end == 13 then tail = tail .. '|' .. lease_end end
 -- A first delivery's record is the same for the whole batch: built once, and grouped
@@ -292,7 +299,7 @@ if next(h) ~= nil then
     if h[i] == nil then h[i] = false end
   end
 end
-return {table.concat(ids, ' '), table.concat(again, ' '), b, h}",
+return {table.concat(ids, ' '), table.concat(again, ' '), b, h, more}",
     )
 });
 
@@ -451,10 +458,11 @@ fn headers_arg(h: &Headers) -> String {
 }
 
 /// What the claim script returns: ids joined by spaces, redeliveries
-/// (`position:attempts:first failure`, positions from 1), bodies and headers.
-type Claimed = (String, String, Vec<Option<Vec<u8>>>, Vec<Option<Vec<u8>>>);
+/// (`position:attempts:first failure`, positions from 1), bodies and headers,
+/// and whether claimable messages were left beyond those leased (1) or not (0).
+type Claimed = (String, String, Vec<Option<Vec<u8>>>, Vec<Option<Vec<u8>>>, i64);
 
-fn decode_claimed((ids, again, bodies, heads): Claimed) -> Vec<StoredMessage> {
+fn decode_claimed((ids, again, bodies, heads, _): Claimed) -> Vec<StoredMessage> {
     let mut history: Vec<(u32, Option<i64>)> = vec![(1, None); bodies.len()];
     for entry in again.split(' ').filter(|e| !e.is_empty()) {
         let mut parts = entry.splitn(3, ':');
@@ -694,6 +702,17 @@ impl LeaseStore for RedisStore {
         lease_until_ms: i64,
         token: &str,
     ) -> Result<Vec<StoredMessage>> {
+        Ok(self.claim_telling_more(queue, max, now_ms, lease_until_ms, token).await?.0)
+    }
+
+    async fn claim_telling_more(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+        token: &str,
+    ) -> Result<(Vec<StoredMessage>, bool)> {
         let claimed: Claimed = CLAIM
             .arg(prefix(queue))
             .arg(now_ms)
@@ -703,7 +722,8 @@ impl LeaseStore for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(map_err)?;
-        Ok(decode_claimed(claimed))
+        let more = claimed.4 == 1;
+        Ok((decode_claimed(claimed), more))
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {

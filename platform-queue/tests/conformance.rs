@@ -585,6 +585,30 @@ async fn redis_claim_keeps_each_message_whole_around_a_gone_one() {
     q.ack_all(&got).await.expect("ack");
 }
 
+/// A claim says whether claimable messages were left beyond the batch it leased, and
+/// never leases more than it was asked for.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_claim_tells_whether_more_are_left() {
+    use platform_queue::testkit::fresh;
+    use platform_queue::{LeaseStore as _, Message, Queue as _};
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    let options = fresh();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let q =
+        platform_queue::redis::RedisQueue::from_url(&format!("{url}{sep}queue={}", options.queue)).await.expect("open");
+    q.send_batch(["a", "b", "c"].map(Message::new).to_vec()).await.expect("send");
+    let now = platform_queue::now_ms();
+    let claim = async |token: &str| {
+        let (got, more) =
+            q.store().claim_telling_more(&options.queue, 2, now, now + 30_000, token).await.expect("claim");
+        (got.len(), more)
+    };
+    assert_eq!(claim("first").await, (2, true));
+    assert_eq!(claim("second").await, (1, false));
+    assert_eq!(claim("third").await, (0, false));
+}
+
 /// A queue's keys are in the server's hash-table encodings from the first small
 /// message on, and the marker that keeps them there is never seen as a message.
 #[cfg(feature = "redis")]
