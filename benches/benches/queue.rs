@@ -93,18 +93,23 @@ async fn raw_redis(conn: redis::aio::MultiplexedConnection, batch: usize) -> Dur
         })
         .collect();
     let mut conn = conn;
-    for _ in 0..N / batch {
-        let mut cmd = redis::cmd("LPUSH");
-        cmd.arg(&key);
-        for _ in 0..batch {
-            cmd.arg(&BODY[..]);
-        }
-        let _: i64 = cmd.query_async(&mut conn).await.expect("lpush");
-    }
+    push_raw_list(&mut conn, &key, batch).await;
     for c in consumers {
         c.await.expect("consumer");
     }
     started.elapsed()
+}
+
+/// The producer of both raw list loops: N messages in batches of `batch`, one `LPUSH` each.
+async fn push_raw_list(conn: &mut redis::aio::MultiplexedConnection, key: &str, batch: usize) {
+    for _ in 0..N / batch {
+        let mut cmd = redis::cmd("LPUSH");
+        cmd.arg(key);
+        for _ in 0..batch {
+            cmd.arg(&BODY[..]);
+        }
+        let _: i64 = cmd.query_async(conn).await.expect("lpush");
+    }
 }
 
 /// The raw Redis client with the guarantees of a work queue: a stream and one
@@ -169,6 +174,66 @@ async fn raw_redis_streams(conn: redis::aio::MultiplexedConnection, batch: usize
         c.await.expect("consumer");
     }
     let _: i64 = redis::cmd("DEL").arg(&key).query_async(&mut conn).await.expect("del");
+    started.elapsed()
+}
+
+/// The raw Redis client with a lease per receive, on lists: `LPUSH` to a ready list; a
+/// receive moves up to B messages to a processing list of its own and adds its lease
+/// (token, end) to a sorted set, in one `MULTI`/`EXEC` of plain commands; an ack of the
+/// whole receive is one script that checks the lease still holds and deletes the list
+/// and the lease. This is the layout a queue could keep to pay per receive, not per
+/// message, for its leases. Not complete: nothing here moves an expired receive's list
+/// back (a script run when the sorted set has a lease due would), and there are no
+/// attempts, delay or dead letters.
+async fn raw_redis_leased_lists(conn: redis::aio::MultiplexedConnection, batch: usize) -> Duration {
+    static ACK: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+        redis::Script::new(
+            "if (tonumber(redis.call('ZSCORE', KEYS[2], ARGV[1])) or 0) <= tonumber(ARGV[2]) then return 0 end
+             redis.call('DEL', KEYS[1]) redis.call('ZREM', KEYS[2], ARGV[1]) return 1",
+        )
+    });
+    let key = unique_name("raw-leased-lists");
+    let leases = format!("{key}:leases");
+    let next = Arc::new(AtomicUsize::new(0));
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let started = Instant::now();
+    let done = Arc::new(AtomicUsize::new(0));
+    let consumers: Vec<_> = (0..CONSUMERS)
+        .map(|_| {
+            let (mut conn, done, key, leases, next) =
+                (conn.clone(), Arc::clone(&done), key.clone(), leases.clone(), Arc::clone(&next));
+            tokio::spawn(async move {
+                while done.load(Ordering::Relaxed) < N {
+                    let token = next.fetch_add(1, Ordering::Relaxed).to_string();
+                    let held = format!("{key}:held:{token}");
+                    let mut pipe = redis::pipe();
+                    pipe.atomic();
+                    for _ in 0..batch {
+                        pipe.cmd("LMOVE").arg(&key).arg(&held).arg("RIGHT").arg("LEFT");
+                    }
+                    pipe.cmd("ZADD").arg(&leases).arg(now() + 30_000).arg(&token).ignore();
+                    let got: Vec<Option<Vec<u8>>> = pipe.query_async(&mut conn).await.expect("claim");
+                    let n = got.iter().flatten().count();
+                    if n == 0 {
+                        let _: i64 =
+                            redis::cmd("ZREM").arg(&leases).arg(&token).query_async(&mut conn).await.expect("zrem");
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                        continue;
+                    }
+                    let acked: i64 =
+                        ACK.key(&held).key(&leases).arg(&token).arg(now()).invoke_async(&mut conn).await.expect("ack");
+                    assert_eq!(acked, 1, "the lease held");
+                    done.fetch_add(n, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut conn = conn;
+    push_raw_list(&mut conn, &key, batch).await;
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let _: i64 = redis::cmd("DEL").arg(&key).arg(&leases).query_async(&mut conn).await.expect("del");
     started.elapsed()
 }
 
@@ -964,6 +1029,9 @@ fn cpu_report(args: &[String]) {
                 });
                 report.run("redis-raw-streams", round, || {
                     cpu::measure(&rt, &server, ITERS, N, || raw_redis_streams(conn.clone(), batch))
+                });
+                report.run("redis-raw-leased-lists", round, || {
+                    cpu::measure(&rt, &server, ITERS, N, || raw_redis_leased_lists(conn.clone(), batch))
                 });
             }
         }
