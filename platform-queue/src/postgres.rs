@@ -317,6 +317,17 @@ impl LeaseStore for PostgresStore {
         lease_until_ms: i64,
         token: &str,
     ) -> Result<Vec<StoredMessage>> {
+        Ok(self.claim_telling_more(queue, max, now_ms, lease_until_ms, token).await?.0)
+    }
+
+    async fn claim_telling_more(
+        &self,
+        queue: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+        token: &str,
+    ) -> Result<(Vec<StoredMessage>, bool)> {
         let rows: Vec<(i64, Vec<u8>, String, i32, Option<i64>, bool)> = sqlx::query_as(CLAIM)
             .bind(token)
             .bind(lease_until_ms)
@@ -326,14 +337,17 @@ impl LeaseStore for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(map_err)?;
-        if rows.first().is_some_and(|r| r.5) {
-            // More is ready: the next waiting receive takes it.
+        // Whether more was ready past a full batch (the probe runs only then).
+        let more = rows.first().is_some_and(|r| r.5);
+        if more {
+            // The next waiting receive takes it.
             self.waker(queue).notify_one();
         }
-        Ok(rows
+        let messages = rows
             .into_iter()
             .map(|(seq, body, headers, attempts, ff, _)| decode_row((seq, body, headers, attempts, ff)))
-            .collect())
+            .collect();
+        Ok((messages, more))
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
@@ -521,7 +535,7 @@ mod tests {
     /// once the table is full (as sqlx's prepared statements are), leases the
     /// batch it asks for: a plan that ran the locking select once per row of the table
     /// leased every row it met instead. A full claim wakes another receive only when
-    /// it left messages behind.
+    /// it left messages behind, and says whether it did.
     #[tokio::test]
     async fn a_claim_planned_on_an_empty_table_leases_its_batch() {
         let Some(url) = platform_core::testkit::server_url("POSTGRES") else { return };
@@ -555,13 +569,15 @@ mod tests {
         let first_wakes = woken().await;
         let next = store.claim("q", 10, 1, 2, "third").await.expect("claim");
         let next_wakes = woken().await;
-        let rest = store.claim("q", 280, 1, 2, "fourth").await.expect("claim");
+        let (rest, rest_more) = store.claim_telling_more("q", 280, 1, 2, "fourth").await.expect("claim");
         let rest_wakes = woken().await;
+        let (none, none_more) = store.claim_telling_more("q", 10, 1, 2, "fifth").await.expect("claim");
         store.pool.close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await.expect("drop");
         assert_eq!((first.len(), next.len(), rest.len()), (10, 10, 280), "each claim leases the batch it asks for");
         let seqs = |b: &[StoredMessage]| b.iter().map(|m| m.id.clone()).collect::<Vec<_>>();
         assert!(seqs(&first).iter().all(|id| !seqs(&next).contains(id)), "the second claim leases other messages");
         assert_eq!((first_wakes, next_wakes, rest_wakes), (true, true, false), "wake-ups after each claim");
+        assert_eq!((rest_more, none.len(), none_more), (false, 0, false), "a claim that empties the queue says so");
     }
 }
