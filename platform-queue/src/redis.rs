@@ -511,9 +511,18 @@ pub struct RedisStore {
     wake_channel: String,
     wake: Arc<Notify>,
     listener: OnceLock<tokio::task::JoinHandle<()>>,
+    /// The listener is subscribed: a send made now wakes a waiting receive.
+    listening: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl RedisStore {
+    /// Whether this handle's wake subscription is live: a send wakes its waiting
+    /// receives at once. It starts with the first receive that waits; until then, and
+    /// while the server refuses or drops it, receives poll.
+    pub fn wakes_live(&self) -> bool {
+        self.listening.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Starts, once, the task that turns messages on the wake channel into wake-ups; it
     /// reconnects on its own, and wakes every waiter after a gap in which it may have
     /// missed one.
@@ -523,6 +532,7 @@ impl RedisStore {
         }
         let (client, channel) = (self.client.clone(), self.wake_channel.clone());
         let wake = Arc::downgrade(&self.wake);
+        let listening = Arc::clone(&self.listening);
         self.listener.get_or_init(|| {
             tokio::spawn(async move {
                 // A server that refuses the subscription (an ACL user without channel
@@ -536,6 +546,7 @@ impl RedisStore {
                     match subscribed {
                         Ok(pubsub) => {
                             retry = Duration::from_secs(1);
+                            listening.store(true, std::sync::atomic::Ordering::Relaxed);
                             let mut messages = pubsub.into_on_message();
                             while let Some(message) = messages.next().await {
                                 let Some(w) = wake.upgrade() else { return };
@@ -550,6 +561,7 @@ impl RedisStore {
                         }
                         Err(e) => tracing::debug!(error = %e, "redis wake subscriber could not subscribe"),
                     }
+                    listening.store(false, std::sync::atomic::Ordering::Relaxed);
                     let Some(w) = wake.upgrade() else { return };
                     w.notify_waiters();
                     drop(w);
@@ -654,6 +666,7 @@ impl RedisQueue {
             wake_channel,
             wake: Arc::new(Notify::new()),
             listener: OnceLock::new(),
+            listening: Arc::default(),
         };
         Self::new(store, u.options)
     }
@@ -722,7 +735,9 @@ impl LeaseStore for RedisStore {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(map_err)?;
-        let more = claimed.4 == 1;
+        // Without a live subscription no send would wake a receive that waits, so a
+        // claim that emptied the queue tells nothing the next receive could wait on.
+        let more = claimed.4 == 1 || !self.wakes_live();
         Ok((decode_claimed(claimed), more))
     }
 
