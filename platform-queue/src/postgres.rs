@@ -112,6 +112,8 @@ pub struct PostgresStore {
     location: String,
     wakers: Arc<Mutex<HashMap<String, Arc<Notify>>>>,
     listener: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+    /// The listener is listening: a send made now wakes a waiting receive.
+    listening: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl PostgresQueue {
@@ -146,7 +148,13 @@ impl PostgresQueue {
                  turn it on or VACUUM platform_queue_messages regularly"
             );
         }
-        let store = PostgresStore { pool, location, wakers: Arc::default(), listener: std::sync::OnceLock::new() };
+        let store = PostgresStore {
+            pool,
+            location,
+            wakers: Arc::default(),
+            listener: std::sync::OnceLock::new(),
+            listening: Arc::default(),
+        };
         Self::new(store, u.options)
     }
 }
@@ -165,6 +173,7 @@ impl PostgresStore {
         }
         let pool = self.pool.clone();
         let wakers = Arc::clone(&self.wakers);
+        let listening = Arc::clone(&self.listening);
         self.listener.get_or_init(|| {
             tokio::spawn(async move {
                 loop {
@@ -181,6 +190,8 @@ impl PostgresStore {
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
+                    // A lost connection is listened on again by the next `try_recv`.
+                    listening.store(true, std::sync::atomic::Ordering::Relaxed);
                     loop {
                         match listener.try_recv().await {
                             Ok(Some(n)) => {
@@ -204,6 +215,7 @@ impl PostgresStore {
                             Err(_) => break,
                         }
                     }
+                    listening.store(false, std::sync::atomic::Ordering::Relaxed);
                     if pool.is_closed() {
                         return;
                     }
@@ -338,11 +350,14 @@ impl LeaseStore for PostgresStore {
             .await
             .map_err(map_err)?;
         // Whether more was ready past a full batch (the probe runs only then).
-        let more = rows.first().is_some_and(|r| r.5);
-        if more {
+        let left = rows.first().is_some_and(|r| r.5);
+        if left {
             // The next waiting receive takes it.
             self.waker(queue).notify_one();
         }
+        // Without a live LISTEN no send would wake a receive that waits, so a claim
+        // that emptied the queue tells nothing the next receive could wait on.
+        let more = left || !self.listening.load(std::sync::atomic::Ordering::Relaxed);
         let messages = rows
             .into_iter()
             .map(|(seq, body, headers, attempts, ff, _)| decode_row((seq, body, headers, attempts, ff)))
@@ -554,6 +569,8 @@ mod tests {
             location: String::new(),
             wakers: Arc::default(),
             listener: std::sync::OnceLock::new(),
+            // As if LISTEN were live, so that claims tell what their probe found.
+            listening: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         };
         // What autovacuum leaves of a queue it finds drained: statistics that say empty.
         sqlx::query("VACUUM ANALYZE platform_queue_messages").execute(&store.pool).await.expect("vacuum");
