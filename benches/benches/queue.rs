@@ -830,6 +830,44 @@ impl PgScans {
     }
 }
 
+/// The commands the Redis server ran, from `INFO commandstats` (commands inside scripts
+/// and transactions included): printed after each loop of the `--cpu` mode as calls
+/// per message since the last print, so a round shows how many claims found nothing and
+/// what a message cost in commands.
+struct RedisCalls(Vec<(String, u64)>);
+
+impl RedisCalls {
+    fn read(rt: &tokio::runtime::Runtime, conn: &redis::aio::MultiplexedConnection) -> Self {
+        let info: String =
+            rt.block_on(redis::cmd("INFO").arg("commandstats").query_async(&mut conn.clone())).unwrap_or_default();
+        // `cmdstat_evalsha:calls=814,usec=…`
+        let calls = info.lines().filter_map(|l| {
+            let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+            let n = rest.strip_prefix("calls=")?.split(',').next()?.parse().ok()?;
+            Some((name.to_owned(), n))
+        });
+        Self(calls.collect())
+    }
+
+    /// Prints the calls per message since the last reading and keeps the new one.
+    fn since(&mut self, rt: &tokio::runtime::Runtime, conn: &redis::aio::MultiplexedConnection, messages: usize) {
+        let now = Self::read(rt, conn);
+        let mut per: Vec<(f64, &str)> = now
+            .0
+            .iter()
+            .map(|(cmd, n)| {
+                let before = self.0.iter().find(|(c, _)| c == cmd).map_or(0, |(_, b)| *b);
+                ((n - before.min(*n)) as f64 / messages as f64, cmd.as_str())
+            })
+            .filter(|(x, cmd)| *x >= 0.005 && *cmd != "info")
+            .collect();
+        per.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let line: Vec<String> = per.iter().map(|(x, cmd)| format!("{cmd} {x:.2}")).collect();
+        println!("    calls per message: {}", line.join(", "));
+        *self = now;
+    }
+}
+
 fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
     let config = aws_sdk_sqs::Config::builder()
@@ -1020,19 +1058,24 @@ fn cpu_report(args: &[String]) {
                 rt.block_on(redis::cmd("INFO").arg("server").query_async(&mut conn.clone())).expect("info");
             let pid = info.lines().find_map(|l| l.strip_prefix("process_id:")?.trim().parse::<u32>().ok());
             let server = move || pid.map(cpu::cpu_ns);
+            let mut calls = RedisCalls::read(&rt, &conn);
             for round in 1..=rounds {
                 report.run("redis-one-handle", round, || {
                     cpu::measure(&rt, &server, ITERS, N, || through_queue(Arc::clone(&q), batch, false))
                 });
+                calls.since(&rt, &conn, ITERS * N);
                 report.run("redis-raw", round, || {
                     cpu::measure(&rt, &server, ITERS, N, || raw_redis(conn.clone(), batch))
                 });
+                calls.since(&rt, &conn, ITERS * N);
                 report.run("redis-raw-streams", round, || {
                     cpu::measure(&rt, &server, ITERS, N, || raw_redis_streams(conn.clone(), batch))
                 });
+                calls.since(&rt, &conn, ITERS * N);
                 report.run("redis-raw-leased-lists", round, || {
                     cpu::measure(&rt, &server, ITERS, N, || raw_redis_leased_lists(conn.clone(), batch))
                 });
+                calls.since(&rt, &conn, ITERS * N);
             }
         }
         "postgres" => {
