@@ -81,7 +81,11 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
 
     /// Claims up to `max` claimable messages: sets their token, `visible_at =
     /// lease_until_ms`, adds one to their attempts, and sets first failure to `now_ms`
-    /// when it is a redelivery and none was set. Returns them, attempts updated.
+    /// when it is a redelivery and none was set. Returns them, attempts updated, and
+    /// whether claimable messages were left beyond them (`true` when the store cannot
+    /// tell). Told that the queue was emptied, the next receive waits for a wake-up (or
+    /// its first poll) before claiming, as after a claim that found nothing; so a store
+    /// says `false` only while its wake-ups reach waiting receives.
     async fn claim(
         &self,
         queue: &str,
@@ -89,23 +93,7 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
         now_ms: i64,
         lease_until_ms: i64,
         token: &str,
-    ) -> Result<Vec<StoredMessage>>;
-
-    /// Like [`claim`](Self::claim), and also whether claimable messages were left
-    /// beyond those it leased. The default cannot tell and says `true`. A store that
-    /// can tell spares a receive that follows a claim which emptied the queue from
-    /// asking again at once: it waits for a wake-up (or its first poll) first, as
-    /// after a claim that found nothing.
-    async fn claim_telling_more(
-        &self,
-        queue: &str,
-        max: usize,
-        now_ms: i64,
-        lease_until_ms: i64,
-        token: &str,
-    ) -> Result<(Vec<StoredMessage>, bool)> {
-        Ok((self.claim(queue, max, now_ms, lease_until_ms, token).await?, true))
-    }
+    ) -> Result<(Vec<StoredMessage>, bool)>;
 
     /// Deletes the message if `token` holds its lease; `false` otherwise.
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool>;
@@ -390,7 +378,7 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
             let now = now_ms();
             let vt = inner.options.visibility_timeout;
             let token = lease_token();
-            let (claimed, more) = inner.store.claim_telling_more(queue, options.max, now, now + ms(vt), &token).await?;
+            let (claimed, more) = inner.store.claim(queue, options.max, now, now + ms(vt), &token).await?;
             inner.idle.store(claimed.is_empty() || !more, Ordering::Relaxed);
             let mut out = Vec::with_capacity(claimed.len());
             for m in claimed {

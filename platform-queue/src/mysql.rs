@@ -306,8 +306,9 @@ impl LeaseStore for MysqlStore {
         now_ms: i64,
         lease_until_ms: i64,
         token: &str,
-    ) -> Result<Vec<StoredMessage>> {
-        again(|| self.try_claim(queue, max, now_ms, lease_until_ms, token)).await
+    ) -> Result<(Vec<StoredMessage>, bool)> {
+        // Receives poll here: nothing would wake one that waited for more.
+        Ok((again(|| self.try_claim(queue, max, now_ms, lease_until_ms, token)).await?, true))
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {

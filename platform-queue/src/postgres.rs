@@ -328,17 +328,6 @@ impl LeaseStore for PostgresStore {
         now_ms: i64,
         lease_until_ms: i64,
         token: &str,
-    ) -> Result<Vec<StoredMessage>> {
-        Ok(self.claim_telling_more(queue, max, now_ms, lease_until_ms, token).await?.0)
-    }
-
-    async fn claim_telling_more(
-        &self,
-        queue: &str,
-        max: usize,
-        now_ms: i64,
-        lease_until_ms: i64,
-        token: &str,
     ) -> Result<(Vec<StoredMessage>, bool)> {
         let rows: Vec<(i64, Vec<u8>, String, i32, Option<i64>, bool)> = sqlx::query_as(CLAIM)
             .bind(token)
@@ -574,7 +563,7 @@ mod tests {
         };
         // What autovacuum leaves of a queue it finds drained: statistics that say empty.
         sqlx::query("VACUUM ANALYZE platform_queue_messages").execute(&store.pool).await.expect("vacuum");
-        assert!(store.claim("q", 10, 1, 2, "first").await.expect("claim").is_empty());
+        assert!(store.claim("q", 10, 1, 2, "first").await.expect("claim").0.is_empty());
         let rows = (0..300)
             .map(|_| NewMessage { body: "x".into(), headers: Headers::new(), visible_at_ms: 0, dedup_key: None })
             .collect();
@@ -582,13 +571,13 @@ mod tests {
         // A full claim that leaves more behind wakes the next receive (a stored permit
         // here, since none waits); one that takes the last message does not.
         let woken = || async { tokio::time::timeout(Duration::ZERO, store.waker("q").notified()).await.is_ok() };
-        let first = store.claim("q", 10, 1, 2, "second").await.expect("claim");
+        let (first, _) = store.claim("q", 10, 1, 2, "second").await.expect("claim");
         let first_wakes = woken().await;
-        let next = store.claim("q", 10, 1, 2, "third").await.expect("claim");
+        let (next, _) = store.claim("q", 10, 1, 2, "third").await.expect("claim");
         let next_wakes = woken().await;
-        let (rest, rest_more) = store.claim_telling_more("q", 280, 1, 2, "fourth").await.expect("claim");
+        let (rest, rest_more) = store.claim("q", 280, 1, 2, "fourth").await.expect("claim");
         let rest_wakes = woken().await;
-        let (none, none_more) = store.claim_telling_more("q", 10, 1, 2, "fifth").await.expect("claim");
+        let (none, none_more) = store.claim("q", 10, 1, 2, "fifth").await.expect("claim");
         store.pool.close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await.expect("drop");
         assert_eq!((first.len(), next.len(), rest.len()), (10, 10, 280), "each claim leases the batch it asks for");

@@ -714,17 +714,6 @@ impl LeaseStore for RedisStore {
         now_ms: i64,
         lease_until_ms: i64,
         token: &str,
-    ) -> Result<Vec<StoredMessage>> {
-        Ok(self.claim_telling_more(queue, max, now_ms, lease_until_ms, token).await?.0)
-    }
-
-    async fn claim_telling_more(
-        &self,
-        queue: &str,
-        max: usize,
-        now_ms: i64,
-        lease_until_ms: i64,
-        token: &str,
     ) -> Result<(Vec<StoredMessage>, bool)> {
         let claimed: Claimed = CLAIM
             .arg(prefix(queue))

@@ -167,7 +167,7 @@ impl LeaseStore for SqliteStore {
         now_ms: i64,
         lease_until_ms: i64,
         token: &str,
-    ) -> Result<Vec<StoredMessage>> {
+    ) -> Result<(Vec<StoredMessage>, bool)> {
         let rows: Vec<Row> = sqlx::query_as(
             "UPDATE platform_queue_messages SET token = ?1, visible_at = ?2, attempts = attempts + 1,
                first_failure = CASE WHEN attempts > 0 AND first_failure IS NULL THEN ?3 ELSE first_failure END
@@ -183,7 +183,8 @@ impl LeaseStore for SqliteStore {
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        Ok(rows.into_iter().map(decode_row).collect())
+        // Receives poll here: nothing would wake one that waited for more.
+        Ok((rows.into_iter().map(decode_row).collect(), true))
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {

@@ -603,8 +603,7 @@ async fn redis_claim_tells_whether_more_are_left() {
         platform_queue::redis::RedisQueue::from_url(&format!("{url}{sep}queue={}", options.queue)).await.expect("open");
     let claim = async |token: &str| {
         let now = platform_queue::now_ms();
-        let (got, more) =
-            q.store().claim_telling_more(&options.queue, 2, now, now + 30_000, token).await.expect("claim");
+        let (got, more) = q.store().claim(&options.queue, 2, now, now + 30_000, token).await.expect("claim");
         (got.len(), more)
     };
     assert_eq!(claim("before").await, (0, true), "no wake-ups yet: there may be more");
