@@ -4,36 +4,54 @@
 //! - [x] dead letters and redrive, delay, dedup (`SET NX PX`), atomic batches
 //! - [x] durable as far as the server persists (turn on AOF; the queue warns at open
 //!   when `maxmemory-policy` can evict keys)
-//! - [ ] ~~Redis Cluster~~: dead-lettering moves keys between queues, which needs one node
+//! - [ ] ~~Redis Cluster~~: dead-lettering moves messages between queues, which needs
+//!   one node
 //!
-//! Waiting receives wake when a message becomes visible: every script that makes one
-//! visible now publishes on `platform:queue:{NAME}:wake`, and each queue handle keeps
-//! one subscriber connection on its queue's channel (opened by the first receive that
-//! waits). A send announces how many messages it added and wakes that many waiting
-//! receives; a release, dead-letter move or redrive wakes them all. Delays and lease expiries are still found by polling, at most every 200 ms,
-//! and so is everything when the server refuses pub/sub (an ACL user without channel
-//! rights: announcing is best effort and never fails the operation).
+//! Layout: a message is one list entry that carries everything about it
+//! (`attempts:first failure:id length:headers length:` then id, headers and body), so
+//! no operation on the hot path looks a message up by id or copies its body through a
+//! script. Per queue `platform:queue:{NAME}`:
 //!
-//! Layout: each queue is a sorted set `platform:queue:{NAME}:z` of message ids scored
-//! by the time they become visible (a lease moves the score to its end), and three
-//! hashes keyed by message id: `…:b` (body), `…:h` (headers, only for messages that
-//! have any) and `…:l` (attempts, first failure, lease token and lease end). Every operation is
-//! one Lua script, so it is atomic on the server, and a script touches each structure
-//! once per batch, not once per message. This gives delay, lease expiry and
-//! redelivery in one structure, which Streams' pending lists do not. Messages written
-//! in the earlier layout (one hash `…:m:ID` per message) are moved into the queue's
-//! hashes when a receive or a dead-letter listing first reaches them. Each of these
-//! keys also holds one marker entry (`~platform-queue~ …`, scored `+inf`), which keeps
-//! it in the server's hash-table encoding: an empty queue's keys stay, at a few
-//! hundred bytes each. A send without dedup keys is one `MULTI`/`EXEC` of plain
-//! commands; everything conditional is a script. Needs Redis 6.2 or later
-//! (`ZMSCORE`), or Valkey.
+//! - `…:ready`, a list of the messages visible now, oldest first;
+//! - `…:later`, a sorted set of delayed messages scored by when they become visible;
+//! - `…:rcv:{TOKEN}`, one list per receive: a claim is one `MULTI`/`EXEC` of `LMOVE`s
+//!   from `…:ready` into it, plus the receive's lease end in `…:leases`, a sorted set
+//!   of tokens;
+//! - `…:done:{TOKEN}`, the ids of a receive settled one by one, until the whole receive
+//!   is settled and its keys go;
+//! - `…:rcv:{TOKEN}/{ID}`, a receive of its own for a delivery whose lease was extended
+//!   apart from its batch.
+//!
+//! The token fences: a holder whose lease ran out finds its token gone from `…:leases`.
+//! Due delays and lapsed receives are moved back to `…:ready` (attempts counted, first
+//! failure set) by a script that a claim runs only when the first entry of either
+//! sorted set is due, which the claim learns from the same `MULTI`. A send is one
+//! `RPUSH` (a `MULTI` when some messages are delayed); a send with dedup keys, an ack
+//! and everything conditional are Lua scripts, atomic on the server. A whole receive
+//! acked together costs the server a handful of commands whatever its size. An entry
+//! another client pushed onto `…:ready` in another shape is delivered as it is, its
+//! bytes the body. Queues written by earlier versions (a sorted set of ids and hashes
+//! of bodies, headers and lease records, or a hash per message) are moved into this
+//! layout when a handle first reaches them; every process of a queue should run this
+//! version or later. Needs Redis 6.2 or later (`LMOVE`, `SMISMEMBER`), or Valkey.
+//!
+//! Waiting receives wake when a message becomes visible: every send, release, dead
+//! letter, redrive and moved-back delay or lapsed lease publishes how many became
+//! visible on `platform:queue:{NAME}:wake`, and each queue handle keeps one subscriber
+//! connection on its queue's channel (opened by the first receive that waits), which
+//! wakes that many waiting receives. Delays and lease expiries are found by polling,
+//! at most every 200 ms, and so is everything when the server refuses pub/sub (an ACL
+//! user without channel rights: announcing is best effort and never fails the
+//! operation).
 //!
 //! URL: `redis://[user:password@]host[:port][/db]` or `rediss://` (TLS), `valkey://`
 //! and `valkeys://` as aliases, plus the common parameters and `response_timeout`
 //! (default 10s).
 
-use std::sync::{Arc, LazyLock, OnceLock};
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -41,21 +59,13 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use platform_core::{Error, ErrorKind, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, ServerErrorKind};
+use redis::{Script, ServerErrorKind, Value};
 use tokio::sync::Notify;
 
 use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
 use crate::message::{decode_headers, encode_headers};
 use crate::url::QueueUrl;
 use crate::{Capabilities, Headers};
-
-/// An entry every key of a queue holds (score `+inf` in its sorted set), longer than
-/// the 64 bytes up to which the server keeps a small hash or sorted set in its compact
-/// encoding. In that encoding every change rewrites the key and every lookup scans it,
-/// which made claims and acks of queues under 128 messages (the usual case: consumers
-/// keep up) cost the server half again as much as in the hash-table encoding.
-const MARK: &str =
-    "~platform-queue~ this entry keeps the key in the encoding whose operations cost the same at any size";
 
 /// The most receivers one announcement wakes.
 const MAX_WOKEN: usize = 64;
@@ -94,20 +104,18 @@ pub fn map_err(e: redis::RedisError) -> Error {
     Error::new(kind, e.to_string()).with_backend("redis").with_source(e)
 }
 
-/// Helpers every script shares. A message lives in three hashes of its queue, keyed by
-/// its id: `…:b` (body), `…:h` (headers, only when there are any) and `…:l` (its lease
-/// record, `attempts|first failure|token|lease end`, absent before the first delivery; records
-/// written before the lease end was kept there are checked against the sorted set). Whole
-/// batches go to the server as one command per hash (`chunked` and `gathered`, in runs
-/// of 1,000 under Lua's limit on unpacked values), so a batch of 100 costs the server
-/// a handful of calls, not several per message. `adopt` moves a message written in the
-/// earlier layout (one hash `…:m:ID` per message) into the queue's hashes.
-const HELD: &str = r"
+/// Helpers every script shares. `head` reads an entry's fields (nil for an entry in
+/// another shape: such an entry's id is `~` and its position in its receive's list);
+/// `holder` finds which receive holds a delivery's lease (its own, once extended apart
+/// from its batch); `settle` marks deliveries of a receive settled and drops the
+/// receive's keys once all are; `take` settles one delivery and returns its entry.
+/// Whole batches go to the server as one command (`chunked`, in runs of 1,000 under
+/// Lua's limit on unpacked values).
+const COMMON: &str = r"
 local call = redis.call
 local function chunked(cmd, key, args)
   local n = #args
   if n == 0 then return end
-  if n <= 1000 then call(cmd, key, unpack(args)) return end
   for i = 1, n, 1000 do
     call(cmd, key, unpack(args, i, math.min(i + 999, n)))
   end
@@ -123,183 +131,139 @@ local function gathered(cmd, key, args)
   end
   return out
 end
-local function record(r)
-  if not r then return 0, '', '' end
-  local i = string.find(r, '|', 1, true)
-  local j = i and string.find(r, '|', i + 1, true)
-  if not j then return 0, '', '' end
-  return tonumber(string.sub(r, 1, i - 1)) or 0, string.sub(r, i + 1, j - 1), string.sub(r, j + 1)
+local function head(e)
+  local a, f, il, hl, s = string.match(e, '^(%d+):(%d*):(%d+):(%d+):()')
+  if not a then return nil end
+  il, hl = tonumber(il), tonumber(hl)
+  if s + il + hl - 1 > #e then return nil end
+  return tonumber(a), f, il, hl, s
 end
-local function holds(r, token)
-  return r ~= false and r ~= nil and #token > 0 and #r > #token and string.sub(r, -#token) == token
-    and string.byte(r, -#token - 1) == 124
+local function id_of(e, pos)
+  local a, _, il, _, s = head(e)
+  if not a then return '~' .. pos end
+  return string.sub(e, s, s + il - 1)
 end
--- Whether a record ends in its lease's end (13 digits of milliseconds): records held
--- the end only in the sorted set before, and a lease end of another width still does.
-local function timed(r)
-  return #r > 14 and string.byte(r, -14) == 124
+local function make(a, f, id, h, b)
+  return a .. ':' .. f .. ':' .. #id .. ':' .. #h .. ':' .. id .. h .. b
 end
-local function lease(p, id, r, token, now)
-  if not r then return false end
-  if timed(r) then
-    return string.sub(r, -14 - #token, -15) == token and string.byte(r, -15 - #token) == 124
-      and tonumber(string.sub(r, -13)) > now
+-- The entry with its attempts and first failure replaced; an entry in another shape
+-- becomes one of ours with a fresh id, its bytes the body.
+local function rewritten(p, e, a, f)
+  local x, _, il, hl, s = head(e)
+  if not x then return make(a, f, 'foreign-' .. call('INCR', p .. ':seq'), '', e) end
+  return a .. ':' .. f .. ':' .. il .. ':' .. hl .. ':' .. string.sub(e, s)
+end
+local function wake(p, n)
+  redis.pcall('PUBLISH', p .. ':wake', n)
+end
+local function find(list, id)
+  if string.byte(id, 1) == 126 then
+    local n = tonumber(string.sub(id, 2))
+    return n and call('LINDEX', list, n - 1)
   end
-  if not holds(r, token) then return false end
-  local s = redis.call('ZSCORE', p .. ':z', id)
-  return s and tonumber(s) > now
-end
--- The record `r` with its lease end replaced by `lease_end`.
-local function until_end(r, lease_end)
-  if timed(r) then r = string.sub(r, 1, -15) end
-  if #lease_end == 13 then return r .. '|' .. lease_end end
-  return r
-end
-local function any(key)
-  return redis.call('EXISTS', key) == 1
-end
-local function keep(p, heads)
-  redis.call('ZADD', p .. ':z', 'NX', 'inf', MARK)
-  redis.call('HSET', p .. ':b', MARK, '')
-  redis.call('HSET', p .. ':l', MARK, '')
-  if heads then redis.call('HSET', p .. ':h', MARK, '') end
-end
-local function adopt(p, id)
-  local k = p .. ':m:' .. id
-  local v = redis.call('HMGET', k, 'b', 'h', 'a', 'f', 't')
-  if not v[1] then return false end
-  redis.call('HSET', p .. ':b', id, v[1])
-  if v[2] and v[2] ~= '{}' then redis.call('HSET', p .. ':h', id, v[2]) end
-  redis.call('HSET', p .. ':l', id, (v[3] or '0') .. '|' .. (v[4] or '') .. '|' .. (v[5] or ''))
-  redis.call('DEL', k)
-  return true
-end
-local function fetch(p, ids)
-  local b = gathered('HMGET', p .. ':b', ids)
-  local h = {}
-  if any(p .. ':h') then h = gathered('HMGET', p .. ':h', ids) end
-  local l = gathered('HMGET', p .. ':l', ids)
-  for i, id in ipairs(ids) do
-    if not b[i] and adopt(p, id) then
-      b[i] = redis.call('HGET', p .. ':b', id)
-      h[i] = redis.call('HGET', p .. ':h', id)
-      l[i] = redis.call('HGET', p .. ':l', id)
-    end
+  for i, e in ipairs(call('LRANGE', list, 0, -1)) do
+    if id_of(e, i) == id then return e end
   end
-  return b, h, l
+  return nil
 end
-local function forget(p, ids)
-  chunked('HDEL', p .. ':b', ids)
-  if any(p .. ':h') then chunked('HDEL', p .. ':h', ids) end
-  chunked('HDEL', p .. ':l', ids)
-  chunked('ZREM', p .. ':z', ids)
+local function holder(p, tok, id, now)
+  local s = call('ZSCORE', p .. ':leases', tok)
+  if s and tonumber(s) > now and call('SISMEMBER', p .. ':done:' .. tok, id) == 0 then return tok end
+  local own = tok .. '/' .. id
+  s = call('ZSCORE', p .. ':leases', own)
+  if s and tonumber(s) > now then return own end
+  return nil
 end
-local function held(p, id, token, now)
-  return lease(p, id, redis.call('HGET', p .. ':l', id), token, now)
+local function settle(p, tok, ids, have)
+  local list, done = p .. ':rcv:' .. tok, p .. ':done:' .. tok
+  if (have or call('SCARD', done)) + #ids >= call('LLEN', list) then
+    call('DEL', list, done)
+    call('ZREM', p .. ':leases', tok)
+  else
+    chunked('SADD', done, ids)
+  end
+end
+local function drop(p, own)
+  call('DEL', p .. ':rcv:' .. own)
+  call('ZREM', p .. ':leases', own)
+end
+local function take(p, id, tok, now)
+  local h = holder(p, tok, id, now)
+  if not h then return nil end
+  if h ~= tok then
+    local e = call('LINDEX', p .. ':rcv:' .. h, 0)
+    drop(p, h)
+    return e or nil
+  end
+  local e = find(p .. ':rcv:' .. tok, id)
+  if e then settle(p, tok, {id}) end
+  return e or nil
 end
 ";
 
 fn script(body: &str) -> Script {
-    Script::new(&format!("local MARK = '{MARK}'\n{HELD}\n{body}"))
+    Script::new(&format!("{COMMON}\n{body}"))
 }
 
-// ARGV: prefix, dedup ttl ms, n, then per message: id, body, headers ("" for none), visible_at, dedup key ("" for none).
+// ARGV: prefix, dedup ttl ms, now, n, then per message: entry, visible_at, dedup key ("" for none).
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local p, ttl, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local bodies, heads, scored = {}, {}, {}
+local p, ttl, now, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ready, later = {}, {}
 for i = 0, n - 1 do
-  local b = 4 + i * 5
-  local id, dk = ARGV[b], ARGV[b + 4]
-  local fresh = true
-  if dk ~= '' then fresh = redis.call('SET', p .. ':d:' .. dk, '1', 'NX', 'PX', ttl) end
-  if fresh then
-    bodies[#bodies + 1] = id
-    bodies[#bodies + 1] = ARGV[b + 1]
-    if ARGV[b + 2] ~= '' then
-      heads[#heads + 1] = id
-      heads[#heads + 1] = ARGV[b + 2]
+  local b = 5 + i * 3
+  local vis, dk = tonumber(ARGV[b + 1]), ARGV[b + 2]
+  if dk == '' or call('SET', p .. ':d:' .. dk, '1', 'NX', 'PX', ttl) then
+    if vis <= now then
+      ready[#ready + 1] = ARGV[b]
+    else
+      later[#later + 1] = vis
+      later[#later + 1] = ARGV[b]
     end
-    scored[#scored + 1] = ARGV[b + 3]
-    scored[#scored + 1] = id
   end
 end
-if #scored > 0 then
-  keep(p, #heads > 0)
-  chunked('HSET', p .. ':b', bodies)
-  chunked('HSET', p .. ':h', heads)
-  chunked('ZADD', p .. ':z', scored)
-  redis.pcall('PUBLISH', p .. ':wake', tostring(#scored / 2))
-end
-return #scored / 2",
+chunked('RPUSH', p .. ':ready', ready)
+chunked('ZADD', p .. ':later', later)
+if #ready > 0 then wake(p, tostring(#ready)) end
+return #ready + #later / 2",
     )
 });
 
-// ARGV: prefix, now, lease_until, token, max. Returns four parts, one entry per message
-// claimed in each list: the ids joined by spaces; the redeliveries as `position:attempts:first
-// failure` joined by spaces (a message not named there is a first delivery: attempt 1, no
-// failure); the bodies (nil for a message that is gone: its id is dropped from the
-// sorted set); the headers (nil for none; an empty list when the queue has none at all);
-// 1 when claimable messages were left beyond `max`, else 0.
-// The lists the server returns are handed back as they are, so a message costs the script
-// no more than its lease record and its new score.
-static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+// ARGV: prefix, now. Moves due delays and the entries of lapsed receives (not settled
+// one by one) back to `…:ready`, the latter with one more attempt and a first failure.
+// Returns how many it moved.
+static MAINTAIN: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local p, now, lease_end, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local z = p .. ':z'
-local max = tonumber(ARGV[5])
-local ids = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, max + 1)
-local n, more = #ids, 0
-if n == 0 then return {'', '', {}, {}, 0} end
-if n > max then
-  ids[n] = nil
-  n = max
-  more = 1
-end
-local tail = '|' .. token
-if #lease_end == 13 then tail = tail .. '|' .. lease_end end
--- A first delivery's record is the same for the whole batch: built once, and grouped
--- acks then recognise it by identity instead of parsing each.
-local first = '1||' .. tail
-local b, h, l = fetch(p, ids)
-local leased, records, again, gone = {}, {}, {}, {}
-local k, na, ng = 0, 0, 0
-for i = 1, n do
-  local id = ids[i]
-  if not b[i] then
-    ng = ng + 1
-    gone[ng] = id
-  else
-    local r = l[i]
-    if r then
-      local a, f = record(r)
-      a = a + 1
-      if a > 1 and f == '' then f = now end
-      r = a .. '|' .. f .. tail
-      na = na + 1
-      again[na] = i .. ':' .. a .. ':' .. f
-    else
-      r = first
+local p, now = ARGV[1], ARGV[2]
+local ready, leases = p .. ':ready', p .. ':leases'
+local due = call('ZRANGEBYSCORE', p .. ':later', '-inf', now, 'LIMIT', 0, 1000)
+chunked('ZREM', p .. ':later', due)
+chunked('RPUSH', ready, due)
+local moved = #due
+local lapsed = call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 100)
+for _, tok in ipairs(lapsed) do
+  local list, done = p .. ':rcv:' .. tok, p .. ':done:' .. tok
+  local settled = {}
+  for _, id in ipairs(call('SMEMBERS', done)) do settled[id] = true end
+  local back = {}
+  for i, e in ipairs(call('LRANGE', list, 0, -1)) do
+    local a, f, il, hl, s = head(e)
+    if not a then
+      if not settled['~' .. i] then back[#back + 1] = rewritten(p, e, 1, now) end
+    elseif not settled[string.sub(e, s, s + il - 1)] then
+      if f == '' then f = now end
+      back[#back + 1] = (a + 1) .. ':' .. f .. ':' .. il .. ':' .. hl .. ':' .. string.sub(e, s)
     end
-    k = k + 2
-    records[k - 1] = id
-    records[k] = r
-    leased[k - 1] = lease_end
-    leased[k] = id
   end
+  chunked('RPUSH', ready, back)
+  call('DEL', list, done)
+  moved = moved + #back
 end
-chunked('HSET', p .. ':l', records)
-chunked('ZADD', z, leased)
-chunked('ZREM', z, gone)
--- Headers read for an adopted message may leave holes, which would cut the list short.
-if next(h) ~= nil then
-  for i = 1, n do
-    if h[i] == nil then h[i] = false end
-  end
-end
-return {table.concat(ids, ' '), table.concat(again, ' '), b, h, more}",
+chunked('ZREM', leases, lapsed)
+if moved > 0 then wake(p, tostring(moved)) end
+return moved",
     )
 });
 
@@ -307,42 +271,63 @@ return {table.concat(ids, ' '), table.concat(again, ' '), b, h, more}",
 static ACK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local p, id = ARGV[1], ARGV[2]
-if not held(p, id, ARGV[3], tonumber(ARGV[4])) then return 0 end
-forget(p, {id})
+local p, id, tok = ARGV[1], ARGV[2], ARGV[3]
+local h = holder(p, tok, id, tonumber(ARGV[4]))
+if not h then return 0 end
+if h == tok then settle(p, tok, {id}) else drop(p, h) end
 return 1",
     )
 });
 
-// ARGV: prefix, now, then id, token pairs. Returns 1 or 0 per pair.
+// ARGV: prefix, now, then per receive: its token, how many of its deliveries follow, and
+// their ids. Returns 1 or 0 per id, in order. The deliveries of one receive are judged
+// together: one lease lookup, and when they are all of it, the
+// receive's keys go without a look at its entries.
 static ACK_MANY: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local p, now = ARGV[1], tonumber(ARGV[2])
-local ids, n = {}, 0
-for i = 3, #ARGV, 2 do n = n + 1; ids[n] = ARGV[i] end
-local l = gathered('HMGET', p .. ':l', ids)
-local out, settled, k = {}, {}, 0
--- The messages of one receive share one record (see CLAIM): a record and token equal to
--- the last ones checked (strings compare by identity in Lua) get the same answer.
-local last_r, last_t, last_ok
-for i = 1, n do
-  local r, t, ok = l[i], ARGV[2 + 2 * i], false
-  if r and r == last_r and t == last_t then
-    ok = last_ok
-  else
-    ok = lease(p, ids[i], r, t, now)
-    if r and timed(r) then last_r, last_t, last_ok = r, t, ok end
+local leases = p .. ':leases'
+local out, k, i = {}, 0, 3
+while i <= #ARGV do
+  local tok, n = ARGV[i], tonumber(ARGV[i + 1])
+  local ids = {}
+  for j = 1, n do
+    ids[j] = ARGV[i + 1 + j]
+    out[k + j] = 0
   end
-  if ok then
-    k = k + 1
-    settled[k] = ids[i]
-    out[i] = 1
-  else
-    out[i] = 0
+  local s = call('ZSCORE', leases, tok)
+  local live = s and tonumber(s) > now
+  local have, marked = 0, nil
+  if live then
+    have = call('SCARD', p .. ':done:' .. tok)
+    if have > 0 then marked = gathered('SMISMEMBER', p .. ':done:' .. tok, ids) end
   end
+  local seen, mine, own, own_at = {}, {}, {}, {}
+  for j, id in ipairs(ids) do
+    if not seen[id] then
+      seen[id] = true
+      if live and (not marked or marked[j] == 0) then
+        mine[#mine + 1] = id
+        out[k + j] = 1
+      else
+        own[#own + 1] = tok .. '/' .. id
+        own_at[#own_at + 1] = k + j
+      end
+    end
+  end
+  if #mine > 0 then settle(p, tok, mine, have) end
+  if #own > 0 then
+    local scores = gathered('ZMSCORE', leases, own)
+    for m, key in ipairs(own) do
+      if scores[m] and tonumber(scores[m]) > now then
+        drop(p, key)
+        out[own_at[m]] = 1
+      end
+    end
+  end
+  k, i = k + n, i + 2 + n
 end
-forget(p, settled)
 return out",
     )
 });
@@ -351,27 +336,43 @@ return out",
 static RELEASE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local p, id, now = ARGV[1], ARGV[2], tonumber(ARGV[4])
-if not held(p, id, ARGV[3], now) then return 0 end
-local a, f = record(redis.call('HGET', p .. ':l', id))
-if ARGV[6] == '1' and f == '' then f = ARGV[4] end
-if ARGV[7] == '1' and a > 0 then a = a - 1 end
-redis.call('HSET', p .. ':l', id, a .. '|' .. f .. '|')
-redis.call('ZADD', p .. ':z', tonumber(ARGV[5]), id)
-if tonumber(ARGV[5]) <= now then redis.pcall('PUBLISH', p .. ':wake', '') end
+local p, now = ARGV[1], ARGV[4]
+local e = take(p, ARGV[2], ARGV[3], tonumber(now))
+if not e then return 0 end
+local a, f = head(e)
+a, f = a or 0, f or ''
+if ARGV[6] == '1' and f == '' then f = now end
+if ARGV[7] ~= '1' then a = a + 1 end
+local back, vis = rewritten(p, e, a, f), tonumber(ARGV[5])
+if vis <= tonumber(now) then
+  call('RPUSH', p .. ':ready', back)
+  wake(p, '1')
+else
+  call('ZADD', p .. ':later', vis, back)
+end
 return 1",
     )
 });
 
-// ARGV: prefix, id, token, now, until.
+// ARGV: prefix, id, token, now, until. A delivery still sharing its receive's lease with
+// others unsettled moves to a receive of its own; otherwise its lease moves on.
 static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local p, id = ARGV[1], ARGV[2]
-local r = redis.call('HGET', p .. ':l', id)
-if not lease(p, id, r, ARGV[3], tonumber(ARGV[4])) then return 0 end
-redis.call('HSET', p .. ':l', id, until_end(r, ARGV[5]))
-redis.call('ZADD', p .. ':z', tonumber(ARGV[5]), id)
+local p, id, tok = ARGV[1], ARGV[2], ARGV[3]
+local h = holder(p, tok, id, tonumber(ARGV[4]))
+if not h then return 0 end
+local list, done = p .. ':rcv:' .. tok, p .. ':done:' .. tok
+if h ~= tok or call('LLEN', list) - call('SCARD', done) <= 1 then
+  call('ZADD', p .. ':leases', ARGV[5], h)
+  return 1
+end
+local e = find(list, id)
+if not e then return 0 end
+local own = tok .. '/' .. id
+call('RPUSH', p .. ':rcv:' .. own, e)
+call('ZADD', p .. ':leases', ARGV[5], own)
+call('SADD', done, id)
 return 1",
     )
 });
@@ -380,126 +381,186 @@ return 1",
 static MOVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local p, t, id, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[5])
-if not held(p, id, ARGV[4], now) then return 0 end
-local body = redis.call('HGET', p .. ':b', id)
-forget(p, {id})
-keep(t, ARGV[6] ~= '')
-redis.call('HSET', t .. ':b', id, body)
-if ARGV[6] ~= '' then redis.call('HSET', t .. ':h', id, ARGV[6]) end
-redis.call('ZADD', t .. ':z', now, id)
-redis.pcall('PUBLISH', t .. ':wake', '')
+local p, t, id = ARGV[1], ARGV[2], ARGV[3]
+local e = take(p, id, ARGV[4], tonumber(ARGV[5]))
+if not e then return 0 end
+local a, _, il, hl, s = head(e)
+local body = e
+if a then body = string.sub(e, s + il + hl) else id = 'foreign-' .. call('INCR', p .. ':seq') end
+call('RPUSH', t .. ':ready', make(0, '', id, ARGV[6], body))
+wake(t, '1')
 return 1",
     )
 });
 
-// ARGV: prefix, limit.
-static PEEK: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-local p = ARGV[1]
-local ids = redis.call('ZRANGEBYSCORE', p .. ':z', '-inf', '(inf', 'LIMIT', 0, tonumber(ARGV[2]))
-if #ids == 0 then return {} end
-local b, h, l = fetch(p, ids)
-local out = {}
-for i, id in ipairs(ids) do
-  if b[i] then
-    local a, f = record(l[i])
-    out[#out + 1] = id
-    out[#out + 1] = b[i]
-    out[#out + 1] = h[i] or ''
-    out[#out + 1] = tostring(a)
-    out[#out + 1] = f
-  end
-end
-return out",
-    )
-});
-
-// ARGV: from prefix, to prefix, limit, now.
+// ARGV: from prefix, to prefix, limit. Moves visible messages, attempts 0.
 static REDRIVE: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
-local f, t, now = ARGV[1], ARGV[2], ARGV[4]
-local ids = redis.call('ZRANGEBYSCORE', f .. ':z', '-inf', '(inf', 'LIMIT', 0, tonumber(ARGV[3]))
-if #ids == 0 then return 0 end
-local b, h = fetch(f, ids)
-forget(f, ids)
-local bodies, heads, scored = {}, {}, {}
-for i, id in ipairs(ids) do
-  if b[i] then
-    bodies[#bodies + 1] = id
-    bodies[#bodies + 1] = b[i]
-    if h[i] then
-      heads[#heads + 1] = id
-      heads[#heads + 1] = h[i]
-    end
-    scored[#scored + 1] = now
-    scored[#scored + 1] = id
+local f, t = ARGV[1], ARGV[2]
+local es = call('LRANGE', f .. ':ready', 0, tonumber(ARGV[3]) - 1)
+if #es == 0 then return 0 end
+local back = {}
+for i, e in ipairs(es) do back[i] = rewritten(t, e, 0, '') end
+call('LTRIM', f .. ':ready', #es, -1)
+chunked('RPUSH', t .. ':ready', back)
+wake(t, tostring(#back))
+return #back",
+    )
+});
+
+/// The marker entry earlier versions kept in each key of a queue.
+const EARLIER_MARK: &str =
+    "~platform-queue~ this entry keeps the key in the encoding whose operations cost the same at any size";
+
+// ARGV: prefix, now. Moves up to 1,000 messages of the earlier layouts into this one:
+// a sorted set `…:z` of ids scored by visibility (or lease end) with hashes `…:b`
+// (bodies), `…:h` (headers) and `…:l` (`attempts|first failure|token…`), or, before
+// that, a hash `…:m:ID` per message. A message visible now goes to `…:ready`, one
+// delayed or leased to `…:later` until then. Returns how many it read.
+static MIGRATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(&format!(
+        "local MARK = '{EARLIER_MARK}'\n{COMMON}\n{}",
+        r"
+local p, now = ARGV[1], tonumber(ARGV[2])
+local z = p .. ':z'
+if call('EXISTS', z) == 0 then return 0 end
+local all = call('ZRANGE', z, 0, 999, 'WITHSCORES')
+local ids, scores = {}, {}
+for i = 1, #all, 2 do
+  if all[i] ~= MARK then
+    ids[#ids + 1] = all[i]
+    scores[#ids] = tonumber(all[i + 1])
   end
 end
-if #scored > 0 then keep(t, #heads > 0) end
-chunked('HSET', t .. ':b', bodies)
-chunked('HSET', t .. ':h', heads)
-chunked('HDEL', t .. ':l', ids)
-chunked('ZADD', t .. ':z', scored)
-if #scored > 0 then redis.pcall('PUBLISH', t .. ':wake', '') end
-return #scored / 2",
-    )
+if #ids == 0 then
+  call('DEL', z, p .. ':b', p .. ':h', p .. ':l')
+  return 0
+end
+local b = gathered('HMGET', p .. ':b', ids)
+local h = gathered('HMGET', p .. ':h', ids)
+local l = gathered('HMGET', p .. ':l', ids)
+local ready, later = {}, {}
+for i, id in ipairs(ids) do
+  local body, heads, rec = b[i], h[i], l[i]
+  if not body then
+    local v = call('HMGET', p .. ':m:' .. id, 'b', 'h', 'a', 'f')
+    if v[1] then body, heads, rec = v[1], v[2], (v[3] or '0') .. '|' .. (v[4] or '') .. '|' end
+    call('DEL', p .. ':m:' .. id)
+  end
+  if body then
+    local a, f = 0, ''
+    if rec then
+      local x, y = string.match(rec, '^(%d*)|(%d*)')
+      a, f = tonumber(x) or 0, y or ''
+    end
+    if not heads or heads == '{}' then heads = '' end
+    local e = make(a, f, id, heads, body)
+    if scores[i] <= now then
+      ready[#ready + 1] = e
+    else
+      later[#later + 1] = scores[i]
+      later[#later + 1] = e
+    end
+  end
+end
+chunked('RPUSH', p .. ':ready', ready)
+chunked('ZADD', p .. ':later', later)
+chunked('HDEL', p .. ':b', ids)
+chunked('HDEL', p .. ':h', ids)
+chunked('HDEL', p .. ':l', ids)
+chunked('ZREM', z, ids)
+if #ready > 0 then wake(p, tostring(#ready)) end
+return #ids"
+    ))
 });
 
 fn prefix(queue: &str) -> String {
     format!("platform:queue:{{{queue}}}")
 }
 
-/// Headers as a script argument: empty for none, so no field is written for them.
-fn headers_arg(h: &Headers) -> String {
-    if h.is_empty() { String::new() } else { encode_headers(h) }
+/// A message as one list entry: `attempts:first failure:id length:headers length:`,
+/// then the id, the headers (JSON, empty for none) and the body.
+fn entry(id: &str, headers: &Headers, body: &[u8]) -> Vec<u8> {
+    let heads = if headers.is_empty() { String::new() } else { encode_headers(headers) };
+    let mut e = Vec::with_capacity(16 + id.len() + heads.len() + body.len());
+    let _ = write!(e, "0::{}:{}:", id.len(), heads.len());
+    e.extend_from_slice(id.as_bytes());
+    e.extend_from_slice(heads.as_bytes());
+    e.extend_from_slice(body);
+    e
 }
 
-/// What the claim script returns: ids joined by spaces, redeliveries
-/// (`position:attempts:first failure`, positions from 1), bodies and headers,
-/// and whether claimable messages were left beyond those leased (1) or not (0).
-type Claimed = (String, String, Vec<Option<Vec<u8>>>, Vec<Option<Vec<u8>>>, i64);
+/// The fields of an entry: attempts, first failure, id, headers and body (a slice of
+/// the entry, not a copy); `None` for an entry in another shape.
+fn parse_entry(raw: &Bytes) -> Option<(u32, Option<i64>, String, Headers, Bytes)> {
+    let mut at = 0;
+    let mut fields = [&raw[..0]; 4];
+    for (k, field) in fields.iter_mut().enumerate() {
+        let len = raw.get(at..)?.iter().position(|&b| b == b':')?;
+        *field = &raw[at..at + len];
+        let digits = field.iter().all(u8::is_ascii_digit);
+        if !digits || (field.is_empty() && k != 1) {
+            return None;
+        }
+        at += len + 1;
+    }
+    let number = |f: &[u8]| std::str::from_utf8(f).ok()?.parse::<usize>().ok();
+    let attempts = u32::try_from(number(fields[0])?).ok()?;
+    let first_failure = if fields[1].is_empty() { None } else { Some(i64::try_from(number(fields[1])?).ok()?) };
+    let (id_len, heads_len) = (number(fields[2])?, number(fields[3])?);
+    let body_at = at.checked_add(id_len)?.checked_add(heads_len)?;
+    if body_at > raw.len() {
+        return None;
+    }
+    let id = std::str::from_utf8(&raw[at..at + id_len]).ok()?.to_owned();
+    let heads = &raw[at + id_len..body_at];
+    let headers = if heads.is_empty() { Headers::new() } else { decode_headers(&String::from_utf8_lossy(heads)) };
+    Some((attempts, first_failure, id, headers, raw.slice(body_at..)))
+}
 
-fn decode_claimed((ids, again, bodies, heads, _): Claimed) -> Vec<StoredMessage> {
-    let mut history: Vec<(u32, Option<i64>)> = vec![(1, None); bodies.len()];
-    for entry in again.split(' ').filter(|e| !e.is_empty()) {
-        let mut parts = entry.splitn(3, ':');
-        let at = parts.next().and_then(|p| p.parse::<usize>().ok()).and_then(|p| p.checked_sub(1));
-        let attempts = parts.next().and_then(|a| a.parse().ok()).unwrap_or(0);
-        let first_failure = parts.next().and_then(|f| f.parse().ok());
-        if let Some(slot) = at.and_then(|at| history.get_mut(at)) {
-            *slot = (attempts, first_failure);
+/// An entry as a message: claimed (`delivered`: this delivery counted in its attempts)
+/// or listed. An entry in another shape is a message whose body is all its bytes and
+/// whose id is `~` and its position in its list, counted from 1.
+fn message_of(raw: Bytes, position: usize, delivered: bool) -> StoredMessage {
+    let extra = u32::from(delivered);
+    match parse_entry(&raw) {
+        Some((attempts, first_failure, id, headers, body)) => {
+            StoredMessage::new(id, body, headers, attempts.saturating_add(extra), first_failure)
+        }
+        None => StoredMessage::new(format!("~{position}"), raw, Headers::new(), extra, None),
+    }
+}
+
+/// A claim's answer: the entries it moved, whether a delay or a lease is due, and how
+/// many entries were left visible.
+fn decode_claim(replies: Vec<Value>, taken: usize) -> Result<(Vec<Bytes>, bool, i64)> {
+    let bad = || Error::internal("unexpected reply to a redis claim").with_backend("redis");
+    if replies.len() != taken + 3 {
+        return Err(bad());
+    }
+    let mut replies = replies.into_iter();
+    let mut entries = Vec::with_capacity(taken);
+    for reply in replies.by_ref().take(taken) {
+        match reply {
+            Value::BulkString(b) => entries.push(Bytes::from(b)),
+            Value::Nil => {}
+            _ => return Err(bad()),
         }
     }
-    let mut heads = heads.into_iter();
-    ids.split(' ')
-        .zip(bodies)
-        .zip(history)
-        .filter_map(|((id, body), (attempts, first_failure))| {
-            let head = heads.next().flatten();
-            let headers = head
-                .filter(|h| !h.is_empty())
-                .map_or_else(Headers::new, |h| decode_headers(&String::from_utf8_lossy(&h)));
-            Some(StoredMessage::new(id.to_owned(), Bytes::from(body?), headers, attempts, first_failure))
-        })
-        .collect()
-}
-
-fn decode(flat: Vec<Vec<u8>>) -> Vec<StoredMessage> {
-    flat.chunks_exact(5)
-        .map(|c| {
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            StoredMessage::new(
-                text(&c[0]),
-                Bytes::copy_from_slice(&c[1]),
-                if c[2].is_empty() { Headers::new() } else { decode_headers(&text(&c[2])) },
-                text(&c[3]).parse().unwrap_or(0),
-                text(&c[4]).parse().ok(),
-            )
-        })
-        .collect()
+    let mut due = false;
+    for reply in replies.by_ref().take(2) {
+        match reply {
+            Value::Array(a) => due |= !a.is_empty(),
+            Value::Set(a) => due |= !a.is_empty(),
+            _ => return Err(bad()),
+        }
+    }
+    let left = match replies.next() {
+        Some(Value::Int(n)) => n,
+        _ => return Err(bad()),
+    };
+    Ok((entries, due, left))
 }
 
 /// The store behind [`RedisQueue`].
@@ -513,6 +574,13 @@ pub struct RedisStore {
     listener: OnceLock<tokio::task::JoinHandle<()>>,
     /// The listener is subscribed: a send made now wakes a waiting receive.
     listening: Arc<std::sync::atomic::AtomicBool>,
+    /// About how many messages the queue has visible: what the last claim left, plus
+    /// what announcements said was added since. A claim moves no more than this (at
+    /// least one), so that a claim of 100 from a queue of 3 does not run 97 moves that
+    /// find nothing; a low guess costs one short claim, which learns the true length.
+    ready_hint: Arc<AtomicUsize>,
+    /// Queues this handle has moved out of the earlier layouts.
+    migrated: Mutex<HashSet<String>>,
 }
 
 impl RedisStore {
@@ -520,7 +588,7 @@ impl RedisStore {
     /// receives at once. It starts with the first receive that waits; until then, and
     /// while the server refuses or drops it, receives poll.
     pub fn wakes_live(&self) -> bool {
-        self.listening.load(std::sync::atomic::Ordering::Relaxed)
+        self.listening.load(Ordering::Relaxed)
     }
 
     /// Starts, once, the task that turns messages on the wake channel into wake-ups; it
@@ -533,6 +601,7 @@ impl RedisStore {
         let (client, channel) = (self.client.clone(), self.wake_channel.clone());
         let wake = Arc::downgrade(&self.wake);
         let listening = Arc::clone(&self.listening);
+        let hint = Arc::clone(&self.ready_hint);
         self.listener.get_or_init(|| {
             tokio::spawn(async move {
                 // A server that refuses the subscription (an ACL user without channel
@@ -546,7 +615,7 @@ impl RedisStore {
                     match subscribed {
                         Ok(pubsub) => {
                             retry = Duration::from_secs(1);
-                            listening.store(true, std::sync::atomic::Ordering::Relaxed);
+                            listening.store(true, Ordering::Relaxed);
                             let mut messages = pubsub.into_on_message();
                             while let Some(message) = messages.next().await {
                                 let Some(w) = wake.upgrade() else { return };
@@ -554,14 +623,22 @@ impl RedisStore {
                                 // receivers wake, not every one that waits (they would
                                 // all run a claim, and all but one find nothing).
                                 match message.get_payload::<String>().ok().and_then(|p| p.parse::<usize>().ok()) {
-                                    Some(added) => (0..added.min(MAX_WOKEN)).for_each(|_| w.notify_one()),
-                                    None => w.notify_waiters(),
+                                    Some(added) => {
+                                        hint.fetch_add(added, Ordering::Relaxed);
+                                        (0..added.min(MAX_WOKEN)).for_each(|_| w.notify_one());
+                                    }
+                                    None => {
+                                        hint.store(usize::MAX / 2, Ordering::Relaxed);
+                                        w.notify_waiters();
+                                    }
                                 }
                             }
                         }
                         Err(e) => tracing::debug!(error = %e, "redis wake subscriber could not subscribe"),
                     }
-                    listening.store(false, std::sync::atomic::Ordering::Relaxed);
+                    listening.store(false, Ordering::Relaxed);
+                    // Announcements may have been missed meanwhile.
+                    hint.store(usize::MAX / 2, Ordering::Relaxed);
                     let Some(w) = wake.upgrade() else { return };
                     w.notify_waiters();
                     drop(w);
@@ -573,46 +650,88 @@ impl RedisStore {
     }
 
     /// Inserts messages without dedup keys: nothing is conditional, so the batch is
-    /// one `MULTI`/`EXEC` of plain commands, which the server runs in about half the
-    /// time of the same commands issued from a script. The announcement goes beside
-    /// it, not inside: a user without channel rights would make the server refuse the
-    /// whole transaction, and announcing is best effort.
-    async fn insert_plain(&self, queue: &str, messages: &[NewMessage]) -> Result<()> {
+    /// one `RPUSH` (a `MULTI`/`EXEC` with a `ZADD` when some are delayed). The
+    /// announcement goes beside it, not inside: a user without channel rights would
+    /// make the server refuse the whole transaction, and announcing is best effort.
+    async fn insert_plain(&self, queue: &str, messages: &[NewMessage], now_ms: i64) -> Result<()> {
         let p = prefix(queue);
-        let ids: Vec<String> = messages.iter().map(|_| uuid::Uuid::now_v7().to_string()).collect();
-        let heads = messages.iter().any(|m| !m.headers.is_empty());
+        let (ready, later): (Vec<_>, Vec<_>) = messages.iter().partition(|m| m.visible_at_ms <= now_ms);
         let mut tx = redis::pipe();
-        tx.atomic();
-        // The markers first, so that keys made here start in the large encoding.
-        tx.cmd("ZADD").arg(format!("{p}:z")).arg("NX").arg("inf").arg(MARK).ignore();
-        for hash in ["b", "l"].iter().chain(heads.then_some(&"h")) {
-            tx.cmd("HSET").arg(format!("{p}:{hash}")).arg(MARK).arg("").ignore();
+        if !ready.is_empty() && !later.is_empty() {
+            tx.atomic();
         }
-        let bodies = tx.cmd("HSET").arg(format!("{p}:b"));
-        for (id, m) in ids.iter().zip(messages) {
-            bodies.arg(id).arg(m.body.as_ref());
-        }
-        bodies.ignore();
-        if heads {
-            let heads = tx.cmd("HSET").arg(format!("{p}:h"));
-            for (id, m) in ids.iter().zip(messages).filter(|(_, m)| !m.headers.is_empty()) {
-                heads.arg(id).arg(encode_headers(&m.headers));
+        if !ready.is_empty() {
+            let push = tx.cmd("RPUSH").arg(format!("{p}:ready"));
+            for m in &ready {
+                push.arg(entry(&uuid::Uuid::now_v7().to_string(), &m.headers, &m.body));
             }
-            heads.ignore();
+            push.ignore();
         }
-        let scored = tx.cmd("ZADD").arg(format!("{p}:z"));
-        for (id, m) in ids.iter().zip(messages) {
-            scored.arg(m.visible_at_ms).arg(id);
+        if !later.is_empty() {
+            let delay = tx.cmd("ZADD").arg(format!("{p}:later"));
+            for m in &later {
+                delay.arg(m.visible_at_ms).arg(entry(&uuid::Uuid::now_v7().to_string(), &m.headers, &m.body));
+            }
+            delay.ignore();
         }
-        scored.ignore();
+        let mut conn = self.conn.clone();
+        if ready.is_empty() {
+            return tx.query_async::<()>(&mut conn).await.map_err(map_err);
+        }
         let mut announce = redis::cmd("PUBLISH");
-        announce.arg(format!("{p}:wake")).arg(messages.len());
-        let (mut conn, mut side) = (self.conn.clone(), self.conn.clone());
-        // Both are queued on the one connection, the transaction first. Were the
-        // announcement ever to overtake it, a woken receive would find nothing and wait
-        // for the next announcement or poll: later, never lost.
+        announce.arg(format!("{p}:wake")).arg(ready.len());
+        let mut side = self.conn.clone();
+        // Both are queued on the one connection, the send first. Were the announcement
+        // ever to overtake it, a woken receive would find nothing and wait for the next
+        // announcement or poll: later, never lost.
         let (stored, _) = tokio::join!(tx.query_async::<()>(&mut conn), announce.query_async::<i64>(&mut side));
         stored.map_err(map_err)
+    }
+
+    /// Moves `queue` out of the earlier layouts, once per handle.
+    async fn migrate(&self, queue: &str) -> Result<()> {
+        if self.migrated.lock().unwrap_or_else(|e| e.into_inner()).contains(queue) {
+            return Ok(());
+        }
+        let p = prefix(queue);
+        loop {
+            let read: i64 = MIGRATE
+                .arg(&p)
+                .arg(crate::leased::now_ms())
+                .invoke_async(&mut self.conn.clone())
+                .await
+                .map_err(map_err)?;
+            if read == 0 {
+                break;
+            }
+        }
+        self.migrated.lock().unwrap_or_else(|e| e.into_inner()).insert(queue.to_owned());
+        Ok(())
+    }
+
+    /// One `MULTI`: moves up to `max` visible entries into the receive's list, sets its
+    /// lease, and asks whether a delay or a lease is due and how many entries are left.
+    async fn lease(
+        &self,
+        p: &str,
+        max: usize,
+        now_ms: i64,
+        lease_until_ms: i64,
+        token: &str,
+    ) -> Result<(Vec<Bytes>, bool, i64)> {
+        let (ready, leases) = (format!("{p}:ready"), format!("{p}:leases"));
+        let held = format!("{p}:rcv:{token}");
+        let mut tx = redis::pipe();
+        tx.atomic();
+        for _ in 0..max {
+            tx.cmd("LMOVE").arg(&ready).arg(&held).arg("LEFT").arg("RIGHT");
+        }
+        tx.cmd("ZADD").arg(&leases).arg(lease_until_ms).arg(token).ignore();
+        tx.cmd("ZRANGEBYSCORE").arg(format!("{p}:later")).arg("-inf").arg(now_ms).arg("LIMIT").arg(0).arg(1);
+        tx.cmd("ZRANGEBYSCORE").arg(&leases).arg("-inf").arg(now_ms).arg("LIMIT").arg(0).arg(1);
+        tx.cmd("LLEN").arg(&ready);
+        let replies: Vec<Value> = tx.query_async(&mut self.conn.clone()).await.map_err(map_err)?;
+        decode_claim(replies, max)
     }
 }
 
@@ -667,6 +786,8 @@ impl RedisQueue {
             wake: Arc::new(Notify::new()),
             listener: OnceLock::new(),
             listening: Arc::default(),
+            ready_hint: Arc::new(AtomicUsize::new(usize::MAX / 2)),
+            migrated: Mutex::default(),
         };
         Self::new(store, u.options)
     }
@@ -691,15 +812,13 @@ impl LeaseStore for RedisStore {
             return Ok(());
         }
         if messages.iter().all(|m| m.dedup_key.is_none()) {
-            return self.insert_plain(queue, &messages).await;
+            return self.insert_plain(queue, &messages, now_ms).await;
         }
         let mut inv = INSERT.prepare_invoke();
         let ttl = (dedup_until_ms - now_ms).max(1);
-        inv.arg(prefix(queue)).arg(ttl).arg(messages.len());
+        inv.arg(prefix(queue)).arg(ttl).arg(now_ms).arg(messages.len());
         for m in &messages {
-            inv.arg(uuid::Uuid::now_v7().to_string())
-                .arg(m.body.as_ref())
-                .arg(headers_arg(&m.headers))
+            inv.arg(entry(&uuid::Uuid::now_v7().to_string(), &m.headers, &m.body))
                 .arg(m.visible_at_ms)
                 .arg(m.dedup_key.as_deref().unwrap_or(""));
         }
@@ -715,19 +834,42 @@ impl LeaseStore for RedisStore {
         lease_until_ms: i64,
         token: &str,
     ) -> Result<(Vec<StoredMessage>, bool)> {
-        let claimed: Claimed = CLAIM
-            .arg(prefix(queue))
-            .arg(now_ms)
-            .arg(lease_until_ms)
-            .arg(token)
-            .arg(max)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(map_err)?;
-        // Without a live subscription no send would wake a receive that waits, so a
-        // claim that emptied the queue tells nothing the next receive could wait on.
-        let more = claimed.4 == 1 || !self.wakes_live();
-        Ok((decode_claimed(claimed), more))
+        self.migrate(queue).await?;
+        let p = prefix(queue);
+        let mut out = Vec::with_capacity(max);
+        let mut maintained = false;
+        loop {
+            let room = max - out.len();
+            let count = if maintained { room } else { room.min(self.ready_hint.load(Ordering::Relaxed).max(1)) };
+            let (entries, due, left) = self.lease(&p, count, now_ms, lease_until_ms, token).await?;
+            self.ready_hint.store(usize::try_from(left).unwrap_or(0), Ordering::Relaxed);
+            for raw in entries {
+                let position = out.len() + 1;
+                out.push(message_of(raw, position, true));
+            }
+            if due && !maintained {
+                // Something is due: move it back, and lease from it when room is left.
+                maintained = true;
+                let moved: i64 =
+                    MAINTAIN.arg(&p).arg(now_ms).invoke_async(&mut self.conn.clone()).await.map_err(map_err)?;
+                if moved > 0 && out.len() < max {
+                    continue;
+                }
+            }
+            if out.is_empty() {
+                // Nothing was moved: the lease guards no list.
+                let _: i64 = redis::cmd("ZREM")
+                    .arg(format!("{p}:leases"))
+                    .arg(token)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(map_err)?;
+            }
+            // Without a live subscription no send would wake a receive that waits, so a
+            // claim that emptied the queue tells nothing the next receive could wait on.
+            let more = left > 0 || (due && !maintained) || !self.wakes_live();
+            return Ok((out, more));
+        }
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
@@ -743,13 +885,28 @@ impl LeaseStore for RedisStore {
     }
 
     async fn ack_many(&self, queue: &str, items: &[(&str, &str)], now_ms: i64) -> Result<Option<Vec<bool>>> {
+        // The deliveries of each receive together, its token sent once.
+        let mut receives: Vec<(&str, Vec<usize>)> = Vec::new();
+        for (at, (_, token)) in items.iter().enumerate() {
+            match receives.iter_mut().rev().find(|(t, _)| t == token) {
+                Some((_, ats)) => ats.push(at),
+                None => receives.push((token, vec![at])),
+            }
+        }
         let mut inv = ACK_MANY.prepare_invoke();
         inv.arg(prefix(queue)).arg(now_ms);
-        for (id, token) in items {
-            inv.arg(*id).arg(*token);
+        for (token, ats) in &receives {
+            inv.arg(*token).arg(ats.len());
+            for &at in ats {
+                inv.arg(items[at].0);
+            }
         }
         let held: Vec<i64> = inv.invoke_async(&mut self.conn.clone()).await.map_err(map_err)?;
-        Ok(Some(held.into_iter().map(|h| h == 1).collect()))
+        let mut out = vec![false; items.len()];
+        for (&at, h) in receives.iter().flat_map(|(_, ats)| ats).zip(held) {
+            out[at] = h == 1;
+        }
+        Ok(Some(out))
     }
 
     async fn release(
@@ -798,37 +955,47 @@ impl LeaseStore for RedisStore {
         target: &str,
         headers: &Headers,
     ) -> Result<bool> {
+        let heads = if headers.is_empty() { String::new() } else { encode_headers(headers) };
         let n: i64 = MOVE
             .arg(prefix(queue))
             .arg(prefix(target))
             .arg(id)
             .arg(token)
             .arg(now_ms)
-            .arg(headers_arg(headers))
+            .arg(heads)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(map_err)?;
         Ok(n == 1)
     }
 
+    /// Visible messages first, then delayed ones; messages under a lease are not listed.
     async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<StoredMessage>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let flat: Vec<Vec<u8>> =
-            PEEK.arg(prefix(queue)).arg(limit).invoke_async(&mut self.conn.clone()).await.map_err(map_err)?;
-        Ok(decode(flat))
+        self.migrate(queue).await?;
+        let p = prefix(queue);
+        let last = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
+        let mut both = redis::pipe();
+        both.cmd("LRANGE").arg(format!("{p}:ready")).arg(0).arg(last);
+        both.cmd("ZRANGE").arg(format!("{p}:later")).arg(0).arg(last);
+        let (mut raw, later): (Vec<Vec<u8>>, Vec<Vec<u8>>) =
+            both.query_async(&mut self.conn.clone()).await.map_err(map_err)?;
+        raw.extend(later);
+        raw.truncate(limit);
+        Ok(raw.into_iter().enumerate().map(|(i, e)| message_of(Bytes::from(e), i + 1, false)).collect())
     }
 
-    async fn redrive(&self, from: &str, to: &str, limit: usize, now_ms: i64) -> Result<usize> {
+    async fn redrive(&self, from: &str, to: &str, limit: usize, _now_ms: i64) -> Result<usize> {
         if limit == 0 {
             return Ok(0);
         }
+        self.migrate(from).await?;
         let n: i64 = REDRIVE
             .arg(prefix(from))
             .arg(prefix(to))
             .arg(limit)
-            .arg(now_ms)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(map_err)?;
@@ -863,5 +1030,30 @@ impl LeaseStore for RedisStore {
 
     async fn close(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_round_trip_and_other_shapes_are_told_apart() {
+        let mut headers = Headers::new();
+        headers.insert("k".into(), "v:1".into());
+        let raw = Bytes::from(entry("id-1", &headers, b"\xff:body"));
+        let (attempts, first_failure, id, got, body) = parse_entry(&raw).expect("ours");
+        assert_eq!((attempts, first_failure, id.as_str(), body.as_ref()), (0, None, "id-1", &b"\xff:body"[..]));
+        assert_eq!(got, headers);
+        let redelivered = Bytes::from_static(b"3:1700000000000:2:0:idbody");
+        let m = message_of(redelivered, 1, true);
+        assert_eq!(
+            (m.id.as_str(), m.attempts, m.first_failure_ms, m.body.as_ref()),
+            ("id", 4, Some(1_700_000_000_000), &b"body"[..])
+        );
+        for other in [&b"plain"[..], b"1:2:3", b"7:8:9:10:short", b"a::1:0:x", b"1::x:0:y", b""] {
+            let m = message_of(Bytes::copy_from_slice(other), 2, true);
+            assert_eq!((m.id.as_str(), m.attempts, m.body.as_ref()), ("~2", 1, other), "{other:?}");
+        }
     }
 }

@@ -436,19 +436,64 @@ async fn redis_announces_visible_messages() {
     assert_eq!(next_wake().await, channel(&options.queue));
 }
 
-/// Messages written in the earlier layout (one hash per message) are still delivered,
-/// with their attempts, and dead letters in it are still listed and redriven.
+/// The keys of receives (`…:rcv:…`, `…:done:…`, `…:leases`) a Redis queue still holds.
+#[cfg(feature = "redis")]
+async fn redis_receive_keys(url: &str, queue: &str) -> Vec<String> {
+    let client = ::redis::Client::open(url).expect("client");
+    let mut conn = client.get_multiplexed_async_connection().await.expect("connection");
+    let keys: Vec<String> =
+        ::redis::cmd("KEYS").arg(format!("platform:queue:{{{queue}}}:*")).query_async(&mut conn).await.expect("keys");
+    keys.into_iter().filter(|k| k.contains(":rcv:") || k.contains(":done:") || k.ends_with(":leases")).collect()
+}
+
+/// Messages written in the earlier layouts (a sorted set of ids beside hashes of bodies,
+/// headers and lease records; before that, one hash per message) are moved into the
+/// lists when a handle first reaches their queue: visible ones are delivered with their
+/// attempts, a leased one comes back when its lease ends, dead letters are listed and
+/// redriven, and the earlier keys go.
 #[cfg(feature = "redis")]
 #[tokio::test]
-async fn redis_reads_the_earlier_layout() {
+async fn redis_reads_the_earlier_layouts() {
     use platform_queue::testkit::{Harness as _, fresh};
-    use platform_queue::{Message, QueueExt as _};
+    use platform_queue::{Message, QueueExt as _, ReceiveOptions};
     let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
     let options = fresh();
     let q = UrlHarness::new(url.clone()).open(&options).await.expect("open");
     let client = ::redis::Client::open(url.as_str()).expect("client");
     let mut conn = client.get_multiplexed_async_connection().await.expect("connection");
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_millis() as i64;
+    let p = format!("platform:queue:{{{}}}", options.queue);
+    let mark = "~platform-queue~ this entry keeps the key in the encoding whose operations cost the same at any size";
+    let held_until = now + 1500;
+    let mut hashed = ::redis::pipe();
+    hashed
+        .cmd("HSET")
+        .arg(format!("{p}:b"))
+        .arg(&[mark, "", "hashed", "hashed", "held", "held"][..])
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{p}:h"))
+        .arg(&[mark, "", "hashed", r#"{"k":"h"}"#][..])
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{p}:l"))
+        .arg(mark)
+        .arg("")
+        .arg("hashed")
+        .arg(format!("1|123|old-token|{}", now + 1))
+        .arg("held")
+        .arg(format!("1||old-token|{held_until}"))
+        .ignore()
+        .cmd("ZADD")
+        .arg(format!("{p}:z"))
+        .arg("inf")
+        .arg(mark)
+        .arg(now)
+        .arg("hashed")
+        .arg(held_until)
+        .arg("held")
+        .ignore();
+    let () = hashed.query_async(&mut conn).await.expect("hash layout");
     for (name, id, attempts) in [(&options.queue, "old-1", 2), (&options.dead_letter, "old-2", 0)] {
         let p = format!("platform:queue:{{{name}}}");
         let () = ::redis::cmd("HSET")
@@ -461,10 +506,16 @@ async fn redis_reads_the_earlier_layout() {
             ::redis::cmd("ZADD").arg(format!("{p}:z")).arg(now).arg(id).query_async(&mut conn).await.expect("zadd");
     }
     let wait = std::time::Duration::from_secs(5);
-    let d = q.receive_one(wait).await.expect("receive").expect("the earlier message");
-    assert_eq!(d.body().as_ref(), b"old-1");
-    assert_eq!(d.headers().get("k").map(String::as_str), Some("v"));
-    assert_eq!(d.attempt(), 3);
+    let got = q.receive(ReceiveOptions::new(10, wait)).await.expect("receive");
+    let mut seen: Vec<(String, Option<String>, u32)> = got
+        .iter()
+        .map(|d| (String::from_utf8_lossy(d.body()).into_owned(), d.headers().get("k").cloned(), d.attempt()))
+        .collect();
+    seen.sort();
+    assert_eq!(seen, vec![("hashed".into(), Some("h".into()), 2), ("old-1".into(), Some("v".into()), 3)]);
+    q.ack_all(&got).await.expect("ack");
+    let d = q.receive_one(wait).await.expect("receive").expect("the leased message, once its lease ended");
+    assert_eq!((d.body().as_ref(), d.attempt()), (&b"held"[..], 2));
     d.ack().await.expect("ack");
     let dead = q.dead_letters(10).await.expect("dead letters");
     assert_eq!(dead.len(), 1);
@@ -478,45 +529,21 @@ async fn redis_reads_the_earlier_layout() {
     assert_eq!(d.body().as_ref(), b"new");
     d.ack().await.expect("ack");
     assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
-}
-
-/// A lease record written before records carried their lease's end
-/// (`attempts|first failure|token`, the end only in the sorted set) still holds: such
-/// a delivery extends, acks alone and acks in a group, and its token still fences.
-#[cfg(feature = "redis")]
-#[tokio::test]
-async fn redis_honours_lease_records_without_their_end() {
-    use platform_queue::testkit::{Harness as _, fresh};
-    use platform_queue::{Message, QueueExt as _, ReceiveOptions};
-    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
-    let options = fresh();
-    let q = UrlHarness::new(url.clone()).open(&options).await.expect("open");
-    let client = ::redis::Client::open(url.as_str()).expect("client");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connection");
-    let leases = format!("platform:queue:{{{}}}:l", options.queue);
-    q.send_batch(["a", "b", "c"].map(Message::new).to_vec()).await.expect("send");
-    let wait = std::time::Duration::from_secs(5);
-    let got = q.receive(ReceiveOptions::new(3, wait)).await.expect("receive");
-    assert_eq!(got.len(), 3);
-    for d in &got {
-        let record: String = ::redis::cmd("HGET").arg(&leases).arg(d.id()).query_async(&mut conn).await.expect("hget");
-        let (earlier, end) = record.rsplit_once('|').expect("a record with its lease end");
-        assert_eq!(end.len(), 13, "{record}");
-        let () = ::redis::cmd("HSET").arg(&leases).arg(d.id()).arg(earlier).query_async(&mut conn).await.expect("hset");
+    for name in [&options.queue, &options.dead_letter] {
+        let p = format!("platform:queue:{{{name}}}");
+        let earlier: i64 = ::redis::cmd("EXISTS")
+            .arg(&[format!("{p}:z"), format!("{p}:b"), format!("{p}:h"), format!("{p}:l")][..])
+            .query_async(&mut conn)
+            .await
+            .expect("exists");
+        assert_eq!(earlier, 0, "the earlier keys of {name} are gone");
     }
-    let mut got = got;
-    let alone = got.remove(1);
-    alone.ack().await.expect("ack alone");
-    assert!(alone.ack().await.is_err(), "a settled lease does not ack twice");
-    got[0].extend(std::time::Duration::from_secs(30)).await.expect("extend");
-    q.ack_all(&got).await.expect("ack in a group");
-    assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
+    assert_eq!(redis_receive_keys(&url, &options.queue).await, Vec::<String>::new());
 }
 
-/// The deliveries of one receive share one lease record until one of them changes, and
-/// a grouped ack still judges each: of one receive's three deliveries, the one extended
-/// acks, the two whose leases ran out (and went to another receive) conflict and stay,
-/// and their new holder acks them together.
+/// Of one receive's three deliveries, the one extended apart from its batch acks in a
+/// grouped ack, the two whose leases ran out (and went to another receive) conflict and
+/// stay, and their new holder acks them together; no key of any receive is left.
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_grouped_acks_judge_each_delivery_of_a_receive() {
@@ -540,54 +567,56 @@ async fn redis_grouped_acks_judge_each_delivery_of_a_receive() {
     let err = q.ack_all(&first).await.expect_err("two of the group lost their leases");
     assert_eq!(err.kind(), ErrorKind::Conflict);
     q.ack_all(&again).await.expect("their new holder acks both");
-    let client = ::redis::Client::open(url.as_str()).expect("client");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connection");
-    let bodies = format!("platform:queue:{{{}}}:b", options.queue);
-    let kept: bool =
-        ::redis::cmd("HEXISTS").arg(&bodies).arg(first[1].id()).query_async(&mut conn).await.expect("hexists");
-    assert!(!kept, "the extended delivery was acked with its group");
+    assert!(first[1].ack().await.is_err(), "the extended delivery was acked with its group");
     assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
+    assert_eq!(redis_receive_keys(&url, &options.queue).await, Vec::<String>::new());
 }
 
-/// A claim that meets a message whose body is gone (its id left in the sorted set) drops
-/// it, and gives every other message of the batch its own body, headers and attempt.
+/// Entries another client pushed onto a queue's list in another shape (one even starts
+/// like ours) are delivered as they are, their bytes the body, beside the queue's own
+/// messages; nacked, or once their lease ran out, they count attempts like any message.
 #[cfg(feature = "redis")]
 #[tokio::test]
-async fn redis_claim_keeps_each_message_whole_around_a_gone_one() {
+async fn redis_delivers_entries_pushed_in_another_shape() {
     use platform_queue::testkit::{Harness as _, fresh};
     use platform_queue::{Message, QueueExt as _, ReceiveOptions};
     let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
-    let options = fresh();
+    let options = fresh().with_visibility_timeout(std::time::Duration::from_millis(1500));
     let q = UrlHarness::new(url.clone()).open(&options).await.expect("open");
     let client = ::redis::Client::open(url.as_str()).expect("client");
     let mut conn = client.get_multiplexed_async_connection().await.expect("connection");
-    let sorted = format!("platform:queue:{{{}}}:z", options.queue);
-    let messages =
-        vec![Message::new("a").with_header("x", "1"), Message::new("b"), Message::new("c").with_header("x", "3")];
-    q.send_batch(messages).await.expect("send");
+    let ready = format!("platform:queue:{{{}}}:ready", options.queue);
+    let pushed: [&[u8]; 3] = [b"plain bytes", b"\xff\x00binary", b"7:8:9:10:short"];
+    let _: i64 = ::redis::cmd("RPUSH").arg(&ready).arg(&pushed[..]).query_async(&mut conn).await.expect("rpush");
+    q.send(Message::new("ours").with_header("x", "1")).await.expect("send");
     let wait = std::time::Duration::from_secs(5);
-    let a = q.receive_one(wait).await.expect("receive").expect("one");
-    assert_eq!(a.body().as_ref(), b"a");
-    a.nack(None).await.expect("nack");
-    let () = ::redis::cmd("ZADD").arg(&sorted).arg(0).arg("gone").query_async(&mut conn).await.expect("zadd");
     let got = q.receive(ReceiveOptions::new(10, wait)).await.expect("receive");
-    let mut seen: Vec<(String, Option<String>, u32)> = got
-        .iter()
-        .map(|d| (String::from_utf8_lossy(d.body()).into_owned(), d.headers().get("x").cloned(), d.attempt()))
-        .collect();
-    // The nacked message may come first or last (its nack and the send can fall in one
-    // millisecond); each message keeps its own headers and attempt either way.
+    let bodies: Vec<&[u8]> = got.iter().map(|d| d.body().as_ref()).collect();
+    assert_eq!(bodies, [pushed[0], pushed[1], pushed[2], b"ours"]);
+    assert!(got.iter().all(|d| d.attempt() == 1));
+    assert_eq!(got[3].headers().get("x").map(String::as_str), Some("1"));
+    got[0].nack(None).await.expect("nack");
+    got[1].extend(std::time::Duration::from_secs(30)).await.expect("extend");
+    got[3].ack().await.expect("ack");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Each receive is acked as it comes: the nacked entry is back at once, the other
+    // only after its lease ran out, longer than a lease.
+    let mut seen = Vec::new();
+    while seen.len() < 2 && std::time::Instant::now() < deadline {
+        let again = q.receive(ReceiveOptions::new(2 - seen.len(), wait)).await.expect("receive");
+        seen.extend(again.iter().map(|d| (d.body().to_vec(), d.attempt())));
+        q.ack_all(&again).await.expect("ack");
+    }
     seen.sort();
-    let want = [("a", Some("1"), 2), ("b", None, 1), ("c", Some("3"), 1)]
-        .map(|(b, x, n)| (b.to_owned(), x.map(str::to_owned), n))
-        .to_vec();
-    assert_eq!(seen, want);
-    let score: Option<f64> =
-        ::redis::cmd("ZSCORE").arg(&sorted).arg("gone").query_async(&mut conn).await.expect("zscore");
-    assert_eq!(score, None, "the gone id left the sorted set");
-    q.ack_all(&got).await.expect("ack");
+    assert_eq!(
+        seen,
+        [(pushed[2].to_vec(), 2), (pushed[0].to_vec(), 2)],
+        "the nacked one and the one whose lease ran out"
+    );
+    got[1].ack().await.expect("the extended one acks");
+    assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
+    assert_eq!(redis_receive_keys(&url, &options.queue).await, Vec::<String>::new());
 }
-
 /// A claim says whether claimable messages were left beyond the batch it leased (once
 /// sends wake waiting receives; before, it always says there may be more), and never
 /// leases more than it was asked for.
@@ -619,45 +648,45 @@ async fn redis_claim_tells_whether_more_are_left() {
     assert_eq!(claim("third").await, (0, false));
 }
 
-/// A queue's keys are in the server's hash-table encodings from the first small
-/// message on, and the marker that keeps them there is never seen as a message.
+/// Every way a delivery is settled (an ack alone and in a group, a nack, an extend then
+/// an ack, a dead letter, a lease that ran out, a redrive) leaves no key of its receive
+/// behind, in the queue or its dead letters.
 #[cfg(feature = "redis")]
 #[tokio::test]
-async fn redis_keys_stay_in_the_large_encoding() {
+async fn redis_settled_receives_leave_no_keys() {
     use platform_queue::testkit::{Harness as _, fresh};
-    use platform_queue::{Message, QueueExt as _};
+    use platform_queue::{Message, QueueExt as _, ReceiveOptions};
     let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
-    let options = fresh();
+    let options = fresh().with_visibility_timeout(std::time::Duration::from_millis(1000));
     let q = UrlHarness::new(url.clone()).open(&options).await.expect("open");
-    let client = ::redis::Client::open(url.as_str()).expect("client");
-    let mut conn = client.get_multiplexed_async_connection().await.expect("connection");
-    q.send(Message::new("small").with_header("k", "v")).await.expect("send");
-    let d = q.receive_one(std::time::Duration::from_secs(5)).await.expect("receive").expect("the message");
-    let p = format!("platform:queue:{{{}}}", options.queue);
-    for (key, encoding) in [("z", "skiplist"), ("b", "hashtable"), ("h", "hashtable"), ("l", "hashtable")] {
-        let got: String = ::redis::cmd("OBJECT")
-            .arg("ENCODING")
-            .arg(format!("{p}:{key}"))
-            .query_async(&mut conn)
-            .await
-            .expect("object encoding");
-        assert_eq!(got, encoding, "{key}");
+    q.send_batch(["a", "b", "c", "d", "e", "f"].map(Message::new).to_vec()).await.expect("send");
+    let wait = std::time::Duration::from_secs(5);
+    let got = q.receive(ReceiveOptions::new(6, wait)).await.expect("receive");
+    assert_eq!(got.len(), 6);
+    got[0].ack().await.expect("ack");
+    got[1].nack(None).await.expect("nack");
+    got[2].extend(std::time::Duration::from_secs(30)).await.expect("extend");
+    got[3].dead_letter("for the test").await.expect("dead letter");
+    q.ack_all(&got[2..3]).await.expect("ack the extended one");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // Each receive is acked as it comes (the nacked one is back long before the others).
+    let mut bodies = Vec::new();
+    while bodies.len() < 3 && std::time::Instant::now() < deadline {
+        let again = q.receive(ReceiveOptions::new(3 - bodies.len(), wait)).await.expect("receive");
+        bodies.extend(again.iter().map(|d| d.body().to_vec()));
+        q.ack_all(&again).await.expect("ack");
     }
-    d.ack().await.expect("ack");
-    assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
-    q.send(Message::new("dead")).await.expect("send");
-    let d = q.receive_one(std::time::Duration::from_secs(5)).await.expect("receive").expect("the message");
-    d.dead_letter("for the listing").await.expect("dead letter");
-    let dead = q.dead_letters(10).await.expect("dead letters");
-    assert_eq!(dead.len(), 1, "only the message, not the marker");
+    bodies.sort();
+    assert_eq!(bodies, [b"b", b"e", b"f"], "the nacked one and the two whose lease ran out");
     assert_eq!(q.redrive(10).await.expect("redrive"), 1);
-    let d = q.receive_one(std::time::Duration::from_secs(5)).await.expect("receive").expect("redriven");
-    assert_eq!(d.body().as_ref(), b"dead");
+    let d = q.receive_one(wait).await.expect("receive").expect("the redriven one");
+    assert_eq!(d.body().as_ref(), b"d");
     d.ack().await.expect("ack");
-    assert!(q.dead_letters(10).await.expect("dead letters").is_empty());
     assert!(q.receive_one(std::time::Duration::ZERO).await.expect("receive").is_none());
+    for name in [&options.queue, &options.dead_letter] {
+        assert_eq!(redis_receive_keys(&url, name).await, Vec::<String>::new(), "{name}");
+    }
 }
-
 /// A user without pub/sub rights (Redis 7's default for new ACL users) still sends and
 /// receives: the announcement is best effort, and receives fall back to polling.
 #[cfg(feature = "redis")]
