@@ -168,7 +168,11 @@ local function find(list, id)
 end
 local function holder(p, tok, id, now)
   local s = call('ZSCORE', p .. ':leases', tok)
-  if s and tonumber(s) > now and call('SISMEMBER', p .. ':done:' .. tok, id) == 0 then return tok end
+  if s and tonumber(s) > now then
+    local done = p .. ':done:' .. tok
+    local have = call('SCARD', done)
+    if have == 0 or call('SISMEMBER', done, id) == 0 then return tok, have end
+  end
   local own = tok .. '/' .. id
   s = call('ZSCORE', p .. ':leases', own)
   if s and tonumber(s) > now then return own end
@@ -188,7 +192,7 @@ local function drop(p, own)
   call('ZREM', p .. ':leases', own)
 end
 local function take(p, id, tok, now)
-  local h = holder(p, tok, id, now)
+  local h, have = holder(p, tok, id, now)
   if not h then return nil end
   if h ~= tok then
     local e = call('LINDEX', p .. ':rcv:' .. h, 0)
@@ -196,7 +200,7 @@ local function take(p, id, tok, now)
     return e or nil
   end
   local e = find(p .. ':rcv:' .. tok, id)
-  if e then settle(p, tok, {id}) end
+  if e then settle(p, tok, {id}, have) end
   return e or nil
 end
 ";
@@ -272,9 +276,9 @@ static ACK: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local p, id, tok = ARGV[1], ARGV[2], ARGV[3]
-local h = holder(p, tok, id, tonumber(ARGV[4]))
+local h, have = holder(p, tok, id, tonumber(ARGV[4]))
 if not h then return 0 end
-if h == tok then settle(p, tok, {id}) else drop(p, h) end
+if h == tok then settle(p, tok, {id}, have) else drop(p, h) end
 return 1",
     )
 });
@@ -360,10 +364,10 @@ static EXTEND: LazyLock<Script> = LazyLock::new(|| {
     script(
         r"
 local p, id, tok = ARGV[1], ARGV[2], ARGV[3]
-local h = holder(p, tok, id, tonumber(ARGV[4]))
+local h, have = holder(p, tok, id, tonumber(ARGV[4]))
 if not h then return 0 end
 local list, done = p .. ':rcv:' .. tok, p .. ':done:' .. tok
-if h ~= tok or call('LLEN', list) - call('SCARD', done) <= 1 then
+if h ~= tok or call('LLEN', list) - have <= 1 then
   call('ZADD', p .. ':leases', ARGV[5], h)
   return 1
 end
