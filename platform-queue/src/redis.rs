@@ -578,11 +578,11 @@ pub struct RedisStore {
     listener: OnceLock<tokio::task::JoinHandle<()>>,
     /// The listener is subscribed: a send made now wakes a waiting receive.
     listening: Arc<std::sync::atomic::AtomicBool>,
-    /// About how many messages the queue has visible: what the last claim left, plus
-    /// what announcements said was added since. A claim moves no more than this (at
-    /// least one), so that a claim of 100 from a queue of 3 does not run 97 moves that
-    /// find nothing; a low guess costs one short claim, which learns the true length.
-    ready_hint: Arc<AtomicUsize>,
+    /// How many messages the last claim left visible. A claim's first round moves no
+    /// more than this (at least one), so that a claim of 100 from a queue of 3 does not
+    /// run 97 moves that find nothing; when that was too few, it learns the true length
+    /// and moves the rest in a second round.
+    ready_hint: AtomicUsize,
     /// Queues this handle has moved out of the earlier layouts.
     migrated: Mutex<HashSet<String>>,
 }
@@ -605,7 +605,6 @@ impl RedisStore {
         let (client, channel) = (self.client.clone(), self.wake_channel.clone());
         let wake = Arc::downgrade(&self.wake);
         let listening = Arc::clone(&self.listening);
-        let hint = Arc::clone(&self.ready_hint);
         self.listener.get_or_init(|| {
             tokio::spawn(async move {
                 // A server that refuses the subscription (an ACL user without channel
@@ -627,22 +626,14 @@ impl RedisStore {
                                 // receivers wake, not every one that waits (they would
                                 // all run a claim, and all but one find nothing).
                                 match message.get_payload::<String>().ok().and_then(|p| p.parse::<usize>().ok()) {
-                                    Some(added) => {
-                                        hint.fetch_add(added, Ordering::Relaxed);
-                                        (0..added.min(MAX_WOKEN)).for_each(|_| w.notify_one());
-                                    }
-                                    None => {
-                                        hint.store(usize::MAX / 2, Ordering::Relaxed);
-                                        w.notify_waiters();
-                                    }
+                                    Some(added) => (0..added.min(MAX_WOKEN)).for_each(|_| w.notify_one()),
+                                    None => w.notify_waiters(),
                                 }
                             }
                         }
                         Err(e) => tracing::debug!(error = %e, "redis wake subscriber could not subscribe"),
                     }
                     listening.store(false, Ordering::Relaxed);
-                    // Announcements may have been missed meanwhile.
-                    hint.store(usize::MAX / 2, Ordering::Relaxed);
                     let Some(w) = wake.upgrade() else { return };
                     w.notify_waiters();
                     drop(w);
@@ -790,7 +781,7 @@ impl RedisQueue {
             wake: Arc::new(Notify::new()),
             listener: OnceLock::new(),
             listening: Arc::default(),
-            ready_hint: Arc::new(AtomicUsize::new(usize::MAX / 2)),
+            ready_hint: AtomicUsize::new(usize::MAX),
             migrated: Mutex::default(),
         };
         Self::new(store, u.options)
@@ -841,8 +832,9 @@ impl LeaseStore for RedisStore {
         self.migrate(queue).await?;
         let p = prefix(queue);
         let mut out = Vec::with_capacity(max);
-        let mut maintained = false;
+        let (mut maintained, mut rounds) = (false, 0);
         loop {
+            rounds += 1;
             let room = max - out.len();
             let count = if maintained { room } else { room.min(self.ready_hint.load(Ordering::Relaxed).max(1)) };
             let (entries, due, left) = self.lease(&p, count, now_ms, lease_until_ms, token).await?;
@@ -859,6 +851,9 @@ impl LeaseStore for RedisStore {
                 if moved > 0 && out.len() < max {
                     continue;
                 }
+            }
+            if count < room && left > 0 && rounds < 3 {
+                continue;
             }
             if out.is_empty() {
                 // Nothing was moved: the lease guards no list.

@@ -646,6 +646,11 @@ async fn redis_claim_tells_whether_more_are_left() {
     assert_eq!(claim("first").await, (2, true));
     assert_eq!(claim("second").await, (1, false));
     assert_eq!(claim("third").await, (0, false));
+    // The last claim left nothing, so the next one starts small and then takes the rest
+    // of its batch in a second round.
+    q.send_batch(["d", "e", "f"].map(Message::new).to_vec()).await.expect("send");
+    assert_eq!(claim("fourth").await, (2, true));
+    assert_eq!(claim("fifth").await, (1, false));
 }
 
 /// Every way a delivery is settled (an ack alone and in a group, a nack, an extend then
