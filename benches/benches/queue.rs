@@ -181,8 +181,8 @@ async fn raw_redis_streams(conn: redis::aio::MultiplexedConnection, batch: usize
 /// receive moves up to B messages to a processing list of its own and adds its lease
 /// (token, end) to a sorted set, in one `MULTI`/`EXEC` of plain commands; an ack of the
 /// whole receive is one script that checks the lease still holds and deletes the list
-/// and the lease. This is the layout a queue could keep to pay per receive, not per
-/// message, for its leases. Not complete: nothing here moves an expired receive's list
+/// and the lease. The Redis backend keeps this layout (with attempts, delays, single
+/// acks and the moving back of lapsed receives). Not complete: nothing here moves an expired receive's list
 /// back (a script run when the sorted set has a lease due would), and there are no
 /// attempts, delay or dead letters.
 async fn raw_redis_leased_lists(conn: redis::aio::MultiplexedConnection, batch: usize) -> Duration {
