@@ -801,6 +801,7 @@ impl PgScans {
                             n_dead_tup
                      FROM pg_stat_user_tables
                      WHERE relname IN ('platform_queue_messages', 'bench_raw_queue', 'bench_raw_leased')
+                       AND schemaname = current_schema()
                      ORDER BY relname",
                 )
                 .fetch_all(pool),
@@ -1079,7 +1080,21 @@ fn cpu_report(args: &[String]) {
             }
         }
         "postgres" => {
-            let u = url("POSTGRES").expect("PLATFORM_TEST_POSTGRES_URL is unset");
+            let base = url("POSTGRES").expect("PLATFORM_TEST_POSTGRES_URL is unset");
+            // Every loop's tables in a schema of this run's own, so that rows and dead
+            // rows earlier runs left on a shared server slow neither side.
+            let schema = platform_core::testkit::unique_ident("bench");
+            let admin = |sql: String| {
+                rt.block_on(async {
+                    let pool =
+                        sqlx::postgres::PgPoolOptions::new().max_connections(1).connect(&base).await.expect("pool");
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.expect("schema");
+                    pool.close().await;
+                })
+            };
+            admin(format!("CREATE SCHEMA {schema}"));
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let u = format!("{base}{sep}options=-c%20search_path%3D{schema}");
             let q = open(&u);
             let pool = raw_postgres_pool(&rt, &u);
             // The postmaster, from the data directory the server reports (readable when
@@ -1104,6 +1119,9 @@ fn cpu_report(args: &[String]) {
                 });
                 scans.since(&rt, &pool);
             }
+            rt.block_on(pool.close());
+            rt.block_on(async { q.close().await.expect("close") });
+            admin(format!("DROP SCHEMA {schema} CASCADE"));
         }
         "nats" => {
             let u = url("NATS").expect("PLATFORM_TEST_NATS_URL is unset");
