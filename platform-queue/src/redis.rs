@@ -651,25 +651,34 @@ impl RedisStore {
     async fn insert_plain(&self, queue: &str, messages: &[NewMessage], now_ms: i64) -> Result<()> {
         let p = prefix(queue);
         let (ready, later): (Vec<_>, Vec<_>) = messages.iter().partition(|m| m.visible_at_ms <= now_ms);
-        let mut tx = redis::pipe();
-        if !ready.is_empty() && !later.is_empty() {
-            tx.atomic();
+        let fresh = |m: &NewMessage| entry(&uuid::Uuid::now_v7().to_string(), &m.headers, &m.body);
+        let mut conn = self.conn.clone();
+        if later.is_empty() {
+            // One pipeline, the push first; the announcement's own error is not the send's.
+            let mut both = redis::pipe();
+            both.ignore_errors();
+            let push = both.cmd("RPUSH").arg(format!("{p}:ready"));
+            for m in &ready {
+                push.arg(fresh(m));
+            }
+            both.cmd("PUBLISH").arg(format!("{p}:wake")).arg(ready.len());
+            let results: Vec<redis::RedisResult<i64>> = both.query_async(&mut conn).await.map_err(map_err)?;
+            return results.into_iter().next().unwrap_or(Ok(0)).map(drop).map_err(map_err);
         }
+        let mut tx = redis::pipe();
         if !ready.is_empty() {
+            tx.atomic();
             let push = tx.cmd("RPUSH").arg(format!("{p}:ready"));
             for m in &ready {
-                push.arg(entry(&uuid::Uuid::now_v7().to_string(), &m.headers, &m.body));
+                push.arg(fresh(m));
             }
             push.ignore();
         }
-        if !later.is_empty() {
-            let delay = tx.cmd("ZADD").arg(format!("{p}:later"));
-            for m in &later {
-                delay.arg(m.visible_at_ms).arg(entry(&uuid::Uuid::now_v7().to_string(), &m.headers, &m.body));
-            }
-            delay.ignore();
+        let delay = tx.cmd("ZADD").arg(format!("{p}:later"));
+        for m in &later {
+            delay.arg(m.visible_at_ms).arg(fresh(m));
         }
-        let mut conn = self.conn.clone();
+        delay.ignore();
         if ready.is_empty() {
             return tx.query_async::<()>(&mut conn).await.map_err(map_err);
         }
