@@ -25,9 +25,10 @@
 //! The token fences: a holder whose lease ran out finds its token gone from `…:leases`.
 //! Due delays and lapsed receives are moved back to `…:ready` (attempts counted, first
 //! failure set) by a script that a claim runs only when the first entry of either
-//! sorted set is due, which the claim learns from the same `MULTI`. A send is one
-//! `RPUSH` (a `MULTI` when some messages are delayed); a send with dedup keys, an ack
-//! and everything conditional are Lua scripts, atomic on the server. A whole receive
+//! sorted set is due, which a claim asks in the same `MULTI` (at most every 20 ms per
+//! handle). A send is one `RPUSH` (a `MULTI` when some messages are delayed); a send
+//! with dedup keys, an ack and everything conditional are Lua scripts, atomic on the
+//! server. A whole receive
 //! acked together costs the server a handful of commands whatever its size. An entry
 //! another client pushed onto `…:ready` in another shape is delivered as it is, its
 //! bytes the body. Queues written by earlier versions (a sorted set of ids and hashes
@@ -50,7 +51,7 @@
 
 use std::collections::HashSet;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -66,6 +67,9 @@ use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
 use crate::message::{decode_headers, encode_headers};
 use crate::url::QueueUrl;
 use crate::{Capabilities, Headers};
+
+/// The longest a handle's claims go without asking whether a delay or a lease is due.
+const PROBE_EVERY_MS: i64 = 20;
 
 /// The most receivers one announcement wakes.
 const MAX_WOKEN: usize = 64;
@@ -538,9 +542,9 @@ fn message_of(raw: Bytes, position: usize, delivered: bool) -> StoredMessage {
 
 /// A claim's answer: the entries it moved, whether a delay or a lease is due, and how
 /// many entries were left visible.
-fn decode_claim(replies: Vec<Value>, taken: usize) -> Result<(Vec<Bytes>, bool, i64)> {
+fn decode_claim(replies: Vec<Value>, taken: usize, probes: usize) -> Result<(Vec<Bytes>, bool, i64)> {
     let bad = || Error::internal("unexpected reply to a redis claim").with_backend("redis");
-    if replies.len() != taken + 3 {
+    if replies.len() != taken + probes + 1 {
         return Err(bad());
     }
     let mut replies = replies.into_iter();
@@ -553,7 +557,7 @@ fn decode_claim(replies: Vec<Value>, taken: usize) -> Result<(Vec<Bytes>, bool, 
         }
     }
     let mut due = false;
-    for reply in replies.by_ref().take(2) {
+    for reply in replies.by_ref().take(probes) {
         match reply {
             Value::Array(a) => due |= !a.is_empty(),
             Value::Set(a) => due |= !a.is_empty(),
@@ -583,6 +587,8 @@ pub struct RedisStore {
     /// run 97 moves that find nothing; when that was too few, it learns the true length
     /// and moves the rest in a second round.
     ready_hint: AtomicUsize,
+    /// When this handle's claims last asked whether a delay or a lease is due (ms).
+    probed_at: AtomicI64,
     /// Queues this handle has moved out of the earlier layouts.
     migrated: Mutex<HashSet<String>>,
 }
@@ -731,11 +737,21 @@ impl RedisStore {
             tx.cmd("LMOVE").arg(&ready).arg(&held).arg("LEFT").arg("RIGHT");
         }
         tx.cmd("ZADD").arg(&leases).arg(lease_until_ms).arg(token).ignore();
-        tx.cmd("ZRANGEBYSCORE").arg(format!("{p}:later")).arg("-inf").arg(now_ms).arg("LIMIT").arg(0).arg(1);
-        tx.cmd("ZRANGEBYSCORE").arg(&leases).arg("-inf").arg(now_ms).arg("LIMIT").arg(0).arg(1);
+        // Whether a delay or a lease is due is asked at most every `PROBE_EVERY_MS` per
+        // handle: something due is found that much later at worst, and a busy queue's
+        // claims skip two commands.
+        let last = self.probed_at.load(Ordering::Relaxed);
+        let probes = if now_ms >= last + PROBE_EVERY_MS || now_ms < last {
+            self.probed_at.store(now_ms, Ordering::Relaxed);
+            tx.cmd("ZRANGEBYSCORE").arg(format!("{p}:later")).arg("-inf").arg(now_ms).arg("LIMIT").arg(0).arg(1);
+            tx.cmd("ZRANGEBYSCORE").arg(&leases).arg("-inf").arg(now_ms).arg("LIMIT").arg(0).arg(1);
+            2
+        } else {
+            0
+        };
         tx.cmd("LLEN").arg(&ready);
         let replies: Vec<Value> = tx.query_async(&mut self.conn.clone()).await.map_err(map_err)?;
-        decode_claim(replies, max)
+        decode_claim(replies, max, probes)
     }
 }
 
@@ -791,6 +807,7 @@ impl RedisQueue {
             listener: OnceLock::new(),
             listening: Arc::default(),
             ready_hint: AtomicUsize::new(usize::MAX),
+            probed_at: AtomicI64::new(0),
             migrated: Mutex::default(),
         };
         Self::new(store, u.options)
