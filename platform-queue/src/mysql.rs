@@ -78,6 +78,8 @@ pub struct MysqlStore {
     pool: MySqlPool,
     location: String,
     notify: Notify,
+    /// Whether the server takes `DELETE … RETURNING` (MariaDB 10.5+; MySQL does not).
+    returning: bool,
 }
 
 impl MysqlQueue {
@@ -107,8 +109,20 @@ impl MysqlQueue {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await.map_err(map_err)?;
         }
-        Self::new(MysqlStore { pool, location, notify: Notify::new() }, u.options)
+        let (version,): (String,) = sqlx::query_as("SELECT VERSION()").fetch_one(&pool).await.map_err(map_err)?;
+        let returning = takes_returning(&version);
+        Self::new(MysqlStore { pool, location, notify: Notify::new(), returning }, u.options)
     }
+}
+
+/// Whether a server of `version` (as `SELECT VERSION()` gives it) takes
+/// `DELETE … RETURNING`: MariaDB from 10.5 on.
+fn takes_returning(version: &str) -> bool {
+    if !version.to_ascii_lowercase().contains("mariadb") {
+        return false;
+    }
+    let mut parts = version.split(['.', '-']).map(|p| p.parse::<u32>().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) >= (10, 5)
 }
 
 fn in_list(b: &mut QueryBuilder<MySql>, seqs: &[i64]) {
@@ -116,6 +130,17 @@ fn in_list(b: &mut QueryBuilder<MySql>, seqs: &[i64]) {
     let mut list = b.separated(", ");
     for s in seqs {
         list.push_bind(*s);
+    }
+    list.push_unseparated(")");
+}
+
+/// ` AND (seq, token) IN ((?, ?), …)`: the rows whose leases the pairs hold.
+fn push_pairs(b: &mut QueryBuilder<MySql>, pairs: &[(i64, String)]) {
+    b.push(" AND (seq, token) IN (");
+    let mut list = b.separated(", ");
+    for (seq, token) in pairs {
+        list.push("(").push_bind_unseparated(*seq).push_unseparated(", ").push_bind_unseparated(token.clone());
+        list.push_unseparated(")");
     }
     list.push_unseparated(")");
 }
@@ -151,19 +176,26 @@ impl MysqlStore {
         if pairs.is_empty() {
             return Ok(std::collections::HashSet::new());
         }
+        if self.returning {
+            // One statement, by primary key (`seq IN`), that says what it deleted.
+            let seqs: Vec<i64> = pairs.iter().map(|(s, _)| *s).collect();
+            let mut b: QueryBuilder<MySql> = QueryBuilder::new("DELETE FROM platform_queue_messages WHERE");
+            in_list(&mut b, &seqs);
+            b.push(" AND queue = ").push_bind(queue.to_owned()).push(" AND visible_at > ").push_bind(now_ms);
+            push_pairs(&mut b, &pairs);
+            b.push(" RETURNING seq");
+            let gone: Vec<(i64,)> = b.build_query_as().fetch_all(&self.pool).await.map_err(map_err)?;
+            return Ok(gone.into_iter().map(|(s,)| s).collect());
+        }
         let mut tx = self.pool.begin().await.map_err(map_err)?;
         // By primary key: on the ready index the optimizer would read and lock every
         // lease of the queue (`queue = ? AND visible_at > ?`), and wait on the ones
         // other receivers hold.
         let mut b: QueryBuilder<MySql> =
             QueryBuilder::new("SELECT seq FROM platform_queue_messages FORCE INDEX (PRIMARY) WHERE queue = ");
-        b.push_bind(queue.to_owned()).push(" AND visible_at > ").push_bind(now_ms).push(" AND (seq, token) IN (");
-        let mut list = b.separated(", ");
-        for (seq, token) in &pairs {
-            list.push("(").push_bind_unseparated(*seq).push_unseparated(", ").push_bind_unseparated(token.clone());
-            list.push_unseparated(")");
-        }
-        b.push(") FOR UPDATE");
+        b.push_bind(queue.to_owned()).push(" AND visible_at > ").push_bind(now_ms);
+        push_pairs(&mut b, &pairs);
+        b.push(" FOR UPDATE");
         let held: Vec<(i64,)> = b.build_query_as().fetch_all(&mut *tx).await.map_err(map_err)?;
         let held: Vec<i64> = held.into_iter().map(|(s,)| s).collect();
         if !held.is_empty() {
@@ -224,9 +256,12 @@ impl MysqlStore {
         token: &str,
     ) -> Result<Vec<StoredMessage>> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let seqs: Vec<(i64,)> = sqlx::query_as(
-            "SELECT seq FROM platform_queue_messages WHERE queue = ? AND visible_at <= ?
-             ORDER BY visible_at, seq LIMIT ? FOR UPDATE SKIP LOCKED",
+        // The locked rows as they are before the update below, which changes nothing
+        // of them but the lease, the attempt and the first failure: those are counted
+        // here the same way, so the claim reads its rows once.
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages
+             WHERE queue = ? AND visible_at <= ? ORDER BY visible_at, seq LIMIT ? FOR UPDATE SKIP LOCKED",
         )
         .bind(queue)
         .bind(now_ms)
@@ -234,11 +269,11 @@ impl MysqlStore {
         .fetch_all(&mut *tx)
         .await
         .map_err(map_err)?;
-        if seqs.is_empty() {
+        if rows.is_empty() {
             tx.commit().await.map_err(map_err)?;
             return Ok(Vec::new());
         }
-        let seqs: Vec<i64> = seqs.into_iter().map(|(s,)| s).collect();
+        let seqs: Vec<i64> = rows.iter().map(|r| r.0).collect();
         let mut b: QueryBuilder<MySql> = QueryBuilder::new(
             "UPDATE platform_queue_messages SET first_failure = IF(attempts > 0 AND first_failure IS NULL, ",
         );
@@ -250,12 +285,12 @@ impl MysqlStore {
             .push(" WHERE");
         in_list(&mut b, &seqs);
         b.build().execute(&mut *tx).await.map_err(map_err)?;
-        let mut b: QueryBuilder<MySql> =
-            QueryBuilder::new("SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages WHERE");
-        in_list(&mut b, &seqs);
-        let rows: Vec<Row> = b.build_query_as().fetch_all(&mut *tx).await.map_err(map_err)?;
         tx.commit().await.map_err(map_err)?;
-        Ok(rows.into_iter().map(decode_row).collect())
+        let claimed = |(seq, body, headers, attempts, first_failure): Row| -> Row {
+            let first_failure = first_failure.or((attempts > 0).then_some(now_ms));
+            (seq, body, headers, attempts + 1, first_failure)
+        };
+        Ok(rows.into_iter().map(|r| decode_row(claimed(r))).collect())
     }
 }
 
@@ -470,5 +505,60 @@ impl LeaseStore for MysqlStore {
     async fn close(&self) -> Result<()> {
         self.pool.close().await;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returning_is_taken_by_mariadb_from_10_5() {
+        assert!(takes_returning("10.11.19-MariaDB-0+deb12u1"));
+        assert!(takes_returning("10.5.0-MariaDB"));
+        assert!(takes_returning("11.4.2-MariaDB-ubu2404"));
+        assert!(!takes_returning("10.4.34-MariaDB"));
+        assert!(!takes_returning("8.0.36"));
+        assert!(!takes_returning("8.4.0-commercial"));
+    }
+
+    /// A grouped ack deletes the rows whose leases its items hold and says which, in one
+    /// `DELETE … RETURNING` and in the locked select MySQL takes instead: of four items,
+    /// a held lease is acked, a lapsed one, another receive's and an unknown id are not.
+    #[tokio::test]
+    async fn a_grouped_ack_judges_each_item_both_ways() {
+        let Some(url) = platform_core::testkit::server_url("MYSQL") else { return };
+        let db = platform_core::testkit::unique_ident("ack_many");
+        let admin = MySqlPool::connect(&url).await.expect("connect");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}"))).execute(&admin).await.expect("database");
+        let mut opts = MySqlConnectOptions::from_str(&url).expect("url");
+        opts = opts.database(&db);
+        let pool = MySqlPoolOptions::new().max_connections(2).connect_with(opts).await.expect("connect");
+        for stmt in SCHEMA {
+            sqlx::query(*stmt).execute(&pool).await.expect("table");
+        }
+        for returning in [true, false] {
+            let store = MysqlStore { pool: pool.clone(), location: String::new(), notify: Notify::new(), returning };
+            let queue = format!("q{returning}");
+            let rows = (0..3)
+                .map(|_| NewMessage { body: "x".into(), headers: Headers::new(), visible_at_ms: 0, dedup_key: None })
+                .collect();
+            store.insert(&queue, rows, 0, 0).await.expect("insert");
+            // Two leased until 1,000 by "a", one until 50 by "b"; the ack runs at 100.
+            let a = store.try_claim(&queue, 2, 10, 1_000, "a").await.expect("claim");
+            let b = store.try_claim(&queue, 1, 10, 50, "b").await.expect("claim");
+            assert_eq!((a.len(), b.len()), (2, 1));
+            assert!(a.iter().chain(&b).all(|m| m.attempts == 1 && m.first_failure_ms.is_none()));
+            let items = [(a[0].id.as_str(), "a"), (a[1].id.as_str(), "b"), (b[0].id.as_str(), "b"), ("999999999", "a")];
+            let acked = store.ack_many(&queue, &items, 100).await.expect("ack").expect("grouped");
+            assert_eq!(acked, [true, false, false, false], "returning: {returning}");
+            let left: Vec<String> = store.peek(&queue, 10).await.expect("peek").into_iter().map(|m| m.id).collect();
+            assert_eq!(left, [a[1].id.clone(), b[0].id.clone()], "returning: {returning}");
+            // The lapsed one comes back on its second attempt, its first failure set.
+            let again = store.try_claim(&queue, 5, 100, 2_000, "c").await.expect("claim");
+            assert_eq!(again.iter().map(|m| (m.id.as_str(), m.attempts)).collect::<Vec<_>>(), [(b[0].id.as_str(), 2)]);
+            assert_eq!(again[0].first_failure_ms, Some(100));
+        }
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE {db}"))).execute(&admin).await.expect("drop");
     }
 }
