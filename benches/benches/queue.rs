@@ -12,6 +12,7 @@
 
 mod common;
 mod cpu;
+mod raw_sql;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -930,7 +931,7 @@ fn bench(c: &mut Criterion) {
             }
             // As a service runs it, and as the raw loops keep their connections: one
             // handle, opened before anything is timed, for every iteration.
-            if ["redis", "postgres"].contains(name) {
+            if ["redis", "postgres", "mysql", "sqlite"].contains(name) {
                 let q = rt.block_on(async {
                     platform_queue::open(&format!("{base}{sep}queue={}", unique_name("bench"))).await.expect("open")
                 });
@@ -960,6 +961,23 @@ fn bench(c: &mut Criterion) {
                 b.iter_custom(|iters| timed(&rt, iters, || raw_postgres_leased(pool.clone(), batch)));
             });
         }
+        if let Some(u) = url("MYSQL") {
+            let pool = rt.block_on(raw_sql::mysql_pool(&u));
+            group.bench_with_input(BenchmarkId::new("mysql-raw", batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| timed(&rt, iters, || raw_sql::mysql(pool.clone(), batch)));
+            });
+            group.bench_with_input(BenchmarkId::new("mysql-raw-leased", batch), &batch, |b, &batch| {
+                b.iter_custom(|iters| timed(&rt, iters, || raw_sql::mysql_leased(pool.clone(), batch)));
+            });
+        }
+        let pool = rt.block_on(raw_sql::sqlite_pool(&sqlite_file));
+        group.bench_with_input(BenchmarkId::new("sqlite-raw", batch), &batch, |b, &batch| {
+            b.iter_custom(|iters| timed(&rt, iters, || raw_sql::sqlite(pool.clone(), batch)));
+        });
+        group.bench_with_input(BenchmarkId::new("sqlite-raw-leased", batch), &batch, |b, &batch| {
+            b.iter_custom(|iters| timed(&rt, iters, || raw_sql::sqlite_leased(pool.clone(), batch)));
+        });
+        rt.block_on(pool.close());
         if let Some(u) = url("NATS") {
             let client = rt.block_on(async { async_nats::connect(u.as_str()).await.expect("nats") });
             group.bench_with_input(BenchmarkId::new("nats-raw", batch), &batch, |b, &batch| {
@@ -1026,7 +1044,7 @@ fn bench(c: &mut Criterion) {
 }
 
 /// `--cpu BACKEND [BATCH] [ROUNDS] [ONLY]`: the CPU per message of each loop, client
-/// and server (see `cpu/mod.rs`), for `memory`, `redis`, `postgres` or `nats` through
+/// and server (see `cpu/mod.rs`), for `memory`, `sqlite`, `redis`, `postgres`, `mysql` or `nats` through
 /// one handle beside their raw loops; with `ONLY`, just the loops whose label holds it.
 fn cpu_report(args: &[String]) {
     let backend = args.first().map_or("redis", String::as_str);
@@ -1123,6 +1141,63 @@ fn cpu_report(args: &[String]) {
             rt.block_on(async { q.close().await.expect("close") });
             admin(format!("DROP SCHEMA {schema} CASCADE"));
         }
+        "mysql" => {
+            let base = url("MYSQL").expect("PLATFORM_TEST_MYSQL_URL is unset");
+            // Every loop's tables in a database of this run's own, as for PostgreSQL.
+            let db = platform_core::testkit::unique_ident("bench");
+            let admin = |sql: String| {
+                rt.block_on(async {
+                    let pool =
+                        sqlx::mysql::MySqlPoolOptions::new().max_connections(1).connect(&base).await.expect("pool");
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await.expect("database");
+                    pool.close().await;
+                })
+            };
+            admin(format!("CREATE DATABASE {db}"));
+            let mut u = url::Url::parse(&base).expect("mysql url");
+            u.set_path(&db);
+            let q = open(u.as_str());
+            let pool = rt.block_on(raw_sql::mysql_pool(u.as_str()));
+            let port = u.port().unwrap_or(3306);
+            let pid = cpu::pid_listening(port);
+            let server = move || pid.map(cpu::cpu_ns);
+            for round in 1..=rounds {
+                report.run("mysql-one-handle", round, || {
+                    cpu::measure(&rt, &server, ITERS, N, || through_queue(Arc::clone(&q), batch, false))
+                });
+                report.run("mysql-raw", round, || {
+                    cpu::measure(&rt, &server, ITERS, N, || raw_sql::mysql(pool.clone(), batch))
+                });
+                report.run("mysql-raw-leased", round, || {
+                    cpu::measure(&rt, &server, ITERS, N, || raw_sql::mysql_leased(pool.clone(), batch))
+                });
+            }
+            rt.block_on(pool.close());
+            rt.block_on(async { q.close().await.expect("close") });
+            admin(format!("DROP DATABASE {db}"));
+        }
+        "sqlite" => {
+            // A database file of this run's own.
+            let file = std::env::temp_dir().join(format!("{}.db", unique_name("platform-cpu")));
+            let q = open(&format!("sqlite://{}", file.display()));
+            let pool = rt.block_on(raw_sql::sqlite_pool(&file));
+            for round in 1..=rounds {
+                report.run("sqlite-one-handle", round, || {
+                    cpu::measure(&rt, &|| None, ITERS, N, || through_queue(Arc::clone(&q), batch, false))
+                });
+                report.run("sqlite-raw", round, || {
+                    cpu::measure(&rt, &|| None, ITERS, N, || raw_sql::sqlite(pool.clone(), batch))
+                });
+                report.run("sqlite-raw-leased", round, || {
+                    cpu::measure(&rt, &|| None, ITERS, N, || raw_sql::sqlite_leased(pool.clone(), batch))
+                });
+            }
+            rt.block_on(pool.close());
+            rt.block_on(async { q.close().await.expect("close") });
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+        }
         "nats" => {
             let u = url("NATS").expect("PLATFORM_TEST_NATS_URL is unset");
             let q = open(&u);
@@ -1139,7 +1214,7 @@ fn cpu_report(args: &[String]) {
                 });
             }
         }
-        other => panic!("--cpu takes memory, redis, postgres or nats, not {other}"),
+        other => panic!("--cpu takes memory, sqlite, redis, postgres, mysql or nats, not {other}"),
     }
     report.summary();
 }
