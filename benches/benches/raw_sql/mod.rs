@@ -96,6 +96,16 @@ async fn send_mysql(pool: &MySqlPool, leased: bool, queue: &str, batch: usize) {
     }
 }
 
+/// What `work` settled; none when InnoDB picked it as a deadlock victim (it was rolled
+/// back, and its messages are taken again), as the backend retries such a victim.
+async fn retry_deadlock(work: impl Future<Output = sqlx::Result<usize>>) -> usize {
+    match work.await {
+        Ok(n) => n,
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("40001") => 0,
+        Err(e) => panic!("raw mysql: {e}"),
+    }
+}
+
 fn id_list<DB: sqlx::Database>(b: &mut QueryBuilder<DB>, ids: &[i64])
 where
     i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
@@ -116,25 +126,24 @@ pub(crate) async fn mysql(pool: MySqlPool, batch: usize) -> Duration {
         let (pool, queue) = (pool.clone(), queue.clone());
         move || {
             let (pool, queue) = (pool.clone(), queue.clone());
-            async move {
-                let mut tx = pool.begin().await.expect("begin");
+            retry_deadlock(async move {
+                let mut tx = pool.begin().await?;
                 let got: Vec<(i64, Vec<u8>)> = sqlx::query_as(
                     "SELECT id, body FROM bench_raw_queue WHERE queue = ? ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED",
                 )
                 .bind(&queue)
                 .bind(batch as i64)
                 .fetch_all(&mut *tx)
-                .await
-                .expect("take");
+                .await?;
                 if !got.is_empty() {
                     let ids: Vec<i64> = got.iter().map(|(id, _)| *id).collect();
                     let mut b: QueryBuilder<MySql> = QueryBuilder::new("DELETE FROM bench_raw_queue WHERE");
                     id_list(&mut b, &ids);
-                    b.build().execute(&mut *tx).await.expect("delete");
+                    b.build().execute(&mut *tx).await?;
                 }
-                tx.commit().await.expect("commit");
-                got.len()
-            }
+                tx.commit().await?;
+                Ok(got.len())
+            })
         }
     };
     run(consume, send_mysql(&pool, false, &queue, batch)).await
@@ -148,9 +157,9 @@ pub(crate) async fn mysql_leased(pool: MySqlPool, batch: usize) -> Duration {
         let (pool, queue) = (pool.clone(), queue.clone());
         move || {
             let (pool, queue) = (pool.clone(), queue.clone());
-            async move {
+            retry_deadlock(async move {
                 let t = now_ms();
-                let mut tx = pool.begin().await.expect("begin");
+                let mut tx = pool.begin().await?;
                 let got: Vec<(i64, Vec<u8>, i32)> = sqlx::query_as(
                     "SELECT id, body, attempts FROM bench_raw_leased WHERE queue = ? AND visible_at <= ?
                      ORDER BY visible_at, id LIMIT ? FOR UPDATE SKIP LOCKED",
@@ -159,23 +168,22 @@ pub(crate) async fn mysql_leased(pool: MySqlPool, batch: usize) -> Duration {
                 .bind(t)
                 .bind(batch as i64)
                 .fetch_all(&mut *tx)
-                .await
-                .expect("claim");
+                .await?;
                 if got.is_empty() {
-                    tx.commit().await.expect("commit");
-                    return 0;
+                    tx.commit().await?;
+                    return Ok(0);
                 }
                 let ids: Vec<i64> = got.iter().map(|(id, ..)| *id).collect();
                 let mut b: QueryBuilder<MySql> = QueryBuilder::new("UPDATE bench_raw_leased SET visible_at = ");
                 b.push_bind(t + 30_000).push(", attempts = attempts + 1 WHERE");
                 id_list(&mut b, &ids);
-                b.build().execute(&mut *tx).await.expect("lease");
-                tx.commit().await.expect("commit");
+                b.build().execute(&mut *tx).await?;
+                tx.commit().await?;
                 let mut b: QueryBuilder<MySql> = QueryBuilder::new("DELETE FROM bench_raw_leased WHERE");
                 id_list(&mut b, &ids);
-                b.build().execute(&pool).await.expect("ack");
-                got.len()
-            }
+                b.build().execute(&pool).await?;
+                Ok(got.len())
+            })
         }
     };
     run(consume, send_mysql(&pool, true, &queue, batch)).await
