@@ -165,6 +165,121 @@ pub fn parse_bool(s: &str) -> Result<bool> {
     }
 }
 
+/// The one shape of a bad backend URL: `InvalidInput` from `open`, message
+/// `"{what} url: {key} {why}"`, and a field detail naming `key`. `what` is the crate's
+/// concern (`queue`, `store`, `database`).
+pub fn url_error(what: &str, key: &str, why: &str) -> Error {
+    Error::invalid_input(format!("{what} url: {key} {why}")).with_op("open").with_detail(key, why)
+}
+
+/// A URL scheme this build cannot open: `Unsupported` naming the feature of `krate`
+/// that enables it, or, for a scheme no feature enables, `InvalidInput` listing the
+/// schemes this build opens. `url` is shown masked.
+pub fn scheme_error(krate: &str, scheme: &str, feature: Option<&str>, supported: &[&str], url: &str) -> Error {
+    let masked = mask_url(url);
+    let err = match feature {
+        Some(feature) => Error::new(
+            crate::ErrorKind::Unsupported,
+            format!("scheme {scheme:?} needs feature {feature:?} of {krate} (url {masked:?})"),
+        )
+        .with_detail("scheme", format!("needs feature {feature:?}")),
+        None => Error::invalid_input(format!(
+            "unknown url scheme {scheme:?} in {masked:?}; this build of {krate} opens: {}",
+            supported.join(", ")
+        ))
+        .with_detail("scheme", "unknown scheme"),
+    };
+    err.with_op("open")
+}
+
+/// The query parameters of a backend URL, taken one by one by the code that
+/// understands them; [`finish`](UrlParams::finish) rejects whatever is left, naming
+/// it. Every error has the shape of [`url_error`].
+///
+/// ```
+/// use platform_core::config::UrlParams;
+/// let mut p = UrlParams::parse("queue", Some("queue=jobs&visibility_timeout=2s&colour=blue")).unwrap();
+/// assert_eq!(p.take("queue").as_deref(), Some("jobs"));
+/// assert_eq!(p.take_duration("visibility_timeout").unwrap(), Some(std::time::Duration::from_secs(2)));
+/// let err = p.finish("redis").unwrap_err();
+/// assert_eq!(err.details()[0].field, "colour");
+/// ```
+#[derive(Clone)]
+pub struct UrlParams {
+    what: &'static str,
+    params: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for UrlParams {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values may be secrets; the keys say enough.
+        f.debug_struct("UrlParams").field("what", &self.what).field("keys", &self.params.keys()).finish()
+    }
+}
+
+impl UrlParams {
+    /// Decodes a URL's query (`None`: no parameters). A key given twice is an error.
+    pub fn parse(what: &'static str, query: Option<&str>) -> Result<Self> {
+        let mut params = BTreeMap::new();
+        for (k, v) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            if params.insert(k.to_string(), v.to_string()).is_some() {
+                return Err(url_error(what, &k, "is given twice"));
+            }
+        }
+        Ok(Self { what, params })
+    }
+
+    /// The error for parameter `key`, in the shape every URL error has.
+    pub fn error(&self, key: &str, why: &str) -> Error {
+        url_error(self.what, key, why)
+    }
+
+    /// Whether `key` was given and not yet taken.
+    pub fn contains(&self, key: &str) -> bool {
+        self.params.contains_key(key)
+    }
+
+    /// Removes and returns parameter `key`.
+    pub fn take(&mut self, key: &str) -> Option<String> {
+        self.params.remove(key)
+    }
+
+    /// Parameter `key` as a duration (`250ms`, `30s`, `5m`).
+    pub fn take_duration(&mut self, key: &str) -> Result<Option<Duration>> {
+        self.take(key).map(|v| parse_duration(&v).map_err(|e| self.error(key, e.message()))).transpose()
+    }
+
+    /// Parameter `key` as a number (or anything else parsed with `FromStr`).
+    pub fn take_number<T: FromStr>(&mut self, key: &str) -> Result<Option<T>> {
+        self.take(key).map(|v| v.parse().map_err(|_| self.error(key, &format!("{v:?} is not a number")))).transpose()
+    }
+
+    /// Parameter `key` as a boolean (`true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`).
+    pub fn take_bool(&mut self, key: &str) -> Result<Option<bool>> {
+        self.take(key)
+            .map(|v| parse_bool(&v).map_err(|_| self.error(key, &format!("{v:?} is not true or false"))))
+            .transpose()
+    }
+
+    /// Removes the parameters among `keys` that are present, in the order of `keys`:
+    /// the driver's own, to hand on.
+    pub fn take_all(&mut self, keys: &[&str]) -> Vec<(String, String)> {
+        keys.iter().filter_map(|k| self.take(k).map(|v| ((*k).to_owned(), v))).collect()
+    }
+
+    /// Fails on any parameter nobody took, naming it and `backend`.
+    pub fn finish(&self, backend: &str) -> Result<()> {
+        match self.params.keys().next() {
+            None => Ok(()),
+            Some(key) => {
+                Err(Error::invalid_input(format!("{} url: unknown parameter {key:?} for {backend}", self.what))
+                    .with_op("open")
+                    .with_detail(key.clone(), format!("not a parameter of {backend}")))
+            }
+        }
+    }
+}
+
 /// Reads `{PREFIX}_*` variables, with errors that name the variable and the bad value
 /// (masked when the variable looks secret), and remembers what it read so the
 /// effective configuration can be logged with secrets masked.
@@ -291,6 +406,41 @@ fn normalize_prefix(prefix: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_params_name_each_bad_part() {
+        type Step = fn(&mut UrlParams) -> Result<()>;
+        let cases: [(&str, Step, &str); 5] = [
+            ("a=1&a=2", |_| Ok(()), "a"),
+            ("wait=soon", |p| p.take_duration("wait").map(drop), "wait"),
+            ("n=many", |p| p.take_number::<u32>("n").map(drop), "n"),
+            ("tls=maybe", |p| p.take_bool("tls").map(drop), "tls"),
+            ("colour=blue", |p| p.finish("redis"), "colour"),
+        ];
+        for (query, step, field) in cases {
+            let err = UrlParams::parse("queue", Some(query)).and_then(|mut p| step(&mut p)).unwrap_err();
+            assert!(err.is_invalid_input(), "{query}");
+            assert_eq!(err.op(), "open", "{query}");
+            assert_eq!(err.details()[0].field, field, "{query}: {err}");
+            assert!(err.to_string().contains("queue url:"), "{query}: {err}");
+        }
+        let mut p = UrlParams::parse("store", Some("x=1&tls=on&n=7&k=v")).unwrap();
+        assert_eq!(p.take_bool("tls").unwrap(), Some(true));
+        assert_eq!(p.take_number::<u8>("n").unwrap(), Some(7));
+        let driver = p.take_all(&["k", "missing", "x"]);
+        assert_eq!(driver, [("k".to_owned(), "v".to_owned()), ("x".to_owned(), "1".to_owned())]);
+        p.finish("s3").unwrap();
+    }
+
+    #[test]
+    fn scheme_errors() {
+        let err = scheme_error("platform-queue", "redis", Some("redis"), &["memory"], "redis://u:hunter2@h");
+        assert!(err.is_unsupported() && err.to_string().contains("feature \"redis\""), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        let err = scheme_error("platform-queue", "pigeon", None, &["memory", "sqlite"], "pigeon://coop");
+        assert!(err.is_invalid_input() && err.to_string().contains("memory, sqlite"), "{err}");
+        assert_eq!(err.details()[0].field, "scheme");
+    }
 
     #[test]
     fn secret_never_prints() {

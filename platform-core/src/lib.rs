@@ -8,6 +8,7 @@ mod error;
 mod health;
 mod problem;
 mod retry;
+pub mod sql;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 

@@ -149,34 +149,7 @@ macro_rules! sql_fns {
 }
 pub(crate) use sql_fns;
 
-/// Maps a sqlx error; `db_kind` decides from the database's own error code and says
-/// whether it is worth retrying.
-pub(crate) fn map_sqlx(
-    backend: &'static str,
-    e: sqlx::Error,
-    db_kind: impl FnOnce(&dyn sqlx::error::DatabaseError) -> Option<(platform_core::ErrorKind, bool)>,
-) -> Error {
-    use platform_core::ErrorKind;
-    let (kind, retryable) = match &e {
-        sqlx::Error::Configuration(_) => (ErrorKind::InvalidInput, false),
-        sqlx::Error::Database(db) => db_kind(db.as_ref()).unwrap_or((ErrorKind::Internal, false)),
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => {
-            (ErrorKind::Unavailable, true)
-        }
-        sqlx::Error::PoolTimedOut => (ErrorKind::Timeout, true),
-        sqlx::Error::PoolClosed => (ErrorKind::Cancelled, false),
-        sqlx::Error::RowNotFound => (ErrorKind::NotFound, false),
-        sqlx::Error::ColumnNotFound(_) | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
-            (ErrorKind::InvalidInput, false)
-        }
-        _ => (ErrorKind::Internal, false),
-    };
-    let message = match &e {
-        sqlx::Error::PoolTimedOut => "timed out waiting for a free connection (acquire_timeout)".to_owned(),
-        other => other.to_string(),
-    };
-    Error::new(kind, message).with_backend(backend).with_retryable(retryable).with_source(e)
-}
+pub(crate) use platform_core::sql::map_sqlx;
 
 /// An error for a column type with no portable reading.
 pub(crate) fn unsupported_type(backend: &'static str, column: &str, ty: &str) -> Error {

@@ -72,6 +72,21 @@ impl std::fmt::Display for Dialect {
     }
 }
 
+/// Every scheme this build can open.
+pub fn schemes() -> Vec<&'static str> {
+    let mut all = Vec::new();
+    if Dialect::Postgres.enabled() {
+        all.extend(["postgres", "postgresql"]);
+    }
+    if Dialect::Mysql.enabled() {
+        all.extend(["mysql", "mariadb"]);
+    }
+    if Dialect::Sqlite.enabled() {
+        all.push("sqlite");
+    }
+    all
+}
+
 /// Opens a pool from a URL (`postgres://…`, `mysql://…`, `mariadb://…`, `sqlite://path`,
 /// `sqlite::memory:`) and checks the connection with one round trip.
 pub async fn open(url: &str) -> Result<Db> {

@@ -11,7 +11,7 @@
 
 use std::str::FromStr;
 
-use platform_core::{Error, ErrorKind, Result};
+use platform_core::{Error, Result};
 use sqlx::Row as _;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlRow};
 
@@ -20,22 +20,8 @@ use crate::schema::Schema;
 use crate::{DbOptions, Dialect, Sql, Statement, Value};
 
 /// Maps a sqlx error from MySQL or MariaDB onto the portable kinds, by error number.
-pub fn map_err(e: sqlx::Error) -> Error {
-    map_sqlx("mysql", e, |db| {
-        let number = db.try_downcast_ref::<MySqlDatabaseError>()?.number();
-        Some(match number {
-            1062 | 1586 => (ErrorKind::AlreadyExists, false),
-            1451 | 1452 | 1216 | 1217 | 3819 | 4025 | 1048 => (ErrorKind::Conflict, false),
-            1213 | 1205 => (ErrorKind::Conflict, true),
-            1045 | 1698 => (ErrorKind::Unauthenticated, false),
-            1044 | 1142 | 1143 | 1227 => (ErrorKind::PermissionDenied, false),
-            1146 | 1049 => (ErrorKind::NotFound, false),
-            1064 | 1054 | 1406 | 1264 | 1366 | 1292 | 1050 | 1060 | 1061 => (ErrorKind::InvalidInput, false),
-            1040 | 1053 | 1927 | 2006 | 2013 => (ErrorKind::Unavailable, true),
-            1969 | 3024 => (ErrorKind::Timeout, true),
-            _ => return None,
-        })
-    })
+pub(crate) fn map_err(e: sqlx::Error) -> Error {
+    map_sqlx("mysql", e, |db| platform_core::sql::mysql_kind(db.try_downcast_ref::<MySqlDatabaseError>()?.number()))
 }
 
 /// Reads a non-null column of database type `ty`.

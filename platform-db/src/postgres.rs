@@ -18,24 +18,8 @@ use crate::schema::Schema;
 use crate::{DbOptions, Dialect, Sql, Statement, Value};
 
 /// Maps a sqlx error from PostgreSQL onto the portable kinds, by SQLSTATE.
-pub fn map_err(e: sqlx::Error) -> Error {
-    map_sqlx("postgres", e, |db| {
-        let code = db.code()?;
-        Some(match code.as_ref() {
-            "23505" => (ErrorKind::AlreadyExists, false),
-            "23503" | "23514" | "23502" | "23P01" => (ErrorKind::Conflict, false),
-            "40001" | "40P01" => (ErrorKind::Conflict, true),
-            "55P03" | "57014" => (ErrorKind::Timeout, true),
-            "57P01" | "57P02" | "57P03" | "53300" => (ErrorKind::Unavailable, true),
-            "28000" | "28P01" => (ErrorKind::Unauthenticated, false),
-            "42501" => (ErrorKind::PermissionDenied, false),
-            "42P01" | "3D000" | "3F000" => (ErrorKind::NotFound, false),
-            c if c.starts_with("08") => (ErrorKind::Unavailable, true),
-            c if c.starts_with("53") => (ErrorKind::Unavailable, true),
-            c if c.starts_with("42") || c.starts_with("22") || c.starts_with("25") => (ErrorKind::InvalidInput, false),
-            _ => return None,
-        })
-    })
+pub(crate) fn map_err(e: sqlx::Error) -> Error {
+    map_sqlx("postgres", e, |db| platform_core::sql::postgres_kind(&db.code()?))
 }
 
 /// Reads a non-null column of database type `ty`.

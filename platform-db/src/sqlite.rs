@@ -17,24 +17,9 @@ use crate::db::{Guard, TxConn, lock_timeout_error, map_sqlx, pool_options, sql_f
 use crate::schema::Schema;
 use crate::{DbOptions, Sql, Statement, Value};
 
-/// Maps a sqlx error from SQLite onto the portable kinds, by (extended) result code.
-pub fn map_err(e: sqlx::Error) -> Error {
-    map_sqlx("sqlite", e, |db| {
-        let code = db.code()?.parse::<i32>().ok()?;
-        Some(match code {
-            2067 | 1555 => (ErrorKind::AlreadyExists, false),
-            787 | 275 | 1299 | 1811 => (ErrorKind::Conflict, false),
-            _ => match code & 0xff {
-                5 | 6 => (ErrorKind::Unavailable, true),
-                3 | 8 | 23 => (ErrorKind::PermissionDenied, false),
-                13 => (ErrorKind::RateLimited, true),
-                14 => (ErrorKind::Unavailable, false),
-                1 if db.message().starts_with("no such table") => (ErrorKind::NotFound, false),
-                1 | 18 | 20 | 25 => (ErrorKind::InvalidInput, false),
-                _ => return None,
-            },
-        })
-    })
+/// Maps a sqlx error from SQLite onto the portable kinds, by extended result code.
+pub(crate) fn map_err(e: sqlx::Error) -> Error {
+    map_sqlx("sqlite", e, |db| platform_core::sql::sqlite_kind(db.code()?.parse().ok()?, db.message()))
 }
 
 /// Reads a non-null column of database type `ty`.

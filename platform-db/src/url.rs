@@ -15,10 +15,9 @@
 //! `ssl-mode`, `ssl-ca`, `charset`, `collation`, `timezone`, …; SQLite: `mode`, `cache`,
 //! `immutable`, `vfs`). Anything else is an `InvalidInput` error naming the parameter.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use platform_core::config::parse_duration;
+use platform_core::config::{UrlParams, scheme_error, url_error};
 use platform_core::{Error, Result, mask_url};
 
 use crate::Dialect;
@@ -104,7 +103,7 @@ impl std::fmt::Debug for DbOptions {
 }
 
 fn bad(key: &str, why: &str) -> Error {
-    Error::invalid_input(format!("database url: {key} {why}")).with_op("open").with_detail(key, why)
+    url_error("database", key, why)
 }
 
 impl DbOptions {
@@ -118,22 +117,10 @@ impl DbOptions {
             "postgres" | "postgresql" => Dialect::Postgres,
             "mysql" | "mariadb" => Dialect::Mysql,
             "sqlite" => Dialect::Sqlite,
-            other => {
-                return Err(bad(
-                    "scheme",
-                    &format!(
-                        "{other:?} is not a database (postgres://, postgresql://, mysql://, mariadb://, sqlite://)"
-                    ),
-                ));
-            }
+            other => return Err(scheme_error("platform-db", other, None, &crate::schemes(), raw)),
         };
         if !dialect.enabled() {
-            return Err(Error::invalid_input(format!(
-                "database url: scheme {scheme:?} needs the `{}` feature of platform-db",
-                dialect.feature()
-            ))
-            .with_op("open")
-            .with_detail("scheme", "feature not enabled"));
+            return Err(scheme_error("platform-db", scheme, Some(dialect.feature()), &crate::schemes(), raw));
         }
         let (base, query) = match raw.split_once('?') {
             Some((b, q)) => (b.to_owned(), q.to_owned()),
@@ -144,27 +131,14 @@ impl DbOptions {
         if dialect != Dialect::Sqlite {
             url::Url::parse(&base).map_err(|e| bad("url", &format!("{masked:?} is not a URL: {e}")))?;
         }
-        let mut params = BTreeMap::new();
-        for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
-            if params.insert(k.to_string(), v.to_string()).is_some() {
-                return Err(bad(&k, "is given twice"));
-            }
-        }
-        let mut take = |k: &str| params.remove(k);
-        let duration = |k: &str, v: Option<String>| -> Result<Option<Duration>> {
-            v.map(|v| parse_duration(&v).map_err(|e| bad(k, e.message()))).transpose()
-        };
-        let count = |k: &str, v: Option<String>| -> Result<Option<u32>> {
-            v.map(|v| v.parse::<u32>().map_err(|_| bad(k, &format!("{v:?} is not a number")))).transpose()
-        };
-        let max_connections =
-            count("max_connections", take("max_connections"))?.unwrap_or(if in_memory { 1 } else { 10 });
-        let min_connections = count("min_connections", take("min_connections"))?.unwrap_or(u32::from(in_memory));
-        let acquire_timeout = duration("acquire_timeout", take("acquire_timeout"))?.unwrap_or(Duration::from_secs(10));
-        let idle_timeout = duration("idle_timeout", take("idle_timeout"))?.or(Some(Duration::from_secs(600)));
-        let max_lifetime = duration("max_lifetime", take("max_lifetime"))?.or(Some(Duration::from_secs(1800)));
-        let lock_timeout = duration("lock_timeout", take("lock_timeout"))?.unwrap_or(Duration::from_secs(60));
-        let schema = take("schema");
+        let mut params = UrlParams::parse("database", Some(&query))?;
+        let max_connections = params.take_number("max_connections")?.unwrap_or(if in_memory { 1 } else { 10 });
+        let min_connections = params.take_number("min_connections")?.unwrap_or(u32::from(in_memory));
+        let acquire_timeout = params.take_duration("acquire_timeout")?.unwrap_or(Duration::from_secs(10));
+        let idle_timeout = params.take_duration("idle_timeout")?.or(Some(Duration::from_secs(600)));
+        let max_lifetime = params.take_duration("max_lifetime")?.or(Some(Duration::from_secs(1800)));
+        let lock_timeout = params.take_duration("lock_timeout")?.unwrap_or(Duration::from_secs(60));
+        let schema = params.take("schema");
         if max_connections == 0 {
             return Err(bad("max_connections", "must be at least 1"));
         }
@@ -187,10 +161,9 @@ impl DbOptions {
             Dialect::Mysql => MYSQL_PARAMS,
             Dialect::Sqlite => SQLITE_PARAMS,
         };
-        if let Some(unknown) = params.keys().find(|k| !allowed.contains(&k.as_str())) {
-            return Err(bad(unknown, &format!("is not a parameter of {} URLs", dialect.name())));
-        }
-        let rest: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&params).finish();
+        let driver = params.take_all(allowed);
+        params.finish(dialect.name())?;
+        let rest: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&driver).finish();
         let driver_url = if rest.is_empty() { base } else { format!("{base}?{rest}") };
         Ok(Self {
             dialect,

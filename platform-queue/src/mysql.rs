@@ -14,7 +14,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use platform_core::{Error, ErrorKind, Result};
+use platform_core::{Error, Result};
 use sqlx::Executor;
 use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{MySql, QueryBuilder};
@@ -56,19 +56,9 @@ const DRIVER_PARAMS: &[&str] =
     &["ssl-mode", "ssl-ca", "charset", "collation", "statement-cache-capacity", "socket", "timezone"];
 
 /// Maps a sqlx error from MySQL or MariaDB onto the portable kinds, by error number.
-pub fn map_err(e: sqlx::Error) -> Error {
-    crate::sql::map_sqlx("mysql", e, |db| {
-        let number = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()?.number();
-        Some(match number {
-            1205 | 1213 | 1040 | 1053 | 2002 | 2003 | 2006 | 2013 => ErrorKind::Unavailable,
-            1062 | 1050 => ErrorKind::AlreadyExists,
-            1045 => ErrorKind::Unauthenticated,
-            1044 | 1142 | 1227 => ErrorKind::PermissionDenied,
-            1049 | 1146 => ErrorKind::NotFound,
-            1153 | 1406 | 1366 => ErrorKind::InvalidInput,
-            1317 => ErrorKind::Cancelled,
-            _ => return None,
-        })
+pub(crate) fn map_err(e: sqlx::Error) -> Error {
+    platform_core::sql::map_sqlx("mysql", e, |db| {
+        platform_core::sql::mysql_kind(db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()?.number())
     })
 }
 

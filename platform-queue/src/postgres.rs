@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use platform_core::{Error, ErrorKind, Result};
+use platform_core::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 
@@ -85,24 +85,8 @@ const DRIVER_PARAMS: &[&str] =
     &["sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "options", "statement_cache_capacity"];
 
 /// Maps a sqlx error from PostgreSQL onto the portable kinds, by SQLSTATE.
-pub fn map_err(e: sqlx::Error) -> Error {
-    crate::sql::map_sqlx("postgres", e, |db| {
-        let code = db.code()?;
-        Some(match code.as_ref() {
-            "40001" | "40P01" | "55P03" | "57P01" | "57P02" | "57P03" | "53300" | "08000" | "08003" | "08006" => {
-                ErrorKind::Unavailable
-            }
-            "23505" => ErrorKind::AlreadyExists,
-            "42P01" | "3D000" | "3F000" => ErrorKind::NotFound,
-            "28000" | "28P01" => ErrorKind::Unauthenticated,
-            "42501" => ErrorKind::PermissionDenied,
-            "57014" => ErrorKind::Cancelled,
-            "22001" | "22P02" | "23502" | "54000" => ErrorKind::InvalidInput,
-            c if c.starts_with("08") => ErrorKind::Unavailable,
-            c if c.starts_with("53") => ErrorKind::RateLimited,
-            _ => return None,
-        })
-    })
+pub(crate) fn map_err(e: sqlx::Error) -> Error {
+    platform_core::sql::map_sqlx("postgres", e, |db| platform_core::sql::postgres_kind(&db.code()?))
 }
 
 /// The store behind [`PostgresQueue`].

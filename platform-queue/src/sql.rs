@@ -1,4 +1,4 @@
-//! What the SQL backends share: the row layout, header encoding and error mapping.
+//! What the SQL backends share: the row layout, header encoding.
 //!
 //! Every SQL backend keeps messages in one table, `platform_queue_messages`
 //! (`seq` id, `queue`, `body`, `headers` as JSON text, `visible_at` and
@@ -7,7 +7,6 @@
 //! queues in the same table.
 
 use bytes::Bytes;
-use platform_core::{Error, ErrorKind};
 
 use crate::leased::StoredMessage;
 pub(crate) use crate::message::{decode_headers, encode_headers};
@@ -22,22 +21,4 @@ pub(crate) fn decode_row((seq, body, headers, attempts, first_failure): Row) -> 
 
 pub(crate) fn parse_seq(id: &str) -> Option<i64> {
     id.parse().ok()
-}
-
-/// Maps a sqlx error; `db_kind` decides from the database's own error.
-pub(crate) fn map_sqlx(
-    backend: &'static str,
-    e: sqlx::Error,
-    db_kind: impl FnOnce(&dyn sqlx::error::DatabaseError) -> Option<ErrorKind>,
-) -> Error {
-    let kind = match &e {
-        sqlx::Error::Configuration(_) => ErrorKind::InvalidInput,
-        sqlx::Error::Database(db) => db_kind(db.as_ref()).unwrap_or(ErrorKind::Internal),
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed => ErrorKind::Unavailable,
-        sqlx::Error::PoolTimedOut => ErrorKind::Timeout,
-        sqlx::Error::PoolClosed => ErrorKind::Cancelled,
-        sqlx::Error::RowNotFound => ErrorKind::NotFound,
-        _ => ErrorKind::Internal,
-    };
-    Error::new(kind, e.to_string()).with_backend(backend).with_source(e)
 }

@@ -13,7 +13,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use platform_core::{Error, ErrorKind, Result};
+use platform_core::{Error, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Notify;
 
@@ -47,19 +47,10 @@ const SCHEMA: &[&str] = &[
         PRIMARY KEY (queue, dedup_key))",
 ];
 
-/// Maps a sqlx error from SQLite onto the portable kinds.
-pub fn map_err(e: sqlx::Error) -> Error {
-    crate::sql::map_sqlx("sqlite", e, |db| {
-        // Extended result codes: BUSY/LOCKED (and their variants) are transient.
-        let primary = db.code()?.parse::<i32>().ok()? & 0xff;
-        Some(match primary {
-            5 | 6 => ErrorKind::Unavailable,
-            3 | 23 => ErrorKind::PermissionDenied,
-            13 => ErrorKind::RateLimited,
-            14 => ErrorKind::NotFound,
-            19 => ErrorKind::Conflict,
-            _ => return None,
-        })
+/// Maps a sqlx error from SQLite onto the portable kinds, by extended result code.
+pub(crate) fn map_err(e: sqlx::Error) -> Error {
+    platform_core::sql::map_sqlx("sqlite", e, |db| {
+        platform_core::sql::sqlite_kind(db.code()?.parse().ok()?, db.message())
     })
 }
 

@@ -1,9 +1,8 @@
 //! Queue URLs: `scheme://…?queue=jobs&visibility_timeout=30s&max_attempts=5&dead_letter=jobs.dlq`.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use platform_core::config::parse_duration;
+use platform_core::config::{UrlParams, url_error};
 use platform_core::{Error, Result, mask_url};
 use url::Url;
 
@@ -111,14 +110,14 @@ pub(crate) fn percent_decode(s: &str) -> String {
 }
 
 fn bad_param(key: &str, why: &str) -> Error {
-    Error::invalid_input(format!("queue url: {key} {why}")).with_op("open").with_detail(key, why)
+    url_error("queue", key, why)
 }
 
 /// A parsed queue URL. Backends take their own parameters with [`QueueUrl::take`]; [`QueueUrl::finish`]
 /// rejects whatever is left, naming it.
 pub struct QueueUrl {
     url: Url,
-    params: BTreeMap<String, String>,
+    params: UrlParams,
     queue_given: bool,
     /// The options every backend shares.
     pub options: QueueOptions,
@@ -128,7 +127,7 @@ impl std::fmt::Debug for QueueUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueueUrl")
             .field("url", &self.masked())
-            .field("params", &self.params.keys().collect::<Vec<_>>())
+            .field("params", &self.params)
             .field("options", &self.options)
             .finish()
     }
@@ -137,31 +136,20 @@ impl std::fmt::Debug for QueueUrl {
 impl QueueUrl {
     /// Parses `raw` and its common parameters. Errors never show the password.
     pub fn parse(raw: &str) -> Result<Self> {
-        let url = Url::parse(raw).map_err(|e| {
-            Error::invalid_input(format!("queue url {:?} is not a URL: {e}", mask_url(raw)))
-                .with_op("open")
-                .with_detail("url", e.to_string())
-        })?;
-        let mut params = BTreeMap::new();
-        for (k, v) in url.query_pairs() {
-            if params.insert(k.to_string(), v.to_string()).is_some() {
-                return Err(bad_param(&k, "is given twice"));
-            }
-        }
-        let queue_given = params.contains_key("queue");
+        let url = Url::parse(raw).map_err(|e| bad_param("url", &format!("{:?} is not a URL: {e}", mask_url(raw))))?;
+        let params = UrlParams::parse("queue", url.query())?;
+        let queue_given = params.contains("queue");
         let mut this = Self { url, params, queue_given, options: QueueOptions::new(DEFAULT_QUEUE) };
         let queue = this.take("queue").unwrap_or_else(|| DEFAULT_QUEUE.to_owned());
         let mut options = QueueOptions::new(queue);
-        if let Some(v) = this.take("visibility_timeout") {
-            options.visibility_timeout =
-                parse_duration(&v).map_err(|e| bad_param("visibility_timeout", e.message()))?;
+        if let Some(v) = this.take_duration("visibility_timeout")? {
+            options.visibility_timeout = v;
         }
-        if let Some(v) = this.take("max_attempts") {
-            options.max_attempts =
-                v.parse().map_err(|_| bad_param("max_attempts", &format!("{v:?} is not a number")))?;
+        if let Some(n) = this.take_parsed("max_attempts")? {
+            options.max_attempts = n;
         }
-        if let Some(v) = this.take("dedup_window") {
-            options.dedup_window = parse_duration(&v).map_err(|e| bad_param("dedup_window", e.message()))?;
+        if let Some(v) = this.take_duration("dedup_window")? {
+            options.dedup_window = v;
         }
         if let Some(v) = this.take("dead_letter") {
             options.dead_letter = v;
@@ -195,31 +183,27 @@ impl QueueUrl {
 
     /// Removes and returns parameter `key`.
     pub fn take(&mut self, key: &str) -> Option<String> {
-        self.params.remove(key)
+        self.params.take(key)
     }
 
     /// Parameter `key` as a duration.
     pub fn take_duration(&mut self, key: &str) -> Result<Option<Duration>> {
-        self.take(key).map(|v| parse_duration(&v).map_err(|e| bad_param(key, e.message()))).transpose()
+        self.params.take_duration(key)
     }
 
     /// Parameter `key` parsed as `T`.
     pub fn take_parsed<T: std::str::FromStr>(&mut self, key: &str) -> Result<Option<T>> {
-        self.take(key).map(|v| v.parse().map_err(|_| bad_param(key, &format!("{v:?} is not valid")))).transpose()
+        self.params.take_number(key)
     }
 
     /// Removes the parameters in `driver_keys` and returns them, for the driver's own URL.
     pub fn take_driver_params(&mut self, driver_keys: &[&str]) -> Vec<(String, String)> {
-        driver_keys.iter().filter_map(|k| self.take(k).map(|v| ((*k).to_owned(), v))).collect()
+        self.params.take_all(driver_keys)
     }
 
     /// Fails on any parameter nobody took, naming it and the backend; validates the options.
     pub fn finish(&self, backend: &str) -> Result<()> {
-        if let Some(key) = self.params.keys().next() {
-            return Err(Error::invalid_input(format!("queue url: unknown parameter {key:?} for {backend}"))
-                .with_op("open")
-                .with_detail(key.clone(), format!("not a parameter of {backend}")));
-        }
+        self.params.finish(backend)?;
         self.options.validate()
     }
 

@@ -10,7 +10,6 @@ mod store;
 pub mod testkit;
 mod types;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 #[allow(unused_imports)]
@@ -25,53 +24,72 @@ pub use types::{
     ObjectInfo, ObjectRef, ObjectVersion, PresignMethod, PutMode, PutOptions, byte_stream, validate_key,
 };
 
+use platform_core::config::UrlParams;
 use platform_core::mask_url;
 
-/// The URL schemes this build opens, with the feature each needs.
-pub fn schemes() -> &'static [(&'static str, &'static str)] {
-    &[("memory", "memory"), ("file", "fs"), ("s3", "s3"), ("az", "azure"), ("gs", "gcs")]
+/// Every scheme this build can open.
+pub fn schemes() -> Vec<&'static str> {
+    let mut all = Vec::new();
+    #[cfg(feature = "memory")]
+    all.push("memory");
+    #[cfg(feature = "fs")]
+    all.push("file");
+    #[cfg(feature = "s3")]
+    all.push("s3");
+    #[cfg(feature = "azure")]
+    all.extend(["az", "azure"]);
+    #[cfg(feature = "gcs")]
+    all.push("gs");
+    all
+}
+
+/// The feature that enables `scheme`, for errors.
+fn feature_for(scheme: &str) -> Option<&'static str> {
+    Some(match scheme {
+        "memory" => "memory",
+        "file" => "fs",
+        "s3" => "s3",
+        "az" | "azure" => "azure",
+        "gs" => "gcs",
+        _ => return None,
+    })
 }
 
 fn bad(key: &str, why: &str) -> Error {
-    Error::invalid_input(format!("store url: {key} {why}")).with_op("open").with_detail(key, why)
+    platform_core::config::url_error("store", key, why)
 }
 
 /// The URL's query parameters, taken one by one; what is left is an error.
-struct Params(BTreeMap<String, String>);
+struct Params(UrlParams);
 
 impl Params {
     fn parse(url: &url::Url) -> Result<Self> {
-        let mut map = BTreeMap::new();
-        for (k, v) in url.query_pairs() {
-            if map.insert(k.to_string(), v.to_string()).is_some() {
-                return Err(bad(&k, "is given twice"));
-            }
-        }
-        Ok(Self(map))
+        UrlParams::parse("store", url.query()).map(Self)
     }
 
     fn take(&mut self, key: &str) -> Option<String> {
-        self.0.remove(key)
+        self.0.take(key)
     }
 
     /// The given parameters that are present, in the order asked.
-    #[allow(dead_code)]
-    fn take_all<'k>(&mut self, keys: &[&'k str]) -> Vec<(&'k str, String)> {
-        keys.iter().filter_map(|k| self.take(k).map(|v| (*k, v))).collect()
+    #[cfg_attr(
+        not(any(feature = "s3", feature = "azure", feature = "gcs")),
+        expect(dead_code, reason = "cloud stores only")
+    )]
+    fn take_all(&mut self, keys: &[&str]) -> Vec<(String, String)> {
+        self.0.take_all(keys)
     }
 
-    #[allow(dead_code)]
+    #[cfg_attr(
+        not(any(feature = "s3", feature = "azure", feature = "gcs")),
+        expect(dead_code, reason = "cloud stores only")
+    )]
     fn flag(&mut self, key: &str) -> Result<bool> {
-        self.take(key).map_or(Ok(false), |v| {
-            platform_core::config::parse_bool(&v).map_err(|_| bad(key, &format!("{v:?} is not true or false")))
-        })
+        Ok(self.0.take_bool(key)?.unwrap_or(false))
     }
 
     fn finish(&self, scheme: &str) -> Result<()> {
-        match self.0.keys().next() {
-            None => Ok(()),
-            Some(k) => Err(bad(k, &format!("is not a parameter of {scheme}:// URLs"))),
-        }
+        self.0.finish(scheme)
     }
 
     #[cfg(any(feature = "memory", feature = "fs"))]
@@ -172,12 +190,13 @@ pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
         #[cfg(feature = "gcs")]
         "gs" => cloud::gcs(&url, &mut params, masked)?,
         other => {
-            return Err(match schemes().iter().find(|(s, _)| *s == other) {
-                Some((_, feature)) => {
-                    bad("scheme", &format!("{other}:// needs the `{feature}` feature of platform-store"))
-                }
-                None => bad("scheme", &format!("{other:?} is not a store (memory, file, s3, az, gs)")),
-            });
+            return Err(platform_core::config::scheme_error(
+                "platform-store",
+                other,
+                feature_for(other),
+                &schemes(),
+                raw,
+            ));
         }
     };
     tracing::debug!(store = %store, "store opened");
@@ -236,7 +255,7 @@ mod cloud {
             b = b.with_endpoint(e).with_virtual_hosted_style_request(false);
         }
         for (param, value) in params.take_all(&["region", "access_key_id", "secret_access_key", "session_token"]) {
-            b = match param {
+            b = match param.as_str() {
                 "region" => b.with_region(value),
                 "access_key_id" => b.with_access_key_id(value),
                 "secret_access_key" => b.with_secret_access_key(value),

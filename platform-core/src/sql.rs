@@ -1,0 +1,189 @@
+//! One mapping of SQL databases' own error codes onto [`ErrorKind`], shared by every
+//! crate that talks to PostgreSQL, MySQL/MariaDB or SQLite.
+//!
+//! Each function answers `(kind, retryable)`: whether the same statement (or the
+//! transaction around it) is worth running again as it is. A deadlock or a
+//! serialization failure is a retryable [`Conflict`](ErrorKind::Conflict); a lock or
+//! statement timeout a retryable [`Timeout`](ErrorKind::Timeout); a server going away
+//! or out of connections a retryable [`Unavailable`](ErrorKind::Unavailable).
+//! Integrity violations are `Conflict` (a unique violation `AlreadyExists`), bad SQL
+//! and bad values `InvalidInput`. `None`: the code is not in the table, and the
+//! caller decides (usually `Internal`).
+//!
+//! With the `sqlx` feature, [`map_sqlx`] also maps the driver's own errors (I/O, pool
+//! timeouts, decoding) the same way for every crate.
+
+use crate::ErrorKind::{
+    self, AlreadyExists, Cancelled, Conflict, InvalidInput, NotFound, PermissionDenied, Timeout, Unauthenticated,
+    Unavailable,
+};
+
+/// A kind and whether it is worth retrying as it is.
+pub type Mapped = (ErrorKind, bool);
+
+/// PostgreSQL, by SQLSTATE.
+pub fn postgres_kind(sqlstate: &str) -> Option<Mapped> {
+    Some(match sqlstate {
+        "23505" => (AlreadyExists, false),
+        "42P07" | "42P06" | "42710" => (AlreadyExists, false),
+        "40001" | "40P01" => (Conflict, true),
+        "55P03" | "57014" => (Timeout, true),
+        "57P01" | "57P02" | "57P03" => (Unavailable, true),
+        "28000" | "28P01" => (Unauthenticated, false),
+        "42501" => (PermissionDenied, false),
+        "42P01" | "3D000" | "3F000" => (NotFound, false),
+        "54000" => (InvalidInput, false),
+        c if c.starts_with("23") => (Conflict, false),
+        c if c.starts_with("08") || c.starts_with("53") => (Unavailable, true),
+        c if c.starts_with("42") || c.starts_with("22") || c.starts_with("25") => (InvalidInput, false),
+        _ => return None,
+    })
+}
+
+/// MySQL and MariaDB, by server error number (and the client's own 2002–2013).
+pub fn mysql_kind(number: u16) -> Option<Mapped> {
+    Some(match number {
+        1062 | 1586 | 1050 | 1007 => (AlreadyExists, false),
+        1451 | 1452 | 1216 | 1217 | 3819 | 4025 | 1048 => (Conflict, false),
+        1213 => (Conflict, true),
+        1205 | 1969 | 3024 => (Timeout, true),
+        1045 | 1698 => (Unauthenticated, false),
+        1044 | 1142 | 1143 | 1227 => (PermissionDenied, false),
+        1146 | 1049 => (NotFound, false),
+        1064 | 1054 | 1406 | 1264 | 1366 | 1292 | 1060 | 1061 | 1153 => (InvalidInput, false),
+        1040 | 1053 | 1927 | 2002 | 2003 | 2006 | 2013 => (Unavailable, true),
+        1317 => (Cancelled, false),
+        _ => return None,
+    })
+}
+
+/// SQLite, by extended result code; `message` tells "no such table" from other errors.
+pub fn sqlite_kind(code: i32, message: &str) -> Option<Mapped> {
+    Some(match code {
+        2067 | 1555 => (AlreadyExists, false),
+        _ => match code & 0xff {
+            19 => (Conflict, false),
+            5 | 6 => (Unavailable, true),
+            3 | 8 | 23 => (PermissionDenied, false),
+            13 | 14 => (Unavailable, false),
+            1 if message.starts_with("no such table") => (NotFound, false),
+            1 | 18 | 20 | 25 => (InvalidInput, false),
+            _ => return None,
+        },
+    })
+}
+
+/// Maps a sqlx error: the driver's own failures the same way for every database, and a
+/// database's error by `db_kind` (one of the tables above), `Internal` when it has none.
+#[cfg(feature = "sqlx")]
+pub fn map_sqlx(
+    backend: &'static str,
+    e: sqlx::Error,
+    db_kind: impl FnOnce(&dyn sqlx::error::DatabaseError) -> Option<Mapped>,
+) -> crate::Error {
+    let (kind, retryable) = match &e {
+        sqlx::Error::Configuration(_) => (InvalidInput, false),
+        sqlx::Error::Database(db) => db_kind(db.as_ref()).unwrap_or((ErrorKind::Internal, false)),
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::WorkerCrashed | sqlx::Error::Protocol(_) => {
+            (Unavailable, true)
+        }
+        sqlx::Error::PoolTimedOut => (Timeout, true),
+        sqlx::Error::PoolClosed => (Cancelled, false),
+        sqlx::Error::RowNotFound => (NotFound, false),
+        sqlx::Error::ColumnNotFound(_) | sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) => {
+            (InvalidInput, false)
+        }
+        _ => (ErrorKind::Internal, false),
+    };
+    let message = match &e {
+        sqlx::Error::PoolTimedOut => "timed out waiting for a free connection (acquire_timeout)".to_owned(),
+        other => other.to_string(),
+    };
+    crate::Error::new(kind, message).with_backend(backend).with_retryable(retryable).with_source(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn postgres_table() {
+        let cases = [
+            ("23505", Some((AlreadyExists, false))),
+            ("42P07", Some((AlreadyExists, false))),
+            ("23503", Some((Conflict, false))),
+            ("23514", Some((Conflict, false))),
+            ("23502", Some((Conflict, false))),
+            ("40001", Some((Conflict, true))),
+            ("40P01", Some((Conflict, true))),
+            ("55P03", Some((Timeout, true))),
+            ("57014", Some((Timeout, true))),
+            ("57P01", Some((Unavailable, true))),
+            ("53300", Some((Unavailable, true))),
+            ("53100", Some((Unavailable, true))),
+            ("08006", Some((Unavailable, true))),
+            ("28P01", Some((Unauthenticated, false))),
+            ("42501", Some((PermissionDenied, false))),
+            ("42P01", Some((NotFound, false))),
+            ("3D000", Some((NotFound, false))),
+            ("42601", Some((InvalidInput, false))),
+            ("22P02", Some((InvalidInput, false))),
+            ("22001", Some((InvalidInput, false))),
+            ("54000", Some((InvalidInput, false))),
+            ("XX000", None),
+        ];
+        for (code, want) in cases {
+            assert_eq!(postgres_kind(code), want, "{code}");
+        }
+    }
+
+    #[test]
+    fn mysql_table() {
+        let cases = [
+            (1062, Some((AlreadyExists, false))),
+            (1050, Some((AlreadyExists, false))),
+            (1452, Some((Conflict, false))),
+            (3819, Some((Conflict, false))),
+            (1048, Some((Conflict, false))),
+            (1213, Some((Conflict, true))),
+            (1205, Some((Timeout, true))),
+            (3024, Some((Timeout, true))),
+            (1045, Some((Unauthenticated, false))),
+            (1142, Some((PermissionDenied, false))),
+            (1044, Some((PermissionDenied, false))),
+            (1146, Some((NotFound, false))),
+            (1064, Some((InvalidInput, false))),
+            (1406, Some((InvalidInput, false))),
+            (2013, Some((Unavailable, true))),
+            (1040, Some((Unavailable, true))),
+            (1317, Some((Cancelled, false))),
+            (1105, None),
+        ];
+        for (number, want) in cases {
+            assert_eq!(mysql_kind(number), want, "{number}");
+        }
+    }
+
+    #[test]
+    fn sqlite_table() {
+        let cases = [
+            (2067, "", Some((AlreadyExists, false))),
+            (1555, "", Some((AlreadyExists, false))),
+            (787, "", Some((Conflict, false))),
+            (275, "", Some((Conflict, false))),
+            (1299, "", Some((Conflict, false))),
+            (19, "", Some((Conflict, false))),
+            (5, "", Some((Unavailable, true))),
+            (517, "", Some((Unavailable, true))),
+            (6, "", Some((Unavailable, true))),
+            (8, "", Some((PermissionDenied, false))),
+            (14, "", Some((Unavailable, false))),
+            (1, "no such table: t", Some((NotFound, false))),
+            (1, "near \"SELEKT\": syntax error", Some((InvalidInput, false))),
+            (11, "", None),
+        ];
+        for (code, message, want) in cases {
+            assert_eq!(sqlite_kind(code, message), want, "{code} {message}");
+        }
+    }
+}
