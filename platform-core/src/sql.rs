@@ -73,6 +73,29 @@ pub fn sqlite_kind(code: i32, message: &str) -> Option<Mapped> {
     })
 }
 
+/// Refuses driver parameters that demand TLS (`sslmode=require`, `verify-ca`,
+/// `verify-full`; `ssl-mode=REQUIRED`, `VERIFY_CA`, `VERIFY_IDENTITY`), which the sqlx
+/// of these crates is built without: `Unsupported` at open, naming the parameter,
+/// instead of a connection error later. `disable`, `prefer` and the like pass.
+pub fn refuse_tls(krate: &str, params: &[(String, String)]) -> crate::Result<()> {
+    for (key, value) in params {
+        let key_is_mode = matches!(key.as_str(), "sslmode" | "ssl-mode" | "ssl_mode");
+        let demands = matches!(
+            value.to_ascii_lowercase().replace('_', "-").as_str(),
+            "require" | "required" | "verify-ca" | "verify-full" | "verify-identity"
+        );
+        if key_is_mode && demands {
+            return Err(crate::Error::new(
+                crate::ErrorKind::Unsupported,
+                format!("{key}={value}: TLS is not compiled into {krate}"),
+            )
+            .with_op("open")
+            .with_detail(key.clone(), "TLS is not compiled in"));
+        }
+    }
+    Ok(())
+}
+
 /// Maps a sqlx error: the driver's own failures the same way for every database, and a
 /// database's error by `db_kind` (one of the tables above), `Internal` when it has none.
 #[cfg(feature = "sqlx")]
@@ -161,6 +184,25 @@ mod tests {
         ];
         for (number, want) in cases {
             assert_eq!(mysql_kind(number), want, "{number}");
+        }
+    }
+
+    #[test]
+    fn tls_modes_that_demand_tls_are_refused() {
+        let p = |k: &str, v: &str| vec![(k.to_owned(), v.to_owned())];
+        for (k, v) in [
+            ("sslmode", "require"),
+            ("sslmode", "verify-full"),
+            ("ssl-mode", "VERIFY_IDENTITY"),
+            ("ssl-mode", "REQUIRED"),
+        ] {
+            let err = refuse_tls("platform-db", &p(k, v)).unwrap_err();
+            assert!(err.is_unsupported() && err.details()[0].field == k, "{k}={v}: {err}");
+        }
+        for (k, v) in
+            [("sslmode", "disable"), ("sslmode", "prefer"), ("ssl-mode", "DISABLED"), ("application_name", "require")]
+        {
+            refuse_tls("platform-db", &p(k, v)).unwrap();
         }
     }
 

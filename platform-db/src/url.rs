@@ -163,6 +163,7 @@ impl DbOptions {
         };
         let driver = params.take_all(allowed);
         params.finish(dialect.name())?;
+        platform_core::sql::refuse_tls("platform-db", &driver)?;
         let rest: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&driver).finish();
         let driver_url = if rest.is_empty() { base } else { format!("{base}?{rest}") };
         Ok(Self {
@@ -212,6 +213,8 @@ mod tests {
         let o = DbOptions::parse("postgres://u:hunter2@h/db?schema=app&sslmode=disable").unwrap();
         assert!(!format!("{o:?}").contains("hunter2"));
         assert_eq!(o.schema.as_deref(), Some("app"));
+        let err = DbOptions::parse("postgres://u:hunter2@h/db?sslmode=require").unwrap_err();
+        assert!(err.is_unsupported() && !err.to_string().contains("hunter2"), "{err}");
         let err = DbOptions::parse("postgres://u:hunter2@h/db?schema=a;drop").unwrap_err();
         assert!(!err.to_string().contains("hunter2") && err.to_string().contains("schema"), "{err}");
     }

@@ -82,13 +82,13 @@ fn feature_for(scheme: &str) -> Option<&'static str> {
         "sqlite" => "sqlite",
         "postgres" | "postgresql" => "postgres",
         "mysql" | "mariadb" => "mysql",
-        "redis" | "rediss" | "valkey" | "valkeys" => "redis",
-        "amqp" | "amqps" => "rabbitmq",
+        "redis" | "valkey" => "redis",
+        "amqp" => "rabbitmq",
         "nats" => "nats",
         "kafka" => "kafka",
         "sqs" => "sqs",
-        "stomp" | "stomp+ssl" => "stomp",
-        "mqtt" | "mqtts" => "mqtt",
+        "stomp" => "stomp",
+        "mqtt" => "mqtt",
         _ => return None,
     })
 }
@@ -122,7 +122,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
         #[cfg(feature = "mysql")]
         "mysql" | "mariadb" => Arc::new(mysql::MysqlQueue::from_url(url).await?),
         #[cfg(feature = "redis")]
-        "redis" | "rediss" | "valkey" | "valkeys" => Arc::new(redis::RedisQueue::from_url(url).await?),
+        "redis" | "valkey" => Arc::new(redis::RedisQueue::from_url(url).await?),
         #[cfg(feature = "nats")]
         "nats" => Arc::new(nats::NatsQueue::from_url(url).await?),
         #[cfg(feature = "rabbitmq")]
@@ -135,39 +135,32 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
         "kafka" => Arc::new(kafka::KafkaQueue::from_url(url).await?),
         #[cfg(feature = "mqtt")]
         "mqtt" => Arc::new(mqtt::MqttQueue::from_url(url).await?),
-        #[cfg(feature = "stomp")]
-        "stomp+ssl" => return Err(no_tls(&scheme, url)),
-        #[cfg(feature = "mqtt")]
-        "mqtts" => return Err(no_tls(&scheme, url)),
-        #[cfg(feature = "rabbitmq")]
-        "amqps" => return Err(no_tls(&scheme, url)),
+        tls if TLS_SCHEMES.contains(&tls) => return Err(no_tls(tls, url)),
         other => {
-            let masked = platform_core::mask_url(url);
-            let err = match feature_for(other) {
-                Some(feature) => Error::new(
-                    ErrorKind::Unsupported,
-                    format!("scheme {other:?} needs feature {feature:?} of platform-queue (url {masked:?})"),
-                ),
-                None => Error::invalid_input(format!(
-                    "unknown queue url scheme {other:?} in {masked:?}; this build supports: {}",
-                    schemes().join(", ")
-                ))
-                .with_detail("url", "unknown scheme"),
-            };
-            return Err(err.with_op("open"));
+            return Err(platform_core::config::scheme_error(
+                "platform-queue",
+                other,
+                feature_for(other),
+                &schemes(),
+                url,
+            ));
         }
     };
     Ok(Arc::new(Traced(queue)))
 }
 
-#[cfg(any(feature = "stomp", feature = "rabbitmq", feature = "mqtt"))]
+/// Schemes that ask for TLS, which no backend of this crate has compiled in: each is
+/// refused with `Unsupported`, never opened in plain text.
+const TLS_SCHEMES: &[&str] = &["rediss", "valkeys", "amqps", "stomp+ssl", "mqtts"];
+
 fn no_tls(scheme: &str, url: &str) -> Error {
     let masked = platform_core::mask_url(url);
     Error::new(
         ErrorKind::Unsupported,
-        format!("scheme {scheme:?}: TLS is not compiled into this backend (url {masked:?})"),
+        format!("scheme {scheme:?}: TLS is not compiled into platform-queue (url {masked:?})"),
     )
     .with_op("open")
+    .with_detail("scheme", "TLS is not compiled in")
 }
 
 /// Opens the queue named by `{PREFIX}_URL` (`open_from_env("QUEUE")` reads `QUEUE_URL`).
@@ -194,8 +187,11 @@ mod tests {
             assert!(!err.to_string().contains("hunter2"), "{err}");
         }
         // TLS is not compiled in, with the feature or without it.
-        let err = open("mqtts://u:hunter2@localhost").await.unwrap_err();
-        assert!(err.is_unsupported() && !err.to_string().contains("hunter2"), "{err}");
+        for scheme in TLS_SCHEMES {
+            let err = open(&format!("{scheme}://u:hunter2@localhost")).await.unwrap_err();
+            assert!(err.is_unsupported() && !err.to_string().contains("hunter2"), "{err}");
+            assert!(err.to_string().contains("TLS"), "{err}");
+        }
     }
 
     #[tokio::test]

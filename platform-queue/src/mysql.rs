@@ -78,6 +78,7 @@ impl MysqlQueue {
         let mut u = QueueUrl::parse(url)?;
         let max = u.take_parsed::<u32>("max_connections")?.unwrap_or(8);
         let driver = u.take_driver_params(DRIVER_PARAMS);
+        platform_core::sql::refuse_tls("platform-queue", &driver)?;
         u.finish("mysql")?;
         let raw = u.driver_url(&driver);
         let raw = raw.strip_prefix("mariadb").map(|rest| format!("mysql{rest}")).unwrap_or(raw);

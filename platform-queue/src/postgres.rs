@@ -106,6 +106,7 @@ impl PostgresQueue {
         let mut u = QueueUrl::parse(url)?;
         let max = u.take_parsed::<u32>("max_connections")?.unwrap_or(8);
         let driver = u.take_driver_params(DRIVER_PARAMS);
+        platform_core::sql::refuse_tls("platform-queue", &driver)?;
         u.finish("postgres")?;
         let opts = PgConnectOptions::from_str(&u.driver_url(&driver)).map_err(map_err)?;
         let location = format!("{}:{}", opts.get_host(), opts.get_port());

@@ -45,9 +45,9 @@
 //! user without channel rights: announcing is best effort and never fails the
 //! operation).
 //!
-//! URL: `redis://[user:password@]host[:port][/db]` or `rediss://` (TLS), `valkey://`
-//! and `valkeys://` as aliases, plus the common parameters and `response_timeout`
-//! (default 10s).
+//! URL: `redis://[user:password@]host[:port][/db]`, `valkey://` as an alias, plus the
+//! common parameters and `response_timeout` (default 10s). TLS is not compiled in:
+//! `rediss://` and `valkeys://` are refused with `Unsupported`.
 
 use std::collections::HashSet;
 use std::io::Write as _;
@@ -75,7 +75,7 @@ const PROBE_EVERY_MS: i64 = 20;
 const MAX_WOKEN: usize = 64;
 
 /// The URL schemes of this backend.
-pub const SCHEMES: &[&str] = &["redis", "rediss", "valkey", "valkeys"];
+pub const SCHEMES: &[&str] = &["redis", "valkey"];
 
 /// A queue in Redis or Valkey.
 pub type RedisQueue = LeasedQueue<RedisStore>;
@@ -776,10 +776,8 @@ impl RedisQueue {
         let timeout = u.take_duration("response_timeout")?.unwrap_or(Duration::from_secs(10));
         u.finish("redis")?;
         let mut raw = u.driver_url(&[]);
-        for (alias, real) in [("valkeys://", "rediss://"), ("valkey://", "redis://")] {
-            if let Some(rest) = raw.strip_prefix(alias) {
-                raw = format!("{real}{rest}");
-            }
+        if let Some(rest) = raw.strip_prefix("valkey://") {
+            raw = format!("redis://{rest}");
         }
         let client = redis::Client::open(raw.as_str()).map_err(map_err)?;
         let info = client.get_connection_info();
