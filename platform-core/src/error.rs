@@ -219,6 +219,19 @@ impl Error {
         self
     }
 
+    /// Sets the backend and the operation where they are not set yet: what a portable
+    /// layer stamps on every error passing through it.
+    #[must_use]
+    pub fn in_context(mut self, backend: &'static str, op: &'static str) -> Self {
+        if self.backend.is_empty() {
+            self.backend = backend;
+        }
+        if self.op.is_empty() {
+            self.op = op;
+        }
+        self
+    }
+
     /// Attaches the native error.
     #[must_use]
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {

@@ -51,11 +51,13 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use time::OffsetDateTime;
 
-use crate::message::{
-    ATTEMPTS_BASE, ClientLease, FIRST_FAILURE, Republish, Republishing, decode_headers, encode_headers, requeue_marks,
-};
-use crate::url::{QueueOptions, QueueUrl};
-use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
+use crate::QueueHandle;
+use crate::driver::dead_letter_headers;
+use crate::lease::client::ClientLease;
+use crate::lease::republish::{ATTEMPTS_BASE, FIRST_FAILURE, Republish, Republishing, requeue_marks};
+use crate::message::{decode_headers, encode_headers};
+use crate::options::{QueueOptions, QueueUrl};
+use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["kafka"];
@@ -528,7 +530,6 @@ impl Shared {
 pub struct KafkaQueue {
     shared: Arc<Shared>,
     hub: Mutex<Option<Arc<Hub>>>,
-    closed: AtomicBool,
 }
 
 impl fmt::Debug for KafkaQueue {
@@ -549,7 +550,7 @@ impl fmt::Display for KafkaQueue {
 
 impl KafkaQueue {
     /// Opens a queue from `kafka://…`, creating its topics when missing.
-    pub async fn from_url(url: &str) -> Result<Self> {
+    pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
         let mut u = QueueUrl::parse(url)?;
         let group = u.take("group");
         let member = u.take("member").unwrap_or_default();
@@ -608,16 +609,7 @@ impl KafkaQueue {
             }
         }
         let shared = Arc::new(Shared { brokers, group, member, options: o, prefetch, session_timeout, producer });
-        Ok(Self { shared, hub: Mutex::new(None), closed: AtomicBool::new(false) })
-    }
-
-    fn check_open(&self, op: &'static str) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::new(ErrorKind::Cancelled, format!("queue {} is closed", self.shared.options.queue))
-                .with_backend("kafka")
-                .with_op(op));
-        }
-        Ok(())
+        Ok(QueueHandle::new(Self { shared, hub: Mutex::new(None) }))
     }
 
     /// The process's group member for this queue, joined on the first receive.
@@ -760,8 +752,6 @@ impl Queue for KafkaQueue {
     }
 
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
-        self.check_open("send")?;
-        self.capabilities().validate_batch(&messages).map_err(|e| e.with_backend("kafka"))?;
         let shared = &self.shared;
         let sends = messages.iter().map(|m| async move {
             match m.delay.filter(|d| !d.is_zero()) {
@@ -774,8 +764,6 @@ impl Queue for KafkaQueue {
     }
 
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Delivery>> {
-        self.check_open("receive")?;
-        options.validate(&self.capabilities()).map_err(|e| e.with_backend("kafka"))?;
         let hub = self.hub()?;
         // The first receive of a process joins the consumer group: it waits for the
         // member's first assignment (seconds), whatever `wait` says.
@@ -809,12 +797,10 @@ impl Queue for KafkaQueue {
                 until = until.min(now + wait);
             }
             let _ = tokio::time::timeout_at(until, arrived).await;
-            self.check_open("receive")?;
         }
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        self.check_open("dead_letters")?;
         let (_, found) = self.read_dead(limit).await?;
         Ok(found
             .into_iter()
@@ -825,7 +811,6 @@ impl Queue for KafkaQueue {
     }
 
     async fn redrive(&self, limit: usize) -> Result<usize> {
-        self.check_open("redrive")?;
         let (consumer, found) = self.read_dead(limit).await?;
         let o = &self.shared.options;
         let mut commit = TopicPartitionList::new();
@@ -844,7 +829,6 @@ impl Queue for KafkaQueue {
     }
 
     async fn close(&self) -> Result<()> {
-        self.closed.store(true, Ordering::Release);
         // The member leaves the group once no handle or delivery holds it.
         self.hub.lock().unwrap_or_else(|e| e.into_inner()).take();
         Ok(())

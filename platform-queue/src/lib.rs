@@ -1,10 +1,11 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-mod leased;
+pub mod driver;
+mod lease;
 mod message;
+mod options;
 mod queue;
-pub mod url;
 mod worker;
 
 #[cfg(feature = "kafka")]
@@ -36,15 +37,14 @@ pub mod testkit;
 
 use std::sync::Arc;
 
-pub use leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage, now_ms};
 pub use message::{
-    Acker, Capabilities, DEAD_LETTER_AT, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_FIRST_FAILURE, DEAD_LETTER_QUEUE,
+    Capabilities, DEAD_LETTER_AT, DEAD_LETTER_ATTEMPTS, DEAD_LETTER_FIRST_FAILURE, DEAD_LETTER_QUEUE,
     DEAD_LETTER_REASON, DeadLetter, Delivery, Headers, MAX_DEDUP_KEY_LEN, MAX_HEADER_NAME_LEN, MAX_HEADER_VALUE_LEN,
-    Message, ReceiveOptions, dead_letter_headers, validate_header,
+    Message, ReceiveOptions,
 };
+pub use options::{DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DEFAULT_VISIBILITY_TIMEOUT, QueueOptions};
 pub use platform_core::{Error, ErrorKind, Result};
-pub use queue::{Queue, QueueExt, Traced};
-pub use url::{QueueOptions, QueueUrl};
+pub use queue::{Queue, QueueExt, QueueHandle};
 pub use worker::{Handler, Worker, WorkerConfig, WorkerStats};
 
 /// Every scheme this build can open, in the order `open` tries them.
@@ -126,7 +126,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
         #[cfg(feature = "nats")]
         "nats" => Arc::new(nats::NatsQueue::from_url(url).await?),
         #[cfg(feature = "rabbitmq")]
-        "amqp" => Arc::new(rabbitmq::RabbitQueue::from_url(url).await?),
+        "amqp" => Arc::new(rabbitmq::RabbitMqQueue::from_url(url).await?),
         #[cfg(feature = "sqs")]
         "sqs" => Arc::new(sqs::SqsQueue::from_url(url).await?),
         #[cfg(feature = "stomp")]
@@ -146,7 +146,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
             ));
         }
     };
-    Ok(Arc::new(Traced(queue)))
+    Ok(queue)
 }
 
 /// Schemes that ask for TLS, which no backend of this crate has compiled in: each is

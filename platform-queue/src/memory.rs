@@ -20,20 +20,21 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::{self, Debug, Display};
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
+use platform_core::{CheckOutcome, Error, HealthCheck, Result};
 use rustc_hash::FxHasher;
 use tokio::sync::Notify;
 
-use crate::leased::{ms, now_ms, time_of};
+use crate::driver::Acker;
+use crate::lease::store::{ms, now_ms, time_of};
 use crate::message::{DeliveryId, dead_letter_headers, exhausted_reason};
-use crate::url::{QueueOptions, QueueUrl};
-use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
+use crate::options::{QueueOptions, QueueUrl};
+use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, QueueHandle, ReceiveOptions};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["memory"];
@@ -230,17 +231,12 @@ fn shared(name: &str) -> Arc<Shared> {
     Arc::clone(all.entry(name.to_owned()).or_default())
 }
 
-fn cancelled(queue: &str, op: &'static str) -> Error {
-    Error::new(ErrorKind::Cancelled, format!("queue {queue} is closed")).with_backend(BACKEND).with_op(op)
-}
-
 /// What one handle holds: its options and the two queues it uses, looked up once.
 #[derive(Debug)]
 struct Handle {
     options: QueueOptions,
     queue: Arc<Shared>,
     dlq: Arc<Shared>,
-    closed: AtomicBool,
 }
 
 /// An in-process queue.
@@ -250,7 +246,7 @@ pub struct MemoryQueue {
 
 impl MemoryQueue {
     /// Opens `memory://NAME?…`.
-    pub fn from_url(url: &str) -> Result<Self> {
+    pub fn from_url(url: &str) -> Result<QueueHandle<Self>> {
         let mut u = QueueUrl::parse(url)?;
         if !SCHEMES.contains(&u.scheme()) {
             return Err(Error::invalid_input(format!("not a memory url: scheme {:?}", u.scheme())));
@@ -263,22 +259,15 @@ impl MemoryQueue {
     }
 
     /// Opens the in-process queue described by `options`.
-    pub fn with_options(options: QueueOptions) -> Result<Self> {
+    pub fn with_options(options: QueueOptions) -> Result<QueueHandle<Self>> {
         options.validate()?;
         let (queue, dlq) = (shared(&options.queue), shared(&options.dead_letter));
-        Ok(Self { inner: Arc::new(Handle { options, queue, dlq, closed: AtomicBool::new(false) }) })
+        Ok(QueueHandle::new(Self { inner: Arc::new(Handle { options, queue, dlq }) }))
     }
 
     /// The options.
     pub fn options(&self) -> &QueueOptions {
         &self.inner.options
-    }
-
-    fn check_open(&self, op: &'static str) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(cancelled(&self.inner.options.queue, op));
-        }
-        Ok(())
     }
 
     /// Leases up to `max` claimable messages; dead-letters, instead of handing out, those
@@ -399,15 +388,10 @@ impl Queue for MemoryQueue {
     }
 
     async fn send(&self, message: Message) -> Result<()> {
-        self.send_batch(vec![message]).await.map_err(|e| e.with_op("send"))
+        self.send_batch(vec![message]).await
     }
 
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
-        self.check_open("send")?;
-        self.capabilities().validate_batch(&messages).map_err(|e| e.with_backend(BACKEND))?;
-        if messages.is_empty() {
-            return Ok(());
-        }
         let now = now_ms();
         let q = &self.inner.queue;
         let mut messages = messages;
@@ -434,8 +418,6 @@ impl Queue for MemoryQueue {
     }
 
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Delivery>> {
-        self.check_open("receive")?;
-        options.validate(&self.capabilities()).map_err(|e| e.with_backend(BACKEND))?;
         let deadline = tokio::time::Instant::now() + options.wait;
         loop {
             // Created before the claim, so a send between the claim and the wait wakes it.
@@ -458,12 +440,10 @@ impl Queue for MemoryQueue {
                 () = notified => {}
                 () = tokio::time::sleep_until(wake) => {}
             }
-            self.check_open("receive")?;
         }
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        self.check_open("dead_letters")?;
         let dlq = &self.inner.dlq;
         Ok(dlq
             .oldest(limit)
@@ -476,7 +456,6 @@ impl Queue for MemoryQueue {
     }
 
     async fn redrive(&self, limit: usize) -> Result<usize> {
-        self.check_open("redrive")?;
         let now = now_ms();
         let dlq = &self.inner.dlq;
         let moved: Vec<Entry> =
@@ -487,7 +466,6 @@ impl Queue for MemoryQueue {
     }
 
     async fn close(&self) -> Result<()> {
-        self.inner.closed.store(true, Ordering::Release);
         Ok(())
     }
 }
@@ -521,7 +499,6 @@ impl MemoryAcker {
             return Ok(());
         }
         Err(Error::conflict(format!("lease on message {} was lost (expired or settled elsewhere)", self.seq))
-            .with_backend(BACKEND)
             .with_op(op))
     }
 
@@ -636,7 +613,7 @@ mod tests {
     use super::*;
     use crate::QueueExt;
 
-    fn queue(name: &str) -> MemoryQueue {
+    fn queue(name: &str) -> QueueHandle<MemoryQueue> {
         MemoryQueue::with_options(QueueOptions::new(name).with_max_attempts(1)).expect("queue")
     }
 

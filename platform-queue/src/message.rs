@@ -316,240 +316,6 @@ pub(crate) fn exhausted_reason(max: u32, last_error: Option<&str>) -> String {
     }
 }
 
-/// A client-side lease deadline, for brokers that cannot tell a stale settle from a live
-/// one: past it, the broker may have handed the message to someone else.
-#[cfg(any(feature = "nats", feature = "sqs"))]
-pub(crate) struct LeaseClock(Mutex<Instant>);
-
-#[cfg(any(feature = "nats", feature = "sqs"))]
-impl LeaseClock {
-    pub(crate) fn until(deadline: Instant) -> Self {
-        Self(Mutex::new(deadline))
-    }
-
-    /// `Conflict` once the lease has run out.
-    pub(crate) fn check(&self, backend: &'static str, op: &'static str) -> Result<()> {
-        if Instant::now() >= *self.0.lock().unwrap_or_else(|e| e.into_inner()) {
-            return Err(Error::conflict("lease was lost (the visibility timeout passed)")
-                .with_backend(backend)
-                .with_op(op));
-        }
-        Ok(())
-    }
-
-    pub(crate) fn renew(&self, deadline: Instant) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
-    }
-}
-
-/// A lease kept by the client, for brokers that have none (RabbitMQ, STOMP): held
-/// until a deadline that `extend` moves; settling claims it once; past the deadline a
-/// timer takes it back and the backend returns the message.
-#[cfg(any(feature = "rabbitmq", feature = "stomp", feature = "kafka", feature = "mqtt"))]
-pub(crate) struct ClientLease {
-    status: AtomicU8,
-    deadline: Mutex<Instant>,
-    /// Wakes the lease timer once settled, so it does not hold the delivery until the
-    /// deadline.
-    settled: tokio::sync::Notify,
-}
-
-#[cfg(any(feature = "rabbitmq", feature = "stomp", feature = "kafka", feature = "mqtt"))]
-impl ClientLease {
-    const HELD: u8 = 0;
-    const SETTLED: u8 = 1;
-    const EXPIRED: u8 = 2;
-
-    pub(crate) fn new(lease: Duration) -> Self {
-        Self {
-            status: AtomicU8::new(Self::HELD),
-            deadline: Mutex::new(Instant::now() + lease),
-            settled: tokio::sync::Notify::new(),
-        }
-    }
-
-    fn deadline(&self) -> Instant {
-        *self.deadline.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn lost(backend: &'static str, op: &'static str) -> Error {
-        Error::conflict("lease was lost (the visibility timeout passed)").with_backend(backend).with_op(op)
-    }
-
-    /// Claims the lease for a terminal action; `Conflict` once it expired or was settled.
-    pub(crate) fn take(&self, backend: &'static str, op: &'static str) -> Result<()> {
-        let claimed = Instant::now() < self.deadline()
-            && self.status.compare_exchange(Self::HELD, Self::SETTLED, Ordering::AcqRel, Ordering::Acquire).is_ok();
-        if claimed {
-            self.settled.notify_one();
-            Ok(())
-        } else {
-            Err(Self::lost(backend, op))
-        }
-    }
-
-    /// Gives back a claim whose action failed.
-    pub(crate) fn untake(&self) {
-        let _ = self.status.compare_exchange(Self::SETTLED, Self::HELD, Ordering::AcqRel, Ordering::Acquire);
-    }
-
-    /// Moves the deadline to `lease` from now; `Conflict` once the lease is gone.
-    pub(crate) fn extend(&self, backend: &'static str, lease: Duration) -> Result<()> {
-        let mut deadline = self.deadline.lock().unwrap_or_else(|e| e.into_inner());
-        if self.status.load(Ordering::Acquire) != Self::HELD || Instant::now() >= *deadline {
-            return Err(Self::lost(backend, "extend"));
-        }
-        *deadline = Instant::now() + lease;
-        Ok(())
-    }
-
-    /// Waits until the deadline passes with the lease unsettled; `true` when this call
-    /// took it back (the caller returns the message), `false` when it was settled.
-    pub(crate) async fn expired(&self) -> bool {
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(self.deadline())) => {}
-                () = self.settled.notified() => {}
-            }
-            if self.status.load(Ordering::Acquire) != Self::HELD {
-                return false;
-            }
-            if Instant::now() >= self.deadline() {
-                return self
-                    .status
-                    .compare_exchange(Self::HELD, Self::EXPIRED, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok();
-            }
-        }
-    }
-}
-
-/// A broker without nack or delivery counts (STOMP, Kafka): every settle other than
-/// `ack` sends a copy (carrying the attempts counted so far) and then acknowledges the
-/// original, so a crash in between gives a duplicate, never a loss.
-#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
-#[async_trait]
-pub(crate) trait Republish: Send + Sync + 'static {
-    /// The backend's name, for errors.
-    const BACKEND: &'static str;
-    /// The client-kept lease.
-    fn lease(&self) -> &ClientLease;
-    /// This delivery's attempt (1 on the first).
-    fn attempt(&self) -> u32;
-    /// The queue's `max_attempts`.
-    fn max_attempts(&self) -> u32;
-    /// `Conflict` when the broker has taken the message back (connection dropped,
-    /// partition reassigned) whatever the lease says.
-    fn still_held(&self, op: &'static str) -> Result<()>;
-    /// Acknowledges the original.
-    fn ack_original(&self) -> Result<()>;
-    /// Sends a copy that remembers `counted` attempts, visible after `delay`, then
-    /// acknowledges the original.
-    async fn requeue(&self, delay: Option<Duration>, counted: u32) -> Result<()>;
-    /// Sends a dead-letter copy, then acknowledges the original.
-    async fn move_to_dlq(&self, reason: &str, attempts: u32) -> Result<()>;
-}
-
-/// Where a republished copy carries the attempts counted before it.
-#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
-pub(crate) const ATTEMPTS_BASE: &str = "platform-attempts-base";
-/// Where a republished copy carries when its message first failed.
-#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
-pub(crate) const FIRST_FAILURE: &str = "platform-first-failure";
-
-/// The history a republished copy carries: the attempts counted so far and, once one
-/// failed, when the first failure was.
-#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
-pub(crate) fn requeue_marks(counted: u32, first_failure: Option<&str>) -> Vec<(&'static str, String)> {
-    let mut marks = vec![(ATTEMPTS_BASE, counted.to_string())];
-    let first = first_failure.map(str::to_owned).or_else(|| (counted > 0).then(|| rfc3339(OffsetDateTime::now_utc())));
-    marks.extend(first.map(|f| (FIRST_FAILURE, f)));
-    marks
-}
-
-/// The [`Acker`] over a [`Republish`]; the lease timer holds the same value.
-#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
-pub(crate) struct Republishing<R>(pub(crate) std::sync::Arc<R>);
-
-#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
-impl<R: Republish> Republishing<R> {
-    /// Starts the lease timer: past the deadline, unsettled, the message goes back
-    /// (its attempt counted) or, on its last attempt, to the dead letters.
-    pub(crate) fn start(inner: std::sync::Arc<R>) -> Self {
-        let timer = std::sync::Arc::clone(&inner);
-        tokio::spawn(async move {
-            if !timer.lease().expired().await || timer.still_held("expire").is_err() {
-                return;
-            }
-            let (attempt, max) = (timer.attempt(), timer.max_attempts());
-            let _ = if attempt >= max {
-                timer.move_to_dlq(&format!("lease expired on each of {max} attempts"), attempt).await
-            } else {
-                timer.requeue(None, attempt).await
-            };
-        });
-        Self(inner)
-    }
-
-    fn take(&self, op: &'static str) -> Result<()> {
-        self.0.still_held(op)?;
-        self.0.lease().take(R::BACKEND, op)
-    }
-
-    fn finish<T>(&self, result: Result<T>) -> Result<T> {
-        if result.is_err() && self.0.still_held("settle").is_ok() {
-            self.0.lease().untake();
-        }
-        result
-    }
-}
-
-#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
-impl<R> fmt::Debug for Republishing<R> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Republishing").finish_non_exhaustive()
-    }
-}
-
-#[cfg(any(feature = "stomp", feature = "kafka", feature = "mqtt"))]
-#[async_trait]
-impl<R: Republish> Acker for Republishing<R> {
-    async fn ack(&self) -> Result<()> {
-        self.take("ack")?;
-        let r = self.0.ack_original();
-        self.finish(r)
-    }
-
-    async fn nack(&self, delay: Option<Duration>, reason: Option<&str>) -> Result<bool> {
-        self.take("nack")?;
-        let (attempt, max) = (self.0.attempt(), self.0.max_attempts());
-        let r = if attempt >= max {
-            self.0.move_to_dlq(&exhausted_reason(max, reason), attempt).await.map(|()| true)
-        } else {
-            self.0.requeue(delay, attempt).await.map(|()| false)
-        };
-        self.finish(r)
-    }
-
-    async fn dead_letter(&self, reason: &str) -> Result<()> {
-        self.take("dead_letter")?;
-        let r = self.0.move_to_dlq(reason, self.0.attempt()).await;
-        self.finish(r)
-    }
-
-    async fn extend(&self, lease: Duration) -> Result<()> {
-        self.0.still_held("extend")?;
-        self.0.lease().extend(R::BACKEND, lease)
-    }
-
-    async fn release(&self) -> Result<()> {
-        self.take("release")?;
-        // A copy that does not count this delivery, then the original goes.
-        let r = self.0.requeue(None, self.0.attempt() - 1).await;
-        self.finish(r)
-    }
-}
-
 /// A delivery's id: the backend's text, or a number kept as its decimal digits inline.
 pub(crate) enum DeliveryId {
     Text(String),
@@ -603,6 +369,8 @@ pub struct Delivery {
     deadline: Mutex<Instant>,
     state: AtomicU8,
     acker: Box<dyn Acker>,
+    /// Stamped on settle errors; set by the portable handle.
+    backend: &'static str,
 }
 
 impl fmt::Debug for Delivery {
@@ -641,7 +409,23 @@ impl Delivery {
         deadline: Instant,
         acker: Box<dyn Acker>,
     ) -> Self {
-        Self { id, body, headers, attempt, lease, deadline: Mutex::new(deadline), state: AtomicU8::new(PENDING), acker }
+        Self {
+            id,
+            body,
+            headers,
+            attempt,
+            lease,
+            deadline: Mutex::new(deadline),
+            state: AtomicU8::new(PENDING),
+            acker,
+            backend: "",
+        }
+    }
+
+    /// The delivery with `backend` stamped on its settle errors.
+    pub(crate) fn stamped(mut self, backend: &'static str) -> Self {
+        self.backend = backend;
+        self
     }
 
     /// The backend's message id.
@@ -716,8 +500,8 @@ impl Delivery {
     where
         F: Future<Output = Result<T>>,
     {
-        self.claim(op)?;
-        self.finish(f.await)
+        self.claim(op).map_err(|e| e.in_context(self.backend, op))?;
+        self.finish(f.await.map_err(|e| e.in_context(self.backend, op)))
     }
 
     /// Removes the message for good. `Conflict` on a second call or after the lease was lost.
@@ -735,7 +519,7 @@ impl Delivery {
             match d.claim("ack") {
                 Ok(()) => claimed.push(d),
                 Err(e) => {
-                    first_err.get_or_insert(e);
+                    first_err.get_or_insert(e.in_context(d.backend, "ack"));
                 }
             }
         }
@@ -747,6 +531,7 @@ impl Delivery {
         let mut results = results.into_iter();
         for d in claimed {
             let r = results.next().unwrap_or_else(|| Err(Error::internal("an ack result is missing")));
+            let r = r.map_err(|e| e.in_context(d.backend, "ack"));
             if let Err(e) = d.finish(r) {
                 first_err.get_or_insert(e);
             }
@@ -763,7 +548,7 @@ impl Delivery {
     /// Like [`nack`](Self::nack), and records why it failed: when this was the last
     /// allowed attempt, `reason` becomes the dead letter's reason. `true` when the
     /// message was dead-lettered.
-    pub async fn fail(&self, delay: Option<Duration>, reason: &str) -> Result<bool> {
+    pub async fn nack_with_reason(&self, delay: Option<Duration>, reason: &str) -> Result<bool> {
         self.settle("nack", self.acker.nack(delay, Some(reason))).await
     }
 
@@ -781,10 +566,12 @@ impl Delivery {
     /// Renews the lease for `lease` from now. `Conflict` when it was already lost.
     pub async fn extend(&self, lease: Duration) -> Result<()> {
         if self.state.load(Ordering::Acquire) != PENDING {
-            return Err(Error::conflict(format!("message {} was settled already", self.id())).with_op("extend"));
+            return Err(Error::conflict(format!("message {} was settled already", self.id()))
+                .with_op("extend")
+                .in_context(self.backend, "extend"));
         }
         let until = Instant::now() + lease;
-        self.acker.extend(lease).await?;
+        self.acker.extend(lease).await.map_err(|e| e.in_context(self.backend, "extend"))?;
         *self.deadline.lock().unwrap_or_else(|e| e.into_inner()) = until;
         Ok(())
     }

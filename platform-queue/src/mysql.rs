@@ -20,9 +20,10 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{MySql, QueryBuilder};
 use tokio::sync::Notify;
 
-use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
+use crate::QueueHandle;
+use crate::lease::{Claimed, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
+use crate::options::QueueUrl;
 use crate::sql::{Row, decode_row, encode_headers, parse_seq};
-use crate::url::QueueUrl;
 use crate::{Capabilities, Headers};
 
 /// The URL schemes of this backend.
@@ -74,7 +75,7 @@ pub struct MysqlStore {
 
 impl MysqlQueue {
     /// Opens a queue from `mysql://…`, creating the tables as needed.
-    pub async fn from_url(url: &str) -> Result<Self> {
+    pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
         let mut u = QueueUrl::parse(url)?;
         let max = u.take_parsed::<u32>("max_connections")?.unwrap_or(8);
         let driver = u.take_driver_params(DRIVER_PARAMS);
@@ -102,7 +103,7 @@ impl MysqlQueue {
         }
         let (version,): (String,) = sqlx::query_as("SELECT VERSION()").fetch_one(&pool).await.map_err(map_err)?;
         let returning = takes_returning(&version);
-        Self::new(MysqlStore { pool, location, notify: Notify::new(), returning }, u.options)
+        Self::new(MysqlStore { pool, location, notify: Notify::new(), returning }, u.options).map(QueueHandle::new)
     }
 }
 
@@ -325,16 +326,9 @@ impl LeaseStore for MysqlStore {
         Ok(())
     }
 
-    async fn claim(
-        &self,
-        queue: &str,
-        max: usize,
-        now_ms: i64,
-        lease_until_ms: i64,
-        token: &str,
-    ) -> Result<(Vec<StoredMessage>, bool)> {
+    async fn claim(&self, queue: &str, max: usize, now_ms: i64, lease_until_ms: i64, token: &str) -> Result<Claimed> {
         // Receives poll here: nothing would wake one that waited for more.
-        Ok((again(|| self.try_claim(queue, max, now_ms, lease_until_ms, token)).await?, true))
+        Ok(Claimed::new(again(|| self.try_claim(queue, max, now_ms, lease_until_ms, token)).await?, true))
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
@@ -363,9 +357,9 @@ impl LeaseStore for MysqlStore {
         token: &str,
         now_ms: i64,
         visible_at_ms: i64,
-        failed: bool,
-        refund: bool,
+        how: Release,
     ) -> Result<bool> {
+        let (failed, refund) = (how.records_failure(), how.refund());
         let Some(seq) = parse_seq(id) else { return Ok(false) };
         let n = sqlx::query(
             "UPDATE platform_queue_messages SET
@@ -376,7 +370,7 @@ impl LeaseStore for MysqlStore {
         )
         .bind(failed)
         .bind(now_ms)
-        .bind(i32::from(refund))
+        .bind(refund)
         .bind(visible_at_ms)
         .bind(seq)
         .bind(queue)

@@ -21,7 +21,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::{Duration, Instant};
 
 use async_nats::HeaderMap;
@@ -34,9 +34,12 @@ use futures::StreamExt;
 use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
 use time::OffsetDateTime;
 
-use crate::message::{LeaseClock, decode_headers, encode_headers, exhausted_reason};
-use crate::url::{QueueOptions, QueueUrl};
-use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
+use crate::QueueHandle;
+use crate::driver::{Acker, dead_letter_headers};
+use crate::lease::clock::LeaseClock;
+use crate::message::{decode_headers, encode_headers, exhausted_reason};
+use crate::options::{QueueOptions, QueueUrl};
+use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["nats"];
@@ -90,7 +93,6 @@ pub struct NatsQueue {
     dlq: stream::Stream,
     options: QueueOptions,
     max_payload: usize,
-    closed: AtomicBool,
     /// What every delivery's acker shares, made once.
     shared: Arc<NatsRef>,
 }
@@ -110,7 +112,7 @@ impl fmt::Display for NatsQueue {
 
 impl NatsQueue {
     /// Opens a queue from `nats://…`, creating its streams and consumer as needed.
-    pub async fn from_url(url: &str) -> Result<Self> {
+    pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
         let mut u = QueueUrl::parse(url)?;
         let consumer_name = u.take("consumer").unwrap_or_else(|| "worker".to_owned());
         u.finish("nats")?;
@@ -158,16 +160,7 @@ impl NatsQueue {
             .await
             .map_err(map_err)?;
         let shared = Arc::new(NatsRef { js: js.clone(), options: u.options.clone(), max_payload });
-        Ok(Self { client, js, consumer, dlq, options: u.options, max_payload, closed: AtomicBool::new(false), shared })
-    }
-
-    fn check_open(&self, op: &'static str) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::new(ErrorKind::Cancelled, format!("queue {} is closed", self.options.queue))
-                .with_backend("nats")
-                .with_op(op));
-        }
-        Ok(())
+        Ok(QueueHandle::new(Self { client, js, consumer, dlq, options: u.options, max_payload, shared }))
     }
 
     fn nats_headers(&self, headers: &Headers, extra: &[(&str, String)]) -> HeaderMap {
@@ -232,9 +225,6 @@ impl Queue for NatsQueue {
     }
 
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
-        self.check_open("send")?;
-        let caps = self.capabilities();
-        caps.validate_batch(&messages).map_err(|e| e.with_backend("nats"))?;
         for m in &messages {
             let headers = if m.headers.is_empty() { 0 } else { encode_headers(&m.headers).len() };
             let size = m.body.len() + headers + 256;
@@ -269,8 +259,6 @@ impl Queue for NatsQueue {
     }
 
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Delivery>> {
-        self.check_open("receive")?;
-        options.validate(&self.capabilities()).map_err(|e| e.with_backend("nats"))?;
         let deadline = tokio::time::Instant::now() + options.wait;
         let mut pause = Duration::from_millis(5);
         loop {
@@ -306,13 +294,11 @@ impl Queue for NatsQueue {
                 return Ok(out);
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
-            self.check_open("receive")?;
             pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        self.check_open("dead_letters")?;
         let mut out = Vec::new();
         for seq in self.dlq_sequences().await? {
             if out.len() >= limit {
@@ -328,7 +314,6 @@ impl Queue for NatsQueue {
     }
 
     async fn redrive(&self, limit: usize) -> Result<usize> {
-        self.check_open("redrive")?;
         let mut moved = 0;
         for dead in self.dead_letters(limit).await? {
             let headers = self.nats_headers(&dead.headers, &[]);
@@ -341,7 +326,6 @@ impl Queue for NatsQueue {
     }
 
     async fn close(&self) -> Result<()> {
-        self.closed.store(true, Ordering::Release);
         Ok(())
     }
 }

@@ -24,9 +24,10 @@ use platform_core::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 
-use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
+use crate::QueueHandle;
+use crate::lease::{Claimed, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
+use crate::options::QueueUrl;
 use crate::sql::{Row, decode_row, encode_headers, parse_seq};
-use crate::url::QueueUrl;
 use crate::{Capabilities, Headers};
 
 /// The URL schemes of this backend.
@@ -102,7 +103,7 @@ pub struct PostgresStore {
 
 impl PostgresQueue {
     /// Opens a queue from `postgres://…`, creating the tables as needed.
-    pub async fn from_url(url: &str) -> Result<Self> {
+    pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
         let mut u = QueueUrl::parse(url)?;
         let max = u.take_parsed::<u32>("max_connections")?.unwrap_or(8);
         let driver = u.take_driver_params(DRIVER_PARAMS);
@@ -140,7 +141,7 @@ impl PostgresQueue {
             listener: std::sync::OnceLock::new(),
             listening: Arc::default(),
         };
-        Self::new(store, u.options)
+        Self::new(store, u.options).map(QueueHandle::new)
     }
 }
 
@@ -306,14 +307,7 @@ impl LeaseStore for PostgresStore {
         tx.commit().await.map_err(map_err)
     }
 
-    async fn claim(
-        &self,
-        queue: &str,
-        max: usize,
-        now_ms: i64,
-        lease_until_ms: i64,
-        token: &str,
-    ) -> Result<(Vec<StoredMessage>, bool)> {
+    async fn claim(&self, queue: &str, max: usize, now_ms: i64, lease_until_ms: i64, token: &str) -> Result<Claimed> {
         let rows: Vec<(i64, Vec<u8>, String, i32, Option<i64>, bool)> = sqlx::query_as(CLAIM)
             .bind(token)
             .bind(lease_until_ms)
@@ -336,7 +330,7 @@ impl LeaseStore for PostgresStore {
             .into_iter()
             .map(|(seq, body, headers, attempts, ff, _)| decode_row((seq, body, headers, attempts, ff)))
             .collect();
-        Ok((messages, more))
+        Ok(Claimed::new(messages, more))
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
@@ -384,9 +378,9 @@ impl LeaseStore for PostgresStore {
         token: &str,
         now_ms: i64,
         visible_at_ms: i64,
-        failed: bool,
-        refund: bool,
+        how: Release,
     ) -> Result<bool> {
+        let (failed, refund) = (how.records_failure(), how.refund());
         let Some(seq) = parse_seq(id) else { return Ok(false) };
         let n = sqlx::query(
             "UPDATE platform_queue_messages SET visible_at = $1, token = NULL,
@@ -397,7 +391,7 @@ impl LeaseStore for PostgresStore {
         .bind(visible_at_ms)
         .bind(failed)
         .bind(now_ms)
-        .bind(i32::from(refund))
+        .bind(refund)
         .bind(seq)
         .bind(queue)
         .bind(token)
@@ -548,7 +542,7 @@ mod tests {
         };
         // What autovacuum leaves of a queue it finds drained: statistics that say empty.
         sqlx::query("VACUUM ANALYZE platform_queue_messages").execute(&store.pool).await.expect("vacuum");
-        assert!(store.claim("q", 10, 1, 2, "first").await.expect("claim").0.is_empty());
+        assert!(store.claim("q", 10, 1, 2, "first").await.expect("claim").messages.is_empty());
         let rows = (0..300)
             .map(|_| NewMessage { body: "x".into(), headers: Headers::new(), visible_at_ms: 0, dedup_key: None })
             .collect();
@@ -556,13 +550,13 @@ mod tests {
         // A full claim that leaves more behind wakes the next receive (a stored permit
         // here, since none waits); one that takes the last message does not.
         let woken = || async { tokio::time::timeout(Duration::ZERO, store.waker("q").notified()).await.is_ok() };
-        let (first, _) = store.claim("q", 10, 1, 2, "second").await.expect("claim");
+        let Claimed { messages: first, more: _ } = store.claim("q", 10, 1, 2, "second").await.expect("claim");
         let first_wakes = woken().await;
-        let (next, _) = store.claim("q", 10, 1, 2, "third").await.expect("claim");
+        let Claimed { messages: next, more: _ } = store.claim("q", 10, 1, 2, "third").await.expect("claim");
         let next_wakes = woken().await;
-        let (rest, rest_more) = store.claim("q", 280, 1, 2, "fourth").await.expect("claim");
+        let Claimed { messages: rest, more: rest_more } = store.claim("q", 280, 1, 2, "fourth").await.expect("claim");
         let rest_wakes = woken().await;
-        let (none, none_more) = store.claim("q", 10, 1, 2, "fifth").await.expect("claim");
+        let Claimed { messages: none, more: none_more } = store.claim("q", 10, 1, 2, "fifth").await.expect("claim");
         store.pool.close().await;
         sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&admin).await.expect("drop");
         assert_eq!((first.len(), next.len(), rest.len()), (10, 10, 280), "each claim leases the batch it asks for");

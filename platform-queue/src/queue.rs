@@ -1,12 +1,14 @@
-//! The `Queue` trait, its conveniences, and the tracing decorator `open()` wraps around it.
+//! The `Queue` trait, its conveniences, and the portable handle every constructor returns.
 
 use std::fmt::{self, Debug, Display};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use platform_core::{CORRELATION_ID_HEADER, CheckOutcome, CorrelationId, HealthCheck, Result};
+use platform_core::{CORRELATION_ID_HEADER, CheckOutcome, CorrelationId, Error, ErrorKind, HealthCheck, Result};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::{Capabilities, DeadLetter, Delivery, Message, ReceiveOptions};
@@ -137,24 +139,77 @@ pub trait QueueExt: Queue {
 
 impl<T: Queue + ?Sized> QueueExt for T {}
 
-/// Wraps a backend with one tracing span per call and fills in the correlation id
-/// header from the current task when a message has none. `open()` returns backends
-/// wrapped in it.
-pub struct Traced<Q: ?Sized>(pub Arc<Q>);
+/// The portable queue: what [`open`](crate::open) and every backend's `from_url`
+/// return, so no caller can skip it. It does the work every backend shares, once:
+///
+/// - validates input against the backend's [`Capabilities`] before the backend sees
+///   it (body and header limits, batch size, delay and dedup support, receive sizes);
+/// - keeps the closed state: after [`close`](Queue::close) every call fails with
+///   `Cancelled`, a receive waiting at that moment included, and the backend's own
+///   `close` runs once;
+/// - stamps the backend's name and the operation on every error, those of
+///   [`Delivery`] settles included;
+/// - opens one tracing span per call, and fills in the correlation id header from the
+///   current task when a message has none.
+///
+/// Backends implement [`Queue`] for the part that is theirs (see [`driver`](crate::driver));
+/// [`QueueHandle::driver`] reaches the backend itself.
+pub struct QueueHandle<Q: ?Sized> {
+    closed: CancellationToken,
+    once: AtomicBool,
+    inner: Q,
+}
 
-impl<Q: Queue + ?Sized> Debug for Traced<Q> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        Debug::fmt(&self.0, f)
+impl<Q: Queue> QueueHandle<Q> {
+    /// Wraps a backend. Backends call it in their constructors.
+    pub fn new(backend: Q) -> Self {
+        Self { closed: CancellationToken::new(), once: AtomicBool::new(false), inner: backend }
     }
 }
 
-impl<Q: Queue + ?Sized> Display for Traced<Q> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        Display::fmt(&self.0, f)
+impl<Q: Queue + ?Sized> QueueHandle<Q> {
+    /// The backend under the portable layer, for what only it offers. Calls through it
+    /// skip the portable layer's checks.
+    pub fn driver(&self) -> &Q {
+        &self.inner
+    }
+
+    fn span(&self, op: &'static str) -> tracing::Span {
+        tracing::debug_span!("queue", backend = self.inner.backend(), op, queue = %self.inner.queue_name(), n = tracing::field::Empty)
+    }
+
+    /// Stamps backend and operation where the error has none yet.
+    fn stamp(&self, op: &'static str) -> impl Fn(Error) -> Error + '_ {
+        move |e| e.in_context(self.inner.backend(), op)
+    }
+
+    fn check_open(&self, op: &'static str) -> Result<()> {
+        if self.closed.is_cancelled() {
+            return Err(self.cancelled(op));
+        }
+        Ok(())
+    }
+
+    fn cancelled(&self, op: &'static str) -> Error {
+        Error::new(ErrorKind::Cancelled, format!("queue {} is closed", self.inner.queue_name()))
+            .with_backend(self.inner.backend())
+            .with_op(op)
     }
 }
 
-fn stamp(mut message: Message) -> Message {
+impl<Q: Queue + ?Sized> Debug for QueueHandle<Q> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Debug::fmt(&self.inner, f)
+    }
+}
+
+impl<Q: Queue + ?Sized> Display for QueueHandle<Q> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Display::fmt(&self.inner, f)
+    }
+}
+
+fn stamp_correlation(mut message: Message) -> Message {
     if !message.headers.contains_key(CORRELATION_ID_HEADER)
         && let Some(id) = CorrelationId::current()
     {
@@ -163,63 +218,77 @@ fn stamp(mut message: Message) -> Message {
     message
 }
 
-impl<Q: Queue + ?Sized> Traced<Q> {
-    fn span(&self, op: &'static str) -> tracing::Span {
-        tracing::debug_span!("queue", backend = self.0.backend(), op, queue = %self.0.queue_name(), n = tracing::field::Empty)
-    }
-}
-
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
-impl<Q: Queue + ?Sized> HealthCheck for Traced<Q> {
+impl<Q: Queue + ?Sized> HealthCheck for QueueHandle<Q> {
     fn name(&self) -> String {
-        self.0.name()
+        self.inner.name()
     }
     fn critical(&self) -> bool {
-        self.0.critical()
+        self.inner.critical()
     }
     async fn check(&self) -> Result<CheckOutcome> {
-        self.0.check().instrument(self.span("health")).await
+        self.inner.check().instrument(self.span("health")).await.map_err(self.stamp("health"))
     }
 }
 
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]
-impl<Q: Queue + ?Sized> Queue for Traced<Q> {
+impl<Q: Queue + ?Sized> Queue for QueueHandle<Q> {
     fn queue_name(&self) -> &str {
-        self.0.queue_name()
+        self.inner.queue_name()
     }
     fn backend(&self) -> &'static str {
-        self.0.backend()
+        self.inner.backend()
     }
     fn capabilities(&self) -> Capabilities {
-        self.0.capabilities()
+        self.inner.capabilities()
     }
     async fn send(&self, message: Message) -> Result<()> {
+        self.check_open("send")?;
+        message.validate(&self.inner.capabilities()).map_err(self.stamp("send"))?;
         let span = self.span("send");
         span.record("n", 1);
-        self.0.send(stamp(message)).instrument(span).await
+        self.inner.send(stamp_correlation(message)).instrument(span).await.map_err(self.stamp("send"))
     }
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
+        self.check_open("send_batch")?;
+        self.inner.capabilities().validate_batch(&messages).map_err(self.stamp("send_batch"))?;
+        if messages.is_empty() {
+            return Ok(());
+        }
         let span = self.span("send_batch");
         span.record("n", messages.len());
-        self.0.send_batch(messages.into_iter().map(stamp).collect()).instrument(span).await
+        let messages = messages.into_iter().map(stamp_correlation).collect();
+        self.inner.send_batch(messages).instrument(span).await.map_err(self.stamp("send_batch"))
     }
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Delivery>> {
+        self.check_open("receive")?;
+        options.validate(&self.inner.capabilities()).map_err(self.stamp("receive"))?;
         let span = self.span("receive");
-        let got = self.0.receive(options).instrument(span.clone()).await;
-        if let Ok(d) = &got {
-            span.record("n", d.len());
-        }
-        got
+        // A close ends a waiting receive; what it had claimed comes back when the
+        // leases run out.
+        let got = tokio::select! {
+            got = self.inner.receive(options).instrument(span.clone()) => got.map_err(self.stamp("receive"))?,
+            () = self.closed.cancelled() => return Err(self.cancelled("receive")),
+        };
+        span.record("n", got.len());
+        let backend = self.inner.backend();
+        Ok(got.into_iter().map(|d| d.stamped(backend)).collect())
     }
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        self.0.dead_letters(limit).instrument(self.span("dead_letters")).await
+        self.check_open("dead_letters")?;
+        self.inner.dead_letters(limit).instrument(self.span("dead_letters")).await.map_err(self.stamp("dead_letters"))
     }
     async fn redrive(&self, limit: usize) -> Result<usize> {
-        self.0.redrive(limit).instrument(self.span("redrive")).await
+        self.check_open("redrive")?;
+        self.inner.redrive(limit).instrument(self.span("redrive")).await.map_err(self.stamp("redrive"))
     }
     async fn close(&self) -> Result<()> {
-        self.0.close().instrument(self.span("close")).await
+        self.closed.cancel();
+        if self.once.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.inner.close().instrument(self.span("close")).await.map_err(self.stamp("close"))
     }
 }

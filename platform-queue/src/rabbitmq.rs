@@ -21,7 +21,7 @@
 //! URL: `amqp://[user:password@]host[:port][/vhost]` plus the common parameters.
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,9 +35,12 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
 
-use crate::message::{ClientLease, exhausted_reason};
-use crate::url::{QueueOptions, QueueUrl};
-use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
+use crate::QueueHandle;
+use crate::driver::{Acker, dead_letter_headers};
+use crate::lease::client::ClientLease;
+use crate::message::exhausted_reason;
+use crate::options::{QueueOptions, QueueUrl};
+use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["amqp"];
@@ -165,27 +168,29 @@ impl Shared {
 }
 
 /// A queue on RabbitMQ.
-pub struct RabbitQueue {
+pub struct RabbitMqQueue {
     shared: Arc<Shared>,
     location: String,
-    closed: AtomicBool,
 }
 
-impl fmt::Debug for RabbitQueue {
+impl fmt::Debug for RabbitMqQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitQueue").field("location", &self.location).field("options", &self.shared.options).finish()
+        f.debug_struct("RabbitMqQueue")
+            .field("location", &self.location)
+            .field("options", &self.shared.options)
+            .finish()
     }
 }
 
-impl fmt::Display for RabbitQueue {
+impl fmt::Display for RabbitMqQueue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "rabbitmq({}/{})", self.location, self.shared.options.queue)
     }
 }
 
-impl RabbitQueue {
+impl RabbitMqQueue {
     /// Opens a queue from `amqp://…`, declaring it and its dead-letter queue.
-    pub async fn from_url(url: &str) -> Result<Self> {
+    pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
         let u = QueueUrl::parse(url)?;
         u.finish("rabbitmq")?;
         let location = format!("{}:{}", u.url().host_str().unwrap_or("localhost"), u.url().port().unwrap_or(5672));
@@ -208,16 +213,7 @@ impl RabbitQueue {
             declared_delays: Mutex::default(),
             idle_channels: Mutex::default(),
         });
-        Ok(Self { shared, location, closed: AtomicBool::new(false) })
-    }
-
-    fn check_open(&self, op: &'static str) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::new(ErrorKind::Cancelled, format!("queue {} is closed", self.shared.options.queue))
-                .with_backend("rabbitmq")
-                .with_op(op));
-        }
-        Ok(())
+        Ok(QueueHandle::new(Self { shared, location }))
     }
 
     async fn deliver(&self, channel: &Arc<ChannelGuard>, d: AmqpDelivery) -> Result<Option<Delivery>> {
@@ -311,7 +307,7 @@ impl Drop for ChannelGuard {
 }
 
 #[async_trait]
-impl HealthCheck for RabbitQueue {
+impl HealthCheck for RabbitMqQueue {
     fn name(&self) -> String {
         "queue:rabbitmq".into()
     }
@@ -333,7 +329,7 @@ impl HealthCheck for RabbitQueue {
 }
 
 #[async_trait]
-impl Queue for RabbitQueue {
+impl Queue for RabbitMqQueue {
     fn queue_name(&self) -> &str {
         &self.shared.options.queue
     }
@@ -357,8 +353,6 @@ impl Queue for RabbitQueue {
     }
 
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
-        self.check_open("send")?;
-        self.capabilities().validate_batch(&messages).map_err(|e| e.with_backend("rabbitmq"))?;
         let mut confirms = Vec::with_capacity(messages.len());
         for m in messages {
             let key = match m.delay.filter(|d| !d.is_zero()) {
@@ -383,8 +377,6 @@ impl Queue for RabbitQueue {
     }
 
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Delivery>> {
-        self.check_open("receive")?;
-        options.validate(&self.capabilities()).map_err(|e| e.with_backend("rabbitmq"))?;
         // One channel per receive: its deliveries are settled on it, and if this
         // process dies the channel closes and the broker requeues them.
         let channel = Arc::new(ChannelGuard::take(&self.shared).await?);
@@ -423,13 +415,11 @@ impl Queue for RabbitQueue {
                 return finished(out);
             }
             tokio::time::sleep(pause.min(deadline - now)).await;
-            self.check_open("receive")?;
             pause = (pause * 2).min(Duration::from_millis(100));
         }
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        self.check_open("dead_letters")?;
         // Take up to `limit` without acking, then close the channel: the broker puts
         // them back where they were.
         let channel = self.shared.conn.create_channel().await.map_err(map_err)?;
@@ -447,7 +437,6 @@ impl Queue for RabbitQueue {
     }
 
     async fn redrive(&self, limit: usize) -> Result<usize> {
-        self.check_open("redrive")?;
         let channel = self.shared.conn.create_channel().await.map_err(map_err)?;
         let queue: ShortString = self.shared.options.dead_letter.as_str().into();
         let mut moved = 0;
@@ -466,9 +455,7 @@ impl Queue for RabbitQueue {
     }
 
     async fn close(&self) -> Result<()> {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            let _ = self.shared.conn.close(200, "closed".into()).await;
-        }
+        let _ = self.shared.conn.close(200, "closed".into()).await;
         Ok(())
     }
 }

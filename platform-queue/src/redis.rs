@@ -63,9 +63,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Script, ServerErrorKind, Value};
 use tokio::sync::Notify;
 
-use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
+use crate::QueueHandle;
+use crate::lease::{Claimed, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
 use crate::message::{decode_headers, encode_headers};
-use crate::url::QueueUrl;
+use crate::options::QueueUrl;
 use crate::{Capabilities, Headers};
 
 /// The longest a handle's claims go without asking whether a delay or a lease is due.
@@ -707,7 +708,7 @@ impl RedisStore {
         loop {
             let read: i64 = MIGRATE
                 .arg(&p)
-                .arg(crate::leased::now_ms())
+                .arg(crate::lease::now_ms())
                 .invoke_async(&mut self.conn.clone())
                 .await
                 .map_err(map_err)?;
@@ -771,7 +772,7 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisQueue {
     /// Opens a queue from `redis://…`; nothing is created until the first send.
-    pub async fn from_url(url: &str) -> Result<Self> {
+    pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
         let mut u = QueueUrl::parse(url)?;
         let timeout = u.take_duration("response_timeout")?.unwrap_or(Duration::from_secs(10));
         u.finish("redis")?;
@@ -808,7 +809,7 @@ impl RedisQueue {
             probed_at: AtomicI64::new(0),
             migrated: Mutex::default(),
         };
-        Self::new(store, u.options)
+        Self::new(store, u.options).map(QueueHandle::new)
     }
 }
 
@@ -845,14 +846,7 @@ impl LeaseStore for RedisStore {
         Ok(())
     }
 
-    async fn claim(
-        &self,
-        queue: &str,
-        max: usize,
-        now_ms: i64,
-        lease_until_ms: i64,
-        token: &str,
-    ) -> Result<(Vec<StoredMessage>, bool)> {
+    async fn claim(&self, queue: &str, max: usize, now_ms: i64, lease_until_ms: i64, token: &str) -> Result<Claimed> {
         self.migrate(queue).await?;
         let p = prefix(queue);
         let mut out = Vec::with_capacity(max);
@@ -891,7 +885,7 @@ impl LeaseStore for RedisStore {
             // Without a live subscription no send would wake a receive that waits, so a
             // claim that emptied the queue tells nothing the next receive could wait on.
             let more = left > 0 || (due && !maintained) || !self.wakes_live();
-            return Ok((out, more));
+            return Ok(Claimed::new(out, more));
         }
     }
 
@@ -939,9 +933,9 @@ impl LeaseStore for RedisStore {
         token: &str,
         now_ms: i64,
         visible_at_ms: i64,
-        failed: bool,
-        refund: bool,
+        how: Release,
     ) -> Result<bool> {
+        let (failed, refund) = (how.records_failure(), how.refund());
         let n: i64 = RELEASE
             .arg(prefix(queue))
             .arg(id)
@@ -949,7 +943,7 @@ impl LeaseStore for RedisStore {
             .arg(now_ms)
             .arg(visible_at_ms)
             .arg(u8::from(failed))
-            .arg(u8::from(refund))
+            .arg(refund)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(map_err)?;

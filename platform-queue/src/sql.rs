@@ -8,7 +8,7 @@
 
 use bytes::Bytes;
 
-use crate::leased::StoredMessage;
+use crate::lease::StoredMessage;
 pub(crate) use crate::message::{decode_headers, encode_headers};
 
 /// One row as the SQL backends select it: seq, body, headers, attempts, first failure.

@@ -17,9 +17,10 @@ use platform_core::{Error, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Notify;
 
-use crate::leased::{LeaseStore, LeasedQueue, NewMessage, StoredMessage};
+use crate::QueueHandle;
+use crate::lease::{Claimed, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
+use crate::options::QueueUrl;
 use crate::sql::{Row, decode_row, encode_headers, parse_seq};
-use crate::url::QueueUrl;
 use crate::{Capabilities, Headers};
 
 /// The URL schemes of this backend.
@@ -64,7 +65,7 @@ pub struct SqliteStore {
 
 impl SqliteQueue {
     /// Opens a queue from `sqlite://…`, creating the database and tables as needed.
-    pub async fn from_url(url: &str) -> Result<Self> {
+    pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
         let mut u = QueueUrl::parse(url)?;
         let busy = u.take_duration("busy_timeout")?.unwrap_or(Duration::from_secs(5));
         u.finish("sqlite")?;
@@ -94,7 +95,7 @@ impl SqliteQueue {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await.map_err(map_err)?;
         }
-        Self::new(SqliteStore { pool, location, notify: Notify::new() }, u.options)
+        Self::new(SqliteStore { pool, location, notify: Notify::new() }, u.options).map(QueueHandle::new)
     }
 }
 
@@ -168,14 +169,7 @@ impl LeaseStore for SqliteStore {
         Ok(())
     }
 
-    async fn claim(
-        &self,
-        queue: &str,
-        max: usize,
-        now_ms: i64,
-        lease_until_ms: i64,
-        token: &str,
-    ) -> Result<(Vec<StoredMessage>, bool)> {
+    async fn claim(&self, queue: &str, max: usize, now_ms: i64, lease_until_ms: i64, token: &str) -> Result<Claimed> {
         let rows: Vec<Row> = sqlx::query_as(
             "UPDATE platform_queue_messages SET token = ?1, visible_at = ?2, attempts = attempts + 1,
                first_failure = CASE WHEN attempts > 0 AND first_failure IS NULL THEN ?3 ELSE first_failure END
@@ -192,7 +186,7 @@ impl LeaseStore for SqliteStore {
         .await
         .map_err(map_err)?;
         // Receives poll here: nothing would wake one that waited for more.
-        Ok((rows.into_iter().map(decode_row).collect(), true))
+        Ok(Claimed::new(rows.into_iter().map(decode_row).collect(), true))
     }
 
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
@@ -218,9 +212,9 @@ impl LeaseStore for SqliteStore {
         token: &str,
         now_ms: i64,
         visible_at_ms: i64,
-        failed: bool,
-        refund: bool,
+        how: Release,
     ) -> Result<bool> {
+        let (failed, refund) = (how.records_failure(), how.refund());
         let Some(seq) = parse_seq(id) else { return Ok(false) };
         let n = sqlx::query(
             "UPDATE platform_queue_messages SET visible_at = ?1, token = NULL,
@@ -231,7 +225,7 @@ impl LeaseStore for SqliteStore {
         .bind(visible_at_ms)
         .bind(failed)
         .bind(now_ms)
-        .bind(i32::from(refund))
+        .bind(refund)
         .bind(seq)
         .bind(queue)
         .bind(token)

@@ -25,7 +25,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -39,9 +39,12 @@ use bytes::Bytes;
 use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
 use time::OffsetDateTime;
 
-use crate::message::{LeaseClock, decode_headers, encode_headers, exhausted_reason};
-use crate::url::{QueueOptions, QueueUrl};
-use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
+use crate::QueueHandle;
+use crate::driver::{Acker, dead_letter_headers};
+use crate::lease::clock::LeaseClock;
+use crate::message::{decode_headers, encode_headers, exhausted_reason};
+use crate::options::{QueueOptions, QueueUrl};
+use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["sqs"];
@@ -237,7 +240,6 @@ impl Shared {
 /// A queue on Amazon SQS (or an SQS-compatible server).
 pub struct SqsQueue {
     shared: Shared,
-    closed: AtomicBool,
 }
 
 impl fmt::Debug for SqsQueue {
@@ -254,7 +256,7 @@ impl fmt::Display for SqsQueue {
 
 impl SqsQueue {
     /// Opens a queue from `sqs://…`, creating it and its dead-letter queue when missing.
-    pub async fn from_url(url: &str) -> Result<Self> {
+    pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
         let mut u = QueueUrl::parse(url)?;
         if let Some(host) = u.url().host_str().filter(|h| !h.is_empty() && !u.queue_given()).map(str::to_owned) {
             u.set_queue(&host);
@@ -307,16 +309,7 @@ impl SqsQueue {
         let url = create(sqs_name(&o.queue)).await.map_err(map_err)?.queue_url().unwrap_or_default().to_owned();
         let dlq_url =
             create(sqs_name(&o.dead_letter)).await.map_err(map_err)?.queue_url().unwrap_or_default().to_owned();
-        Ok(Self { shared: Shared { client, url, dlq_url, options: o, fifo }, closed: AtomicBool::new(false) })
-    }
-
-    fn check_open(&self, op: &'static str) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::new(ErrorKind::Cancelled, format!("queue {} is closed", self.shared.options.queue))
-                .with_backend("sqs")
-                .with_op(op));
-        }
-        Ok(())
+        Ok(QueueHandle::new(Self { shared: Shared { client, url, dlq_url, options: o, fifo } }))
     }
 
     fn decode(m: &aws_sdk_sqs::types::Message) -> Result<(Bytes, Headers, u32)> {
@@ -379,8 +372,6 @@ impl Queue for SqsQueue {
     }
 
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
-        self.check_open("send")?;
-        self.capabilities().validate_batch(&messages).map_err(|e| e.with_backend("sqs"))?;
         if messages.is_empty() {
             return Ok(());
         }
@@ -425,7 +416,6 @@ impl Queue for SqsQueue {
     }
 
     async fn close(&self) -> Result<()> {
-        self.closed.store(true, Ordering::Release);
         Ok(())
     }
 }
@@ -460,8 +450,6 @@ impl SqsQueue {
     }
 
     async fn receive_inner(&self, options: ReceiveOptions) -> Result<Vec<Delivery>> {
-        self.check_open("receive")?;
-        options.validate(&self.capabilities()).map_err(|e| e.with_backend("sqs"))?;
         let deadline = tokio::time::Instant::now() + options.wait;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -493,14 +481,12 @@ impl SqsQueue {
             if !out.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(out);
             }
-            self.check_open("receive")?;
             let pause = deadline.saturating_duration_since(tokio::time::Instant::now()).min(Duration::from_millis(100));
             tokio::time::sleep(pause).await;
         }
     }
 
     async fn dead_letters_inner(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        self.check_open("dead_letters")?;
         let mut out = Vec::new();
         let mut receipts = Vec::new();
         // Hide what was read while reading on, then show it all again at once.
@@ -533,7 +519,6 @@ impl SqsQueue {
     }
 
     async fn redrive_inner(&self, limit: usize) -> Result<usize> {
-        self.check_open("redrive")?;
         let mut moved = 0;
         while moved < limit {
             let got = self

@@ -262,10 +262,10 @@ pub async fn dead_letter_after_max_attempts_and_redrive(h: &dyn Harness) {
     let q = h.open(&options).await.expect("open");
     q.send(Message::new("poison").with_header("k", "v")).await.expect("send");
     let d = must_get(&*q).await;
-    d.fail(None, "boom 1").await.expect("nack 1");
+    d.nack_with_reason(None, "boom 1").await.expect("nack 1");
     let d = must_get(&*q).await;
     assert_eq!(d.attempt(), 2);
-    assert!(d.fail(None, "boom 2").await.expect("nack 2"), "the last nack dead-letters");
+    assert!(d.nack_with_reason(None, "boom 2").await.expect("nack 2"), "the last nack dead-letters");
     assert!(one(&*q, Duration::from_millis(300)).await.is_none(), "dead letter still in the queue");
     let dead = eventually(LONG, || async { q.dead_letters(10).await.ok().filter(|d| !d.is_empty()) })
         .await

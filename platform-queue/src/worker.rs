@@ -380,7 +380,7 @@ impl Job {
             d.dead_letter(&reason).await.map(|()| true)
         } else {
             let delay = self.retry.delay_for(d.attempt()).unwrap_or(self.retry.max_delay);
-            d.fail(Some(delay), &reason).await
+            d.nack_with_reason(Some(delay), &reason).await
         };
         match result {
             Ok(true) => WorkerStats::bump(&self.stats.dead_lettered),

@@ -623,22 +623,23 @@ async fn redis_delivers_entries_pushed_in_another_shape() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn redis_claim_tells_whether_more_are_left() {
+    use platform_queue::driver::{LeaseStore as _, now_ms};
     use platform_queue::testkit::fresh;
-    use platform_queue::{LeaseStore as _, Message, Queue as _};
+    use platform_queue::{Message, Queue as _};
     let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
     let options = fresh();
     let sep = if url.contains('?') { '&' } else { '?' };
     let q =
         platform_queue::redis::RedisQueue::from_url(&format!("{url}{sep}queue={}", options.queue)).await.expect("open");
     let claim = async |token: &str| {
-        let now = platform_queue::now_ms();
-        let (got, more) = q.store().claim(&options.queue, 2, now, now + 30_000, token).await.expect("claim");
-        (got.len(), more)
+        let now = now_ms();
+        let claimed = q.driver().store().claim(&options.queue, 2, now, now + 30_000, token).await.expect("claim");
+        (claimed.messages.len(), claimed.more)
     };
     assert_eq!(claim("before").await, (0, true), "no wake-ups yet: there may be more");
     // A receive that waits starts the wake subscription.
     let started = std::time::Instant::now();
-    while !q.store().wakes_live() {
+    while !q.driver().store().wakes_live() {
         assert!(started.elapsed() < std::time::Duration::from_secs(10), "the wake subscription started");
         q.receive(platform_queue::ReceiveOptions::new(1, std::time::Duration::from_millis(20))).await.expect("receive");
     }

@@ -186,6 +186,35 @@ fn from_os_attributes(a: &object_store::Attributes) -> Attributes {
 }
 
 impl ObjectBlobStore {
+    /// Copies `from` to `to`; over an existing `to` only when `overwrite`.
+    async fn copy_with(&self, from: &str, to: &str, overwrite: bool) -> Result<()> {
+        let (src, dst) = (Self::path(from, "copy")?, Self::path(to, "copy")?);
+        let span = tracing::debug_span!("store.copy", backend = self.backend, from, to);
+        async {
+            if !overwrite && self.gaps.copy_by_put {
+                let r = self.inner.get(&src).await.map_err(self.err("copy"))?;
+                let attributes = r.attributes.clone();
+                let bytes = r.bytes().await.map_err(self.err("copy"))?;
+                let opts =
+                    object_store::PutOptions { mode: object_store::PutMode::Create, attributes, ..Default::default() };
+                self.inner.put_opts(&dst, PutPayload::from(bytes), opts).await.map_err(self.err("copy"))?;
+                return Ok(());
+            }
+            let mode = if overwrite != self.gaps.swapped_copy_modes { CopyMode::Overwrite } else { CopyMode::Create };
+            self.inner
+                .copy_opts(&src, &dst, CopyOptions { mode, ..Default::default() })
+                .await
+                .map_err(self.err("copy"))?;
+            if self.gaps.sidecar.is_some() {
+                let attributes = self.read_sidecar(from)?;
+                self.write_sidecar(to, &attributes).await?;
+            }
+            Ok(())
+        }
+        .instrument(span)
+        .await
+    }
+
     #[cfg_attr(not(any(feature = "fs", feature = "s3", feature = "azure", feature = "gcs")), allow(dead_code))]
     pub(crate) fn new(
         inner: Arc<dyn ObjectStore>,
@@ -723,32 +752,12 @@ impl BlobStore for ObjectBlobStore {
             .await
     }
 
-    async fn copy(&self, from: &str, to: &str, overwrite: bool) -> Result<()> {
-        let (src, dst) = (Self::path(from, "copy")?, Self::path(to, "copy")?);
-        let span = tracing::debug_span!("store.copy", backend = self.backend, from, to);
-        async {
-            if !overwrite && self.gaps.copy_by_put {
-                let r = self.inner.get(&src).await.map_err(self.err("copy"))?;
-                let attributes = r.attributes.clone();
-                let bytes = r.bytes().await.map_err(self.err("copy"))?;
-                let opts =
-                    object_store::PutOptions { mode: object_store::PutMode::Create, attributes, ..Default::default() };
-                self.inner.put_opts(&dst, PutPayload::from(bytes), opts).await.map_err(self.err("copy"))?;
-                return Ok(());
-            }
-            let mode = if overwrite != self.gaps.swapped_copy_modes { CopyMode::Overwrite } else { CopyMode::Create };
-            self.inner
-                .copy_opts(&src, &dst, CopyOptions { mode, ..Default::default() })
-                .await
-                .map_err(self.err("copy"))?;
-            if self.gaps.sidecar.is_some() {
-                let attributes = self.read_sidecar(from)?;
-                self.write_sidecar(to, &attributes).await?;
-            }
-            Ok(())
-        }
-        .instrument(span)
-        .await
+    async fn copy(&self, from: &str, to: &str) -> Result<()> {
+        self.copy_with(from, to, true).await
+    }
+
+    async fn copy_if_absent(&self, from: &str, to: &str) -> Result<()> {
+        self.copy_with(from, to, false).await
     }
 
     async fn presign(&self, method: PresignMethod, key: &str, expires: Duration) -> Result<url::Url> {

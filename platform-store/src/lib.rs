@@ -29,18 +29,15 @@ use platform_core::mask_url;
 
 /// Every scheme this build can open.
 pub fn schemes() -> Vec<&'static str> {
-    let mut all = Vec::new();
-    #[cfg(feature = "memory")]
-    all.push("memory");
-    #[cfg(feature = "fs")]
-    all.push("file");
-    #[cfg(feature = "s3")]
-    all.push("s3");
-    #[cfg(feature = "azure")]
-    all.extend(["az", "azure"]);
-    #[cfg(feature = "gcs")]
-    all.push("gs");
-    all
+    let all = [
+        ("memory", cfg!(feature = "memory")),
+        ("file", cfg!(feature = "fs")),
+        ("s3", cfg!(feature = "s3")),
+        ("az", cfg!(feature = "azure")),
+        ("azure", cfg!(feature = "azure")),
+        ("gs", cfg!(feature = "gcs")),
+    ];
+    all.into_iter().filter(|(_, on)| *on).map(|(scheme, _)| scheme).collect()
 }
 
 /// The feature that enables `scheme`, for errors.
@@ -72,10 +69,7 @@ impl Params {
     }
 
     /// The given parameters that are present, in the order asked.
-    #[cfg_attr(
-        not(any(feature = "s3", feature = "azure", feature = "gcs")),
-        expect(dead_code, reason = "cloud stores only")
-    )]
+    #[cfg_attr(not(any(feature = "s3", feature = "azure")), expect(dead_code, reason = "S3 and Azure only"))]
     fn take_all(&mut self, keys: &[&str]) -> Vec<(String, String)> {
         self.0.take_all(keys)
     }

@@ -116,6 +116,16 @@ fn not_found(key: &str, op: &'static str) -> Error {
 }
 
 impl MemoryStore {
+    /// Copies `from` to `to`; over an existing `to` only when `overwrite`.
+    fn copy_with(&self, from: &str, to: &str, overwrite: bool) -> Result<()> {
+        checked(from, "copy")?;
+        checked(to, "copy")?;
+        let source = self.entry(from, "copy")?;
+        let mode = if overwrite { PutMode::Overwrite } else { PutMode::Create };
+        let attributes = source.attributes.clone();
+        self.store(to, Arc::clone(&source.chunks), source.size, &mode, attributes, "copy").map(drop)
+    }
+
     /// An empty store; `signer` makes presigned URLs for the application to serve.
     pub(crate) fn new(label: String, signer: Option<presign::Signer>) -> Self {
         Self { objects: Arc::default(), label, signer }
@@ -348,13 +358,12 @@ impl BlobStore for MemoryStore {
         list_page_with(&options, true, |prefix, offset| self.list_from(prefix, offset)).await
     }
 
-    async fn copy(&self, from: &str, to: &str, overwrite: bool) -> Result<()> {
-        checked(from, "copy")?;
-        checked(to, "copy")?;
-        let source = self.entry(from, "copy")?;
-        let mode = if overwrite { PutMode::Overwrite } else { PutMode::Create };
-        let attributes = source.attributes.clone();
-        self.store(to, Arc::clone(&source.chunks), source.size, &mode, attributes, "copy").map(drop)
+    async fn copy(&self, from: &str, to: &str) -> Result<()> {
+        self.copy_with(from, to, true)
+    }
+
+    async fn copy_if_absent(&self, from: &str, to: &str) -> Result<()> {
+        self.copy_with(from, to, false)
     }
 
     async fn presign(&self, method: PresignMethod, key: &str, expires: Duration) -> Result<url::Url> {

@@ -66,8 +66,12 @@ pub trait BlobStore: HealthCheck + Debug + Display + Send + Sync + 'static {
     /// One page of a listing.
     async fn list_page(&self, options: ListOptions) -> Result<ListPage>;
 
-    /// Copies an object; with `overwrite = false`, `AlreadyExists` when `to` exists.
-    async fn copy(&self, from: &str, to: &str, overwrite: bool) -> Result<()>;
+    /// Copies an object, its attributes with it, replacing `to` when it exists.
+    async fn copy(&self, from: &str, to: &str) -> Result<()>;
+
+    /// Copies an object only when `to` does not exist: `AlreadyExists` otherwise, with
+    /// the check and the copy one atomic step (see [`Capabilities::copy_if_absent`]).
+    async fn copy_if_absent(&self, from: &str, to: &str) -> Result<()>;
 
     /// A URL that allows `method` on `key` for `expires` (at most 7 days).
     async fn presign(&self, method: PresignMethod, key: &str, expires: Duration) -> Result<url::Url>;
@@ -105,8 +109,11 @@ macro_rules! forward_blob_store {
             async fn list_page(&self, options: ListOptions) -> Result<ListPage> {
                 (**self).list_page(options).await
             }
-            async fn copy(&self, from: &str, to: &str, overwrite: bool) -> Result<()> {
-                (**self).copy(from, to, overwrite).await
+            async fn copy(&self, from: &str, to: &str) -> Result<()> {
+                (**self).copy(from, to).await
+            }
+            async fn copy_if_absent(&self, from: &str, to: &str) -> Result<()> {
+                (**self).copy_if_absent(from, to).await
             }
             async fn presign(&self, method: PresignMethod, key: &str, expires: Duration) -> Result<url::Url> {
                 (**self).presign(method, key, expires).await
@@ -179,7 +186,7 @@ pub trait BlobStoreExt: BlobStore {
                 (hex(&h.0.clone().finalize()), h.1)
             };
             let reference = ObjectRef { key: content_key(&digest), sha256: digest, size };
-            let copied = match self.copy(&staging, &reference.key, false).await {
+            let copied = match self.copy_if_absent(&staging, &reference.key).await {
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
                 other => other,
             };

@@ -420,14 +420,14 @@ pub async fn copy_and_delete(h: &dyn Harness) {
     let store = fresh(h).await;
     store.put_bytes("src", "source").await.unwrap();
     store.put_bytes("dst", "old").await.unwrap();
-    let err = store.copy("src", "dst", false).await.unwrap_err();
+    let err = store.copy_if_absent("src", "dst").await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists, "{err}");
     assert_eq!(store.get_bytes("dst").await.unwrap(), "old");
-    store.copy("src", "dst", true).await.unwrap();
+    store.copy("src", "dst").await.unwrap();
     assert_eq!(store.get_bytes("dst").await.unwrap(), "source");
-    store.copy("src", "fresh-copy", false).await.unwrap();
+    store.copy_if_absent("src", "fresh-copy").await.unwrap();
     assert_eq!(store.get_bytes("fresh-copy").await.unwrap(), "source");
-    assert_eq!(store.copy("missing", "x", true).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(store.copy("missing", "x").await.unwrap_err().kind(), ErrorKind::NotFound);
     store.delete("src").await.unwrap();
     store.delete("src").await.unwrap();
     store.delete("never-existed").await.unwrap();

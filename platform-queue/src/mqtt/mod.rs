@@ -45,7 +45,7 @@ mod link;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -59,9 +59,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use self::link::{Failure, Link, Sink, TIMEOUT, error, lock};
-use crate::message::{ATTEMPTS_BASE, ClientLease, FIRST_FAILURE, Republish, Republishing, requeue_marks};
-use crate::url::{QueueOptions, QueueUrl, percent_decode};
-use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
+use crate::QueueHandle;
+use crate::driver::dead_letter_headers;
+use crate::lease::client::ClientLease;
+use crate::lease::republish::{ATTEMPTS_BASE, FIRST_FAILURE, Republish, Republishing, requeue_marks};
+use crate::options::{QueueOptions, QueueUrl, percent_decode};
+use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["mqtt"];
@@ -431,7 +434,6 @@ pub struct MqttQueue {
     options: QueueOptions,
     prefetch: u16,
     client_id: String,
-    closed: AtomicBool,
 }
 
 impl fmt::Debug for MqttQueue {
@@ -462,7 +464,7 @@ fn default_member() -> String {
 
 impl MqttQueue {
     /// Opens a queue from `mqtt://…`: connects the process's session and subscribes.
-    pub async fn from_url(url: &str) -> Result<Self> {
+    pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
         let mut u = QueueUrl::parse(url)?;
         let prefetch = u.take_parsed::<u16>("prefetch")?.unwrap_or(DEFAULT_PREFETCH);
         let member = u.take("member").unwrap_or_else(default_member);
@@ -500,19 +502,11 @@ impl MqttQueue {
             options.visibility_timeout,
         )
         .await?;
-        Ok(Self {
-            session: Mutex::new(Some(session)),
-            settings,
-            options,
-            prefetch,
-            client_id,
-            closed: AtomicBool::new(false),
-        })
+        Ok(QueueHandle::new(Self { session: Mutex::new(Some(session)), settings, options, prefetch, client_id }))
     }
 
     fn session(&self, op: &'static str) -> Result<Arc<Session>> {
-        let session = if self.closed.load(Ordering::Acquire) { None } else { lock(&self.session).clone() };
-        session.ok_or_else(|| {
+        lock(&self.session).clone().ok_or_else(|| {
             Error::new(ErrorKind::Cancelled, format!("queue {} is closed", self.options.queue))
                 .with_backend("mqtt")
                 .with_op(op)
@@ -629,7 +623,6 @@ impl Queue for MqttQueue {
 
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
         let session = self.session("send")?;
-        self.capabilities().validate_batch(&messages).map_err(|e| e.with_backend("mqtt"))?;
         let link = session.producer().await.map_err(|e| e.with_op("send"))?;
         let now = now_ms();
         let sends = messages.into_iter().map(|m| {
@@ -646,7 +639,6 @@ impl Queue for MqttQueue {
 
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Delivery>> {
         let session = self.session("receive")?;
-        options.validate(&self.capabilities()).map_err(|e| e.with_backend("mqtt"))?;
         let deadline = tokio::time::Instant::now() + options.wait;
         loop {
             let arrived = session.inbox.arrived.notified();
@@ -711,7 +703,6 @@ impl Queue for MqttQueue {
     }
 
     async fn close(&self) -> Result<()> {
-        self.closed.store(true, Ordering::Release);
         // The session leaves once no handle or delivery holds it.
         lock(&self.session).take();
         Ok(())

@@ -36,7 +36,7 @@ pub mod frame;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -46,11 +46,13 @@ use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
 
 use self::client::{Conn, Connect, Subscription};
 use self::frame::Frame;
-use crate::message::{
-    ATTEMPTS_BASE, ClientLease, FIRST_FAILURE, Republish, Republishing, decode_headers, encode_headers, requeue_marks,
-};
-use crate::url::{QueueOptions, QueueUrl, percent_decode};
-use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions, dead_letter_headers};
+use crate::QueueHandle;
+use crate::driver::dead_letter_headers;
+use crate::lease::client::ClientLease;
+use crate::lease::republish::{ATTEMPTS_BASE, FIRST_FAILURE, Republish, Republishing, requeue_marks};
+use crate::message::{decode_headers, encode_headers};
+use crate::options::{QueueOptions, QueueUrl, percent_decode};
+use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["stomp"];
@@ -219,7 +221,6 @@ pub struct StompQueue {
     receiver: tokio::sync::Mutex<Option<(Arc<Conn>, Subscription)>>,
     location: String,
     server: String,
-    closed: AtomicBool,
 }
 
 impl fmt::Debug for StompQueue {
@@ -240,7 +241,7 @@ impl fmt::Display for StompQueue {
 
 impl StompQueue {
     /// Opens a queue from `stomp://…`, logging in once to learn the broker.
-    pub async fn from_url(url: &str) -> Result<Self> {
+    pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
         let mut u = QueueUrl::parse(url)?;
         let prefetch = u.take_parsed::<usize>("prefetch")?.unwrap_or(DEFAULT_PREFETCH);
         u.finish("stomp")?;
@@ -273,22 +274,7 @@ impl StompQueue {
             scheduler,
             conn: tokio::sync::Mutex::new(Some(conn)),
         });
-        Ok(Self {
-            shared,
-            receiver: tokio::sync::Mutex::new(None),
-            location: address,
-            server,
-            closed: AtomicBool::new(false),
-        })
-    }
-
-    fn check_open(&self, op: &'static str) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::new(ErrorKind::Cancelled, format!("queue {} is closed", self.shared.options.queue))
-                .with_backend("stomp")
-                .with_op(op));
-        }
-        Ok(())
+        Ok(QueueHandle::new(Self { shared, receiver: tokio::sync::Mutex::new(None), location: address, server }))
     }
 
     /// Turns a `MESSAGE` into a leased delivery, without waiting on anything: a receive
@@ -390,9 +376,7 @@ impl Queue for StompQueue {
     }
 
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
-        self.check_open("send")?;
         let caps = self.capabilities();
-        caps.validate_batch(&messages).map_err(|e| e.with_backend("stomp"))?;
         if messages.iter().any(|m| m.delay.is_some_and(|d| !d.is_zero())) && !caps.delay {
             let why = format!("{} has no scheduler: delay needs schedulerSupport=\"true\"", self.server);
             return Err(Error::new(ErrorKind::Unsupported, why).with_backend("stomp").with_op("send"));
@@ -420,8 +404,6 @@ impl Queue for StompQueue {
     }
 
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Delivery>> {
-        self.check_open("receive")?;
-        options.validate(&self.capabilities()).map_err(|e| e.with_backend("stomp"))?;
         let deadline = tokio::time::Instant::now() + options.wait;
         let mut slot = self.receiver.lock().await;
         loop {
@@ -466,7 +448,6 @@ impl Queue for StompQueue {
             if !out.is_empty() || tokio::time::Instant::now() >= deadline {
                 return Ok(out);
             }
-            self.check_open("receive")?;
             if gone {
                 // The connection died; wait a little before logging in again.
                 tokio::time::sleep(Duration::from_millis(100).min(deadline - tokio::time::Instant::now())).await;
@@ -475,7 +456,6 @@ impl Queue for StompQueue {
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        self.check_open("dead_letters")?;
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -493,7 +473,6 @@ impl Queue for StompQueue {
     }
 
     async fn redrive(&self, limit: usize) -> Result<usize> {
-        self.check_open("redrive")?;
         if limit == 0 {
             return Ok(0);
         }
@@ -513,11 +492,9 @@ impl Queue for StompQueue {
     }
 
     async fn close(&self) -> Result<()> {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            self.receiver.lock().await.take();
-            if let Some(c) = self.shared.conn.lock().await.take() {
-                c.disconnect().await;
-            }
+        self.receiver.lock().await.take();
+        if let Some(c) = self.shared.conn.lock().await.take() {
+            c.disconnect().await;
         }
         Ok(())
     }

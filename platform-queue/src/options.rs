@@ -1,4 +1,4 @@
-//! Queue URLs: `scheme://…?queue=jobs&visibility_timeout=30s&max_attempts=5&dead_letter=jobs.dlq`.
+//! Queue options and queue URLs: `scheme://…?queue=jobs&visibility_timeout=30s&max_attempts=5&dead_letter=jobs.dlq`.
 
 use std::time::Duration;
 

@@ -13,12 +13,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
+use platform_core::{CheckOutcome, Error, HealthCheck, Result};
 use time::OffsetDateTime;
 
-use crate::message::{dead_letter_headers, exhausted_reason};
-use crate::url::QueueOptions;
-use crate::{Acker, Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
+use crate::message::{Acker, dead_letter_headers, exhausted_reason};
+use crate::options::QueueOptions;
+use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
 
 /// A message as a store keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,48 @@ pub struct NewMessage {
     pub dedup_key: Option<String>,
 }
 
+/// What a claim took, and whether claimable messages were left behind it.
+#[derive(Debug, Default)]
+#[non_exhaustive]
+pub struct Claimed {
+    /// The claimed messages, attempts updated.
+    pub messages: Vec<StoredMessage>,
+    /// Whether claimable messages were left beyond them; `true` when the store cannot
+    /// tell (see [`LeaseStore::claim`]).
+    pub more: bool,
+}
+
+impl Claimed {
+    /// What a claim took, and whether more is claimable.
+    pub fn new(messages: Vec<StoredMessage>, more: bool) -> Self {
+        Self { messages, more }
+    }
+}
+
+/// How the holder of a lease gives it back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Release {
+    /// It failed the message (a nack): the attempt counts, and the message's first
+    /// failure is recorded when none was.
+    Failed,
+    /// It never started the message (a worker shutting down): the attempt this
+    /// delivery counted is taken back, and no failure is recorded.
+    Unstarted,
+}
+
+impl Release {
+    /// Whether the first failure is recorded.
+    pub fn records_failure(self) -> bool {
+        self == Self::Failed
+    }
+
+    /// How many attempts are taken back: 1 for an unstarted message.
+    pub fn refund(self) -> i32 {
+        i32::from(self == Self::Unstarted)
+    }
+}
+
 /// Atomic operations on leased messages. Every method is one atomic step on the
 /// server (a transaction, a Lua script, a mutex), so that concurrent receivers in
 /// many processes never get the same message while a lease holds.
@@ -82,18 +124,11 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
     /// Claims up to `max` claimable messages: sets their token, `visible_at =
     /// lease_until_ms`, adds one to their attempts, and sets first failure to `now_ms`
     /// when it is a redelivery and none was set. Returns them, attempts updated, and
-    /// whether claimable messages were left beyond them (`true` when the store cannot
-    /// tell). Told that the queue was emptied, the next receive waits for a wake-up (or
+    /// whether claimable messages were left beyond them ([`Claimed::more`], `true` when
+    /// the store cannot tell). Told that the queue was emptied, the next receive waits for a wake-up (or
     /// its first poll) before claiming, as after a claim that found nothing; so a store
     /// says `false` only while its wake-ups reach waiting receives.
-    async fn claim(
-        &self,
-        queue: &str,
-        max: usize,
-        now_ms: i64,
-        lease_until_ms: i64,
-        token: &str,
-    ) -> Result<(Vec<StoredMessage>, bool)>;
+    async fn claim(&self, queue: &str, max: usize, now_ms: i64, lease_until_ms: i64, token: &str) -> Result<Claimed>;
 
     /// Deletes the message if `token` holds its lease; `false` otherwise.
     async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool>;
@@ -103,10 +138,9 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
     /// acks then go one by one.
     async fn ack_many(&self, queue: &str, items: &[(&str, &str)], now_ms: i64) -> Result<Option<Vec<bool>>>;
 
-    /// If `token` holds the lease: clears it, sets `visible_at`, sets the first failure
-    /// to `now_ms` when none was set and `failed`, and, when `refund`, takes back the
-    /// attempt this delivery counted. `false` when the lease was lost.
-    #[allow(clippy::too_many_arguments)]
+    /// If `token` holds the lease: clears it, sets `visible_at`, and, as `how` says,
+    /// records the first failure (at `now_ms`, when none was) or takes back the attempt
+    /// this delivery counted. `false` when the lease was lost.
     async fn release(
         &self,
         queue: &str,
@@ -114,8 +148,7 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
         token: &str,
         now_ms: i64,
         visible_at_ms: i64,
-        failed: bool,
-        refund: bool,
+        how: Release,
     ) -> Result<bool>;
 
     /// Moves the lease on to `until_ms` if `token` holds it.
@@ -182,7 +215,6 @@ pub(crate) fn time_of(ms: i64) -> Option<OffsetDateTime> {
 struct Inner<S> {
     store: S,
     options: QueueOptions,
-    closed: AtomicBool,
     /// This handle's last claim found nothing, or left nothing claimable behind.
     idle: AtomicBool,
     acks: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<PendingAck>>,
@@ -205,7 +237,7 @@ impl<S: LeaseStore> Inner<S> {
         }
         match wait.await {
             Ok(result) => result,
-            Err(_) => Err(Error::unavailable("ack flusher stopped").with_backend(self.store.backend())),
+            Err(_) => Err(Error::unavailable("ack flusher stopped")),
         }
     }
 }
@@ -246,7 +278,7 @@ async fn ack_batch<S: LeaseStore>(inner: &Inner<S>, mut batch: Vec<PendingAck>) 
         }
         Err(e) => {
             for (_, _, done) in batch.drain(..) {
-                let _ = done.send(Err(Error::new(e.kind(), e.to_string()).with_backend(inner.store.backend())));
+                let _ = done.send(Err(Error::new(e.kind(), e.to_string())));
             }
         }
     }
@@ -261,13 +293,7 @@ impl<S: LeaseStore> LeasedQueue<S> {
     /// A queue over `store` with `options`.
     pub fn new(store: S, options: QueueOptions) -> Result<Self> {
         options.validate()?;
-        let inner = Inner {
-            store,
-            options,
-            closed: AtomicBool::new(false),
-            idle: AtomicBool::new(false),
-            acks: std::sync::OnceLock::new(),
-        };
+        let inner = Inner { store, options, idle: AtomicBool::new(false), acks: std::sync::OnceLock::new() };
         Ok(Self { inner: Arc::new(inner) })
     }
 
@@ -279,15 +305,6 @@ impl<S: LeaseStore> LeasedQueue<S> {
     /// The options.
     pub fn options(&self) -> &QueueOptions {
         &self.inner.options
-    }
-
-    fn check_open(&self, op: &'static str) -> Result<()> {
-        if self.inner.closed.load(Ordering::Acquire) {
-            return Err(Error::new(ErrorKind::Cancelled, format!("queue {} is closed", self.inner.options.queue))
-                .with_backend(self.inner.store.backend())
-                .with_op(op));
-        }
-        Ok(())
     }
 
     fn to_new(&self, m: Message, now: i64) -> NewMessage {
@@ -345,15 +362,10 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
     }
 
     async fn send(&self, message: Message) -> Result<()> {
-        self.send_batch(vec![message]).await.map_err(|e| e.with_op("send"))
+        self.send_batch(vec![message]).await
     }
 
     async fn send_batch(&self, messages: Vec<Message>) -> Result<()> {
-        self.check_open("send")?;
-        self.capabilities().validate_batch(&messages).map_err(|e| e.with_backend(self.backend()))?;
-        if messages.is_empty() {
-            return Ok(());
-        }
         let now = now_ms();
         let rows = messages.into_iter().map(|m| self.to_new(m, now)).collect();
         let until = now + ms(self.inner.options.dedup_window);
@@ -361,8 +373,6 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
     }
 
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Delivery>> {
-        self.check_open("receive")?;
-        options.validate(&self.capabilities()).map_err(|e| e.with_backend(self.backend()))?;
         let inner = &self.inner;
         let queue = inner.options.queue.as_str();
         let deadline = tokio::time::Instant::now() + options.wait;
@@ -371,14 +381,14 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
             // The last claim found nothing: wait for a send's wake-up (or the first poll)
             // before asking again, as a receive that kept waiting would have.
             inner.store.wait_for_work(queue, pause.min(options.wait)).await;
-            self.check_open("receive")?;
             pause *= 2;
         }
         loop {
             let now = now_ms();
             let vt = inner.options.visibility_timeout;
             let token = lease_token();
-            let (claimed, more) = inner.store.claim(queue, options.max, now, now + ms(vt), &token).await?;
+            let Claimed { messages: claimed, more } =
+                inner.store.claim(queue, options.max, now, now + ms(vt), &token).await?;
             inner.idle.store(claimed.is_empty() || !more, Ordering::Relaxed);
             let mut out = Vec::with_capacity(claimed.len());
             for m in claimed {
@@ -414,28 +424,22 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
             }
             let nap = pause.min(deadline - now);
             inner.store.wait_for_work(queue, nap).await;
-            self.check_open("receive")?;
             pause = (pause * 2).min(inner.store.max_poll_interval());
         }
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
-        self.check_open("dead_letters")?;
         let rows = self.inner.store.peek(&self.inner.options.dead_letter, limit).await?;
         Ok(rows.into_iter().map(|m| DeadLetter::new(m.id, m.body, m.headers)).collect())
     }
 
     async fn redrive(&self, limit: usize) -> Result<usize> {
-        self.check_open("redrive")?;
         let o = &self.inner.options;
         self.inner.store.redrive(&o.dead_letter, &o.queue, limit, now_ms()).await
     }
 
     async fn close(&self) -> Result<()> {
-        if !self.inner.closed.swap(true, Ordering::AcqRel) {
-            self.inner.store.close().await?;
-        }
-        Ok(())
+        self.inner.store.close().await
     }
 }
 
@@ -456,9 +460,7 @@ impl<S: LeaseStore> Debug for LeaseAcker<S> {
 
 impl<S: LeaseStore> LeaseAcker<S> {
     fn lost(&self, op: &'static str) -> Error {
-        Error::conflict(format!("lease on message {} was lost (expired or settled elsewhere)", self.id))
-            .with_backend(self.inner.store.backend())
-            .with_op(op)
+        Error::conflict(format!("lease on message {} was lost (expired or settled elsewhere)", self.id)).with_op(op)
     }
 
     fn check(&self, held: bool, op: &'static str) -> Result<()> {
@@ -495,7 +497,7 @@ impl<S: LeaseStore> Acker for LeaseAcker<S> {
         let now = now_ms();
         let visible = now + delay.map(ms).unwrap_or(0);
         let q = &self.inner.options.queue;
-        let held = self.inner.store.release(q, &self.id, &self.token, now, visible, true, false).await?;
+        let held = self.inner.store.release(q, &self.id, &self.token, now, visible, Release::Failed).await?;
         self.check(held, "nack").map(|()| false)
     }
 
@@ -513,7 +515,7 @@ impl<S: LeaseStore> Acker for LeaseAcker<S> {
     async fn release(&self) -> Result<()> {
         let now = now_ms();
         let q = &self.inner.options.queue;
-        let held = self.inner.store.release(q, &self.id, &self.token, now, now, false, true).await?;
+        let held = self.inner.store.release(q, &self.id, &self.token, now, now, Release::Unstarted).await?;
         self.check(held, "release")
     }
 
@@ -540,12 +542,7 @@ impl<S: LeaseStore> Acker for LeaseAcker<S> {
                 group.iter().zip(held).map(|(a, held)| a.check(held, "ack")).collect()
             }
             Ok(_) => futures::future::join_all(group.iter().map(|a| a.ack())).await,
-            Err(e) => group
-                .iter()
-                .map(|_| {
-                    Err(Error::new(e.kind(), e.to_string()).with_backend(self.inner.store.backend()).with_op("ack"))
-                })
-                .collect(),
+            Err(e) => group.iter().map(|_| Err(Error::new(e.kind(), e.to_string()).with_op("ack"))).collect(),
         }
     }
 
