@@ -3,9 +3,9 @@
 //!
 //! Each function answers `(kind, retryable)`: whether the same statement (or the
 //! transaction around it) is worth running again as it is. A deadlock or a
-//! serialization failure is a retryable [`Conflict`](ErrorKind::Conflict); a lock or
-//! statement timeout a retryable [`Timeout`](ErrorKind::Timeout); a server going away
-//! or out of connections a retryable [`Unavailable`](ErrorKind::Unavailable).
+//! serialization failure is a retryable `Conflict`; a lock or
+//! statement timeout a retryable `Timeout`; a server going away
+//! or out of connections a retryable `Unavailable`.
 //! Integrity violations are `Conflict` (a unique violation `AlreadyExists`), bad SQL
 //! and bad values `InvalidInput`. `None`: the code is not in the table, and the
 //! caller decides (usually `Internal`).

@@ -123,6 +123,15 @@ macro_rules! behaviour_tests {
     };
 }
 
+/// Runs each behaviour in turn with the harness `$h`: what a testkit's `run_all` is made of.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! run_behaviours {
+    ($h:expr, $($behaviour:ident),+) => {
+        $( $behaviour($h).await; )+
+    };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

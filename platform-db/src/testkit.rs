@@ -177,12 +177,36 @@ impl Harness for UrlHarness {
     }
 }
 
+/// Runs every behaviour in turn (the macro runs them as separate tests instead).
+pub async fn run_all(h: &dyn Harness) {
+    use platform_core::run_behaviours;
+    crate::db_behaviours!(run_behaviours!(h));
+}
+
 /// Writes one `#[tokio::test]` per behaviour for a backend:
 /// `conformance_tests!(postgres, UrlHarness::from_env("POSTGRES"));`
 #[macro_export]
 macro_rules! conformance_tests {
     ($backend:ident, $harness:expr) => {
-        $crate::conformance_tests!(@each $backend, $harness,
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::testkit as kit;
+            use $crate::testkit::behaviour_tests;
+            $crate::db_behaviours!(behaviour_tests!(kit, $harness));
+        }
+    };
+}
+
+/// Every behaviour of the suite, listed once: [`conformance_tests!`](crate::conformance_tests)
+/// writes one test per behaviour from it and [`run_all`] runs them in turn, so a
+/// behaviour cannot be written and never run. Calls `$then!(…, behaviour, …)`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! db_behaviours {
+    ($then:ident ! ($($args:tt)*)) => {
+        $then! {
+            $($args)*,
             values_round_trip,
             errors_map_to_portable_kinds,
             concurrent_migrators_migrate_once,
@@ -195,14 +219,6 @@ macro_rules! conformance_tests {
             outbox_claims_never_overlap,
             health_reports_slow_database_down,
             url_parameters_are_checked
-        );
-    };
-    (@each $backend:ident, $harness:expr, $($behaviour:ident),+) => {
-        mod $backend {
-            #[allow(unused_imports)]
-            use super::*;
-            use $crate::testkit as kit;
-            $crate::testkit::behaviour_tests!(kit, $harness, $($behaviour),+);
         }
     };
 }

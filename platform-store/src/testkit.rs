@@ -157,12 +157,36 @@ impl Harness for UrlHarness {
     }
 }
 
+/// Runs every behaviour in turn (the macro runs them as separate tests instead).
+pub async fn run_all(h: &dyn Harness) {
+    use platform_core::run_behaviours;
+    crate::store_behaviours!(run_behaviours!(h));
+}
+
 /// Writes one `#[tokio::test]` per behaviour for a backend:
 /// `conformance_tests!(s3, UrlHarness::s3_from_env());`
 #[macro_export]
 macro_rules! conformance_tests {
     ($backend:ident, $harness:expr) => {
-        $crate::conformance_tests!(@each $backend, $harness,
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            use $crate::testkit as kit;
+            use $crate::testkit::behaviour_tests;
+            $crate::store_behaviours!(behaviour_tests!(kit, $harness));
+        }
+    };
+}
+
+/// Every behaviour of the suite, listed once: [`conformance_tests!`](crate::conformance_tests)
+/// writes one test per behaviour from it and [`run_all`] runs them in turn, so a
+/// behaviour cannot be written and never run. Calls `$then!(…, behaviour, …)`.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! store_behaviours {
+    ($then:ident ! ($($args:tt)*)) => {
+        $then! {
+            $($args)*,
             round_trips_small_objects_and_attributes,
             large_object_streams_in_bounded_memory,
             range_reads_at_the_edges,
@@ -173,14 +197,6 @@ macro_rules! conformance_tests {
             presigned_urls_work_with_a_plain_client,
             content_refs_detect_corruption,
             health_and_url_parameters
-        );
-    };
-    (@each $backend:ident, $harness:expr, $($behaviour:ident),+) => {
-        mod $backend {
-            #[allow(unused_imports)]
-            use super::*;
-            use $crate::testkit as kit;
-            $crate::testkit::behaviour_tests!(kit, $harness, $($behaviour),+);
         }
     };
 }
