@@ -31,10 +31,7 @@
 //! server. A whole receive
 //! acked together costs the server a handful of commands whatever its size. An entry
 //! another client pushed onto `…:ready` in another shape is delivered as it is, its
-//! bytes the body. Queues written by earlier versions (a sorted set of ids and hashes
-//! of bodies, headers and lease records, or a hash per message) are moved into this
-//! layout when a handle first reaches them; every process of a queue should run this
-//! version or later. Needs Redis 6.2 or later (`LMOVE`, `SMISMEMBER`), or Valkey.
+//! bytes the body. Needs Redis 6.2 or later (`LMOVE`, `SMISMEMBER`), or Valkey.
 //!
 //! Waiting receives wake when a message becomes visible: every send, release, dead
 //! letter, redrive and moved-back delay or lapsed lease publishes how many became
@@ -49,10 +46,8 @@
 //! common parameters and `response_timeout` (default 10s). TLS is not compiled in:
 //! `rediss://` and `valkeys://` are refused with `Unsupported`.
 
-use std::collections::HashSet;
-use std::io::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -60,12 +55,18 @@ use bytes::Bytes;
 use futures::StreamExt as _;
 use platform_core::{Error, ErrorKind, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Script, ServerErrorKind, Value};
+use redis::{ServerErrorKind, Value};
 use tokio::sync::Notify;
+
+mod entry;
+mod scripts;
+
+use self::entry::{decode_claim, entry, message_of, prefix};
+use self::scripts::{ACK, ACK_MANY, EXTEND, INSERT, MAINTAIN, MOVE, REDRIVE, RELEASE};
 
 use crate::QueueHandle;
 use crate::lease::{Claimed, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
-use crate::message::{decode_headers, encode_headers};
+use crate::message::encode_headers;
 use crate::options::QueueUrl;
 use crate::{Capabilities, Headers};
 
@@ -109,469 +110,6 @@ pub fn map_err(e: redis::RedisError) -> Error {
     Error::new(kind, e.to_string()).with_backend("redis").with_source(e)
 }
 
-/// Helpers every script shares. `head` reads an entry's fields (nil for an entry in
-/// another shape: such an entry's id is `~` and its position in its receive's list);
-/// `holder` finds which receive holds a delivery's lease (its own, once extended apart
-/// from its batch); `settle` marks deliveries of a receive settled and drops the
-/// receive's keys once all are; `take` settles one delivery and returns its entry.
-/// Whole batches go to the server as one command (`chunked`, in runs of 1,000 under
-/// Lua's limit on unpacked values).
-const COMMON: &str = r"
-local call = redis.call
-local function chunked(cmd, key, args)
-  local n = #args
-  if n == 0 then return end
-  for i = 1, n, 1000 do
-    call(cmd, key, unpack(args, i, math.min(i + 999, n)))
-  end
-end
-local function gathered(cmd, key, args)
-  local n = #args
-  if n == 0 then return {} end
-  if n <= 1000 then return call(cmd, key, unpack(args)) end
-  local out, k = {}, 0
-  for i = 1, n, 1000 do
-    local r = call(cmd, key, unpack(args, i, math.min(i + 999, n)))
-    for j = 1, #r do k = k + 1; out[k] = r[j] end
-  end
-  return out
-end
-local function head(e)
-  local a, f, il, hl, s = string.match(e, '^(%d+):(%d*):(%d+):(%d+):()')
-  if not a then return nil end
-  il, hl = tonumber(il), tonumber(hl)
-  if s + il + hl - 1 > #e then return nil end
-  return tonumber(a), f, il, hl, s
-end
-local function id_of(e, pos)
-  local a, _, il, _, s = head(e)
-  if not a then return '~' .. pos end
-  return string.sub(e, s, s + il - 1)
-end
-local function make(a, f, id, h, b)
-  return a .. ':' .. f .. ':' .. #id .. ':' .. #h .. ':' .. id .. h .. b
-end
--- The entry with its attempts and first failure replaced; an entry in another shape
--- becomes one of ours with a fresh id, its bytes the body.
-local function rewritten(p, e, a, f)
-  local x, _, il, hl, s = head(e)
-  if not x then return make(a, f, 'foreign-' .. call('INCR', p .. ':seq'), '', e) end
-  return a .. ':' .. f .. ':' .. il .. ':' .. hl .. ':' .. string.sub(e, s)
-end
-local function wake(p, n)
-  redis.pcall('PUBLISH', p .. ':wake', n)
-end
-local function find(list, id)
-  if string.byte(id, 1) == 126 then
-    local n = tonumber(string.sub(id, 2))
-    return n and call('LINDEX', list, n - 1)
-  end
-  for i, e in ipairs(call('LRANGE', list, 0, -1)) do
-    if id_of(e, i) == id then return e end
-  end
-  return nil
-end
-local function holder(p, tok, id, now)
-  local s = call('ZSCORE', p .. ':leases', tok)
-  if s and tonumber(s) > now then
-    local done = p .. ':done:' .. tok
-    local have = call('SCARD', done)
-    if have == 0 or call('SISMEMBER', done, id) == 0 then return tok, have end
-  end
-  local own = tok .. '/' .. id
-  s = call('ZSCORE', p .. ':leases', own)
-  if s and tonumber(s) > now then return own end
-  return nil
-end
-local function settle(p, tok, ids, have)
-  local list, done = p .. ':rcv:' .. tok, p .. ':done:' .. tok
-  if (have or call('SCARD', done)) + #ids >= call('LLEN', list) then
-    call('DEL', list, done)
-    call('ZREM', p .. ':leases', tok)
-  else
-    chunked('SADD', done, ids)
-  end
-end
-local function drop(p, own)
-  call('DEL', p .. ':rcv:' .. own)
-  call('ZREM', p .. ':leases', own)
-end
-local function take(p, id, tok, now)
-  local h, have = holder(p, tok, id, now)
-  if not h then return nil end
-  if h ~= tok then
-    local e = call('LINDEX', p .. ':rcv:' .. h, 0)
-    drop(p, h)
-    return e or nil
-  end
-  local e = find(p .. ':rcv:' .. tok, id)
-  if e then settle(p, tok, {id}, have) end
-  return e or nil
-end
-";
-
-fn script(body: &str) -> Script {
-    Script::new(&format!("{COMMON}\n{body}"))
-}
-
-// ARGV: prefix, dedup ttl ms, now, n, then per message: entry, visible_at, dedup key ("" for none).
-static INSERT: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-local p, ttl, now, n = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local ready, later = {}, {}
-for i = 0, n - 1 do
-  local b = 5 + i * 3
-  local vis, dk = tonumber(ARGV[b + 1]), ARGV[b + 2]
-  if dk == '' or call('SET', p .. ':d:' .. dk, '1', 'NX', 'PX', ttl) then
-    if vis <= now then
-      ready[#ready + 1] = ARGV[b]
-    else
-      later[#later + 1] = vis
-      later[#later + 1] = ARGV[b]
-    end
-  end
-end
-chunked('RPUSH', p .. ':ready', ready)
-chunked('ZADD', p .. ':later', later)
-if #ready > 0 then wake(p, tostring(#ready)) end
-return #ready + #later / 2",
-    )
-});
-
-// ARGV: prefix, now. Moves due delays and the entries of lapsed receives (not settled
-// one by one) back to `…:ready`, the latter with one more attempt and a first failure.
-// Returns how many it moved.
-static MAINTAIN: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-local p, now = ARGV[1], ARGV[2]
-local ready, leases = p .. ':ready', p .. ':leases'
-local due = call('ZRANGEBYSCORE', p .. ':later', '-inf', now, 'LIMIT', 0, 1000)
-chunked('ZREM', p .. ':later', due)
-chunked('RPUSH', ready, due)
-local moved = #due
-local lapsed = call('ZRANGEBYSCORE', leases, '-inf', now, 'LIMIT', 0, 100)
-for _, tok in ipairs(lapsed) do
-  local list, done = p .. ':rcv:' .. tok, p .. ':done:' .. tok
-  local settled = {}
-  for _, id in ipairs(call('SMEMBERS', done)) do settled[id] = true end
-  local back = {}
-  for i, e in ipairs(call('LRANGE', list, 0, -1)) do
-    local a, f, il, hl, s = head(e)
-    if not a then
-      if not settled['~' .. i] then back[#back + 1] = rewritten(p, e, 1, now) end
-    elseif not settled[string.sub(e, s, s + il - 1)] then
-      if f == '' then f = now end
-      back[#back + 1] = (a + 1) .. ':' .. f .. ':' .. il .. ':' .. hl .. ':' .. string.sub(e, s)
-    end
-  end
-  chunked('RPUSH', ready, back)
-  call('DEL', list, done)
-  moved = moved + #back
-end
-chunked('ZREM', leases, lapsed)
-if moved > 0 then wake(p, tostring(moved)) end
-return moved",
-    )
-});
-
-// ARGV: prefix, id, token, now.
-static ACK: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-local p, id, tok = ARGV[1], ARGV[2], ARGV[3]
-local h, have = holder(p, tok, id, tonumber(ARGV[4]))
-if not h then return 0 end
-if h == tok then settle(p, tok, {id}, have) else drop(p, h) end
-return 1",
-    )
-});
-
-// ARGV: prefix, now, then per receive: its token, how many of its deliveries follow, and
-// their ids. Returns 1 or 0 per id, in order. The deliveries of one receive are judged
-// together: one lease lookup, and when they are all of it, the
-// receive's keys go without a look at its entries.
-static ACK_MANY: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-local p, now = ARGV[1], tonumber(ARGV[2])
-local leases = p .. ':leases'
-local out, k, i = {}, 0, 3
-while i <= #ARGV do
-  local tok, n = ARGV[i], tonumber(ARGV[i + 1])
-  local ids = {}
-  for j = 1, n do
-    ids[j] = ARGV[i + 1 + j]
-    out[k + j] = 0
-  end
-  local s = call('ZSCORE', leases, tok)
-  local live = s and tonumber(s) > now
-  local have, marked = 0, nil
-  if live then
-    have = call('SCARD', p .. ':done:' .. tok)
-    if have > 0 then marked = gathered('SMISMEMBER', p .. ':done:' .. tok, ids) end
-  end
-  local seen, mine, own, own_at = {}, {}, {}, {}
-  for j, id in ipairs(ids) do
-    if not seen[id] then
-      seen[id] = true
-      if live and (not marked or marked[j] == 0) then
-        mine[#mine + 1] = id
-        out[k + j] = 1
-      else
-        own[#own + 1] = tok .. '/' .. id
-        own_at[#own_at + 1] = k + j
-      end
-    end
-  end
-  if #mine > 0 then settle(p, tok, mine, have) end
-  if #own > 0 then
-    local scores = gathered('ZMSCORE', leases, own)
-    for m, key in ipairs(own) do
-      if scores[m] and tonumber(scores[m]) > now then
-        drop(p, key)
-        out[own_at[m]] = 1
-      end
-    end
-  end
-  k, i = k + n, i + 2 + n
-end
-return out",
-    )
-});
-
-// ARGV: prefix, id, token, now, visible_at, failed (0/1), refund (0/1).
-static RELEASE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-local p, now = ARGV[1], ARGV[4]
-local e = take(p, ARGV[2], ARGV[3], tonumber(now))
-if not e then return 0 end
-local a, f = head(e)
-a, f = a or 0, f or ''
-if ARGV[6] == '1' and f == '' then f = now end
-if ARGV[7] ~= '1' then a = a + 1 end
-local back, vis = rewritten(p, e, a, f), tonumber(ARGV[5])
-if vis <= tonumber(now) then
-  call('RPUSH', p .. ':ready', back)
-  wake(p, '1')
-else
-  call('ZADD', p .. ':later', vis, back)
-end
-return 1",
-    )
-});
-
-// ARGV: prefix, id, token, now, until. A delivery still sharing its receive's lease with
-// others unsettled moves to a receive of its own; otherwise its lease moves on.
-static EXTEND: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-local p, id, tok = ARGV[1], ARGV[2], ARGV[3]
-local h, have = holder(p, tok, id, tonumber(ARGV[4]))
-if not h then return 0 end
-local list, done = p .. ':rcv:' .. tok, p .. ':done:' .. tok
-if h ~= tok or call('LLEN', list) - have <= 1 then
-  call('ZADD', p .. ':leases', ARGV[5], h)
-  return 1
-end
-local e = find(list, id)
-if not e then return 0 end
-local own = tok .. '/' .. id
-call('RPUSH', p .. ':rcv:' .. own, e)
-call('ZADD', p .. ':leases', ARGV[5], own)
-call('SADD', done, id)
-return 1",
-    )
-});
-
-// ARGV: prefix, target prefix, id, token, now, headers ("" for none).
-static MOVE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-local p, t, id = ARGV[1], ARGV[2], ARGV[3]
-local e = take(p, id, ARGV[4], tonumber(ARGV[5]))
-if not e then return 0 end
-local a, _, il, hl, s = head(e)
-local body = e
-if a then body = string.sub(e, s + il + hl) else id = 'foreign-' .. call('INCR', p .. ':seq') end
-call('RPUSH', t .. ':ready', make(0, '', id, ARGV[6], body))
-wake(t, '1')
-return 1",
-    )
-});
-
-// ARGV: from prefix, to prefix, limit. Moves visible messages, attempts 0.
-static REDRIVE: LazyLock<Script> = LazyLock::new(|| {
-    script(
-        r"
-local f, t = ARGV[1], ARGV[2]
-local es = call('LRANGE', f .. ':ready', 0, tonumber(ARGV[3]) - 1)
-if #es == 0 then return 0 end
-local back = {}
-for i, e in ipairs(es) do back[i] = rewritten(t, e, 0, '') end
-call('LTRIM', f .. ':ready', #es, -1)
-chunked('RPUSH', t .. ':ready', back)
-wake(t, tostring(#back))
-return #back",
-    )
-});
-
-/// The marker entry earlier versions kept in each key of a queue.
-const EARLIER_MARK: &str =
-    "~platform-queue~ this entry keeps the key in the encoding whose operations cost the same at any size";
-
-// ARGV: prefix, now. Moves up to 1,000 messages of the earlier layouts into this one:
-// a sorted set `…:z` of ids scored by visibility (or lease end) with hashes `…:b`
-// (bodies), `…:h` (headers) and `…:l` (`attempts|first failure|token…`), or, before
-// that, a hash `…:m:ID` per message. A message visible now goes to `…:ready`, one
-// delayed or leased to `…:later` until then. Returns how many it read.
-static MIGRATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        "local MARK = '{EARLIER_MARK}'\n{COMMON}\n{}",
-        r"
-local p, now = ARGV[1], tonumber(ARGV[2])
-local z = p .. ':z'
-if call('EXISTS', z) == 0 then return 0 end
-local all = call('ZRANGE', z, 0, 999, 'WITHSCORES')
-local ids, scores = {}, {}
-for i = 1, #all, 2 do
-  if all[i] ~= MARK then
-    ids[#ids + 1] = all[i]
-    scores[#ids] = tonumber(all[i + 1])
-  end
-end
-if #ids == 0 then
-  call('DEL', z, p .. ':b', p .. ':h', p .. ':l')
-  return 0
-end
-local b = gathered('HMGET', p .. ':b', ids)
-local h = gathered('HMGET', p .. ':h', ids)
-local l = gathered('HMGET', p .. ':l', ids)
-local ready, later = {}, {}
-for i, id in ipairs(ids) do
-  local body, heads, rec = b[i], h[i], l[i]
-  if not body then
-    local v = call('HMGET', p .. ':m:' .. id, 'b', 'h', 'a', 'f')
-    if v[1] then body, heads, rec = v[1], v[2], (v[3] or '0') .. '|' .. (v[4] or '') .. '|' end
-    call('DEL', p .. ':m:' .. id)
-  end
-  if body then
-    local a, f = 0, ''
-    if rec then
-      local x, y = string.match(rec, '^(%d*)|(%d*)')
-      a, f = tonumber(x) or 0, y or ''
-    end
-    if not heads or heads == '{}' then heads = '' end
-    local e = make(a, f, id, heads, body)
-    if scores[i] <= now then
-      ready[#ready + 1] = e
-    else
-      later[#later + 1] = scores[i]
-      later[#later + 1] = e
-    end
-  end
-end
-chunked('RPUSH', p .. ':ready', ready)
-chunked('ZADD', p .. ':later', later)
-chunked('HDEL', p .. ':b', ids)
-chunked('HDEL', p .. ':h', ids)
-chunked('HDEL', p .. ':l', ids)
-chunked('ZREM', z, ids)
-if #ready > 0 then wake(p, tostring(#ready)) end
-return #ids"
-    ))
-});
-
-fn prefix(queue: &str) -> String {
-    format!("platform:queue:{{{queue}}}")
-}
-
-/// A message as one list entry: `attempts:first failure:id length:headers length:`,
-/// then the id, the headers (JSON, empty for none) and the body.
-fn entry(id: &str, headers: &Headers, body: &[u8]) -> Vec<u8> {
-    let heads = if headers.is_empty() { String::new() } else { encode_headers(headers) };
-    let mut e = Vec::with_capacity(16 + id.len() + heads.len() + body.len());
-    let _ = write!(e, "0::{}:{}:", id.len(), heads.len());
-    e.extend_from_slice(id.as_bytes());
-    e.extend_from_slice(heads.as_bytes());
-    e.extend_from_slice(body);
-    e
-}
-
-/// The fields of an entry: attempts, first failure, id, headers and body (a slice of
-/// the entry, not a copy); `None` for an entry in another shape.
-fn parse_entry(raw: &Bytes) -> Option<(u32, Option<i64>, String, Headers, Bytes)> {
-    let mut at = 0;
-    let mut fields = [&raw[..0]; 4];
-    for (k, field) in fields.iter_mut().enumerate() {
-        let len = raw.get(at..)?.iter().position(|&b| b == b':')?;
-        *field = &raw[at..at + len];
-        let digits = field.iter().all(u8::is_ascii_digit);
-        if !digits || (field.is_empty() && k != 1) {
-            return None;
-        }
-        at += len + 1;
-    }
-    let number = |f: &[u8]| std::str::from_utf8(f).ok()?.parse::<usize>().ok();
-    let attempts = u32::try_from(number(fields[0])?).ok()?;
-    let first_failure = if fields[1].is_empty() { None } else { Some(i64::try_from(number(fields[1])?).ok()?) };
-    let (id_len, heads_len) = (number(fields[2])?, number(fields[3])?);
-    let body_at = at.checked_add(id_len)?.checked_add(heads_len)?;
-    if body_at > raw.len() {
-        return None;
-    }
-    let id = std::str::from_utf8(&raw[at..at + id_len]).ok()?.to_owned();
-    let heads = &raw[at + id_len..body_at];
-    let headers = if heads.is_empty() { Headers::new() } else { decode_headers(&String::from_utf8_lossy(heads)) };
-    Some((attempts, first_failure, id, headers, raw.slice(body_at..)))
-}
-
-/// An entry as a message: claimed (`delivered`: this delivery counted in its attempts)
-/// or listed. An entry in another shape is a message whose body is all its bytes and
-/// whose id is `~` and its position in its list, counted from 1.
-fn message_of(raw: Bytes, position: usize, delivered: bool) -> StoredMessage {
-    let extra = u32::from(delivered);
-    match parse_entry(&raw) {
-        Some((attempts, first_failure, id, headers, body)) => {
-            StoredMessage::new(id, body, headers, attempts.saturating_add(extra), first_failure)
-        }
-        None => StoredMessage::new(format!("~{position}"), raw, Headers::new(), extra, None),
-    }
-}
-
-/// A claim's answer: the entries it moved, whether a delay or a lease is due, and how
-/// many entries were left visible.
-fn decode_claim(replies: Vec<Value>, taken: usize, probes: usize) -> Result<(Vec<Bytes>, bool, i64)> {
-    let bad = || Error::internal("unexpected reply to a redis claim").with_backend("redis");
-    if replies.len() != taken + probes + 1 {
-        return Err(bad());
-    }
-    let mut replies = replies.into_iter();
-    let mut entries = Vec::with_capacity(taken);
-    for reply in replies.by_ref().take(taken) {
-        match reply {
-            Value::BulkString(b) => entries.push(Bytes::from(b)),
-            Value::Nil => {}
-            _ => return Err(bad()),
-        }
-    }
-    let mut due = false;
-    for reply in replies.by_ref().take(probes) {
-        match reply {
-            Value::Array(a) => due |= !a.is_empty(),
-            Value::Set(a) => due |= !a.is_empty(),
-            _ => return Err(bad()),
-        }
-    }
-    let left = match replies.next() {
-        Some(Value::Int(n)) => n,
-        _ => return Err(bad()),
-    };
-    Ok((entries, due, left))
-}
-
 /// The store behind [`RedisQueue`].
 pub struct RedisStore {
     conn: ConnectionManager,
@@ -590,8 +128,6 @@ pub struct RedisStore {
     ready_hint: AtomicUsize,
     /// When this handle's claims last asked whether a delay or a lease is due (ms).
     probed_at: AtomicI64,
-    /// Queues this handle has moved out of the earlier layouts.
-    migrated: Mutex<HashSet<String>>,
 }
 
 impl RedisStore {
@@ -699,27 +235,6 @@ impl RedisStore {
         stored.map_err(map_err)
     }
 
-    /// Moves `queue` out of the earlier layouts, once per handle.
-    async fn migrate(&self, queue: &str) -> Result<()> {
-        if self.migrated.lock().unwrap_or_else(|e| e.into_inner()).contains(queue) {
-            return Ok(());
-        }
-        let p = prefix(queue);
-        loop {
-            let read: i64 = MIGRATE
-                .arg(&p)
-                .arg(crate::lease::now_ms())
-                .invoke_async(&mut self.conn.clone())
-                .await
-                .map_err(map_err)?;
-            if read == 0 {
-                break;
-            }
-        }
-        self.migrated.lock().unwrap_or_else(|e| e.into_inner()).insert(queue.to_owned());
-        Ok(())
-    }
-
     /// One `MULTI`: moves up to `max` visible entries into the receive's list, sets its
     /// lease, and asks whether a delay or a lease is due and how many entries are left.
     async fn lease(
@@ -807,7 +322,6 @@ impl RedisQueue {
             listening: Arc::default(),
             ready_hint: AtomicUsize::new(usize::MAX),
             probed_at: AtomicI64::new(0),
-            migrated: Mutex::default(),
         };
         Self::new(store, u.options).map(QueueHandle::new)
     }
@@ -847,7 +361,6 @@ impl LeaseStore for RedisStore {
     }
 
     async fn claim(&self, queue: &str, max: usize, now_ms: i64, lease_until_ms: i64, token: &str) -> Result<Claimed> {
-        self.migrate(queue).await?;
         let p = prefix(queue);
         let mut out = Vec::with_capacity(max);
         let (mut maintained, mut rounds) = (false, 0);
@@ -991,7 +504,6 @@ impl LeaseStore for RedisStore {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        self.migrate(queue).await?;
         let p = prefix(queue);
         let last = isize::try_from(limit).unwrap_or(isize::MAX) - 1;
         let mut both = redis::pipe();
@@ -1008,7 +520,6 @@ impl LeaseStore for RedisStore {
         if limit == 0 {
             return Ok(0);
         }
-        self.migrate(from).await?;
         let n: i64 = REDRIVE
             .arg(prefix(from))
             .arg(prefix(to))
@@ -1047,30 +558,5 @@ impl LeaseStore for RedisStore {
 
     async fn close(&self) -> Result<()> {
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entries_round_trip_and_other_shapes_are_told_apart() {
-        let mut headers = Headers::new();
-        headers.insert("k".into(), "v:1".into());
-        let raw = Bytes::from(entry("id-1", &headers, b"\xff:body"));
-        let (attempts, first_failure, id, got, body) = parse_entry(&raw).expect("ours");
-        assert_eq!((attempts, first_failure, id.as_str(), body.as_ref()), (0, None, "id-1", &b"\xff:body"[..]));
-        assert_eq!(got, headers);
-        let redelivered = Bytes::from_static(b"3:1700000000000:2:0:idbody");
-        let m = message_of(redelivered, 1, true);
-        assert_eq!(
-            (m.id.as_str(), m.attempts, m.first_failure_ms, m.body.as_ref()),
-            ("id", 4, Some(1_700_000_000_000), &b"body"[..])
-        );
-        for other in [&b"plain"[..], b"1:2:3", b"7:8:9:10:short", b"a::1:0:x", b"1::x:0:y", b""] {
-            let m = message_of(Bytes::copy_from_slice(other), 2, true);
-            assert_eq!((m.id.as_str(), m.attempts, m.body.as_ref()), ("~2", 1, other), "{other:?}");
-        }
     }
 }
