@@ -66,6 +66,8 @@ const HEADERS: &str = "platform-headers";
 const DUE: &str = "platform-due-ms";
 const KEY_HEADER: &str = "key";
 const TIMEOUT: Duration = Duration::from_secs(30);
+/// How long reading the dead letters waits for more past every partition's watermark.
+const QUIET: Duration = Duration::from_millis(300);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Maps a Kafka client error onto the portable kinds.
@@ -678,10 +680,22 @@ impl KafkaQueue {
                 return Ok((consumer, out));
             }
             consumer.assign(&assign).map_err(map_err)?;
+            // The high watermark is where a partition's reading may stop, not where it
+            // must: a broker may report it behind the last offset (tansu reports the
+            // last batch's base offset + 1), so reading goes on until every partition
+            // reached its watermark and nothing more came for `QUIET`.
             let deadline = Instant::now() + TIMEOUT;
             let mut done: HashMap<i32, bool> = ends.keys().map(|p| (*p, false)).collect();
-            while out.len() < limit && done.values().any(|d| !d) && Instant::now() < deadline {
-                let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+            let mut quiet_since: Option<Instant> = None;
+            while out.len() < limit && Instant::now() < deadline {
+                let all_done = done.values().all(|d| *d);
+                let Some(m) = consumer.poll(Duration::from_millis(if all_done { 50 } else { 200 })) else {
+                    if all_done && quiet_since.get_or_insert_with(Instant::now).elapsed() >= QUIET {
+                        break;
+                    }
+                    continue;
+                };
+                quiet_since = None;
                 let m = m.map_err(map_err)?;
                 let headers = m
                     .headers()

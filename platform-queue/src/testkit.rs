@@ -629,6 +629,83 @@ pub async fn worker_keeps_leases_alive(h: &dyn Harness) {
     assert!(stats.extended.load(std::sync::atomic::Ordering::Relaxed) >= 1, "no lease was extended");
 }
 
+/// Four handles on one queue, each running a `Worker`, dead-letter concurrently: every
+/// message the workers reported dead-lettered is listed by `dead_letters` (on every
+/// handle), and every other message succeeded; nothing is dead-lettered that did not
+/// fail.
+pub async fn concurrent_dead_letters_are_all_listed(h: &dyn Harness) {
+    use std::sync::Mutex;
+    use std::sync::atomic::Ordering::Relaxed;
+    const N: usize = 200;
+    let options = fresh().with_max_attempts(3);
+    let mut handles = Vec::new();
+    for _ in 0..4 {
+        handles.push(h.open(&options).await.expect("open"));
+    }
+    let max_batch = handles[0].capabilities().max_batch.max(1);
+    let all: Vec<Message> = (0..N).map(|i| Message::new(i.to_string())).collect();
+    for chunk in all.chunks(max_batch) {
+        handles[0].send_batch(chunk.to_vec()).await.expect("send");
+    }
+    let poison: HashSet<String> = (0..N).filter(|i| i % 10 == 0).map(|i| i.to_string()).collect();
+    let succeeded: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let failed_last: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let stop = CancellationToken::new();
+    let mut stats = Vec::new();
+    let mut running = Vec::new();
+    for q in &handles {
+        let handler = {
+            let (succeeded, failed_last) = (Arc::clone(&succeeded), Arc::clone(&failed_last));
+            move |d: Arc<Delivery>| {
+                let (succeeded, failed_last) = (Arc::clone(&succeeded), Arc::clone(&failed_last));
+                async move {
+                    let body = String::from_utf8_lossy(d.body()).into_owned();
+                    if body.parse::<usize>().is_ok_and(|i| i % 10 == 0) {
+                        if d.attempt() >= 3 {
+                            failed_last.lock().expect("lock").insert(body);
+                        }
+                        return Err(platform_core::Error::unavailable("always fails"));
+                    }
+                    succeeded.lock().expect("lock").insert(body);
+                    Ok(())
+                }
+            }
+        };
+        let config = WorkerConfig::default()
+            .with_concurrency(4)
+            .with_poll_wait(Duration::from_millis(200))
+            .with_retry(RetryPolicy::default().with_initial_delay(Duration::from_millis(20)).with_jitter(false));
+        let worker = Worker::new(Arc::clone(q), handler).with_config(config);
+        stats.push(worker.stats());
+        running.push(tokio::spawn(worker.run(stop.clone())));
+    }
+    let dead_lettered = || stats.iter().map(|s| s.dead_lettered.load(Relaxed)).sum::<u64>();
+    eventually(Duration::from_secs(90), || async {
+        let done = succeeded.lock().expect("lock").len() == N - poison.len()
+            && *failed_last.lock().expect("lock") == poison
+            && dead_lettered() >= poison.len() as u64;
+        done.then_some(())
+    })
+    .await
+    .expect("every message succeeded or was dead-lettered");
+    stop.cancel();
+    for r in running {
+        r.await.expect("join").expect("run");
+    }
+    for (i, q) in handles.iter().enumerate() {
+        let listed = || async {
+            let dead = q.dead_letters(10 * N).await.expect("dead letters");
+            dead.iter().map(|d| String::from_utf8_lossy(&d.body).into_owned()).collect::<HashSet<String>>()
+        };
+        if eventually(LONG, || async { (listed().await == poison).then_some(()) }).await.is_err() {
+            let bodies = listed().await;
+            let missing: Vec<&String> = poison.difference(&bodies).collect();
+            let extra: Vec<&String> = bodies.difference(&poison).collect();
+            panic!("handle {i}: dead letters not listed: {missing:?}; listed but never failed: {extra:?}");
+        }
+    }
+}
+
 /// Runs every behaviour in turn (the macro runs them as separate tests instead).
 pub async fn run_all(h: &dyn Harness) {
     use platform_core::run_behaviours;
@@ -684,6 +761,7 @@ macro_rules! queue_behaviours {
             health_check_round_trips,
             worker_retries_dead_letters_and_drains,
             worker_keeps_leases_alive,
+            concurrent_dead_letters_are_all_listed,
             url_parameters_are_checked
         }
     };
