@@ -14,12 +14,17 @@
 //!   changed after it was applied, an applied version this build does not know, a version
 //!   that was skipped while later ones were applied, and (MySQL) a migration that failed
 //!   partway.
-//! - **Drift**: after migrating, the live schema (tables, columns, types, nullability,
-//!   indexes) is compared with the schema the migrations produce on a scratch schema
-//!   (PostgreSQL: a schema inside a rolled-back transaction; MySQL: a scratch database,
-//!   dropped after; SQLite: an in-memory database). Any difference is a `Conflict` error
-//!   whose message is the diff, one line per difference. Tables the migrations do not
-//!   create are ignored unless [`Migrator::strict`].
+//! - **Drift**: the live schema (tables, columns, types, nullability, indexes) is
+//!   compared with the schema the migrations left the last time they ran, which each
+//!   run records in `platform_db_schema` (the tables the migrations created, as the
+//!   catalog described them right after). A run compares before it applies anything, so
+//!   a schema changed behind its back is refused before it is changed further; any
+//!   difference is a `Conflict` error whose message is the diff, one line per
+//!   difference. Tables the migrations did not create are ignored unless
+//!   [`Migrator::strict`]. Nothing is created outside the application's own schema
+//!   (PostgreSQL) or database (MySQL): the privileges a role needs are those its
+//!   migrations need, and on PostgreSQL a role without `CREATE` on its schema is
+//!   refused before anything is applied, with an error naming the grant.
 //! - [`Migrator::check`] verifies without applying or locking: pending migrations are
 //!   reported, not an error.
 //! - On PostgreSQL and SQLite all pending migrations apply in one transaction. MySQL
@@ -40,6 +45,9 @@ use crate::{Db, Dialect, Sql, Statement, Tx};
 
 /// The table that records applied migrations.
 pub const TABLE: &str = "platform_db_migrations";
+
+/// The table that keeps the schema the migrations left, for the drift check.
+pub const SNAPSHOT_TABLE: &str = "platform_db_schema";
 
 /// One migration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,30 +232,46 @@ impl Migrator {
         let mut tx = Tx { conn, dialect, tenant: None };
         let result = self.apply_locked(&mut tx).await;
         let finished = match result {
-            Ok(applied) => tx.commit().await.map(|()| applied),
+            Ok(Locked::Applied(applied)) => tx.commit().await.map(|()| Ok(applied)),
+            Ok(Locked::Drift(diff)) => tx.rollback().await.map(|()| Err(diff)),
             Err(e) => {
                 let _ = tx.rollback().await;
                 Err(e)
             }
         };
         let unlocked = on_pool!(db.pool(), _p, m => m::unlock_after_migration(guard).await);
-        let applied = finished?;
+        let outcome = finished?;
         unlocked?;
+        let applied = match outcome {
+            Ok(applied) => applied,
+            Err(diff) => {
+                db.set_migration_state(MigrationState::Drift(diff.clone()));
+                return Err(conflict(format!("the live schema drifted from the migrations:\n{diff}")));
+            }
+        };
         if !applied.is_empty() {
             tracing::info!(backend = dialect.name(), ?applied, "migrations applied");
         }
-        let state = self.drift_state(db).await?;
+        let state = MigrationState::UpToDate(self.migrations.last().map_or(0, Migration::version));
         db.set_migration_state(state.clone());
-        if let MigrationState::Drift(diff) = &state {
-            return Err(conflict(format!("the live schema drifted from the migrations:\n{diff}")));
-        }
         Ok(MigrationReport { applied, state })
     }
 
-    async fn apply_locked(&self, tx: &mut Tx) -> Result<Vec<i64>> {
+    /// Under the lock: verifies, compares the live schema with the recorded one, applies
+    /// what is pending and records the schema the migrations left.
+    async fn apply_locked(&self, tx: &mut Tx) -> Result<Locked> {
         let dialect = tx.dialect();
+        on_tx!(&mut tx.conn, c, m => m::check_can_migrate(c).await)?;
         let applied = read_applied(tx, true).await?;
         let pending = self.verify(dialect, &applied)?;
+        let recorded = read_snapshot(tx).await?;
+        let before = live_schema(tx).await?;
+        if let Some(recorded) = &recorded {
+            let diff = self.diff(&before, recorded);
+            if !diff.is_empty() {
+                return Ok(Locked::Drift(diff));
+            }
+        }
         let mut done = Vec::new();
         for m in pending {
             let now = OffsetDateTime::now_utc().unix_timestamp();
@@ -273,7 +297,19 @@ impl Migrator {
             }
             done.push(m.version);
         }
-        Ok(done)
+        if !done.is_empty() || recorded.is_none() {
+            let after = live_schema(tx).await?;
+            // The tables the migrations created: those recorded before and those this run
+            // added. A schema migrated before anything was recorded is taken whole.
+            let theirs = |name: &str| match &recorded {
+                Some(r) => r.tables.contains_key(name) || !before.tables.contains_key(name),
+                None if applied.is_empty() => !before.tables.contains_key(name),
+                None => true,
+            };
+            let tables = after.tables.into_iter().filter(|(name, _)| theirs(name)).collect();
+            write_snapshot(tx, &Schema { tables }).await?;
+        }
+        Ok(Locked::Applied(done))
     }
 
     /// Verifies without applying: errors as [`run`](Self::run) does for changed, unknown,
@@ -294,21 +330,68 @@ impl Migrator {
     }
 
     async fn drift_state(&self, db: &Db) -> Result<MigrationState> {
-        let dialect = db.dialect();
-        let scripts: Vec<String> = self.migrations.iter().map(|m| m.sql(dialect).to_owned()).collect();
-        let (expected, live): (Schema, Schema) = on_pool!(db.pool(), p, m => {
-            let expected = m::expected_schema(p, &scripts).await?;
-            (expected, m::live_schema(p).await?)
-        });
-        let mut ignore = self.ignore.clone();
-        ignore.push(TABLE.to_owned());
-        let diff = live.diff(&expected, self.strict, &ignore);
+        let mut tx = db.begin().await?;
+        let recorded = read_snapshot(&mut tx).await?;
+        let live = live_schema(&mut tx).await?;
+        tx.rollback().await?;
+        let diff = match &recorded {
+            Some(recorded) => self.diff(&live, recorded),
+            None => {
+                tracing::warn!("no schema was recorded by a migration run yet: drift cannot be checked");
+                String::new()
+            }
+        };
         Ok(if diff.is_empty() {
             MigrationState::UpToDate(self.migrations.last().map_or(0, Migration::version))
         } else {
-            MigrationState::Drift(diff.join("\n"))
+            MigrationState::Drift(diff)
         })
     }
+
+    /// What differs between the live schema and the recorded one, one line each.
+    fn diff(&self, live: &Schema, recorded: &Schema) -> String {
+        let mut ignore = self.ignore.clone();
+        ignore.extend([TABLE.to_owned(), SNAPSHOT_TABLE.to_owned()]);
+        live.diff(recorded, self.strict, &ignore).join("\n")
+    }
+}
+
+/// How a run under the lock ended: what it applied, or the drift that stopped it.
+enum Locked {
+    Applied(Vec<i64>),
+    Drift(String),
+}
+
+async fn live_schema(tx: &mut Tx) -> Result<Schema> {
+    on_tx!(&mut tx.conn, c, m => m::live_schema(c).await)
+}
+
+async fn read_snapshot(tx: &mut Tx) -> Result<Option<Schema>> {
+    let exists = on_tx!(&mut tx.conn, c, m => m::table_exists(c, SNAPSHOT_TABLE).await?);
+    if !exists {
+        return Ok(None);
+    }
+    let rows = tx.fetch_all(&Sql::new(format!("SELECT snapshot FROM {SNAPSHOT_TABLE} WHERE id = 1"))).await?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let text: String = row.get("snapshot")?;
+    serde_json::from_str(&text).map(Some).map_err(|e| {
+        Error::new(ErrorKind::Internal, format!("the schema recorded in {SNAPSHOT_TABLE} cannot be read: {e}"))
+            .with_backend("db")
+            .with_op("migrate")
+    })
+}
+
+async fn write_snapshot(tx: &mut Tx, schema: &Schema) -> Result<()> {
+    let text = serde_json::to_string(schema).map_err(|e| Error::internal(e.to_string()).with_op("migrate"))?;
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    tx.execute(&Sql::new(format!("DELETE FROM {SNAPSHOT_TABLE} WHERE id = 1"))).await?;
+    tx.execute(
+        &Sql::new(format!("INSERT INTO {SNAPSHOT_TABLE} (id, snapshot, recorded_at) VALUES (1, ?, ?)"))
+            .bind(text)
+            .bind(now),
+    )
+    .await?;
+    Ok(())
 }
 
 async fn read_applied(tx: &mut Tx, create: bool) -> Result<Vec<Applied>> {
@@ -316,6 +399,12 @@ async fn read_applied(tx: &mut Tx, create: bool) -> Result<Vec<Applied>> {
         let ddl = format!(
             "CREATE TABLE IF NOT EXISTS {TABLE} (version BIGINT PRIMARY KEY, name VARCHAR(255) NOT NULL, \
              checksum VARCHAR(64) NOT NULL, applied_at BIGINT NOT NULL, success BOOLEAN NOT NULL)"
+        );
+        tx.execute(&Sql::new(ddl)).await?;
+        let text = if tx.dialect() == Dialect::Mysql { "LONGTEXT" } else { "TEXT" };
+        let ddl = format!(
+            "CREATE TABLE IF NOT EXISTS {SNAPSHOT_TABLE} (id INTEGER PRIMARY KEY, snapshot {text} NOT NULL, \
+             recorded_at BIGINT NOT NULL)"
         );
         tx.execute(&Sql::new(ddl)).await?;
     } else {

@@ -3,8 +3,9 @@
 //!
 //! Migrations run in one transaction under `pg_advisory_xact_lock` keyed on the database
 //! and schema, waiting at most `lock_timeout` (transaction-scoped, so it is safe behind
-//! PgBouncer in transaction mode). The drift check applies the migrations to a scratch
-//! schema inside a transaction that is rolled back. Tenant scope is enforced by
+//! PgBouncer in transaction mode). The drift check compares with the schema recorded by
+//! the last run, so a role that owns its schema and has no `CREATE` on the database
+//! migrates and is checked. Tenant scope is enforced by
 //! row-level security (see [`tenant`](crate::tenant)).
 
 use std::str::FromStr;
@@ -122,23 +123,33 @@ async fn introspect(conn: &mut PgConnection, schema_name: &str) -> Result<Schema
     Ok(schema)
 }
 
-pub(crate) async fn live_schema(pool: &PgPool) -> Result<Schema> {
-    let mut conn = pool.acquire().await.map_err(map_err)?;
+pub(crate) async fn live_schema(conn: &mut PgConnection) -> Result<Schema> {
     let rows = fetch_all(&mut *conn, "SELECT current_schema()::text AS s".to_owned(), no_values()).await?;
     let name: Option<String> = rows.first().map(|r| r.get("s")).transpose()?.flatten();
     let name = name.ok_or_else(|| Error::not_found("no schema on the search_path exists").with_backend("postgres"))?;
-    introspect(&mut conn, &name).await
+    introspect(conn, &name).await
 }
 
-pub(crate) async fn expected_schema(pool: &PgPool, scripts: &[String]) -> Result<Schema> {
-    let mut tx = pool.begin().await.map_err(map_err)?;
-    let scratch = format!("platform_db_scratch_{}", uuid::Uuid::new_v4().simple());
-    execute(&mut *tx, format!("CREATE SCHEMA {scratch}"), no_values()).await?;
-    execute(&mut *tx, format!("SET LOCAL search_path TO {scratch}"), no_values()).await?;
-    for script in scripts {
-        execute_script(&mut *tx, script.clone()).await?;
+/// Refuses, before anything is applied, a role that cannot create in its schema.
+pub(crate) async fn check_can_migrate(conn: &mut PgConnection) -> Result<()> {
+    let sql = "SELECT current_user::text AS u, current_schema()::text AS s,                coalesce(has_schema_privilege(current_schema(), 'CREATE'), false) AS c";
+    let rows = fetch_all(&mut *conn, sql.to_owned(), no_values()).await?;
+    let Some(row) = rows.first() else { return Ok(()) };
+    let (user, schema): (String, Option<String>) = (row.get("u")?, row.get("s")?);
+    let Some(schema) = schema else {
+        return Err(Error::not_found(format!(
+            "role {user} has no schema to migrate: none on its search_path exists (create it, or set ?schema=)"
+        ))
+        .with_backend("postgres")
+        .with_op("migrate"));
+    };
+    if !row.get::<bool>("c")? {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            format!("role {user} lacks CREATE on schema {schema}, which migrations need (GRANT CREATE ON SCHEMA {schema} TO {user}, or make it the owner)"),
+        )
+        .with_backend("postgres")
+        .with_op("migrate"));
     }
-    let schema = introspect(&mut tx, &scratch).await;
-    tx.rollback().await.map_err(map_err)?;
-    schema
+    Ok(())
 }

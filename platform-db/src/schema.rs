@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 /// Tables by name.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Schema {
     /// Every table the catalog lists in the schema (database) looked at.
@@ -13,7 +13,7 @@ pub struct Schema {
 }
 
 /// One table's columns and indexes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Table {
     /// Columns by name.
@@ -23,7 +23,7 @@ pub struct Table {
 }
 
 /// A column's type as the database spells it, and whether it takes `NULL`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub struct Column {
     /// The catalog's type name (`character varying(20)`, `varchar(20)`, `TEXT`).

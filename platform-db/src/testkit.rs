@@ -32,6 +32,15 @@ pub trait Harness: Send + Sync {
     /// A URL for the same target as an unprivileged application role, where the
     /// database has roles (PostgreSQL); `None` elsewhere.
     async fn restricted_url(&self, url: &str) -> Result<Option<String>>;
+
+    /// A new target owned by a least-privilege role, as a deployment would run it:
+    /// PostgreSQL, a `NOSUPERUSER NOBYPASSRLS` role that owns its schema and has no
+    /// `CREATE` on the database; MySQL, a user with privileges on its own database only.
+    /// The role's URL and an administrator's URL for the same target; `None` where the
+    /// database has no roles (SQLite).
+    async fn owner_url(&self) -> Result<Option<(String, String)>> {
+        Ok(None)
+    }
 }
 
 /// A harness over a server URL (`postgres://…/test`, `mysql://…/test`) or, for SQLite,
@@ -108,6 +117,16 @@ async fn sweep(base: &str) {
             statements.extend(drop(&name));
         }
     }
+    if admin.dialect() == Dialect::Mysql {
+        let users = Sql::new("SELECT User AS n, Host AS h FROM mysql.user WHERE User LIKE 'pa%'");
+        for row in admin.fetch_all(&users).await.unwrap_or_default() {
+            if let (Ok(name), Ok(host)) = (row.get::<String>("n"), row.get::<String>("h"))
+                && is_stale(&name, "pa")
+            {
+                statements.push(format!("DROP USER '{name}'@'{host}'"));
+            }
+        }
+    }
     if admin.dialect() == Dialect::Postgres {
         let roles = Sql::new("SELECT rolname::text AS n FROM pg_roles WHERE rolname LIKE 'pa%'");
         for row in admin.fetch_all(&roles).await.unwrap_or_default() {
@@ -154,6 +173,45 @@ impl Harness for UrlHarness {
         };
         admin.close().await;
         Ok(url)
+    }
+
+    async fn owner_url(&self) -> Result<Option<(String, String)>> {
+        if self.base.starts_with("sqlite:") {
+            return Ok(None);
+        }
+        SWEPT.get_or_init(|| sweep(&self.base)).await;
+        let (name, role) = (stamped("pt"), stamped("pa"));
+        let admin = crate::open(&self.base).await?;
+        let mut url = url::Url::parse(&self.base).expect("server url");
+        let admin_url = match admin.dialect() {
+            Dialect::Postgres => {
+                for sql in [
+                    format!("CREATE ROLE {role} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"),
+                    format!("CREATE SCHEMA {name} AUTHORIZATION {role}"),
+                ] {
+                    admin.execute(&Sql::new(sql)).await?;
+                }
+                url.query_pairs_mut().append_pair("schema", &name);
+                with_param(&self.base, &format!("schema={name}"))
+            }
+            _ => {
+                admin.execute(&Sql::new(format!("CREATE DATABASE {name}"))).await?;
+                for host in ["%", "localhost"] {
+                    for sql in [
+                        format!("CREATE USER '{role}'@'{host}'"),
+                        format!("GRANT ALL PRIVILEGES ON {name}.* TO '{role}'@'{host}'"),
+                    ] {
+                        admin.execute(&Sql::new(sql)).await?;
+                    }
+                }
+                url.set_path(&name);
+                url.to_string()
+            }
+        };
+        admin.close().await;
+        url.set_username(&role).expect("username");
+        url.set_password(None).expect("password");
+        Ok(Some((url.to_string(), admin_url)))
     }
 
     async fn restricted_url(&self, url: &str) -> Result<Option<String>> {
@@ -218,6 +276,7 @@ macro_rules! db_behaviours {
             idempotent_retries_run_once,
             outbox_claims_never_overlap,
             health_reports_slow_database_down,
+            least_privilege_owner_migrates_and_refuses_drift,
             url_parameters_are_checked
         }
     };
@@ -490,6 +549,71 @@ pub async fn drift_refuses_startup_with_a_diff(h: &dyn Harness) {
     }
     assert!(matches!(db.migration_state(), Some(MigrationState::Drift(_))));
     assert!(db.check().await.is_err(), "health is down on drift");
+}
+
+/// A least-privilege owner (no `CREATE` on the database, no superuser) runs the
+/// migrations, passes the row-level security check (PostgreSQL), keeps tenants apart,
+/// and a schema changed behind its back is refused at its next start, before anything
+/// is applied.
+pub async fn least_privilege_owner_migrates_and_refuses_drift(h: &dyn Harness) {
+    let Some((owner_url, admin_url)) = h.owner_url().await.expect("owner") else { return };
+    let db = crate::open(&owner_url).await.expect("open as the owner");
+    let dialect = db.dialect();
+    let mut migrations = tenant_migrations(dialect);
+    migrations.extend(
+        notes_migrations()
+            .into_iter()
+            .map(|m| Migration::new(m.version() + 1, m.name().to_owned(), m.sql(dialect).to_owned())),
+    );
+    let migrator = Migrator::new(migrations.clone());
+    let report = migrator.run(&db).await.expect("the owner migrates");
+    assert_eq!(report.applied, [1, 2]);
+    migrator.run(&db).await.expect("and starts again");
+    if dialect == Dialect::Postgres {
+        tenant::check_row_level_security(&db, &["tnotes"]).await.expect("the owner is subject to RLS");
+    }
+    for (i, tenant) in ["tenant-a", "tenant-b"].into_iter().enumerate() {
+        let id = i64::try_from(i).expect("id");
+        db.with_tenant(tenant, move |tx| {
+            Box::pin(async move {
+                let me = tx.tenant().expect("tenant").to_owned();
+                let insert = Sql::new("INSERT INTO tnotes (id, tenant_id, body) VALUES (?, ?, ?)").bind(id).bind(me);
+                tx.execute(&insert.bind("x")).await?;
+                let mine = tenant::filter(tx, "tenant_id")?;
+                let seen = tx
+                    .fetch_all(&Query::select().column("tenant_id").from("tnotes").and_where(mine).to_owned())
+                    .await?;
+                assert_eq!(seen.len(), 1, "each tenant sees its own row");
+                Ok(())
+            })
+        })
+        .await
+        .expect("tenant scope");
+    }
+    // A role that may use the schema but not create in it is refused before anything
+    // is applied, with the grant named.
+    if let Some(user_url) = h.restricted_url(&admin_url).await.expect("restricted role") {
+        let user = crate::open(&user_url).await.expect("open as a plain user");
+        let mut all = migrations.clone();
+        all.push(Migration::new(3, "more", "CREATE TABLE more_notes (id BIGINT PRIMARY KEY)"));
+        let more = Migrator::new(all);
+        let err = more.run(&user).await.expect_err("no CREATE on the schema");
+        assert_eq!(err.kind(), ErrorKind::PermissionDenied, "{err}");
+        assert!(err.message().contains("CREATE on schema"), "{err}");
+        let err = user.execute(&Sql::new("SELECT 1 FROM more_notes")).await.expect_err("nothing applied");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        user.close().await;
+    }
+    let admin = crate::open(&admin_url).await.expect("admin");
+    let alter = match dialect {
+        Dialect::Postgres => "ALTER TABLE notes ALTER COLUMN title TYPE VARCHAR(20)",
+        _ => "ALTER TABLE notes MODIFY title VARCHAR(20) NOT NULL",
+    };
+    admin.execute(&Sql::new(alter)).await.expect("change the schema behind its back");
+    admin.close().await;
+    let err = migrator.run(&db).await.expect_err("drift refuses the next start");
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.message().contains("table notes: column title"), "{err}");
 }
 
 /// `check` reports pending migrations without applying them; health is down until they
