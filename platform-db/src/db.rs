@@ -9,7 +9,9 @@ use futures::future::BoxFuture;
 use platform_core::{CheckOutcome, Error, HealthCheck, Result};
 use tracing::Instrument;
 
-use crate::migrate::MigrationState;
+#[allow(unused_imports)]
+use crate::driver::Driver as _;
+use crate::schema::MigrationState;
 use crate::{DbOptions, Dialect, Row, Statement};
 
 pub(crate) enum Pool {
@@ -30,29 +32,32 @@ pub(crate) enum TxConn {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
 }
 
-/// What holds a migration lock besides the transaction (MySQL: its own connection).
-pub(crate) type Guard = Option<Box<dyn std::any::Any + Send>>;
-
-/// Runs `$body` with `$p` bound to the concrete pool and `$m` naming its module.
+/// Runs `$body` with `$p` bound to the concrete pool and `$m` naming its [`Driver`](crate::driver::Driver).
 macro_rules! on_pool {
     ($pool:expr, $p:ident, $m:ident => $body:expr) => {
         match $pool {
             #[cfg(feature = "postgres")]
             $crate::db::Pool::Postgres($p) => {
                 #[allow(unused_imports)]
-                use $crate::postgres as $m;
+                use $crate::driver::Driver as _;
+                #[allow(non_camel_case_types, dead_code)]
+                type $m = $crate::postgres::Postgres;
                 $body
             }
             #[cfg(feature = "mysql")]
             $crate::db::Pool::Mysql($p) => {
                 #[allow(unused_imports)]
-                use $crate::mysql as $m;
+                use $crate::driver::Driver as _;
+                #[allow(non_camel_case_types, dead_code)]
+                type $m = $crate::mysql::Mysql;
                 $body
             }
             #[cfg(feature = "sqlite")]
             $crate::db::Pool::Sqlite($p) => {
                 #[allow(unused_imports)]
-                use $crate::sqlite as $m;
+                use $crate::driver::Driver as _;
+                #[allow(non_camel_case_types, dead_code)]
+                type $m = $crate::sqlite::Sqlite;
                 $body
             }
         }
@@ -60,28 +65,34 @@ macro_rules! on_pool {
 }
 pub(crate) use on_pool;
 
-/// Runs `$body` with `$c` bound to the transaction's connection and `$m` its module.
+/// Runs `$body` with `$c` bound to the transaction's connection and `$m` its driver.
 macro_rules! on_tx {
     ($conn:expr, $c:ident, $m:ident => $body:expr) => {
         match $conn {
             #[cfg(feature = "postgres")]
             $crate::db::TxConn::Postgres(t) => {
                 #[allow(unused_imports)]
-                use $crate::postgres as $m;
+                use $crate::driver::Driver as _;
+                #[allow(non_camel_case_types, dead_code)]
+                type $m = $crate::postgres::Postgres;
                 let $c = &mut **t;
                 $body
             }
             #[cfg(feature = "mysql")]
             $crate::db::TxConn::Mysql(t) => {
                 #[allow(unused_imports)]
-                use $crate::mysql as $m;
+                use $crate::driver::Driver as _;
+                #[allow(non_camel_case_types, dead_code)]
+                type $m = $crate::mysql::Mysql;
                 let $c = &mut **t;
                 $body
             }
             #[cfg(feature = "sqlite")]
             $crate::db::TxConn::Sqlite(t) => {
                 #[allow(unused_imports)]
-                use $crate::sqlite as $m;
+                use $crate::driver::Driver as _;
+                #[allow(non_camel_case_types, dead_code)]
+                type $m = $crate::sqlite::Sqlite;
                 let $c = &mut **t;
                 $body
             }
@@ -90,94 +101,25 @@ macro_rules! on_tx {
 }
 pub(crate) use on_tx;
 
-/// `execute` and `fetch_all` on any executor of one database; every backend module
-/// expands this once.
-macro_rules! sql_fns {
-    ($db:ty, $decode:path, $map_err:path) => {
-        pub(crate) async fn execute<'c, E>(ex: E, sql: String, values: sea_query::Values) -> platform_core::Result<u64>
-        where
-            E: sqlx::Executor<'c, Database = $db>,
-        {
-            sqlx::query_with(sqlx::AssertSqlSafe(sql), sea_query_sqlx::SqlxValues(values))
-                .execute(ex)
-                .await
-                .map(|r| r.rows_affected())
-                .map_err($map_err)
-        }
-
-        pub(crate) async fn execute_script<'c, E>(ex: E, sql: String) -> platform_core::Result<()>
-        where
-            E: sqlx::Executor<'c, Database = $db>,
-        {
-            sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(ex).await.map(|_| ()).map_err($map_err)
-        }
-
-        pub(crate) async fn fetch_all<'c, E>(
-            ex: E,
-            sql: String,
-            values: sea_query::Values,
-        ) -> platform_core::Result<Vec<$crate::Row>>
-        where
-            E: sqlx::Executor<'c, Database = $db>,
-        {
-            let rows = sqlx::query_with(sqlx::AssertSqlSafe(sql), sea_query_sqlx::SqlxValues(values))
-                .fetch_all(ex)
-                .await
-                .map_err($map_err)?;
-            let Some(first) = rows.first() else { return Ok(Vec::new()) };
-            let columns: std::sync::Arc<[String]> =
-                sqlx::Row::columns(first).iter().map(|c| sqlx::Column::name(c).to_owned()).collect();
-            rows.iter()
-                .map(|row| {
-                    let values = columns
-                        .iter()
-                        .enumerate()
-                        .map(|(i, name)| {
-                            let raw = sqlx::Row::try_get_raw(row, i).map_err($map_err)?;
-                            if sqlx::ValueRef::is_null(&raw) {
-                                return Ok($crate::Value::Null);
-                            }
-                            let ty = sqlx::TypeInfo::name(&*sqlx::ValueRef::type_info(&raw)).to_owned();
-                            $decode(row, i, name, &ty)
-                        })
-                        .collect::<platform_core::Result<Vec<_>>>()?;
-                    Ok($crate::Row::new(std::sync::Arc::clone(&columns), values))
-                })
-                .collect()
-        }
-    };
-}
-pub(crate) use sql_fns;
-
-pub(crate) use platform_core::sql::map_sqlx;
-
-/// An error for a column type with no portable reading.
-pub(crate) fn unsupported_type(backend: &'static str, column: &str, ty: &str) -> Error {
-    Error::new(
-        platform_core::ErrorKind::Unsupported,
-        format!("column {column:?} has type {ty}, which has no portable reading (cast it in the query)"),
-    )
-    .with_backend(backend)
-    .with_op("fetch")
+#[cfg(feature = "postgres")]
+impl From<sqlx::Transaction<'static, sqlx::Postgres>> for TxConn {
+    fn from(t: sqlx::Transaction<'static, sqlx::Postgres>) -> Self {
+        Self::Postgres(t)
+    }
 }
 
-pub(crate) fn pool_options<DB: sqlx::Database>(o: &DbOptions) -> sqlx::pool::PoolOptions<DB> {
-    sqlx::pool::PoolOptions::new()
-        .max_connections(o.max_connections)
-        .min_connections(o.min_connections)
-        .acquire_timeout(o.acquire_timeout)
-        .idle_timeout(o.idle_timeout)
-        .max_lifetime(o.max_lifetime)
+#[cfg(feature = "mysql")]
+impl From<sqlx::Transaction<'static, sqlx::MySql>> for TxConn {
+    fn from(t: sqlx::Transaction<'static, sqlx::MySql>) -> Self {
+        Self::Mysql(t)
+    }
 }
 
-/// The lock holder's error when the migration lock was not free in time.
-pub(crate) fn lock_timeout_error(backend: &'static str, timeout: std::time::Duration) -> Error {
-    Error::new(
-        platform_core::ErrorKind::Timeout,
-        format!("another instance held the migration lock for longer than lock_timeout ({timeout:?})"),
-    )
-    .with_backend(backend)
-    .with_op("migrate")
+#[cfg(feature = "sqlite")]
+impl From<sqlx::Transaction<'static, sqlx::Sqlite>> for TxConn {
+    fn from(t: sqlx::Transaction<'static, sqlx::Sqlite>) -> Self {
+        Self::Sqlite(t)
+    }
 }
 
 struct Inner {
@@ -224,11 +166,11 @@ impl Db {
         let pool = async {
             match options.dialect {
                 #[cfg(feature = "postgres")]
-                Dialect::Postgres => crate::postgres::connect(&options).await.map(Pool::Postgres),
+                Dialect::Postgres => crate::postgres::Postgres::connect(&options).await.map(Pool::Postgres),
                 #[cfg(feature = "mysql")]
-                Dialect::Mysql => crate::mysql::connect(&options).await.map(Pool::Mysql),
+                Dialect::Mysql => crate::mysql::Mysql::connect(&options).await.map(Pool::Mysql),
                 #[cfg(feature = "sqlite")]
-                Dialect::Sqlite => crate::sqlite::connect(&options).await.map(Pool::Sqlite),
+                Dialect::Sqlite => crate::sqlite::Sqlite::connect(&options).await.map(Pool::Sqlite),
                 #[allow(unreachable_patterns)]
                 other => Err(Error::invalid_input(format!("the `{}` feature is not enabled", other.feature()))),
             }
@@ -306,7 +248,7 @@ impl Db {
 
     /// Starts a transaction; it rolls back when dropped without [`Tx::commit`].
     pub async fn begin(&self) -> Result<Tx> {
-        let conn = on_pool!(&self.inner.pool, p, m => m::begin(p).await?);
+        let conn = on_pool!(&self.inner.pool, p, m => TxConn::from(m::begin(p).await?));
         Ok(Tx { conn, dialect: self.dialect(), tenant: None })
     }
 

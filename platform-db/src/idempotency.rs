@@ -21,11 +21,12 @@
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use platform_core::clock::duration_ms as ms;
+use platform_core::clock::now_ms;
 use platform_core::{Error, ErrorKind, Result};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
-use time::OffsetDateTime;
 
 use crate::migrate::Migration;
 use crate::{Db, Dialect, Sql, Tx};
@@ -112,14 +113,6 @@ fn hex(bytes: &[u8]) -> String {
         let _ = write!(s, "{b:02x}");
         s
     })
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 fn conflict(message: &str) -> Error {

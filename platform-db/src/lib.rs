@@ -5,6 +5,7 @@
 compile_error!("platform-db needs at least one of the features `sqlite`, `postgres`, `mysql`");
 
 mod db;
+mod driver;
 pub mod idempotency;
 pub mod migrate;
 #[cfg(feature = "mysql")]

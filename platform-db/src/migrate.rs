@@ -39,7 +39,8 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use tracing::Instrument;
 
-use crate::db::{on_pool, on_tx};
+use crate::db::{TxConn, on_pool, on_tx};
+pub use crate::schema::MigrationState;
 use crate::schema::Schema;
 use crate::{Db, Dialect, Sql, Statement, Tx};
 
@@ -103,18 +104,6 @@ impl Migration {
             s
         })
     }
-}
-
-/// Where the schema stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum MigrationState {
-    /// Every migration is applied and the live schema matches; the newest version.
-    UpToDate(i64),
-    /// This many migrations are not applied yet.
-    Pending(usize),
-    /// The live schema differs from what the migrations produce: the diff.
-    Drift(String),
 }
 
 /// What a run or check did and found.
@@ -228,7 +217,10 @@ impl Migrator {
         self.validate()?;
         let dialect = db.dialect();
         let timeout = db.options().lock_timeout;
-        let (conn, guard) = on_pool!(db.pool(), p, m => m::lock_for_migration(p, timeout).await?);
+        let (conn, guard) = on_pool!(db.pool(), p, m => {
+            let (tx, guard) = m::lock_for_migration(p, timeout).await?;
+            (TxConn::from(tx), guard)
+        });
         let mut tx = Tx { conn, dialect, tenant: None };
         let result = self.apply_locked(&mut tx).await;
         let finished = match result {

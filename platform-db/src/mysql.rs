@@ -15,7 +15,7 @@ use platform_core::{Error, Result};
 use sqlx::Row as _;
 use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlDatabaseError, MySqlPool, MySqlRow};
 
-use crate::db::{Guard, TxConn, lock_timeout_error, map_sqlx, pool_options, sql_fns, unsupported_type};
+use crate::driver::{Driver, Guard, lock_timeout_error, map_sqlx, pool_options, sql_fns, unsupported_type};
 use crate::schema::Schema;
 use crate::{DbOptions, Dialect, Sql, Statement, Value};
 
@@ -53,62 +53,81 @@ fn decode(row: &MySqlRow, i: usize, column: &str, ty: &str) -> Result<Value> {
     })
 }
 
-sql_fns!(sqlx::MySql, decode, map_err);
-
 fn no_values() -> sea_query::Values {
     sea_query::Values(Vec::new())
 }
 
-pub(crate) async fn connect(o: &DbOptions) -> Result<MySqlPool> {
-    let options = MySqlConnectOptions::from_str(&o.driver_url).map_err(map_err)?;
-    pool_options(o).connect_with(options).await.map_err(map_err)
-}
+/// MySQL and MariaDB behind the [`Driver`] interface.
+#[derive(Debug)]
+pub(crate) struct Mysql;
 
-pub(crate) async fn begin(pool: &MySqlPool) -> Result<TxConn> {
-    pool.begin().await.map(TxConn::Mysql).map_err(map_err)
-}
+impl Driver for Mysql {
+    type Database = sqlx::MySql;
 
-pub(crate) async fn server_version(pool: &MySqlPool) -> Result<String> {
-    let rows = fetch_all(pool, "SELECT VERSION() AS v".to_owned(), no_values()).await?;
-    let v: String = rows.first().map(|r| r.get("v")).transpose()?.unwrap_or_default();
-    Ok(if v.contains("MariaDB") {
-        format!("MariaDB {}", v.split('-').next().unwrap_or_default())
-    } else {
-        format!("MySQL {v}")
-    })
+    fn map_err(e: sqlx::Error) -> Error {
+        map_err(e)
+    }
+
+    sql_fns!(sqlx::MySql, decode, map_err);
+
+    async fn connect(o: &DbOptions) -> Result<MySqlPool> {
+        let options = MySqlConnectOptions::from_str(&o.driver_url).map_err(map_err)?;
+        pool_options(o).connect_with(options).await.map_err(map_err)
+    }
+
+    async fn server_version(pool: &MySqlPool) -> Result<String> {
+        let rows = Self::fetch_all(pool, "SELECT VERSION() AS v".to_owned(), no_values()).await?;
+        let v: String = rows.first().map(|r| r.get("v")).transpose()?.unwrap_or_default();
+        Ok(if v.contains("MariaDB") {
+            format!("MariaDB {}", v.split('-').next().unwrap_or_default())
+        } else {
+            format!("MySQL {v}")
+        })
+    }
+
+    /// The lock is held by a connection of its own, outside the pool: if the migration is
+    /// cancelled or panics, dropping it closes the session and the server frees the lock.
+    async fn lock_for_migration(
+        pool: &MySqlPool,
+        timeout: std::time::Duration,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::MySql>, Guard)> {
+        let mut holder = pool.acquire().await.map_err(map_err)?.detach();
+        let secs = timeout.as_secs_f64().max(0.001);
+        let (sql, values) =
+            Sql::new(format!("SELECT GET_LOCK({LOCK_NAME}, ?) AS got")).bind(secs).render(Dialect::Mysql);
+        let got: Option<i64> =
+            Self::fetch_all(&mut holder, sql, values).await?.first().map(|r| r.get("got")).transpose()?.flatten();
+        if got != Some(1) {
+            return Err(lock_timeout_error("mysql", timeout));
+        }
+        let tx = pool.begin().await.map_err(map_err)?;
+        Ok((tx, Some(Box::new(holder))))
+    }
+
+    async fn unlock_after_migration(guard: Guard) -> Result<()> {
+        let Some(mut holder) = guard.and_then(|g| g.downcast::<MySqlConnection>().ok()) else { return Ok(()) };
+        let released =
+            Self::execute(&mut *holder, format!("DO RELEASE_LOCK({LOCK_NAME})"), no_values()).await.map(|_| ());
+        let _ = sqlx::Connection::close(*holder).await;
+        released
+    }
+
+    async fn table_exists(conn: &mut MySqlConnection, table: &str) -> Result<bool> {
+        let (sql, values) = Sql::new(
+            "SELECT 1 AS one FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?",
+        )
+        .bind(table)
+        .render(Dialect::Mysql);
+        Ok(!Self::fetch_all(conn, sql, values).await?.is_empty())
+    }
+
+    async fn live_schema(conn: &mut MySqlConnection) -> Result<Schema> {
+        let database = current_database(conn).await?;
+        introspect(conn, &database).await
+    }
 }
 
 const LOCK_NAME: &str = "CONCAT(COALESCE(DATABASE(), ''), '.platform_db_migrations')";
-
-/// The lock is held by a connection of its own, outside the pool: if the migration is
-/// cancelled or panics, dropping it closes the session and the server frees the lock.
-pub(crate) async fn lock_for_migration(pool: &MySqlPool, timeout: std::time::Duration) -> Result<(TxConn, Guard)> {
-    let mut holder = pool.acquire().await.map_err(map_err)?.detach();
-    let secs = timeout.as_secs_f64().max(0.001);
-    let (sql, values) = Sql::new(format!("SELECT GET_LOCK({LOCK_NAME}, ?) AS got")).bind(secs).render(Dialect::Mysql);
-    let got: Option<i64> =
-        fetch_all(&mut holder, sql, values).await?.first().map(|r| r.get("got")).transpose()?.flatten();
-    if got != Some(1) {
-        return Err(lock_timeout_error("mysql", timeout));
-    }
-    let tx = pool.begin().await.map_err(map_err)?;
-    Ok((TxConn::Mysql(tx), Some(Box::new(holder))))
-}
-
-pub(crate) async fn unlock_after_migration(guard: Guard) -> Result<()> {
-    let Some(mut holder) = guard.and_then(|g| g.downcast::<MySqlConnection>().ok()) else { return Ok(()) };
-    let released = execute(&mut *holder, format!("DO RELEASE_LOCK({LOCK_NAME})"), no_values()).await.map(|_| ());
-    let _ = sqlx::Connection::close(*holder).await;
-    released
-}
-
-pub(crate) async fn table_exists(conn: &mut MySqlConnection, table: &str) -> Result<bool> {
-    let (sql, values) =
-        Sql::new("SELECT 1 AS one FROM information_schema.tables WHERE table_schema = DATABASE() AND table_name = ?")
-            .bind(table)
-            .render(Dialect::Mysql);
-    Ok(!fetch_all(conn, sql, values).await?.is_empty())
-}
 
 async fn introspect(conn: &mut MySqlConnection, database: &str) -> Result<Schema> {
     let mut schema = Schema::default();
@@ -118,7 +137,7 @@ async fn introspect(conn: &mut MySqlConnection, database: &str) -> Result<Schema
     )
     .bind(database)
     .render(Dialect::Mysql);
-    for r in fetch_all(&mut *conn, sql, values).await? {
+    for r in Mysql::fetch_all(&mut *conn, sql, values).await? {
         schema.column(&r.get::<String>("t")?, &r.get::<String>("c")?, r.get("ty")?, r.get::<String>("n")? == "YES");
     }
     let (sql, values) = Sql::new(
@@ -127,27 +146,15 @@ async fn introspect(conn: &mut MySqlConnection, database: &str) -> Result<Schema
     )
     .bind(database)
     .render(Dialect::Mysql);
-    schema.index_columns(&fetch_all(&mut *conn, sql, values).await?)?;
+    schema.index_columns(&Mysql::fetch_all(&mut *conn, sql, values).await?)?;
     Ok(schema)
 }
 
 async fn current_database(conn: &mut MySqlConnection) -> Result<String> {
-    let rows = fetch_all(conn, "SELECT DATABASE() AS d".to_owned(), no_values()).await?;
+    let rows = Mysql::fetch_all(conn, "SELECT DATABASE() AS d".to_owned(), no_values()).await?;
     rows.first()
         .map(|r| r.get::<Option<String>>("d"))
         .transpose()?
         .flatten()
         .ok_or_else(|| Error::invalid_input("the database URL names no database").with_backend("mysql"))
-}
-
-pub(crate) async fn live_schema(conn: &mut MySqlConnection) -> Result<Schema> {
-    let database = current_database(conn).await?;
-    introspect(conn, &database).await
-}
-
-/// MySQL's grants are not read up front: the migrations table is the first thing a
-/// run creates, so a missing `CREATE` stops it there, before any migration.
-#[allow(clippy::unused_async)]
-pub(crate) async fn check_can_migrate(_conn: &mut MySqlConnection) -> Result<()> {
-    Ok(())
 }

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use platform_core::Result;
+use platform_core::clock::now_ms;
 use time::OffsetDateTime;
 
 use crate::migrate::Migration;
@@ -96,10 +97,6 @@ pub struct Claim {
     pub token: String,
     /// The rows, oldest first.
     pub records: Vec<OutboxRecord>,
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 fn placeholders(n: usize) -> String {

@@ -123,6 +123,18 @@ impl Schema {
     }
 }
 
+/// Where the schema stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MigrationState {
+    /// Every migration is applied and the live schema matches; the newest version.
+    UpToDate(i64),
+    /// This many migrations are not applied yet.
+    Pending(usize),
+    /// The live schema differs from what the migrations produce: the diff.
+    Drift(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

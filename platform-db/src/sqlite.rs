@@ -13,7 +13,7 @@ use platform_core::{Error, ErrorKind, Result};
 use sqlx::Row as _;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqliteRow};
 
-use crate::db::{Guard, TxConn, lock_timeout_error, map_sqlx, pool_options, sql_fns, unsupported_type};
+use crate::driver::{Driver, Guard, lock_timeout_error, map_sqlx, pool_options, sql_fns, unsupported_type};
 use crate::schema::Schema;
 use crate::{DbOptions, Sql, Statement, Value};
 
@@ -33,51 +33,66 @@ fn decode(row: &SqliteRow, i: usize, column: &str, ty: &str) -> Result<Value> {
     })
 }
 
-sql_fns!(sqlx::Sqlite, decode, map_err);
+/// SQLite behind the [`Driver`] interface.
+#[derive(Debug)]
+pub(crate) struct Sqlite;
 
-pub(crate) async fn connect(o: &DbOptions) -> Result<SqlitePool> {
-    let mut options = SqliteConnectOptions::from_str(&o.driver_url)
-        .map_err(map_err)?
-        .create_if_missing(true)
-        .foreign_keys(true)
-        .busy_timeout(o.lock_timeout);
-    if !o.in_memory {
-        options = options.journal_mode(SqliteJournalMode::Wal);
+impl Driver for Sqlite {
+    type Database = sqlx::Sqlite;
+
+    fn map_err(e: sqlx::Error) -> Error {
+        map_err(e)
     }
-    pool_options(o).connect_with(options).await.map_err(map_err)
-}
 
-/// Transactions take the write lock up front (`BEGIN IMMEDIATE`): a deferred one that
-/// reads and then writes can fail with `SQLITE_BUSY` whatever the busy timeout.
-pub(crate) async fn begin(pool: &SqlitePool) -> Result<TxConn> {
-    pool.begin_with("BEGIN IMMEDIATE").await.map(TxConn::Sqlite).map_err(map_err)
-}
+    sql_fns!(sqlx::Sqlite, decode, map_err);
 
-pub(crate) async fn server_version(pool: &SqlitePool) -> Result<String> {
-    let rows = fetch_all(pool, "SELECT sqlite_version() AS v".to_owned(), sea_query::Values(Vec::new())).await?;
-    Ok(format!("SQLite {}", rows.first().map(|r| r.get::<String>("v")).transpose()?.unwrap_or_default()))
-}
+    async fn connect(o: &DbOptions) -> Result<SqlitePool> {
+        let mut options = SqliteConnectOptions::from_str(&o.driver_url)
+            .map_err(map_err)?
+            .create_if_missing(true)
+            .foreign_keys(true)
+            .busy_timeout(o.lock_timeout);
+        if !o.in_memory {
+            options = options.journal_mode(SqliteJournalMode::Wal);
+        }
+        pool_options(o).connect_with(options).await.map_err(map_err)
+    }
 
-pub(crate) async fn lock_for_migration(pool: &SqlitePool, timeout: std::time::Duration) -> Result<(TxConn, Guard)> {
-    match pool.begin_with("BEGIN EXCLUSIVE").await {
-        Ok(tx) => Ok((TxConn::Sqlite(tx), None)),
-        Err(e) => {
-            let e = map_err(e);
-            Err(if e.kind() == ErrorKind::Unavailable { lock_timeout_error("sqlite", timeout) } else { e })
+    /// `BEGIN IMMEDIATE`: a transaction takes the write lock when it starts, so two
+    /// that read and then write never deadlock upgrading their locks.
+    async fn begin(pool: &SqlitePool) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>> {
+        pool.begin_with("BEGIN IMMEDIATE").await.map_err(map_err)
+    }
+
+    async fn server_version(pool: &SqlitePool) -> Result<String> {
+        let rows =
+            Self::fetch_all(pool, "SELECT sqlite_version() AS v".to_owned(), sea_query::Values(Vec::new())).await?;
+        Ok(format!("SQLite {}", rows.first().map(|r| r.get::<String>("v")).transpose()?.unwrap_or_default()))
+    }
+
+    async fn lock_for_migration(
+        pool: &SqlitePool,
+        timeout: std::time::Duration,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Sqlite>, Guard)> {
+        match pool.begin_with("BEGIN EXCLUSIVE").await {
+            Ok(tx) => Ok((tx, None)),
+            Err(e) => {
+                let e = map_err(e);
+                Err(if e.kind() == ErrorKind::Unavailable { lock_timeout_error("sqlite", timeout) } else { e })
+            }
         }
     }
-}
 
-#[allow(clippy::unused_async)]
-pub(crate) async fn unlock_after_migration(_guard: Guard) -> Result<()> {
-    Ok(())
-}
+    async fn table_exists(conn: &mut SqliteConnection, table: &str) -> Result<bool> {
+        let (sql, values) = Sql::new("SELECT 1 AS one FROM sqlite_master WHERE type = 'table' AND name = ?")
+            .bind(table)
+            .render(crate::Dialect::Sqlite);
+        Ok(!Self::fetch_all(conn, sql, values).await?.is_empty())
+    }
 
-pub(crate) async fn table_exists(conn: &mut SqliteConnection, table: &str) -> Result<bool> {
-    let (sql, values) = Sql::new("SELECT 1 AS one FROM sqlite_master WHERE type = 'table' AND name = ?")
-        .bind(table)
-        .render(crate::Dialect::Sqlite);
-    Ok(!fetch_all(conn, sql, values).await?.is_empty())
+    async fn live_schema(conn: &mut SqliteConnection) -> Result<Schema> {
+        introspect(conn).await
+    }
 }
 
 async fn introspect(conn: &mut SqliteConnection) -> Result<Schema> {
@@ -86,7 +101,7 @@ async fn introspect(conn: &mut SqliteConnection) -> Result<Schema> {
     let (sql, values) = q("SELECT m.name AS t, p.name AS c, p.type AS ty, p.\"notnull\" AS nn, p.pk AS pk \
          FROM sqlite_master m JOIN pragma_table_info(m.name) p \
          WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%'");
-    for r in fetch_all(&mut *conn, sql, values).await? {
+    for r in Sqlite::fetch_all(&mut *conn, sql, values).await? {
         let pk: i64 = r.get("pk")?;
         let ty: String = r.get("ty")?;
         let ty = if pk > 0 { format!("{ty} primary key {pk}") } else { ty };
@@ -95,16 +110,6 @@ async fn introspect(conn: &mut SqliteConnection) -> Result<Schema> {
     let (sql, values) = q("SELECT m.name AS t, il.name AS i, il.\"unique\" AS u, ii.name AS c \
          FROM sqlite_master m JOIN pragma_index_list(m.name) il JOIN pragma_index_info(il.name) ii \
          WHERE m.type = 'table' AND m.name NOT LIKE 'sqlite_%' ORDER BY m.name, il.name, ii.seqno");
-    schema.index_columns(&fetch_all(&mut *conn, sql, values).await?)?;
+    schema.index_columns(&Sqlite::fetch_all(&mut *conn, sql, values).await?)?;
     Ok(schema)
-}
-
-pub(crate) async fn live_schema(conn: &mut SqliteConnection) -> Result<Schema> {
-    introspect(conn).await
-}
-
-/// A SQLite file has no grants: whoever can write it can migrate it.
-#[allow(clippy::unused_async)]
-pub(crate) async fn check_can_migrate(_conn: &mut SqliteConnection) -> Result<()> {
-    Ok(())
 }

@@ -473,8 +473,10 @@ pub async fn migration_lock_times_out(h: &dyn Harness) {
     let waiter = crate::open(&with_param(&url, "lock_timeout=300ms")).await.unwrap();
     // Create the record table first so the holder's lock is the only thing in the way.
     Migrator::new(Vec::new()).run(&db).await.unwrap();
-    let (holder, guard) =
-        crate::db::on_pool!(db.pool(), p, m => m::lock_for_migration(p, Duration::from_secs(5)).await.unwrap());
+    let (holder, guard) = crate::db::on_pool!(db.pool(), p, m => {
+        let (tx, guard) = m::lock_for_migration(p, Duration::from_secs(5)).await.unwrap();
+        (crate::db::TxConn::from(tx), guard)
+    });
     let started = std::time::Instant::now();
     let err = Migrator::new(counted_migrations()).run(&waiter).await.expect_err("lock is held");
     assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");

@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use platform_core::clock::now_ms;
 use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -49,7 +50,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers as _, Message as _, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
-use time::OffsetDateTime;
 
 use crate::QueueHandle;
 use crate::driver::dead_letter_headers;
@@ -71,7 +71,7 @@ const QUIET: Duration = Duration::from_millis(300);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Maps a Kafka client error onto the portable kinds.
-pub fn map_err(e: KafkaError) -> Error {
+pub(crate) fn map_err(e: KafkaError) -> Error {
     let code = e.rdkafka_error_code();
     let kind = match code {
         Some(
@@ -103,10 +103,6 @@ pub fn map_err(e: KafkaError) -> Error {
         _ => ErrorKind::Unavailable,
     };
     Error::new(kind, e.to_string()).with_backend("kafka")
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 fn blocking_err(e: tokio::task::JoinError) -> Error {

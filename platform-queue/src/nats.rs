@@ -49,7 +49,7 @@ const ATTEMPTS_BASE: &str = "Platform-Attempts-Base";
 const MSG_ID: &str = "Nats-Msg-Id";
 
 /// Maps an error of the NATS client onto the portable kinds.
-pub fn map_err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
+pub(crate) fn map_err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
     let e: Box<dyn std::error::Error + Send + Sync> = e.into();
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();

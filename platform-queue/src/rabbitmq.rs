@@ -49,7 +49,7 @@ const ATTEMPTS_BASE: &str = "x-platform-attempts-base";
 const FIRST_FAILURE: &str = "x-platform-first-failure";
 
 /// Maps a lapin error onto the portable kinds.
-pub fn map_err(e: lapin::Error) -> Error {
+pub(crate) fn map_err(e: lapin::Error) -> Error {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
     let kind = if lower.contains("access_refused") || lower.contains("authentication") || lower.contains("auth") {

@@ -61,7 +61,7 @@ fn b64() -> base64::engine::GeneralPurpose {
 }
 
 /// Maps an SQS error onto the portable kinds, by the service's error code.
-pub fn map_err<E, R>(e: SdkError<E, R>) -> Error
+pub(crate) fn map_err<E, R>(e: SdkError<E, R>) -> Error
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: fmt::Debug + Send + Sync + 'static,

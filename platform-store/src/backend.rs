@@ -31,7 +31,7 @@ const PARTS_IN_FLIGHT: usize = 2;
 const RESUMES: u32 = 3;
 
 /// Maps an `object_store` error onto the portable kinds.
-pub fn map_err(backend: &'static str, e: object_store::Error) -> Error {
+pub(crate) fn map_err(backend: &'static str, e: object_store::Error) -> Error {
     use object_store::Error as E;
     let (kind, retryable) = match &e {
         E::NotFound { .. } => (ErrorKind::NotFound, false),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 #[allow(unused_imports)]
 use backend::{Gaps, Presigner};
-pub use backend::{ObjectBlobStore, is_not_modified, map_err};
+pub use backend::{ObjectBlobStore, is_not_modified};
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
 pub use platform_core::{Error, ErrorKind, Result};
@@ -158,7 +158,7 @@ pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
                     .with_op("open")
             })?;
             let fs = object_store::local::LocalFileSystem::new_with_prefix(&dir)
-                .map_err(|e| map_err("fs", e).with_op("open"))?
+                .map_err(|e| backend::map_err("fs", e).with_op("open"))?
                 .with_automatic_cleanup(true);
             let caps = fs_caps(!matches!(presigner, Presigner::None));
             let meta = dir.join(types::RESERVED_PREFIX);
@@ -212,8 +212,9 @@ mod cloud {
     use platform_core::Result;
 
     use super::{Params, bad};
+    use crate::backend::map_err;
     use crate::backend::{Gaps, Presigner};
-    use crate::{BlobStore, Capabilities, ObjectBlobStore, map_err};
+    use crate::{BlobStore, Capabilities, ObjectBlobStore};
 
     fn name(url: &url::Url, what: &str) -> Result<String> {
         match url.host_str() {

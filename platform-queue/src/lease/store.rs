@@ -9,12 +9,13 @@
 use std::fmt::{self, Debug, Display};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+pub use platform_core::clock::now_ms;
+pub(crate) use platform_core::clock::{duration_ms as ms, from_ms as time_of};
 use platform_core::{CheckOutcome, Error, HealthCheck, Result};
-use time::OffsetDateTime;
 
 use crate::message::{Acker, dead_letter_headers, exhausted_reason};
 use crate::options::QueueOptions;
@@ -190,11 +191,6 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
     async fn close(&self) -> Result<()>;
 }
 
-/// Milliseconds since the epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
 /// A fresh lease token, unique across processes: a random base drawn once per process
 /// plus a counter, so a receive costs no call into the OS's random source.
 fn lease_token() -> Arc<str> {
@@ -202,14 +198,6 @@ fn lease_token() -> Arc<str> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     Arc::from(format!("{:032x}", BASE.wrapping_add(u128::from(n))))
-}
-
-pub(crate) fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 4)
-}
-
-pub(crate) fn time_of(ms: i64) -> Option<OffsetDateTime> {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
 }
 
 struct Inner<S> {

@@ -54,7 +54,6 @@ use bytes::Bytes;
 use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result, Secret};
 use rumqttc::v5::MqttOptions;
 use rumqttc::v5::mqttbytes::v5::{PubAckReason, Publish, PublishProperties};
-use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -88,7 +87,7 @@ fn dead_prefix(dead_letter: &str) -> String {
 }
 
 fn now_ms() -> u64 {
-    u64::try_from(OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000).unwrap_or(0)
+    u64::try_from(platform_core::clock::now_ms()).unwrap_or(0)
 }
 
 /// Where the broker is and who logs in.

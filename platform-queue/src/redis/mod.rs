@@ -83,7 +83,7 @@ pub const SCHEMES: &[&str] = &["redis", "valkey"];
 pub type RedisQueue = LeasedQueue<RedisStore>;
 
 /// Maps a Redis error onto the portable kinds.
-pub fn map_err(e: redis::RedisError) -> Error {
+pub(crate) fn map_err(e: redis::RedisError) -> Error {
     use redis::ErrorKind as K;
     let kind = if e.is_timeout() {
         ErrorKind::Timeout

@@ -32,6 +32,9 @@
 //! and `prefetch`. TLS is not compiled in.
 
 mod client;
+// Public only for the frame codec's fuzz target and the raw STOMP loop of the
+// benches; not part of the API.
+#[doc(hidden)]
 pub mod frame;
 
 use std::collections::HashMap;
@@ -61,7 +64,7 @@ const HEADERS: &str = "platform-headers";
 const DEFAULT_PREFETCH: usize = 32;
 
 /// Maps a STOMP server's error text onto the portable kinds.
-pub fn map_error(text: &str) -> ErrorKind {
+pub(crate) fn map_error(text: &str) -> ErrorKind {
     let lower = text.to_ascii_lowercase();
     if lower.contains("timed out") || lower.contains("timeout") {
         ErrorKind::Timeout
