@@ -44,7 +44,12 @@ pub(crate) fn map_err(backend: &'static str, e: object_store::Error) -> Error {
         other => classify(other),
     };
     let not_modified = matches!(e, E::NotModified { .. });
-    let mut err = Error::new(kind, e.to_string()).with_backend(backend).with_retryable(retryable);
+    let mut err = if kind == ErrorKind::Unavailable && !retryable {
+        let message = format!("the server's TLS certificate is not trusted (a private CA needs ca_file): {e}");
+        Error::new(kind, message).with_backend(backend).with_retryable(false)
+    } else {
+        Error::new(kind, e.to_string()).with_backend(backend).with_retryable(retryable)
+    };
     if not_modified {
         err = err.with_detail("if_none_match", "not modified");
     }
@@ -60,7 +65,10 @@ fn classify(e: &(dyn std::error::Error + 'static)) -> (ErrorKind, bool) {
         source = s.source();
     }
     let range_words = ["416", "invalid", "out of bounds", "not satisfiable"];
-    if text.contains("range") && range_words.iter().any(|w| text.contains(w)) {
+    if text.contains("invalid peer certificate") || text.contains("certificate verify failed") {
+        // Not worth retrying: the same certificate comes back.
+        (ErrorKind::Unavailable, false)
+    } else if text.contains("range") && range_words.iter().any(|w| text.contains(w)) {
         (ErrorKind::InvalidInput, false)
     } else if text.contains("429") || text.contains("slow down") || text.contains("too many requests") {
         (ErrorKind::RateLimited, true)

@@ -124,9 +124,12 @@ fn fs_caps(presign: bool) -> Capabilities {
 /// |---|---|---|
 /// | `memory://` | in-process (feature `memory`) | `presign_secret`, `presign_base` |
 /// | `file:///abs/dir` | local disk, created when missing (`fs`) | `presign_secret`, `presign_base` |
-/// | `s3://bucket` | S3 and compatibles: MinIO, R2, Spaces (`s3`) | `endpoint`, `region`, `access_key_id`, `secret_access_key`, `session_token`, `allow_http`, `virtual_hosted_style` |
-/// | `az://container` | Azure Blob (`azure`) | `account`, `access_key`, `endpoint`, `azurite`, `allow_http` |
-/// | `gs://bucket` | Google Cloud Storage (`gcs`) | `endpoint`, `service_account_path`, `anonymous`, `allow_http` |
+/// | `s3://bucket` | S3 and compatibles: MinIO, R2, Spaces (`s3`) | `endpoint`, `region`, `access_key_id`, `secret_access_key`, `session_token`, `allow_http`, `virtual_hosted_style`, `ca_file` |
+/// | `az://container` | Azure Blob (`azure`) | `account`, `access_key`, `endpoint`, `azurite`, `allow_http`, `ca_file` |
+/// | `gs://bucket` | Google Cloud Storage (`gcs`) | `endpoint`, `service_account_path`, `anonymous`, `allow_http`, `ca_file` |
+///
+/// The cloud stores speak TLS (rustls) to `https://` endpoints; `ca_file` names a PEM
+/// file of extra root certificates to trust, for a private CA.
 ///
 /// Credentials not in the URL come from the usual environment (`AWS_*`, `AZURE_*`,
 /// `GOOGLE_*`). Unknown parameters are errors naming them; secrets are masked in every
@@ -225,7 +228,21 @@ mod cloud {
 
     fn client(params: &mut Params, endpoint: Option<&str>) -> Result<ClientOptions> {
         let allow_http = params.flag("allow_http")? || endpoint.is_some_and(|e| e.starts_with("http://"));
-        Ok(ClientOptions::new().with_allow_http(allow_http))
+        let mut options = ClientOptions::new().with_allow_http(allow_http);
+        // A private CA (a MinIO or an S3 gateway with its own certificates): trusted
+        // beside the system's roots, never instead of verifying.
+        if let Some(path) = params.take("ca_file") {
+            let pem = std::fs::read(&path).map_err(|e| bad("ca_file", &format!("cannot read {path:?}: {e}")))?;
+            let certs = object_store::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| bad("ca_file", &format!("{path:?} holds no PEM certificate: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad("ca_file", &format!("{path:?} holds no PEM certificate")));
+            }
+            for cert in certs {
+                options = options.with_root_certificate(cert);
+            }
+        }
+        Ok(options)
     }
 
     /// Cloud stores do everything natively (presigning needs credentials).

@@ -39,3 +39,28 @@ async fn gcs_opens_offline() {
     let err = store.head("k").await.unwrap_err();
     assert!(err.is_unavailable() || err.is_retryable(), "{err}");
 }
+
+/// S3 over TLS: an `https://` endpoint whose certificate a private CA signed (a TLS
+/// front over moto, `scripts/tls-proxy.py`) works once `ca_file` names the CA, and is
+/// refused without it: certificates are verified, never skipped.
+#[cfg(feature = "s3")]
+#[tokio::test]
+async fn s3_over_tls_with_a_private_ca() {
+    use platform_store::BlobStoreExt as _;
+    let Some(plain) = platform_core::testkit::server_url("S3") else { return };
+    let Some(tls) = platform_core::testkit::server_url("S3_TLS") else { return };
+    let (endpoint, ca) = tls.split_once('?').expect("S3_TLS url: https://host:port?ca_file=…");
+    let bucket = platform_core::testkit::unique_name("tls").replace('-', "");
+    let created = reqwest::Client::new().put(format!("{}/{bucket}", plain.trim_end_matches('/'))).send().await;
+    assert!(created.expect("create bucket").status().is_success());
+    let url = format!("s3://{bucket}?endpoint={endpoint}&region=us-east-1&access_key_id=test&secret_access_key=test");
+    let store = platform_store::open(&format!("{url}&{ca}")).await.expect("open over TLS");
+    store.put_bytes("k", b"over tls".to_vec()).await.expect("put over TLS");
+    assert_eq!(store.get_bytes("k").await.expect("get over TLS").as_ref(), b"over tls");
+    let untrusted = platform_store::open(&url).await.expect("open without the CA");
+    let err = untrusted.head("k").await.expect_err("an unknown CA is refused");
+    assert!(err.is_unavailable() && !err.is_retryable(), "{err}");
+    assert!(err.message().contains("certificate is not trusted"), "{err}");
+    let err = platform_store::open(&format!("{url}&ca_file=/nonexistent/ca.pem")).await.expect_err("bad ca_file");
+    assert_eq!(err.details()[0].field, "ca_file", "{err}");
+}
