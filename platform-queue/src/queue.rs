@@ -155,15 +155,17 @@ impl<T: Queue + ?Sized> QueueExt for T {}
 /// Backends implement [`Queue`] for the part that is theirs (see [`driver`](crate::driver));
 /// [`QueueHandle::driver`] reaches the backend itself.
 pub struct QueueHandle<Q: ?Sized> {
-    closed: CancellationToken,
-    once: AtomicBool,
+    /// Set by `close`; read on every call (an atomic load, no lock).
+    closed: AtomicBool,
+    /// Wakes receives waiting at `close`.
+    closing: CancellationToken,
     inner: Q,
 }
 
 impl<Q: Queue> QueueHandle<Q> {
     /// Wraps a backend. Backends call it in their constructors.
     pub fn new(backend: Q) -> Self {
-        Self { closed: CancellationToken::new(), once: AtomicBool::new(false), inner: backend }
+        Self { closed: AtomicBool::new(false), closing: CancellationToken::new(), inner: backend }
     }
 }
 
@@ -184,7 +186,7 @@ impl<Q: Queue + ?Sized> QueueHandle<Q> {
     }
 
     fn check_open(&self, op: &'static str) -> Result<()> {
-        if self.closed.is_cancelled() {
+        if self.closed.load(Ordering::Acquire) {
             return Err(self.cancelled(op));
         }
         Ok(())
@@ -267,10 +269,12 @@ impl<Q: Queue + ?Sized> Queue for QueueHandle<Q> {
         options.validate(&self.inner.capabilities()).map_err(self.stamp("receive"))?;
         let span = self.span("receive");
         // A close ends a waiting receive; what it had claimed comes back when the
-        // leases run out.
+        // leases run out. The receive is polled first: one that is ready at once never
+        // registers with the close signal (a lock each way).
         let got = tokio::select! {
+            biased;
             got = self.inner.receive(options).instrument(span.clone()) => got.map_err(self.stamp("receive"))?,
-            () = self.closed.cancelled() => return Err(self.cancelled("receive")),
+            () = self.closing.cancelled() => return Err(self.cancelled("receive")),
         };
         span.record("n", got.len());
         let backend = self.inner.backend();
@@ -285,8 +289,9 @@ impl<Q: Queue + ?Sized> Queue for QueueHandle<Q> {
         self.inner.redrive(limit).instrument(self.span("redrive")).await.map_err(self.stamp("redrive"))
     }
     async fn close(&self) -> Result<()> {
-        self.closed.cancel();
-        if self.once.swap(true, Ordering::AcqRel) {
+        let again = self.closed.swap(true, Ordering::AcqRel);
+        self.closing.cancel();
+        if again {
             return Ok(());
         }
         self.inner.close().instrument(self.span("close")).await.map_err(self.stamp("close"))

@@ -365,10 +365,20 @@ pub async fn crashed_consumer_loses_nothing(h: &dyn Harness) {
     assert_eq!(bodies.len(), 10, "lost messages after a crash");
 }
 
-/// After `close`, calls fail with `Cancelled`.
+/// After `close`, calls fail with `Cancelled`, and so does a receive waiting when the
+/// queue closes (it ends at once, not when its wait runs out).
 pub async fn close_rejects_later_calls(h: &dyn Harness) {
     let q = h.open(&fresh()).await.expect("open");
+    let waiting = {
+        let q = Arc::clone(&q);
+        tokio::spawn(async move { q.receive(ReceiveOptions::new(1, Duration::from_secs(60))).await })
+    };
+    // Most likely waiting by now; were it not, it meets the closed queue: either way
+    // the outcome below holds.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     q.close().await.expect("close");
+    let ended = tokio::time::timeout(LONG, waiting).await.expect("a waiting receive ends at close").expect("join");
+    assert_eq!(ended.expect_err("receive waiting at close").kind(), ErrorKind::Cancelled);
     assert_eq!(q.send_bytes("x").await.expect_err("send after close").kind(), ErrorKind::Cancelled);
     assert_eq!(
         q.receive(ReceiveOptions::default()).await.expect_err("receive after close").kind(),
