@@ -104,22 +104,29 @@ pub fn unique_ident(prefix: &str) -> String {
 /// instead of hanging the whole run.
 pub const BEHAVIOUR_DEADLINE: std::time::Duration = std::time::Duration::from_secs(180);
 
-/// Writes one `#[tokio::test]` per behaviour, each calling `kit::behaviour(&harness)`
-/// when `harness` (an `Option`) is `Some`, and failing after [`BEHAVIOUR_DEADLINE`].
-/// The crates' `conformance_tests!` macros use it.
+/// Writes a module `$backend` with one `#[tokio::test]` per behaviour, each calling
+/// `kit::behaviour(&harness)` (where `kit` is the testkit at path `$kit`) when
+/// `harness` (an `Option`) is `Some`, and failing after [`BEHAVIOUR_DEADLINE`]. The
+/// crates' `conformance_tests!` macros are this over their behaviour lists.
+#[doc(hidden)]
 #[macro_export]
 macro_rules! behaviour_tests {
-    ($kit:ident, $harness:expr, $($behaviour:ident),+) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $behaviour() {
-                let Some(harness) = $harness else { return };
-                let deadline = $crate::testkit::BEHAVIOUR_DEADLINE;
-                if tokio::time::timeout(deadline, $kit::$behaviour(&harness)).await.is_err() {
-                    panic!("{} did not finish within {deadline:?}", stringify!($behaviour));
+    ($backend:ident, $($kit:ident)::+, $harness:expr, $($behaviour:ident),+) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+            use $($kit)::+ as kit;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $behaviour() {
+                    let Some(harness) = $harness else { return };
+                    let deadline = $crate::testkit::BEHAVIOUR_DEADLINE;
+                    if tokio::time::timeout(deadline, kit::$behaviour(&harness)).await.is_err() {
+                        panic!("{} did not finish within {deadline:?}", stringify!($behaviour));
+                    }
                 }
-            }
-        )+
+            )+
+        }
     };
 }
 

@@ -246,13 +246,7 @@ pub async fn run_all(h: &dyn Harness) {
 #[macro_export]
 macro_rules! conformance_tests {
     ($backend:ident, $harness:expr) => {
-        mod $backend {
-            #[allow(unused_imports)]
-            use super::*;
-            use $crate::testkit as kit;
-            use $crate::testkit::behaviour_tests;
-            $crate::db_behaviours!(behaviour_tests!(kit, $harness));
-        }
+        $crate::db_behaviours!($crate::testkit::behaviour_tests!($backend, $crate::testkit, $harness));
     };
 }
 
@@ -262,8 +256,8 @@ macro_rules! conformance_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! db_behaviours {
-    ($then:ident ! ($($args:tt)*)) => {
-        $then! {
+    ($($then:ident)::+ ! ($($args:tt)*)) => {
+        $($then)::+! {
             $($args)*,
             values_round_trip,
             errors_map_to_portable_kinds,

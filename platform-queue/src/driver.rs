@@ -13,6 +13,6 @@
 //! (a few atomic steps on stored rows) and gets the whole contract from
 //! [`LeasedQueue`].
 
-pub use crate::lease::{Claimed, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage, now_ms};
+pub use crate::lease::{Claimed, Lease, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage, now_ms};
 pub use crate::message::{Acker, dead_letter_headers, validate_header};
 pub use crate::options::{QueueUrl, validate_name};

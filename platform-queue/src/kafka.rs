@@ -53,8 +53,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::QueueHandle;
 use crate::driver::dead_letter_headers;
-use crate::lease::client::ClientLease;
-use crate::lease::republish::{ATTEMPTS_BASE, FIRST_FAILURE, Republish, Republishing, requeue_marks};
+use crate::lease::republish::{ATTEMPTS_BASE, FIRST_FAILURE, Holding, Republish, Republishing, requeue_marks};
 use crate::message::{decode_headers, encode_headers};
 use crate::options::{QueueOptions, QueueUrl};
 use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
@@ -628,8 +627,7 @@ impl KafkaQueue {
         let acker = Arc::new(KafkaAcker {
             shared: Arc::clone(&self.shared),
             hub: Arc::clone(hub),
-            state: ClientLease::new(o.visibility_timeout),
-            attempt,
+            held: Holding::new(o, attempt),
             fetched: f.clone(),
         });
         // The client keeps the lease: past it, a copy goes back and the original settles.
@@ -848,8 +846,7 @@ impl Queue for KafkaQueue {
 struct KafkaAcker {
     shared: Arc<Shared>,
     hub: Arc<Hub>,
-    state: ClientLease,
-    attempt: u32,
+    held: Holding,
     fetched: Fetched,
 }
 
@@ -857,26 +854,13 @@ struct KafkaAcker {
 impl Republish for KafkaAcker {
     const BACKEND: &'static str = "kafka";
 
-    fn lease(&self) -> &ClientLease {
-        &self.state
-    }
-
-    fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    fn max_attempts(&self) -> u32 {
-        self.shared.options.max_attempts
+    fn held(&self) -> &Holding {
+        &self.held
     }
 
     /// Once its partition moved to another member, that member reads it again.
-    fn still_held(&self, op: &'static str) -> Result<()> {
-        if self.hub.still_owned(&self.fetched) {
-            return Ok(());
-        }
-        Err(Error::conflict("lease was lost (its partition moved to another consumer)")
-            .with_backend("kafka")
-            .with_op(op))
+    fn lost(&self) -> Option<&'static str> {
+        (!self.hub.still_owned(&self.fetched)).then_some("its partition moved to another consumer")
     }
 
     /// Marks the original settled; the partition's offset is committed past it once

@@ -20,11 +20,11 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{MySql, QueryBuilder};
 use tokio::sync::Notify;
 
+use crate::Headers;
 use crate::QueueHandle;
-use crate::lease::{Claimed, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
+use crate::lease::{Claimed, Lease, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
 use crate::options::QueueUrl;
-use crate::sql::{Row, decode_row, encode_headers, parse_seq};
-use crate::{Capabilities, Headers};
+use crate::sql::{LeasePool, LeaseSql, Row, decode_row, encode_headers, parse_seq};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["mysql", "mariadb"];
@@ -62,6 +62,23 @@ pub(crate) fn map_err(e: sqlx::Error) -> Error {
         platform_core::sql::mysql_kind(db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()?.number())
     })
 }
+
+/// The lease statements (see [`LeaseSql`] for their arguments). MySQL assigns left to
+/// right and later assignments see earlier ones: none here reads a column set before it.
+const LEASE_SQL: LeaseSql = LeaseSql {
+    ack: "DELETE FROM platform_queue_messages WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
+    release: "UPDATE platform_queue_messages SET visible_at = ?, token = NULL,
+                first_failure = IF(? AND first_failure IS NULL, ?, first_failure),
+                attempts = GREATEST(attempts - ?, 0)
+              WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
+    extend: "UPDATE platform_queue_messages SET visible_at = ?
+             WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
+    move_to: "UPDATE platform_queue_messages
+              SET queue = ?, headers = ?, visible_at = ?, token = NULL, attempts = 0, first_failure = NULL
+              WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
+    peek: "SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages
+           WHERE queue = ? ORDER BY seq LIMIT ?",
+};
 
 /// The store behind [`MysqlQueue`].
 #[derive(Debug)]
@@ -312,10 +329,6 @@ impl LeaseStore for MysqlStore {
         "mysql"
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
-    }
-
     fn location(&self) -> String {
         self.location.clone()
     }
@@ -331,119 +344,25 @@ impl LeaseStore for MysqlStore {
         Ok(Claimed::new(again(|| self.try_claim(queue, max, now_ms, lease_until_ms, token)).await?, true))
     }
 
-    async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
-        let Some(seq) = parse_seq(id) else { return Ok(false) };
-        again(|| async {
-            let n = sqlx::query(
-                "DELETE FROM platform_queue_messages WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
-            )
-            .bind(seq)
-            .bind(queue)
-            .bind(token)
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await
-            .map_err(map_err)?
-            .rows_affected();
-            Ok(n == 1)
-        })
-        .await
-    }
-
-    async fn release(
-        &self,
-        queue: &str,
-        id: &str,
-        token: &str,
-        now_ms: i64,
-        visible_at_ms: i64,
-        how: Release,
-    ) -> Result<bool> {
-        let (failed, refund) = (how.records_failure(), how.refund());
-        let Some(seq) = parse_seq(id) else { return Ok(false) };
-        let n = sqlx::query(
-            "UPDATE platform_queue_messages SET
-               first_failure = IF(? AND first_failure IS NULL, ?, first_failure),
-               attempts = GREATEST(attempts - ?, 0),
-               token = NULL, visible_at = ?
-             WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
-        )
-        .bind(failed)
-        .bind(now_ms)
-        .bind(refund)
-        .bind(visible_at_ms)
-        .bind(seq)
-        .bind(queue)
-        .bind(token)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?
-        .rows_affected();
-        if n == 1 {
+    async fn release(&self, lease: Lease<'_>, visible_at_ms: i64, how: Release) -> Result<bool> {
+        let held = self.pool.release_row(&LEASE_SQL, lease, visible_at_ms, how).await;
+        let held = held.map_err(map_err)?;
+        if held {
             self.notify.notify_waiters();
         }
-        Ok(n == 1)
+        Ok(held)
     }
 
-    async fn extend(&self, queue: &str, id: &str, token: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
-        let Some(seq) = parse_seq(id) else { return Ok(false) };
-        let n = sqlx::query(
-            "UPDATE platform_queue_messages SET visible_at = ?
-             WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
-        )
-        .bind(until_ms)
-        .bind(seq)
-        .bind(queue)
-        .bind(token)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?
-        .rows_affected();
-        Ok(n == 1)
+    async fn extend(&self, lease: Lease<'_>, until_ms: i64) -> Result<bool> {
+        self.pool.extend_row(&LEASE_SQL, lease, until_ms).await.map_err(map_err)
     }
 
-    async fn move_to(
-        &self,
-        queue: &str,
-        id: &str,
-        token: &str,
-        now_ms: i64,
-        target: &str,
-        headers: &Headers,
-    ) -> Result<bool> {
-        let Some(seq) = parse_seq(id) else { return Ok(false) };
-        let n = sqlx::query(
-            "UPDATE platform_queue_messages
-             SET queue = ?, headers = ?, token = NULL, attempts = 0, first_failure = NULL, visible_at = ?
-             WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
-        )
-        .bind(target)
-        .bind(encode_headers(headers))
-        .bind(now_ms)
-        .bind(seq)
-        .bind(queue)
-        .bind(token)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?
-        .rows_affected();
-        Ok(n == 1)
+    async fn move_to(&self, lease: Lease<'_>, target: &str, headers: &Headers) -> Result<bool> {
+        self.pool.move_row(&LEASE_SQL, lease, target, headers).await.map_err(map_err)
     }
 
     async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<StoredMessage>> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages
-             WHERE queue = ? ORDER BY seq LIMIT ?",
-        )
-        .bind(queue)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
-        Ok(rows.into_iter().map(decode_row).collect())
+        self.pool.peek_rows(&LEASE_SQL, queue, limit).await.map_err(map_err)
     }
 
     async fn redrive(&self, from: &str, to: &str, limit: usize, now_ms: i64) -> Result<usize> {
@@ -474,8 +393,8 @@ impl LeaseStore for MysqlStore {
         let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
     }
 
-    fn groups_acks(&self) -> bool {
-        true
+    async fn ack(&self, lease: Lease<'_>) -> Result<bool> {
+        again(|| async { self.pool.ack_row(&LEASE_SQL, lease).await.map_err(map_err) }).await
     }
 
     async fn ack_many(&self, queue: &str, items: &[(&str, &str)], now_ms: i64) -> Result<Option<Vec<bool>>> {

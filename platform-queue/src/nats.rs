@@ -394,10 +394,6 @@ impl fmt::Debug for NatsAcker {
 }
 
 impl NatsAcker {
-    fn check_lease(&self, op: &'static str) -> Result<()> {
-        self.lease.check("nats", op)
-    }
-
     async fn settle(&self, kind: AckKind) -> Result<()> {
         self.message.double_ack_with(kind).await.map_err(map_err)
     }
@@ -427,12 +423,12 @@ impl NatsAcker {
 #[async_trait]
 impl Acker for NatsAcker {
     async fn ack(&self) -> Result<()> {
-        self.check_lease("ack")?;
+        self.lease.check("nats", "ack")?;
         self.settle(AckKind::Ack).await
     }
 
     async fn nack(&self, delay: Option<Duration>, reason: Option<&str>) -> Result<bool> {
-        self.check_lease("nack")?;
+        self.lease.check("nats", "nack")?;
         let max = self.queue.options.max_attempts;
         if self.attempt >= max {
             let why = exhausted_reason(max, reason);
@@ -444,19 +440,19 @@ impl Acker for NatsAcker {
     }
 
     async fn dead_letter(&self, reason: &str) -> Result<()> {
-        self.check_lease("dead_letter")?;
+        self.lease.check("nats", "dead_letter")?;
         self.move_to_dlq(reason, self.attempt).await
     }
 
     async fn extend(&self, _lease: Duration) -> Result<()> {
-        self.check_lease("extend")?;
+        self.lease.check("nats", "extend")?;
         self.settle(AckKind::Progress).await?;
         self.lease.renew(Instant::now() + self.queue.options.visibility_timeout);
         Ok(())
     }
 
     async fn release(&self) -> Result<()> {
-        self.check_lease("release")?;
+        self.lease.check("nats", "release")?;
         // The server counts every delivery; a copy that remembers the attempts so far
         // comes back with this delivery not counted.
         // No Nats-Msg-Id: the copy must not be taken for a duplicate of the original.

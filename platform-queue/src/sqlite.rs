@@ -17,11 +17,11 @@ use platform_core::{Error, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Notify;
 
+use crate::Headers;
 use crate::QueueHandle;
-use crate::lease::{Claimed, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
+use crate::lease::{Claimed, Lease, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
 use crate::options::QueueUrl;
-use crate::sql::{Row, decode_row, encode_headers, parse_seq};
-use crate::{Capabilities, Headers};
+use crate::sql::{LeasePool, LeaseSql, Row, decode_row, encode_headers, parse_seq};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["sqlite"];
@@ -54,6 +54,22 @@ pub(crate) fn map_err(e: sqlx::Error) -> Error {
         platform_core::sql::sqlite_kind(db.code()?.parse().ok()?, db.message())
     })
 }
+
+/// The lease statements (see [`LeaseSql`] for their arguments).
+const LEASE_SQL: LeaseSql = LeaseSql {
+    ack: "DELETE FROM platform_queue_messages WHERE seq = ?1 AND queue = ?2 AND token = ?3 AND visible_at > ?4",
+    release: "UPDATE platform_queue_messages SET visible_at = ?1, token = NULL,
+                first_failure = CASE WHEN ?2 AND first_failure IS NULL THEN ?3 ELSE first_failure END,
+                attempts = MAX(attempts - ?4, 0)
+              WHERE seq = ?5 AND queue = ?6 AND token = ?7 AND visible_at > ?8",
+    extend: "UPDATE platform_queue_messages SET visible_at = ?1
+             WHERE seq = ?2 AND queue = ?3 AND token = ?4 AND visible_at > ?5",
+    move_to: "UPDATE platform_queue_messages
+              SET queue = ?1, headers = ?2, visible_at = ?3, token = NULL, attempts = 0, first_failure = NULL
+              WHERE seq = ?4 AND queue = ?5 AND token = ?6 AND visible_at > ?7",
+    peek: "SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages
+           WHERE queue = ?1 ORDER BY seq LIMIT ?2",
+};
 
 /// The store behind [`SqliteQueue`].
 #[derive(Debug)]
@@ -103,10 +119,6 @@ impl SqliteQueue {
 impl LeaseStore for SqliteStore {
     fn backend(&self) -> &'static str {
         "sqlite"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
     }
 
     fn location(&self) -> String {
@@ -189,113 +201,25 @@ impl LeaseStore for SqliteStore {
         Ok(Claimed::new(rows.into_iter().map(decode_row).collect(), true))
     }
 
-    async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
-        let Some(seq) = parse_seq(id) else { return Ok(false) };
-        let n = sqlx::query(
-            "DELETE FROM platform_queue_messages WHERE seq = ?1 AND queue = ?2 AND token = ?3 AND visible_at > ?4",
-        )
-        .bind(seq)
-        .bind(queue)
-        .bind(token)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    async fn release(
-        &self,
-        queue: &str,
-        id: &str,
-        token: &str,
-        now_ms: i64,
-        visible_at_ms: i64,
-        how: Release,
-    ) -> Result<bool> {
-        let (failed, refund) = (how.records_failure(), how.refund());
-        let Some(seq) = parse_seq(id) else { return Ok(false) };
-        let n = sqlx::query(
-            "UPDATE platform_queue_messages SET visible_at = ?1, token = NULL,
-               first_failure = CASE WHEN ?2 AND first_failure IS NULL THEN ?3 ELSE first_failure END,
-               attempts = MAX(attempts - ?4, 0)
-             WHERE seq = ?5 AND queue = ?6 AND token = ?7 AND visible_at > ?3",
-        )
-        .bind(visible_at_ms)
-        .bind(failed)
-        .bind(now_ms)
-        .bind(refund)
-        .bind(seq)
-        .bind(queue)
-        .bind(token)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?
-        .rows_affected();
-        if n == 1 {
+    async fn release(&self, lease: Lease<'_>, visible_at_ms: i64, how: Release) -> Result<bool> {
+        let held = self.pool.release_row(&LEASE_SQL, lease, visible_at_ms, how).await;
+        let held = held.map_err(map_err)?;
+        if held {
             self.notify.notify_waiters();
         }
-        Ok(n == 1)
+        Ok(held)
     }
 
-    async fn extend(&self, queue: &str, id: &str, token: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
-        let Some(seq) = parse_seq(id) else { return Ok(false) };
-        let n = sqlx::query(
-            "UPDATE platform_queue_messages SET visible_at = ?1
-             WHERE seq = ?2 AND queue = ?3 AND token = ?4 AND visible_at > ?5",
-        )
-        .bind(until_ms)
-        .bind(seq)
-        .bind(queue)
-        .bind(token)
-        .bind(now_ms)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?
-        .rows_affected();
-        Ok(n == 1)
+    async fn extend(&self, lease: Lease<'_>, until_ms: i64) -> Result<bool> {
+        self.pool.extend_row(&LEASE_SQL, lease, until_ms).await.map_err(map_err)
     }
 
-    async fn move_to(
-        &self,
-        queue: &str,
-        id: &str,
-        token: &str,
-        now_ms: i64,
-        target: &str,
-        headers: &Headers,
-    ) -> Result<bool> {
-        let Some(seq) = parse_seq(id) else { return Ok(false) };
-        let n = sqlx::query(
-            "UPDATE platform_queue_messages
-             SET queue = ?1, headers = ?2, visible_at = ?3, token = NULL, attempts = 0, first_failure = NULL
-             WHERE seq = ?4 AND queue = ?5 AND token = ?6 AND visible_at > ?3",
-        )
-        .bind(target)
-        .bind(encode_headers(headers))
-        .bind(now_ms)
-        .bind(seq)
-        .bind(queue)
-        .bind(token)
-        .execute(&self.pool)
-        .await
-        .map_err(map_err)?
-        .rows_affected();
-        Ok(n == 1)
+    async fn move_to(&self, lease: Lease<'_>, target: &str, headers: &Headers) -> Result<bool> {
+        self.pool.move_row(&LEASE_SQL, lease, target, headers).await.map_err(map_err)
     }
 
     async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<StoredMessage>> {
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages
-             WHERE queue = ?1 ORDER BY seq LIMIT ?2",
-        )
-        .bind(queue)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
-        Ok(rows.into_iter().map(decode_row).collect())
+        self.pool.peek_rows(&LEASE_SQL, queue, limit).await.map_err(map_err)
     }
 
     async fn redrive(&self, from: &str, to: &str, limit: usize, now_ms: i64) -> Result<usize> {
@@ -325,8 +249,8 @@ impl LeaseStore for SqliteStore {
         let _ = tokio::time::timeout(timeout, self.notify.notified()).await;
     }
 
-    fn groups_acks(&self) -> bool {
-        true
+    async fn ack(&self, lease: Lease<'_>) -> Result<bool> {
+        self.pool.ack_row(&LEASE_SQL, lease).await.map_err(map_err)
     }
 
     async fn ack_many(&self, queue: &str, items: &[(&str, &str)], now_ms: i64) -> Result<Option<Vec<bool>>> {

@@ -597,10 +597,6 @@ impl fmt::Debug for SqsAcker {
 }
 
 impl SqsAcker {
-    fn check_lease(&self, op: &'static str) -> Result<()> {
-        self.lease.check("sqs", op)
-    }
-
     async fn set_visibility(&self, after: Duration) -> Result<()> {
         self.shared
             .client
@@ -627,14 +623,14 @@ impl SqsAcker {
 #[async_trait]
 impl Acker for SqsAcker {
     async fn ack(&self) -> Result<()> {
-        self.check_lease("ack")?;
+        self.lease.check("sqs", "ack")?;
         self.shared.delete(&self.shared.url, &self.receipt).await?;
         set_lease(&self.lease_key, None);
         Ok(())
     }
 
     async fn nack(&self, delay: Option<Duration>, reason: Option<&str>) -> Result<bool> {
-        self.check_lease("nack")?;
+        self.lease.check("sqs", "nack")?;
         let max = self.shared.options.max_attempts;
         if self.attempt >= max {
             let why = exhausted_reason(max, reason);
@@ -651,12 +647,12 @@ impl Acker for SqsAcker {
     }
 
     async fn dead_letter(&self, reason: &str) -> Result<()> {
-        self.check_lease("dead_letter")?;
+        self.lease.check("sqs", "dead_letter")?;
         self.move_to_dlq(reason, self.attempt).await
     }
 
     async fn extend(&self, lease: Duration) -> Result<()> {
-        self.check_lease("extend")?;
+        self.lease.check("sqs", "extend")?;
         let lease = lease_of(lease);
         self.set_visibility(lease).await?;
         let until = Instant::now() + lease - LEASE_MARGIN;
@@ -666,7 +662,7 @@ impl Acker for SqsAcker {
     }
 
     async fn release(&self) -> Result<()> {
-        self.check_lease("release")?;
+        self.lease.check("sqs", "release")?;
         // SQS counts every receive; a copy that remembers the attempts so far comes back
         // with this delivery not counted.
         self.shared.send_one(&self.shared.url, &self.body, &self.headers, Some(self.attempt - 1)).await?;

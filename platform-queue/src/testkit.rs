@@ -732,13 +732,7 @@ pub async fn run_all(h: &dyn Harness) {
 #[macro_export]
 macro_rules! conformance_tests {
     ($backend:ident, $harness:expr) => {
-        mod $backend {
-            #[allow(unused_imports)]
-            use super::*;
-            use $crate::testkit as kit;
-            use $crate::testkit::behaviour_tests;
-            $crate::queue_behaviours!(behaviour_tests!(kit, $harness));
-        }
+        $crate::queue_behaviours!($crate::testkit::behaviour_tests!($backend, $crate::testkit, $harness));
     };
 }
 
@@ -748,8 +742,8 @@ macro_rules! conformance_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! queue_behaviours {
-    ($then:ident ! ($($args:tt)*)) => {
-        $then! {
+    ($($then:ident)::+ ! ($($args:tt)*)) => {
+        $($then)::+! {
             $($args)*,
             round_trip_is_exact,
             bad_input_is_rejected_before_sending,

@@ -168,13 +168,7 @@ pub async fn run_all(h: &dyn Harness) {
 #[macro_export]
 macro_rules! conformance_tests {
     ($backend:ident, $harness:expr) => {
-        mod $backend {
-            #[allow(unused_imports)]
-            use super::*;
-            use $crate::testkit as kit;
-            use $crate::testkit::behaviour_tests;
-            $crate::store_behaviours!(behaviour_tests!(kit, $harness));
-        }
+        $crate::store_behaviours!($crate::testkit::behaviour_tests!($backend, $crate::testkit, $harness));
     };
 }
 
@@ -184,8 +178,8 @@ macro_rules! conformance_tests {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! store_behaviours {
-    ($then:ident ! ($($args:tt)*)) => {
-        $then! {
+    ($($then:ident)::+ ! ($($args:tt)*)) => {
+        $($then)::+! {
             $($args)*,
             round_trips_small_objects_and_attributes,
             large_object_streams_in_bounded_memory,

@@ -18,4 +18,4 @@ pub(crate) mod clock;
 pub(crate) mod republish;
 pub(crate) mod store;
 
-pub use store::{Claimed, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage, now_ms};
+pub use store::{Claimed, Lease, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage, now_ms};

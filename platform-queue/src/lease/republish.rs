@@ -6,10 +6,11 @@ use std::fmt;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use platform_core::Result;
+use platform_core::{Error, Result};
 use time::OffsetDateTime;
 
 use super::client::ClientLease;
+use crate::QueueOptions;
 use crate::driver::Acker;
 use crate::message::{exhausted_reason, rfc3339};
 
@@ -20,15 +21,20 @@ use crate::message::{exhausted_reason, rfc3339};
 pub(crate) trait Republish: Send + Sync + 'static {
     /// The backend's name, for errors.
     const BACKEND: &'static str;
-    /// The client-kept lease.
-    fn lease(&self) -> &ClientLease;
-    /// This delivery's attempt (1 on the first).
-    fn attempt(&self) -> u32;
-    /// The queue's `max_attempts`.
-    fn max_attempts(&self) -> u32;
-    /// `Conflict` when the broker has taken the message back (connection dropped,
-    /// partition reassigned) whatever the lease says.
-    fn still_held(&self, op: &'static str) -> Result<()>;
+    /// The client-kept lease and the attempts.
+    fn held(&self) -> &Holding;
+    /// Why the broker has taken the message back whatever the lease says (connection
+    /// dropped, partition reassigned); `None` while the delivery is still this client's.
+    fn lost(&self) -> Option<&'static str>;
+    /// `Conflict` once [`lost`](Self::lost) says the broker took the message back.
+    fn still_held(&self, op: &'static str) -> Result<()> {
+        match self.lost() {
+            None => Ok(()),
+            Some(why) => {
+                Err(Error::conflict(format!("lease was lost ({why})")).with_backend(Self::BACKEND).with_op(op))
+            }
+        }
+    }
     /// Acknowledges the original.
     fn ack_original(&self) -> Result<()>;
     /// Sends a copy that remembers `counted` attempts, visible after `delay`, then
@@ -36,6 +42,22 @@ pub(crate) trait Republish: Send + Sync + 'static {
     async fn requeue(&self, delay: Option<Duration>, counted: u32) -> Result<()>;
     /// Sends a dead-letter copy, then acknowledges the original.
     async fn move_to_dlq(&self, reason: &str, attempts: u32) -> Result<()>;
+}
+
+/// What every republishing acker keeps: its lease and where it stands in the attempts.
+pub(crate) struct Holding {
+    /// The client-kept lease.
+    pub(crate) lease: ClientLease,
+    /// This delivery's attempt (1 on the first).
+    pub(crate) attempt: u32,
+    /// The queue's `max_attempts`.
+    pub(crate) max_attempts: u32,
+}
+
+impl Holding {
+    pub(crate) fn new(options: &QueueOptions, attempt: u32) -> Self {
+        Self { lease: ClientLease::new(options.visibility_timeout), attempt, max_attempts: options.max_attempts }
+    }
 }
 
 /// Where a republished copy carries the attempts counted before it.
@@ -61,10 +83,10 @@ impl<R: Republish> Republishing<R> {
     pub(crate) fn start(inner: std::sync::Arc<R>) -> Self {
         let timer = std::sync::Arc::clone(&inner);
         tokio::spawn(async move {
-            if !timer.lease().expired().await || timer.still_held("expire").is_err() {
+            if !timer.held().lease.expired().await || timer.still_held("expire").is_err() {
                 return;
             }
-            let (attempt, max) = (timer.attempt(), timer.max_attempts());
+            let Holding { attempt, max_attempts: max, .. } = *timer.held();
             let _ = if attempt >= max {
                 timer.move_to_dlq(&format!("lease expired on each of {max} attempts"), attempt).await
             } else {
@@ -76,12 +98,12 @@ impl<R: Republish> Republishing<R> {
 
     fn take(&self, op: &'static str) -> Result<()> {
         self.0.still_held(op)?;
-        self.0.lease().take(R::BACKEND, op)
+        self.0.held().lease.take(R::BACKEND, op)
     }
 
     fn finish<T>(&self, result: Result<T>) -> Result<T> {
         if result.is_err() && self.0.still_held("settle").is_ok() {
-            self.0.lease().untake();
+            self.0.held().lease.untake();
         }
         result
     }
@@ -103,7 +125,7 @@ impl<R: Republish> Acker for Republishing<R> {
 
     async fn nack(&self, delay: Option<Duration>, reason: Option<&str>) -> Result<bool> {
         self.take("nack")?;
-        let (attempt, max) = (self.0.attempt(), self.0.max_attempts());
+        let Holding { attempt, max_attempts: max, .. } = *self.0.held();
         let r = if attempt >= max {
             self.0.move_to_dlq(&exhausted_reason(max, reason), attempt).await.map(|()| true)
         } else {
@@ -114,19 +136,19 @@ impl<R: Republish> Acker for Republishing<R> {
 
     async fn dead_letter(&self, reason: &str) -> Result<()> {
         self.take("dead_letter")?;
-        let r = self.0.move_to_dlq(reason, self.0.attempt()).await;
+        let r = self.0.move_to_dlq(reason, self.0.held().attempt).await;
         self.finish(r)
     }
 
     async fn extend(&self, lease: Duration) -> Result<()> {
         self.0.still_held("extend")?;
-        self.0.lease().extend(R::BACKEND, lease)
+        self.0.held().lease.extend(R::BACKEND, lease)
     }
 
     async fn release(&self) -> Result<()> {
         self.take("release")?;
         // A copy that does not count this delivery, then the original goes.
-        let r = self.0.requeue(None, self.0.attempt() - 1).await;
+        let r = self.0.requeue(None, self.0.held().attempt - 1).await;
         self.finish(r)
     }
 }

@@ -76,6 +76,29 @@ impl Claimed {
     }
 }
 
+/// A lease as its holder names it: message `id` of `queue`, held by `token`, at
+/// `now_ms` (a lease is held while the message's token is `token` and its `visible_at`
+/// is after `now_ms`).
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Lease<'a> {
+    /// The queue.
+    pub queue: &'a str,
+    /// The store's id of the message.
+    pub id: &'a str,
+    /// The holder's token.
+    pub token: &'a str,
+    /// Now, in ms since the epoch.
+    pub now_ms: i64,
+}
+
+impl<'a> Lease<'a> {
+    /// Names a lease.
+    pub fn new(queue: &'a str, id: &'a str, token: &'a str, now_ms: i64) -> Self {
+        Self { queue, id, token, now_ms }
+    }
+}
+
 /// How the holder of a lease gives it back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -111,8 +134,11 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
     /// The backend's name.
     fn backend(&self) -> &'static str;
 
-    /// The backend's limits (delay, dedup and the rest are provided by `LeasedQueue`).
-    fn capabilities(&self) -> Capabilities;
+    /// The backend's limits (delay, dedup and the rest are provided by `LeasedQueue`):
+    /// the defaults unless the store says otherwise.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
 
     /// Where it lives, for `Display` (`127.0.0.1:6379`, a file name).
     fn location(&self) -> String;
@@ -131,41 +157,25 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
     /// says `false` only while its wake-ups reach waiting receives.
     async fn claim(&self, queue: &str, max: usize, now_ms: i64, lease_until_ms: i64, token: &str) -> Result<Claimed>;
 
-    /// Deletes the message if `token` holds its lease; `false` otherwise.
-    async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool>;
+    /// Deletes the message if the lease is held; `false` otherwise.
+    async fn ack(&self, lease: Lease<'_>) -> Result<bool>;
 
     /// Acks several messages in one round trip: for each `(id, token)`, whether its
     /// lease was held and it is gone. Stores without a batch form return `None`, and
     /// acks then go one by one.
     async fn ack_many(&self, queue: &str, items: &[(&str, &str)], now_ms: i64) -> Result<Option<Vec<bool>>>;
 
-    /// If `token` holds the lease: clears it, sets `visible_at`, and, as `how` says,
-    /// records the first failure (at `now_ms`, when none was) or takes back the attempt
-    /// this delivery counted. `false` when the lease was lost.
-    async fn release(
-        &self,
-        queue: &str,
-        id: &str,
-        token: &str,
-        now_ms: i64,
-        visible_at_ms: i64,
-        how: Release,
-    ) -> Result<bool>;
+    /// If the lease is held: clears it, sets `visible_at`, and, as `how` says, records
+    /// the first failure (at the lease's `now_ms`, when none was) or takes back the
+    /// attempt this delivery counted. `false` when the lease was lost.
+    async fn release(&self, lease: Lease<'_>, visible_at_ms: i64, how: Release) -> Result<bool>;
 
-    /// Moves the lease on to `until_ms` if `token` holds it.
-    async fn extend(&self, queue: &str, id: &str, token: &str, now_ms: i64, until_ms: i64) -> Result<bool>;
+    /// Moves the lease on to `until_ms` if it is held.
+    async fn extend(&self, lease: Lease<'_>, until_ms: i64) -> Result<bool>;
 
-    /// If `token` holds the lease: moves the message to queue `target`, visible now,
-    /// with `headers`, attempts 0 and no first failure.
-    async fn move_to(
-        &self,
-        queue: &str,
-        id: &str,
-        token: &str,
-        now_ms: i64,
-        target: &str,
-        headers: &Headers,
-    ) -> Result<bool>;
+    /// If the lease is held: moves the message to queue `target`, visible now, with
+    /// `headers`, attempts 0 and no first failure.
+    async fn move_to(&self, lease: Lease<'_>, target: &str, headers: &Headers) -> Result<bool>;
 
     /// Up to `limit` messages of `queue`, oldest first, without claiming them.
     async fn peek(&self, queue: &str, limit: usize) -> Result<Vec<StoredMessage>>;
@@ -184,8 +194,10 @@ pub trait LeaseStore: Debug + Send + Sync + 'static {
     fn max_poll_interval(&self) -> Duration;
 
     /// Whether concurrent acks should be gathered into `ack_many` calls (stores
-    /// behind a network round trip); in-process stores ack directly.
-    fn groups_acks(&self) -> bool;
+    /// behind a network round trip, the default); in-process stores ack directly.
+    fn groups_acks(&self) -> bool {
+        true
+    }
 
     /// Releases connections.
     async fn close(&self) -> Result<()>;
@@ -221,7 +233,7 @@ impl<S: LeaseStore> Inner<S> {
         });
         let (done, wait) = tokio::sync::oneshot::channel();
         if tx.send((id.to_owned(), Arc::clone(token), done)).is_err() {
-            return self.store.ack(&self.options.queue, id, token, now_ms()).await;
+            return self.store.ack(Lease::new(&self.options.queue, id, token, now_ms())).await;
         }
         match wait.await {
             Ok(result) => result,
@@ -258,8 +270,10 @@ async fn ack_batch<S: LeaseStore>(inner: &Inner<S>, mut batch: Vec<PendingAck>) 
             }
         }
         Ok(None) => {
-            let results =
-                futures::future::join_all(batch.iter().map(|(id, t, _)| inner.store.ack(queue, id, t, now))).await;
+            let results = futures::future::join_all(
+                batch.iter().map(|(id, t, _)| inner.store.ack(Lease::new(queue, id, t, now))),
+            )
+            .await;
             for ((_, _, done), r) in batch.drain(..).zip(results) {
                 let _ = done.send(r);
             }
@@ -390,7 +404,8 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
                         m.attempts - 1,
                         m.first_failure_ms.and_then(time_of),
                     );
-                    inner.store.move_to(queue, &m.id, &token, now, &inner.options.dead_letter, &headers).await?;
+                    let lease = Lease::new(queue, &m.id, &token, now);
+                    inner.store.move_to(lease, &inner.options.dead_letter, &headers).await?;
                     continue;
                 }
                 let acker = LeaseAcker {
@@ -455,12 +470,17 @@ impl<S: LeaseStore> LeaseAcker<S> {
         if held { Ok(()) } else { Err(self.lost(op)) }
     }
 
+    /// This delivery's lease, at `now_ms`.
+    fn lease(&self, now_ms: i64) -> Lease<'_> {
+        Lease::new(&self.inner.options.queue, &self.id, &self.token, now_ms)
+    }
+
     async fn move_to_dlq(&self, reason: &str, op: &'static str) -> Result<()> {
         let o = &self.inner.options;
         let now = now_ms();
         let first = self.first_failure_ms.unwrap_or(now);
         let headers = dead_letter_headers(&self.headers, reason, &o.queue, self.attempts, time_of(first));
-        let held = self.inner.store.move_to(&o.queue, &self.id, &self.token, now, &o.dead_letter, &headers).await?;
+        let held = self.inner.store.move_to(self.lease(now), &o.dead_letter, &headers).await?;
         self.check(held, op)
     }
 }
@@ -471,7 +491,7 @@ impl<S: LeaseStore> Acker for LeaseAcker<S> {
         let held = if self.inner.store.groups_acks() {
             self.inner.ack(&self.id, &self.token).await?
         } else {
-            self.inner.store.ack(&self.inner.options.queue, &self.id, &self.token, now_ms()).await?
+            self.inner.store.ack(self.lease(now_ms())).await?
         };
         self.check(held, "ack")
     }
@@ -484,8 +504,7 @@ impl<S: LeaseStore> Acker for LeaseAcker<S> {
         }
         let now = now_ms();
         let visible = now + delay.map(ms).unwrap_or(0);
-        let q = &self.inner.options.queue;
-        let held = self.inner.store.release(q, &self.id, &self.token, now, visible, Release::Failed).await?;
+        let held = self.inner.store.release(self.lease(now), visible, Release::Failed).await?;
         self.check(held, "nack").map(|()| false)
     }
 
@@ -495,15 +514,13 @@ impl<S: LeaseStore> Acker for LeaseAcker<S> {
 
     async fn extend(&self, lease: Duration) -> Result<()> {
         let now = now_ms();
-        let q = &self.inner.options.queue;
-        let held = self.inner.store.extend(q, &self.id, &self.token, now, now + ms(lease)).await?;
+        let held = self.inner.store.extend(self.lease(now), now + ms(lease)).await?;
         self.check(held, "extend")
     }
 
     async fn release(&self) -> Result<()> {
         let now = now_ms();
-        let q = &self.inner.options.queue;
-        let held = self.inner.store.release(q, &self.id, &self.token, now, now, Release::Unstarted).await?;
+        let held = self.inner.store.release(self.lease(now), now, Release::Unstarted).await?;
         self.check(held, "release")
     }
 

@@ -60,8 +60,7 @@ use tokio_util::sync::CancellationToken;
 use self::link::{Failure, Link, Sink, TIMEOUT, error, lock};
 use crate::QueueHandle;
 use crate::driver::dead_letter_headers;
-use crate::lease::client::ClientLease;
-use crate::lease::republish::{ATTEMPTS_BASE, FIRST_FAILURE, Republish, Republishing, requeue_marks};
+use crate::lease::republish::{ATTEMPTS_BASE, FIRST_FAILURE, Holding, Republish, Republishing, requeue_marks};
 use crate::options::{QueueOptions, QueueUrl, percent_decode};
 use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
 
@@ -526,10 +525,9 @@ impl MqttQueue {
             publish: held.publish,
             id: id.clone(),
             headers: c.headers.clone(),
-            attempt,
             first_failure: c.first_failure,
             options: o.clone(),
-            lease: ClientLease::new(o.visibility_timeout),
+            held: Holding::new(o, attempt),
         });
         if attempt > o.max_attempts {
             let reason = format!("lease expired on each of {} attempts", attempt - 1);
@@ -714,34 +712,22 @@ struct MqttAcker {
     publish: Publish,
     id: String,
     headers: Headers,
-    attempt: u32,
     first_failure: Option<String>,
     options: QueueOptions,
-    lease: ClientLease,
+    held: Holding,
 }
 
 #[async_trait]
 impl Republish for MqttAcker {
     const BACKEND: &'static str = "mqtt";
 
-    fn lease(&self) -> &ClientLease {
-        &self.lease
-    }
-
-    fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    fn max_attempts(&self) -> u32 {
-        self.options.max_attempts
+    fn held(&self) -> &Holding {
+        &self.held
     }
 
     /// Once the connection it came on is gone, the broker gives the message out again.
-    fn still_held(&self, op: &'static str) -> Result<()> {
-        if self.link.is_alive() {
-            return Ok(());
-        }
-        Err(Error::conflict("lease was lost (the connection dropped)").with_backend("mqtt").with_op(op))
+    fn lost(&self) -> Option<&'static str> {
+        (!self.link.is_alive()).then_some("the connection dropped")
     }
 
     fn ack_original(&self) -> Result<()> {

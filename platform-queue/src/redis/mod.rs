@@ -64,11 +64,11 @@ mod scripts;
 use self::entry::{decode_claim, entry, message_of, prefix};
 use self::scripts::{ACK, ACK_MANY, EXTEND, INSERT, MAINTAIN, MOVE, REDRIVE, RELEASE};
 
+use crate::Headers;
 use crate::QueueHandle;
-use crate::lease::{Claimed, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
+use crate::lease::{Claimed, Lease, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
 use crate::message::encode_headers;
 use crate::options::QueueUrl;
-use crate::{Capabilities, Headers};
 
 /// The longest a handle's claims go without asking whether a delay or a lease is due.
 const PROBE_EVERY_MS: i64 = 20;
@@ -333,10 +333,6 @@ impl LeaseStore for RedisStore {
         "redis"
     }
 
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::default()
-    }
-
     fn location(&self) -> String {
         self.location.clone()
     }
@@ -402,12 +398,12 @@ impl LeaseStore for RedisStore {
         }
     }
 
-    async fn ack(&self, queue: &str, id: &str, token: &str, now_ms: i64) -> Result<bool> {
+    async fn ack(&self, l: Lease<'_>) -> Result<bool> {
         let n: i64 = ACK
-            .arg(prefix(queue))
-            .arg(id)
-            .arg(token)
-            .arg(now_ms)
+            .arg(prefix(l.queue))
+            .arg(l.id)
+            .arg(l.token)
+            .arg(l.now_ms)
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(map_err)?;
@@ -439,21 +435,13 @@ impl LeaseStore for RedisStore {
         Ok(Some(out))
     }
 
-    async fn release(
-        &self,
-        queue: &str,
-        id: &str,
-        token: &str,
-        now_ms: i64,
-        visible_at_ms: i64,
-        how: Release,
-    ) -> Result<bool> {
+    async fn release(&self, l: Lease<'_>, visible_at_ms: i64, how: Release) -> Result<bool> {
         let (failed, refund) = (how.records_failure(), how.refund());
         let n: i64 = RELEASE
-            .arg(prefix(queue))
-            .arg(id)
-            .arg(token)
-            .arg(now_ms)
+            .arg(prefix(l.queue))
+            .arg(l.id)
+            .arg(l.token)
+            .arg(l.now_ms)
             .arg(visible_at_ms)
             .arg(u8::from(failed))
             .arg(refund)
@@ -463,12 +451,12 @@ impl LeaseStore for RedisStore {
         Ok(n == 1)
     }
 
-    async fn extend(&self, queue: &str, id: &str, token: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+    async fn extend(&self, l: Lease<'_>, until_ms: i64) -> Result<bool> {
         let n: i64 = EXTEND
-            .arg(prefix(queue))
-            .arg(id)
-            .arg(token)
-            .arg(now_ms)
+            .arg(prefix(l.queue))
+            .arg(l.id)
+            .arg(l.token)
+            .arg(l.now_ms)
             .arg(until_ms)
             .invoke_async(&mut self.conn.clone())
             .await
@@ -476,22 +464,14 @@ impl LeaseStore for RedisStore {
         Ok(n == 1)
     }
 
-    async fn move_to(
-        &self,
-        queue: &str,
-        id: &str,
-        token: &str,
-        now_ms: i64,
-        target: &str,
-        headers: &Headers,
-    ) -> Result<bool> {
+    async fn move_to(&self, l: Lease<'_>, target: &str, headers: &Headers) -> Result<bool> {
         let heads = if headers.is_empty() { String::new() } else { encode_headers(headers) };
         let n: i64 = MOVE
-            .arg(prefix(queue))
+            .arg(prefix(l.queue))
             .arg(prefix(target))
-            .arg(id)
-            .arg(token)
-            .arg(now_ms)
+            .arg(l.id)
+            .arg(l.token)
+            .arg(l.now_ms)
             .arg(heads)
             .invoke_async(&mut self.conn.clone())
             .await
@@ -546,10 +526,6 @@ impl LeaseStore for RedisStore {
         }
         self.ensure_listener();
         let _ = tokio::time::timeout(timeout, self.wake.notified()).await;
-    }
-
-    fn groups_acks(&self) -> bool {
-        true
     }
 
     fn max_poll_interval(&self) -> Duration {

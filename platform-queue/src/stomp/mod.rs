@@ -51,8 +51,7 @@ use self::client::{Conn, Connect, Subscription};
 use self::frame::Frame;
 use crate::QueueHandle;
 use crate::driver::dead_letter_headers;
-use crate::lease::client::ClientLease;
-use crate::lease::republish::{ATTEMPTS_BASE, FIRST_FAILURE, Republish, Republishing, requeue_marks};
+use crate::lease::republish::{ATTEMPTS_BASE, FIRST_FAILURE, Holding, Republish, Republishing, requeue_marks};
 use crate::message::{decode_headers, encode_headers};
 use crate::options::{QueueOptions, QueueUrl, percent_decode};
 use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
@@ -291,16 +290,14 @@ impl StompQueue {
         let attempt = base + 1 + u32::from(redelivered);
         let o = &self.shared.options;
         let id = frame.get("message-id").unwrap_or(&ack_id).to_owned();
-        let state = ClientLease::new(o.visibility_timeout);
         let acker = Arc::new(StompAcker {
             shared: Arc::clone(&self.shared),
             conn: Arc::clone(conn),
             ack_id,
             body: frame.body.clone(),
             headers: headers.clone(),
-            attempt,
             first_failure,
-            state,
+            held: Holding::new(o, attempt),
         });
         if attempt > o.max_attempts {
             // Redelivered by the broker past the limit (its holders crashed).
@@ -509,33 +506,21 @@ struct StompAcker {
     ack_id: String,
     body: Bytes,
     headers: Headers,
-    attempt: u32,
     first_failure: Option<String>,
-    state: ClientLease,
+    held: Holding,
 }
 
 #[async_trait]
 impl Republish for StompAcker {
     const BACKEND: &'static str = "stomp";
 
-    fn lease(&self) -> &ClientLease {
-        &self.state
-    }
-
-    fn attempt(&self) -> u32 {
-        self.attempt
-    }
-
-    fn max_attempts(&self) -> u32 {
-        self.shared.options.max_attempts
+    fn held(&self) -> &Holding {
+        &self.held
     }
 
     /// Once the connection it came on is gone, the broker has taken the message back.
-    fn still_held(&self, op: &'static str) -> Result<()> {
-        if self.conn.is_alive() {
-            return Ok(());
-        }
-        Err(Error::conflict("lease was lost (the connection dropped)").with_backend("stomp").with_op(op))
+    fn lost(&self) -> Option<&'static str> {
+        (!self.conn.is_alive()).then_some("the connection dropped")
     }
 
     /// Acknowledges the original without waiting for a receipt: frames on a connection
