@@ -28,65 +28,31 @@ fn create_bucket(endpoint: &str, bucket: &str) {
     assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
 }
 
-struct Tansu {
-    bin: PathBuf,
-    endpoint: String,
-    bucket: String,
-    port: u16,
-    child: Option<Child>,
-}
-
-impl Tansu {
-    fn start_process(&mut self) {
-        let listener = format!("tcp://127.0.0.1:{}", self.port);
-        let mut cmd = Command::new(&self.bin);
-        cmd.args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
-            .args(["--storage-engine", &format!("s3://{}/", self.bucket)])
-            .env("AWS_ENDPOINT", &self.endpoint)
-            .env("AWS_ALLOW_HTTP", "true")
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .env("AWS_DEFAULT_REGION", "us-east-1")
-            .env("AWS_REGION", "us-east-1");
-        self.child = Some(spawn(&mut cmd));
-    }
-}
-
-impl Restartable for Tansu {
-    fn port(&self) -> u16 {
-        self.port
-    }
-
-    fn child(&mut self) -> &mut Option<Child> {
-        &mut self.child
-    }
-
-    fn spawn(&mut self) {
-        self.start_process();
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            kill(c);
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_kill_and_restart_loses_nothing() {
     let Some(endpoint) = platform_core::testkit::server_url("S3") else { return };
     let Some(bin) = tansu_binary() else { return missing("tansu") };
     let bucket = unique_name("tansu");
     create_bucket(&endpoint, &bucket);
-    let mut server = Tansu { bin, endpoint, bucket, port: free_port(), child: None };
-    server.spawn();
-    wait_port(server.port, true).await;
-    let url = format!("kafka://127.0.0.1:{}?queue={}&visibility_timeout=5s", server.port, unique_name("fault"));
+    let port = free_port();
+    let mut server = Private::start(port, None, move || {
+        let listener = format!("tcp://127.0.0.1:{port}");
+        let mut cmd = Command::new(&bin);
+        cmd.args(["broker", "--listener-url", &listener, "--advertised-listener-url", &listener])
+            .args(["--storage-engine", &format!("s3://{bucket}/")])
+            .env("AWS_ENDPOINT", &endpoint)
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_DEFAULT_REGION", "us-east-1")
+            .env("AWS_REGION", "us-east-1");
+        cmd
+    })
+    .await;
+    let url = format!("kafka://127.0.0.1:{port}?queue={}&visibility_timeout=5s", unique_name("fault"));
     let queue =
         eventually(Duration::from_secs(30), || async { platform_queue::open(&url).await.ok() }).await.expect("open");
     let total = 300;
-    let (received, duplicates) = run_through_crash(queue, total, || kill_and_restart(&mut server)).await;
+    let (received, duplicates) = run_through_crash(queue, total, || server.kill_and_restart()).await;
     report("kafka on tansu", total, received, duplicates);
 }

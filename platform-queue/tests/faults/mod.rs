@@ -124,18 +124,41 @@ where
     (seen.len(), duplicates)
 }
 
-/// A private server that a fault test kills with SIGKILL and starts again on its data.
-trait Restartable {
-    fn port(&self) -> u16;
-    fn child(&mut self) -> &mut Option<Child>;
-    fn spawn(&mut self);
+/// A private server that a fault test kills with SIGKILL and starts again on its data:
+/// `command` starts it listening on `port`; `dir`, its data, is removed on drop.
+struct Private {
+    port: u16,
+    dir: Option<PathBuf>,
+    command: Box<dyn Fn() -> Command + Send>,
+    child: Option<Child>,
 }
 
-async fn kill_and_restart(server: &mut impl Restartable) {
-    kill(server.child().as_mut().expect("running"));
-    wait_port(server.port(), false).await;
-    server.spawn();
-    wait_port(server.port(), true).await;
+impl Private {
+    /// Starts the server and waits until it listens.
+    async fn start(port: u16, dir: Option<PathBuf>, command: impl Fn() -> Command + Send + 'static) -> Self {
+        let mut s = Self { port, dir, command: Box::new(command), child: None };
+        s.child = Some(spawn(&mut (s.command)()));
+        wait_port(port, true).await;
+        s
+    }
+
+    async fn kill_and_restart(&mut self) {
+        kill(self.child.as_mut().expect("running"));
+        wait_port(self.port, false).await;
+        self.child = Some(spawn(&mut (self.command)()));
+        wait_port(self.port, true).await;
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.child {
+            kill(c);
+        }
+        if let Some(dir) = &self.dir {
+            remove_dir(dir);
+        }
+    }
 }
 
 fn report(backend: &str, total: usize, received: usize, duplicates: usize) {
