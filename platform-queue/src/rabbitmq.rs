@@ -1,14 +1,17 @@
 //! RabbitMQ queues: `amqp://user:password@host:5672/vhost?queue=jobs`.
 //!
-//! - [x] a durable quorum queue per queue name; publisher confirms on every send
-//! - [x] manual acks; the lease is kept by the client: a delivery not settled within
-//!   the visibility timeout is returned to the queue (`basic.nack` with requeue), and a
-//!   crashed consumer's channel closes, which returns its messages too
-//! - [x] a receive works on a channel of its own, reused by a later receive once every
-//!   message taken on it was settled (up to 16 idle per handle); one that a dropped
-//!   delivery, an error or a cancelled receive left unsettled is closed instead
+//! - [x] a durable quorum queue per queue name (`queue_type=classic` for a classic
+//!   one); publisher confirms on every send, a batch's confirms awaited together
+//! - [x] receives take from a push consumer (`basic.consume`) with a prefetch window
+//!   (`prefetch`, default 32 unacked per handle): messages wait in the client before a
+//!   receive asks, so a receive costs no round trip while the window holds some
+//! - [x] manual acks; the lease is kept by the client and starts when a receive hands
+//!   the message out: a delivery not settled within the visibility timeout, or dropped
+//!   unsettled, is returned to the queue, and a crashed consumer's connection closes,
+//!   which returns everything it held (prefetched messages too)
 //! - [x] attempts from the quorum queue's `x-delivery-count`, plus what was carried
-//!   across delays
+//!   across delays; a classic queue counts only whether a message was redelivered, so
+//!   there every nack and expired lease republishes a copy that carries its attempts
 //! - [x] delay and `nack(delay)`: a durable holding queue per delay length
 //!   (`<queue>.delay.<ms>`, TTL, dead-lettered back into the queue); no plugin needed
 //!   and no head-of-line blocking between different delays
@@ -18,18 +21,27 @@
 //!
 //! Headers travel as AMQP string headers, exactly. TLS (`amqps://`) is not compiled in.
 //!
-//! URL: `amqp://[user:password@]host[:port][/vhost]` plus the common parameters.
+//! URL: `amqp://[user:password@]host[:port][/vhost]` plus the common parameters,
+//! `queue_type` (`quorum`, the default, or `classic`) and `prefetch` (1 to 65535).
+//!
+//! What the queue type costs: a quorum queue replicates and fsyncs every message
+//! (Raft) and counts deliveries itself; a classic queue is faster to publish to and
+//! consume from, keeps messages on one node, and loses the broker's delivery count.
+//! A queue that exists already keeps its type: opening it as the other is a `Conflict`.
+//! A larger `prefetch` takes more messages per round trip, and holds them from other
+//! consumers until this handle's receives take them.
 
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use futures::{FutureExt as _, StreamExt as _};
 use lapin::message::Delivery as AmqpDelivery;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions,
+    ConfirmSelectOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
@@ -124,13 +136,33 @@ fn persistent(headers: FieldTable) -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2).with_headers(headers)
 }
 
+/// Which kind of RabbitMQ queue holds the messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueType {
+    /// Replicated; counts deliveries (`x-delivery-count`).
+    Quorum,
+    /// One node; says only whether a message was redelivered.
+    Classic,
+}
+
+/// Unacked messages a handle's consumer holds at most, unless `prefetch` says.
+const DEFAULT_PREFETCH: u16 = 32;
+
+/// The push consumer of a handle, on a channel of its own.
+struct Consumer {
+    channel: Channel,
+    stream: lapin::Consumer,
+}
+
 struct Shared {
     conn: Connection,
     publisher: Channel,
     options: QueueOptions,
+    queue_type: QueueType,
+    prefetch: u16,
     declared_delays: Mutex<std::collections::HashSet<u64>>,
-    /// Receive channels whose deliveries were all settled, kept for the next receive.
-    idle_channels: Mutex<Vec<Channel>>,
+    /// Started by the first receive, and again after its channel closed.
+    consumer: tokio::sync::Mutex<Option<Consumer>>,
 }
 
 impl Shared {
@@ -146,6 +178,18 @@ impl Shared {
                 Err(Error::unavailable("broker refused the message (nack)").with_backend("rabbitmq"))
             }
         }
+    }
+
+    /// Starts consuming the queue on a fresh channel, at most `prefetch` unacked.
+    async fn consume(&self) -> Result<Consumer> {
+        let channel = self.conn.create_channel().await.map_err(map_err)?;
+        channel.basic_qos(self.prefetch, BasicQosOptions::default()).await.map_err(map_err)?;
+        let queue: ShortString = self.options.queue.as_str().into();
+        let stream = channel
+            .basic_consume(queue, "".into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await
+            .map_err(map_err)?;
+        Ok(Consumer { channel, stream })
     }
 
     /// The holding queue for `delay`: messages wait there, then return to the queue.
@@ -191,17 +235,33 @@ impl fmt::Display for RabbitMqQueue {
 impl RabbitMqQueue {
     /// Opens a queue from `amqp://…`, declaring it and its dead-letter queue.
     pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
-        let u = QueueUrl::parse(url)?;
+        let mut u = QueueUrl::parse(url)?;
+        let queue_type = match u.take("queue_type").as_deref() {
+            None | Some("quorum") => QueueType::Quorum,
+            Some("classic") => QueueType::Classic,
+            Some(other) => {
+                return Err(platform_core::config::url_error(
+                    "rabbitmq",
+                    "queue_type",
+                    &format!("`{other}` is not a queue type (quorum or classic)"),
+                ));
+            }
+        };
+        let prefetch = u.take_parsed::<u16>("prefetch")?.unwrap_or(DEFAULT_PREFETCH);
+        if prefetch == 0 {
+            return Err(platform_core::config::url_error("rabbitmq", "prefetch", "must be at least 1"));
+        }
         u.finish("rabbitmq")?;
         let location = format!("{}:{}", u.url().host_str().unwrap_or("localhost"), u.url().port().unwrap_or(5672));
         let conn = Connection::connect(&u.driver_url(&[]), ConnectionProperties::default()).await.map_err(map_err)?;
         let publisher = conn.create_channel().await.map_err(map_err)?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await.map_err(map_err)?;
         let o = &u.options;
-        let mut quorum = FieldTable::default();
-        quorum.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        let mut args = FieldTable::default();
+        let kind = if queue_type == QueueType::Quorum { "quorum" } else { "classic" };
+        args.insert("x-queue-type".into(), AMQPValue::LongString(kind.into()));
         let durable = QueueDeclareOptions { durable: true, ..Default::default() };
-        publisher.queue_declare(o.queue.as_str().into(), durable, quorum).await.map_err(map_err)?;
+        publisher.queue_declare(o.queue.as_str().into(), durable, args).await.map_err(map_err)?;
         publisher
             .queue_declare(o.dead_letter.as_str().into(), durable, FieldTable::default())
             .await
@@ -210,99 +270,90 @@ impl RabbitMqQueue {
             conn,
             publisher,
             options: u.options,
+            queue_type,
+            prefetch,
             declared_delays: Mutex::default(),
-            idle_channels: Mutex::default(),
+            consumer: tokio::sync::Mutex::default(),
         });
         Ok(QueueHandle::new(Self { shared, location }))
     }
 
-    async fn deliver(&self, channel: &Arc<ChannelGuard>, d: AmqpDelivery) -> Result<Option<Delivery>> {
+    async fn deliver(&self, d: AmqpDelivery) -> Result<Option<Delivery>> {
         let (headers, delivery_count, base, first_failure) = read_headers(&d.properties);
-        let attempt = base + delivery_count + 1;
+        let redeliveries = match self.shared.queue_type {
+            QueueType::Quorum => delivery_count,
+            QueueType::Classic => u32::from(d.redelivered),
+        };
+        let attempt = base + redeliveries + 1;
         let o = &self.shared.options;
-        let state = Arc::new(ClientLease::new(o.visibility_timeout));
         let body = Bytes::from(d.data);
-        let acker = RabbitAcker {
+        let inner = Arc::new(Held {
             shared: Arc::clone(&self.shared),
-            channel: Arc::clone(channel),
             body: body.clone(),
             headers: headers.clone(),
             attempt,
             first_failure,
-            state: Arc::clone(&state),
-            amqp: d.acker.clone(),
-        };
+            state: ClientLease::new(o.visibility_timeout),
+            amqp: d.acker,
+        });
         if attempt > o.max_attempts {
             let reason = format!("lease expired on each of {} attempts", attempt - 1);
-            acker.move_to_dlq(&reason, attempt - 1).await?;
-            channel.settled();
+            inner.state.take("rabbitmq", "receive")?;
+            if let Err(e) = inner.move_to_dlq(&reason, attempt - 1).await {
+                // Back to the queue: the next delivery tries again.
+                let _ = inner.amqp.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+                return Err(e);
+            }
             return Ok(None);
         }
         // The client keeps the lease: past it, the message goes back to the queue.
-        let timer_acker = d.acker.clone();
+        let timer = Arc::clone(&inner);
         tokio::spawn(async move {
-            if state.expired().await {
-                let _ = timer_acker.nack(BasicNackOptions { requeue: true, multiple: false }).await;
+            if timer.state.expired().await {
+                let _ = timer.give_back(timer.attempt).await;
             }
         });
         let id = d.delivery_tag.to_string();
-        Ok(Some(Delivery::new(id, body, headers, attempt, o.visibility_timeout, Box::new(acker))))
-    }
-}
-
-/// A receive's channel. When its last delivery is gone it is kept for the next
-/// receive if every message taken on it was settled, and closed otherwise: the broker
-/// then requeues what was not settled (a delivery dropped mid-job comes back at once).
-struct ChannelGuard {
-    channel: Channel,
-    shared: Arc<Shared>,
-    /// Messages taken on this channel and not yet acked, nacked or moved, plus one
-    /// while the receive runs: a receive that fails or is cancelled midway may have
-    /// left messages on the channel unseen, so it is closed, never reused.
-    outstanding: AtomicUsize,
-}
-
-impl ChannelGuard {
-    /// An idle channel of this queue, or a new one.
-    async fn take(shared: &Arc<Shared>) -> Result<Self> {
-        let idle = {
-            let mut idle = shared.idle_channels.lock().unwrap_or_else(|e| e.into_inner());
-            std::iter::from_fn(|| idle.pop()).find(|c| c.status().connected())
-        };
-        let channel = match idle {
-            Some(c) => c,
-            None => shared.conn.create_channel().await.map_err(map_err)?,
-        };
-        Ok(Self { channel, shared: Arc::clone(shared), outstanding: AtomicUsize::new(1) })
+        Ok(Some(Delivery::new(id, body, headers, attempt, o.visibility_timeout, Box::new(RabbitAcker(inner)))))
     }
 
-    fn taken(&self) {
-        self.outstanding.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn settled(&self) {
-        self.outstanding.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Idle receive channels kept per queue handle.
-const IDLE_CHANNELS: usize = 16;
-
-impl Drop for ChannelGuard {
-    fn drop(&mut self) {
-        if *self.outstanding.get_mut() == 0 && self.channel.status().connected() {
-            let mut idle = self.shared.idle_channels.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.len() < IDLE_CHANNELS {
-                idle.push(self.channel.clone());
-                return;
+    /// Takes what the consumer holds, up to `max`, waiting until `deadline` for the
+    /// first. A consumer whose channel failed is dropped, and the next receive starts
+    /// another (the broker requeued what the old one held).
+    async fn take(&self, max: usize, deadline: tokio::time::Instant) -> Result<Vec<Delivery>> {
+        let mut slot = self.shared.consumer.lock().await;
+        if slot.as_ref().is_none_or(|c| !c.channel.status().connected()) {
+            *slot = Some(self.shared.consume().await?);
+        }
+        let mut out = Vec::new();
+        while let Some(consumer) = slot.as_mut() {
+            let next = if out.is_empty() {
+                match tokio::time::timeout_at(deadline, consumer.stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                }
+            } else {
+                match consumer.stream.next().now_or_never() {
+                    Some(next) => next,
+                    None => break,
+                }
+            };
+            match next {
+                Some(Ok(d)) => out.extend(self.deliver(d).await?),
+                Some(Err(e)) => {
+                    *slot = None;
+                    return Err(map_err(e));
+                }
+                None => {
+                    *slot = None;
+                    return Err(Error::unavailable("the consumer was cancelled by the broker").with_backend("rabbitmq"));
+                }
+            }
+            if out.len() >= max {
+                break;
             }
         }
-        let channel = self.channel.clone();
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = channel.close(200, "".into()).await;
-            });
-        }
+        Ok(out)
     }
 }
 
@@ -377,46 +428,7 @@ impl Queue for RabbitMqQueue {
     }
 
     async fn receive(&self, options: ReceiveOptions) -> Result<Vec<Delivery>> {
-        // One channel per receive: its deliveries are settled on it, and if this
-        // process dies the channel closes and the broker requeues them.
-        let channel = Arc::new(ChannelGuard::take(&self.shared).await?);
-        let finished = |out: Vec<Delivery>| {
-            channel.settled();
-            Ok(out)
-        };
-        let deadline = tokio::time::Instant::now() + options.wait;
-        let mut pause = Duration::from_millis(5);
-        let queue: ShortString = self.shared.options.queue.as_str().into();
-        loop {
-            let mut out = Vec::new();
-            let get = || channel.channel.basic_get(queue.clone(), BasicGetOptions { no_ack: false });
-            while out.len() < options.max {
-                let Some(first) = get().await.map_err(map_err)? else { break };
-                // The reply says how many more wait: ask for those (up to the max) at
-                // once, pipelined on the channel, instead of one round trip each.
-                let more = usize::try_from(first.message_count).unwrap_or(usize::MAX).min(options.max - out.len() - 1);
-                let rest = futures::future::join_all((0..more).map(|_| get())).await;
-                let mut drained = false;
-                for got in std::iter::once(Ok(Some(first))).chain(rest) {
-                    match got.map_err(map_err)? {
-                        Some(got) => {
-                            channel.taken();
-                            out.extend(self.deliver(&channel, got.delivery).await?);
-                        }
-                        None => drained = true,
-                    }
-                }
-                if drained {
-                    break;
-                }
-            }
-            let now = tokio::time::Instant::now();
-            if !out.is_empty() || now >= deadline {
-                return finished(out);
-            }
-            tokio::time::sleep(pause.min(deadline - now)).await;
-            pause = (pause * 2).min(Duration::from_millis(100));
-        }
+        self.take(options.max, tokio::time::Instant::now() + options.wait).await
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>> {
@@ -460,43 +472,43 @@ impl Queue for RabbitMqQueue {
     }
 }
 
-struct RabbitAcker {
+/// One delivery as its acker and lease timer share it.
+struct Held {
     shared: Arc<Shared>,
-    channel: Arc<ChannelGuard>,
     body: Bytes,
     headers: Headers,
     attempt: u32,
     first_failure: Option<String>,
-    state: Arc<ClientLease>,
+    state: ClientLease,
     amqp: lapin::Acker,
 }
 
-impl fmt::Debug for RabbitAcker {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RabbitAcker").field("attempt", &self.attempt).finish_non_exhaustive()
-    }
-}
-
-impl RabbitAcker {
-    fn take(&self, op: &'static str) -> Result<()> {
-        self.state.take("rabbitmq", op)
-    }
-
-    fn untake(&self) {
-        self.state.untake();
-    }
-
-    fn finish<T>(&self, result: Result<T>) -> Result<T> {
-        if result.is_err() {
-            self.untake();
-        } else {
-            self.channel.settled();
-        }
-        result
-    }
-
+impl Held {
     fn first_failure_now(&self) -> String {
         self.first_failure.clone().unwrap_or_else(|| crate::message::rfc3339(time::OffsetDateTime::now_utc()))
+    }
+
+    /// Sends a copy that remembers `counted` attempts (and the first failure, once one
+    /// was counted) to `key`, then acks the original.
+    async fn republish(&self, key: &str, counted: u32) -> Result<()> {
+        let mut extra = vec![(ATTEMPTS_BASE, counted.to_string())];
+        if counted > 0 || self.first_failure.is_some() {
+            extra.push((FIRST_FAILURE, self.first_failure_now()));
+        }
+        let props = persistent(string_headers(&self.headers, &extra));
+        self.shared.confirm(key, &self.body, props).await?;
+        self.amqp.ack(BasicAckOptions::default()).await.map(drop).map_err(map_err)
+    }
+
+    /// Returns the message to the queue with this delivery counted as `counted`
+    /// attempts: a quorum queue counts the requeue itself, a classic one gets a copy
+    /// that carries the count.
+    async fn give_back(&self, counted: u32) -> Result<()> {
+        if self.shared.queue_type == QueueType::Quorum && counted == self.attempt {
+            let opts = BasicNackOptions { requeue: true, multiple: false };
+            return self.amqp.nack(opts).await.map(drop).map_err(map_err);
+        }
+        self.republish(&self.shared.options.queue, counted).await
     }
 
     async fn move_to_dlq(&self, reason: &str, attempts: u32) -> Result<()> {
@@ -509,39 +521,69 @@ impl RabbitAcker {
     }
 }
 
+/// The acker a [`Delivery`] holds. Dropped unsettled (a job abandoned, a receive's
+/// result thrown away), it gives the message back at once instead of at the end of
+/// its lease.
+struct RabbitAcker(Arc<Held>);
+
+impl Drop for RabbitAcker {
+    fn drop(&mut self) {
+        if self.0.state.take("rabbitmq", "drop").is_err() {
+            return;
+        }
+        let held = Arc::clone(&self.0);
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = held.give_back(held.attempt).await;
+            });
+        }
+    }
+}
+
+impl fmt::Debug for RabbitAcker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitAcker").field("attempt", &self.0.attempt).finish_non_exhaustive()
+    }
+}
+
+impl RabbitAcker {
+    fn take(&self, op: &'static str) -> Result<()> {
+        self.0.state.take("rabbitmq", op)
+    }
+
+    fn finish<T>(&self, result: Result<T>) -> Result<T> {
+        if result.is_err() {
+            self.0.state.untake();
+        }
+        result
+    }
+}
+
 #[async_trait]
 impl Acker for RabbitAcker {
     async fn ack(&self) -> Result<()> {
         self.take("ack")?;
-        let r = self.amqp.ack(BasicAckOptions::default()).await.map(drop).map_err(map_err);
+        let r = self.0.amqp.ack(BasicAckOptions::default()).await.map(drop).map_err(map_err);
         self.finish(r)
     }
 
     async fn nack(&self, delay: Option<Duration>, reason: Option<&str>) -> Result<bool> {
         self.take("nack")?;
-        let max = self.shared.options.max_attempts;
-        let r = if self.attempt >= max {
+        let (held, max) = (&self.0, self.0.shared.options.max_attempts);
+        let r = if held.attempt >= max {
             let why = exhausted_reason(max, reason);
-            self.move_to_dlq(&why, self.attempt).await.map(|()| true)
+            held.move_to_dlq(&why, held.attempt).await.map(|()| true)
         } else {
             match delay.filter(|d| !d.is_zero()) {
                 // Parked in the holding queue as a new message that remembers its attempts.
                 Some(d) => {
                     async {
-                        let key = self.shared.delay_queue(d).await?;
-                        let extra =
-                            [(ATTEMPTS_BASE, self.attempt.to_string()), (FIRST_FAILURE, self.first_failure_now())];
-                        let props = persistent(string_headers(&self.headers, &extra));
-                        self.shared.confirm(&key, &self.body, props).await?;
-                        self.amqp.ack(BasicAckOptions::default()).await.map_err(map_err)?;
-                        Ok(false)
+                        let key = held.shared.delay_queue(d).await?;
+                        held.republish(&key, held.attempt).await.map(|()| false)
                     }
                     .await
                 }
-                None => {
-                    let opts = BasicNackOptions { requeue: true, multiple: false };
-                    self.amqp.nack(opts).await.map(|_| false).map_err(map_err)
-                }
+                None => held.give_back(held.attempt).await.map(|()| false),
             }
         };
         self.finish(r)
@@ -549,28 +591,18 @@ impl Acker for RabbitAcker {
 
     async fn dead_letter(&self, reason: &str) -> Result<()> {
         self.take("dead_letter")?;
-        let r = self.move_to_dlq(reason, self.attempt).await;
+        let r = self.0.move_to_dlq(reason, self.0.attempt).await;
         self.finish(r)
     }
 
     async fn extend(&self, lease: Duration) -> Result<()> {
-        self.state.extend("rabbitmq", lease)
+        self.0.state.extend("rabbitmq", lease)
     }
 
     async fn release(&self) -> Result<()> {
         self.take("release")?;
         // A copy that does not count this delivery, then the original goes.
-        let r = async {
-            let extra = [(ATTEMPTS_BASE, (self.attempt - 1).to_string())];
-            let extra: Vec<(&str, String)> = match &self.first_failure {
-                Some(f) => vec![extra[0].clone(), (FIRST_FAILURE, f.clone())],
-                None => extra.to_vec(),
-            };
-            let props = persistent(string_headers(&self.headers, &extra));
-            self.shared.confirm(&self.shared.options.queue, &self.body, props).await?;
-            self.amqp.ack(BasicAckOptions::default()).await.map(drop).map_err(map_err)
-        }
-        .await;
+        let r = self.0.republish(&self.0.shared.options.queue, self.0.attempt - 1).await;
         self.finish(r)
     }
 }
