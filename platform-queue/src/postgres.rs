@@ -82,6 +82,28 @@ const CLAIM: &str = "WITH c AS (
          WHERE queue = $4 AND visible_at <= $3 ORDER BY visible_at, seq OFFSET $5 LIMIT 1)
      FROM c";
 
+/// Inserts a batch with dedup keys into queue `$1`: bodies `$2`, headers `$3`, visible
+/// times `$4`, keys `$5` (null for none); a fresh key is remembered until `$6`, a key
+/// is fresh when unseen or expired at `$7`. Wakes receivers on channel `$8`. Of several
+/// messages with one key, the first is the one kept.
+const INSERT_DEDUP: &str = "WITH input AS (
+       SELECT * FROM UNNEST($2::bytea[], $3::text[], $4::bigint[], $5::text[]) WITH ORDINALITY AS t(b, h, v, k, n)),
+     firsts AS (
+       SELECT DISTINCT ON (k) k, n FROM input WHERE k IS NOT NULL ORDER BY k, n),
+     fresh AS (
+       INSERT INTO platform_queue_dedup (queue, dedup_key, expires_at)
+       SELECT $1, k, $6 FROM firsts ORDER BY k
+       ON CONFLICT (queue, dedup_key) DO UPDATE SET expires_at = EXCLUDED.expires_at
+       WHERE platform_queue_dedup.expires_at <= $7
+       RETURNING dedup_key),
+     added AS (
+       INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at)
+       SELECT $1, b, h, v, $7 FROM input
+       WHERE k IS NULL OR n IN (SELECT firsts.n FROM firsts JOIN fresh ON fresh.dedup_key = firsts.k)
+       ORDER BY n
+       RETURNING 1)
+     SELECT pg_notify($8, $1) WHERE EXISTS (SELECT 1 FROM added)";
+
 const DRIVER_PARAMS: &[&str] =
     &["sslmode", "sslrootcert", "sslcert", "sslkey", "application_name", "options", "statement_cache_capacity"];
 
@@ -269,54 +291,25 @@ impl LeaseStore for PostgresStore {
             .map_err(map_err)?;
             return Ok(());
         }
-        let mut tx = self.pool.begin().await.map_err(map_err)?;
-        let mut bodies: Vec<Vec<u8>> = Vec::with_capacity(messages.len());
-        let mut headers: Vec<String> = Vec::with_capacity(messages.len());
-        let mut visible: Vec<i64> = Vec::with_capacity(messages.len());
-        for m in messages {
-            if let Some(key) = &m.dedup_key {
-                let fresh = sqlx::query(
-                    "INSERT INTO platform_queue_dedup (queue, dedup_key, expires_at) VALUES ($1, $2, $3)
-                     ON CONFLICT (queue, dedup_key) DO UPDATE SET expires_at = EXCLUDED.expires_at
-                     WHERE platform_queue_dedup.expires_at <= $4",
-                )
-                .bind(queue)
-                .bind(key)
-                .bind(dedup_until_ms)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?
-                .rows_affected();
-                if fresh == 0 {
-                    continue;
-                }
-            }
-            bodies.push(m.body.to_vec());
-            headers.push(encode_headers(&m.headers));
-            visible.push(m.visible_at_ms);
-        }
-        if !bodies.is_empty() {
-            sqlx::query(
-                "INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at)
-                 SELECT $1, b, h, v, $5 FROM UNNEST($2::bytea[], $3::text[], $4::bigint[]) AS t(b, h, v)",
-            )
+        // Dedup keys too in one statement: the first message of each key in the batch
+        // whose key is fresh (never seen, or expired) is inserted, in batch order.
+        let bodies: Vec<&[u8]> = messages.iter().map(|m| m.body.as_ref()).collect();
+        let headers: Vec<String> = messages.iter().map(|m| encode_headers(&m.headers)).collect();
+        let visible: Vec<i64> = messages.iter().map(|m| m.visible_at_ms).collect();
+        let keys: Vec<Option<&str>> = messages.iter().map(|m| m.dedup_key.as_deref()).collect();
+        sqlx::query(INSERT_DEDUP)
             .bind(queue)
             .bind(&bodies)
             .bind(&headers)
             .bind(&visible)
+            .bind(&keys)
+            .bind(dedup_until_ms)
             .bind(now_ms)
-            .execute(&mut *tx)
+            .bind(CHANNEL)
+            .execute(&self.pool)
             .await
             .map_err(map_err)?;
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(CHANNEL)
-                .bind(queue)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        }
-        tx.commit().await.map_err(map_err)
+        Ok(())
     }
 
     async fn claim(&self, queue: &str, max: usize, now_ms: i64, lease_until_ms: i64, token: &str) -> Result<Claimed> {
