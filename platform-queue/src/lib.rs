@@ -45,7 +45,7 @@ pub use message::{
 pub use options::{DEFAULT_MAX_ATTEMPTS, DEFAULT_QUEUE, DEFAULT_VISIBILITY_TIMEOUT, QueueOptions};
 pub use platform_core::{Error, ErrorKind, Result};
 pub use queue::{Queue, QueueExt, QueueHandle};
-pub use worker::{Handler, Worker, WorkerConfig, WorkerStats};
+pub use worker::{Handler, SETTLES_IN_FLIGHT, Worker, WorkerConfig, WorkerStats};
 
 /// Every scheme this build can open, in the order `open` tries them.
 pub fn schemes() -> Vec<&'static str> {

@@ -43,13 +43,30 @@ where
     }
 }
 
+/// Settles (acks, nacks) a worker keeps in flight after their handlers returned; a
+/// handler that returns while this many are in flight keeps its slot until one lands.
+pub const SETTLES_IN_FLIGHT: usize = 256;
+
 /// How a worker runs.
+///
+/// The defaults reach a backend's speed with handlers that take no time, and need no
+/// tuning for that, nor hoard messages when handlers are slow:
+/// - a handler's slot frees when it returns, while its ack goes on in the background
+///   (up to [`SETTLES_IN_FLIGHT`] at once, gathered into batch acks where the backend
+///   has them), so `concurrency` bounds only handlers that run, not ack round trips;
+/// - each receive asks for the free slots plus what the handlers will finish during
+///   two receive round trips (measured as it runs), at most `prefetch`: fast handlers
+///   get full batches, slow ones fetch little ahead and leave the rest to competing
+///   workers.
+///
+/// Raise `concurrency` for handlers that wait on I/O (each waits in its own slot).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct WorkerConfig {
     /// Handlers running at once.
     pub concurrency: usize,
-    /// Messages fetched ahead of free handlers (0: fetch only for free handlers).
+    /// Messages fetched ahead of free handlers at most (0: fetch only for free
+    /// handlers); how many are, follows the handlers' pace (see [`WorkerConfig`]).
     pub prefetch: usize,
     /// Delays between attempts of a failing message (turned into `nack(delay)`).
     pub retry: RetryPolicy,
@@ -60,11 +77,12 @@ pub struct WorkerConfig {
 }
 
 impl Default for WorkerConfig {
-    /// 4 handlers, 4 prefetched, the default retry policy, 1 s polls, 30 s to drain.
+    /// 4 handlers, up to 100 fetched ahead, the default retry policy, 1 s polls, 30 s
+    /// to drain.
     fn default() -> Self {
         Self {
             concurrency: 4,
-            prefetch: 4,
+            prefetch: 100,
             retry: RetryPolicy::default().with_max_attempts(u32::MAX),
             poll_wait: Duration::from_secs(1),
             shutdown_timeout: Duration::from_secs(30),
@@ -197,6 +215,8 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<Arc<WorkerStats>> {
         let concurrency = self.config.concurrency.max(1);
         let slots = Arc::new(Semaphore::new(concurrency));
+        let settles = Arc::new(Semaphore::new(SETTLES_IN_FLIGHT));
+        let pace = Arc::new(Pace::default());
         let mut buffer: VecDeque<(Delivery, Instant)> = VecDeque::new();
         let mut running = tokio::task::JoinSet::new();
         let max_receive = self.queue.capabilities().max_receive;
@@ -205,12 +225,17 @@ impl Worker {
         while !shutdown.is_cancelled() {
             while running.try_join_next().is_some() {}
             if buffer.is_empty() {
-                let want = (slots.available_permits() + self.config.prefetch).clamp(1, max_receive);
+                let ahead = pace.ahead(concurrency, self.config.prefetch);
+                let want = (slots.available_permits() + ahead).clamp(1, max_receive);
                 let options = ReceiveOptions::new(want, self.config.poll_wait);
+                let asked = Instant::now();
                 let got = tokio::select! {
                     _ = shutdown.cancelled() => break,
                     got = self.queue.receive(options) => got,
                 };
+                if matches!(&got, Ok(ds) if !ds.is_empty()) {
+                    Pace::record(&pace.receive_us, asked.elapsed());
+                }
                 match got {
                     Ok(ds) => buffer.extend(ds.into_iter().map(|d| (d, Instant::now()))),
                     Err(e) if e.kind() == ErrorKind::Cancelled => break,
@@ -256,10 +281,7 @@ impl Worker {
                 queue: self.queue.queue_name().to_owned(),
                 stop: handlers_stop.clone(),
             };
-            running.spawn(async move {
-                job.run().await;
-                drop(permit);
-            });
+            running.spawn(job.run(permit, Arc::clone(&settles), Arc::clone(&pace)));
         }
 
         // Drain: nothing new starts; prefetched messages go back without penalty.
@@ -301,6 +323,35 @@ async fn renew_buffered(buffer: &mut VecDeque<(Delivery, Instant)>) {
     *buffer = kept;
 }
 
+/// How fast handlers finish and receives return, as moving averages in µs (0: not yet
+/// measured), for how many messages to fetch ahead.
+#[derive(Default)]
+struct Pace {
+    handler_us: AtomicU64,
+    receive_us: AtomicU64,
+}
+
+impl Pace {
+    /// Folds `took` into the average at `slot` (weight 1/8).
+    fn record(slot: &AtomicU64, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX).max(1);
+        let old = slot.load(Ordering::Relaxed);
+        let new = if old == 0 { us } else { old - old / 8 + us / 8 };
+        slot.store(new, Ordering::Relaxed);
+    }
+
+    /// What `concurrency` handlers finish during two receives, at most `cap`; nothing
+    /// before both were measured.
+    fn ahead(&self, concurrency: usize, cap: usize) -> usize {
+        let (handler, receive) = (self.handler_us.load(Ordering::Relaxed), self.receive_us.load(Ordering::Relaxed));
+        if handler == 0 || receive == 0 {
+            return 0;
+        }
+        let n = 2 * concurrency as u64 * receive / handler;
+        usize::try_from(n).unwrap_or(usize::MAX).min(cap)
+    }
+}
+
 struct Job {
     delivery: Arc<Delivery>,
     handler: Arc<dyn Handler>,
@@ -311,7 +362,10 @@ struct Job {
 }
 
 impl Job {
-    async fn run(self) {
+    /// Runs the handler in the slot `permit` holds, then settles in one of `settles`,
+    /// the slot given back as soon as the settle has its own.
+    async fn run(self, permit: tokio::sync::OwnedSemaphorePermit, settles: Arc<Semaphore>, pace: Arc<Pace>) {
+        let started = Instant::now();
         let d = &self.delivery;
         let correlation =
             d.header(CORRELATION_ID_HEADER).and_then(|c| CorrelationId::parse(c).ok()).unwrap_or_default();
@@ -338,7 +392,11 @@ impl Job {
                 }
             }
         };
+        Pace::record(&pace.handler_us, started.elapsed());
+        let settling = settles.acquire_owned().await.expect("semaphore never closes");
+        drop(permit);
         self.settle(outcome).instrument(span).await;
+        drop(settling);
     }
 
     async fn settle(&self, outcome: Option<std::thread::Result<Result<()>>>) {

@@ -242,19 +242,29 @@ impl<S: LeaseStore> Inner<S> {
     }
 }
 
+/// Grouped ack round trips a handle keeps in flight at once.
+const ACK_BATCHES: usize = 4;
+
 async fn flush_acks<S: LeaseStore>(
     inner: std::sync::Weak<Inner<S>>,
     mut rx: tokio::sync::mpsc::UnboundedReceiver<PendingAck>,
 ) {
+    // Batches overlap instead of queueing behind one another, up to ACK_BATCHES in
+    // flight: past that, acks gather in the channel and the next batch takes them all.
+    // Unbounded, acks that trickle in one by one (a worker's jobs finishing) each went
+    // out alone, one round trip and one commit per message.
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(ACK_BATCHES));
     loop {
+        let permit = Arc::clone(&in_flight).acquire_owned().await.expect("never closed");
         let mut batch = Vec::new();
         if rx.recv_many(&mut batch, 1000).await == 0 {
             return;
         }
         let Some(inner) = inner.upgrade() else { return };
-        // Each gathered batch goes out on its own, so batches overlap instead of queueing
-        // behind one another.
-        tokio::spawn(async move { ack_batch(&inner, batch).await });
+        tokio::spawn(async move {
+            ack_batch(&inner, batch).await;
+            drop(permit);
+        });
     }
 }
 
