@@ -403,10 +403,13 @@ async fn raw_nats(client: async_nats::Client, batch: usize) -> Duration {
 }
 
 /// The raw lapin client: publish with confirms to a durable quorum queue (the queue type
-/// the backend declares), `basic.get` and `basic.ack` each message.
+/// the backend declares), confirms awaited per batch; consume with a push consumer per
+/// consumer task (prefetch 32, the backend's default) and `basic.ack` each message.
 async fn raw_rabbitmq(conn: Arc<lapin::Connection>, batch: usize) -> Duration {
+    use futures::StreamExt as _;
     use lapin::options::{
-        BasicAckOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions,
+        BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+        QueueDeclareOptions,
     };
     use lapin::types::FieldTable;
     let queue = unique_name("raw");
@@ -423,22 +426,23 @@ async fn raw_rabbitmq(conn: Arc<lapin::Connection>, batch: usize) -> Duration {
             let (conn, done, queue) = (Arc::clone(&conn), Arc::clone(&done), queue.clone());
             tokio::spawn(async move {
                 let ch = conn.create_channel().await.expect("channel");
+                ch.basic_qos(32, BasicQosOptions::default()).await.expect("qos");
+                let mut deliveries = ch
+                    .basic_consume(
+                        queue.as_str().into(),
+                        "".into(),
+                        BasicConsumeOptions::default(),
+                        FieldTable::default(),
+                    )
+                    .await
+                    .expect("consume");
                 while done.load(Ordering::Relaxed) < N {
-                    let mut n = 0;
-                    while n < batch {
-                        let Some(m) =
-                            ch.basic_get(queue.as_str().into(), BasicGetOptions::default()).await.expect("get")
-                        else {
-                            break;
-                        };
-                        m.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
-                        n += 1;
-                    }
-                    if n == 0 {
-                        tokio::time::sleep(Duration::from_millis(1)).await;
-                    }
-                    done.fetch_add(n, Ordering::Relaxed);
+                    let next = tokio::time::timeout(Duration::from_millis(20), deliveries.next()).await;
+                    let Ok(Some(Ok(d))) = next else { continue };
+                    d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+                    done.fetch_add(1, Ordering::Relaxed);
                 }
+                let _ = ch.close(200, "".into()).await;
             })
         })
         .collect();

@@ -1,7 +1,7 @@
 //! platform-queue beside the peers a user would pick instead, and the raw clients, on
 //! the same workloads in one run: omniqueue (Redis, RabbitMQ), apalis-postgres, lapin.
 //!
-//! `cargo run --release --manifest-path benches/peers/Cargo.toml [ROUNDS] [ONLY]`
+//! `cargo bench --manifest-path benches/peers/Cargo.toml -- [ROUNDS] [ONLY]`
 //! with the servers of `scripts/services.env`. Prints one line per workload and
 //! contender, the median of ROUNDS (default 3) in messages per second.
 
@@ -439,7 +439,7 @@ async fn postgres(rounds: usize) {
 
 #[tokio::main]
 async fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let rounds = args.first().and_then(|a| a.parse().ok()).unwrap_or(3);
     let only = args.get(1).cloned().unwrap_or_default();
     if "redis".contains(&only) {
