@@ -1,0 +1,95 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod broadcast;
+pub mod channel;
+pub mod driver;
+
+#[cfg(feature = "memory")]
+pub mod memory;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use std::sync::Arc;
+
+pub use broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Published, Received, Subscription};
+pub use platform_core::{Error, ErrorKind, Result};
+
+/// Every broadcast scheme this build can open.
+pub fn schemes() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = Vec::new();
+    #[cfg(feature = "memory")]
+    all.extend(memory::SCHEMES);
+    all
+}
+
+/// The feature that enables `scheme`, for errors.
+fn feature_for(scheme: &str) -> Option<&'static str> {
+    Some(match scheme {
+        "memory" => "memory",
+        _ => return None,
+    })
+}
+
+/// Opens the broadcast a URL names; the scheme picks the backend.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use platform_events::{Broadcast, Received, open_broadcast};
+/// let hub = open_broadcast("memory://doc-example").await?;
+/// let mut jobs = hub.subscribe("jobs.*.events").await?;
+/// hub.publish("jobs.42.events", "done".into()).await?;
+/// let Some(Received::Message(m)) = jobs.recv().await else { panic!("a message") };
+/// assert_eq!((&*m.channel, m.payload.as_ref()), ("jobs.42.events", &b"done"[..]));
+/// # Ok::<_, platform_events::Error>(()) }).unwrap();
+/// ```
+///
+/// A scheme whose feature is off is an error naming the feature; an unknown scheme
+/// lists the schemes this build supports. Errors never show the password.
+// With only in-process backends enabled nothing here awaits; the signature stays async.
+#[allow(clippy::unused_async)]
+pub async fn open_broadcast(url: &str) -> Result<Arc<dyn Broadcast>> {
+    let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
+    let hub: Arc<dyn Broadcast> = match scheme.as_str() {
+        #[cfg(feature = "memory")]
+        "memory" => Arc::new(memory::MemoryBroadcast::from_url(url)?),
+        other => {
+            return Err(platform_core::config::scheme_error(
+                "platform-events",
+                other,
+                feature_for(other),
+                &schemes(),
+                url,
+            ));
+        }
+    };
+    Ok(hub)
+}
+
+/// Opens the broadcast named by `{PREFIX}_URL` (`open_broadcast_from_env("BROADCAST")`
+/// reads `BROADCAST_URL`).
+pub async fn open_broadcast_from_env(prefix: &str) -> Result<Arc<dyn Broadcast>> {
+    let env = platform_core::config::Env::new(prefix);
+    let url: String = env.require("URL")?;
+    open_broadcast(&url).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_schemes_list_the_supported_ones() {
+        let err = open_broadcast("carrier-pigeon://u:hunter2@coop").await.unwrap_err();
+        assert!(err.is_invalid_input(), "{err}");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
+        #[cfg(feature = "memory")]
+        assert!(err.to_string().contains("memory"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn from_env_names_the_variable() {
+        let err = open_broadcast_from_env("PLATFORM_EVENTS_SURELY_UNSET").await.unwrap_err();
+        assert!(err.to_string().contains("PLATFORM_EVENTS_SURELY_UNSET_URL"), "{err}");
+    }
+}

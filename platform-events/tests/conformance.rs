@@ -1,0 +1,14 @@
+//! The broadcast conformance suite, run for every backend against its real server.
+//!
+//! Server URLs come from `PLATFORM_TEST_<NAME>_URL` (see `scripts/services.env`);
+//! unset, a backend's tests are skipped, or fail under `PLATFORM_TEST_REQUIRE_ALL=1`.
+
+use platform_events::conformance_tests;
+use platform_events::testkit::UrlHarness;
+
+// One in-process instance per test (the expression runs in each), so that the flood of
+// the lag test reaches no other test's subscriptions.
+conformance_tests!(
+    memory,
+    Some(UrlHarness::new(format!("memory://{}", platform_core::testkit::unique_name("conformance"))))
+);
