@@ -7,6 +7,7 @@ mod correlation;
 mod envelope;
 mod error;
 mod health;
+pub mod nats;
 mod problem;
 mod retry;
 pub mod sql;

@@ -7,6 +7,8 @@ pub mod driver;
 
 #[cfg(feature = "memory")]
 pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -20,6 +22,8 @@ pub fn schemes() -> Vec<&'static str> {
     let mut all: Vec<&'static str> = Vec::new();
     #[cfg(feature = "memory")]
     all.extend(memory::SCHEMES);
+    #[cfg(feature = "nats")]
+    all.extend(nats::SCHEMES);
     all
 }
 
@@ -27,6 +31,7 @@ pub fn schemes() -> Vec<&'static str> {
 fn feature_for(scheme: &str) -> Option<&'static str> {
     Some(match scheme {
         "memory" => "memory",
+        "nats" => "nats",
         _ => return None,
     })
 }
@@ -53,6 +58,8 @@ pub async fn open_broadcast(url: &str) -> Result<Arc<dyn Broadcast>> {
     let hub: Arc<dyn Broadcast> = match scheme.as_str() {
         #[cfg(feature = "memory")]
         "memory" => Arc::new(memory::MemoryBroadcast::from_url(url)?),
+        #[cfg(feature = "nats")]
+        "nats" => Arc::new(nats::NatsBroadcast::from_url(url).await?),
         other => {
             return Err(platform_core::config::scheme_error(
                 "platform-events",

@@ -12,3 +12,6 @@ conformance_tests!(
     memory,
     Some(UrlHarness::new(format!("memory://{}", platform_core::testkit::unique_name("conformance"))))
 );
+
+#[cfg(feature = "nats")]
+conformance_tests!(nats, UrlHarness::from_env("NATS"));

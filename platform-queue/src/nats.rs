@@ -31,7 +31,7 @@ use async_nats::jetstream::{self as js, AckKind};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use platform_core::{CheckOutcome, Error, ErrorKind, HealthCheck, Result};
+use platform_core::{CheckOutcome, Error, HealthCheck, Result};
 use time::OffsetDateTime;
 
 use crate::QueueHandle;
@@ -50,30 +50,7 @@ const MSG_ID: &str = "Nats-Msg-Id";
 
 /// Maps an error of the NATS client onto the portable kinds.
 pub(crate) fn map_err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Error {
-    let e: Box<dyn std::error::Error + Send + Sync> = e.into();
-    let text = e.to_string();
-    let lower = text.to_ascii_lowercase();
-    let kind = if lower.contains("timed out") || lower.contains("timeout") {
-        ErrorKind::Timeout
-    } else if lower.contains("authorization") || lower.contains("authentication") {
-        ErrorKind::Unauthenticated
-    } else if lower.contains("permission") {
-        ErrorKind::PermissionDenied
-    } else if lower.contains("not found") {
-        ErrorKind::NotFound
-    } else if lower.contains("no responders")
-        || lower.contains("disconnect")
-        || lower.contains("connection")
-        || lower.contains("broken pipe")
-        || lower.contains("io error")
-    {
-        ErrorKind::Unavailable
-    } else if lower.contains("maximum payload") || lower.contains("max payload") {
-        ErrorKind::InvalidInput
-    } else {
-        ErrorKind::Internal
-    };
-    Error::new(kind, text).with_backend("nats").with_source(e)
+    platform_core::nats::map_error(e)
 }
 
 fn stream_name(queue: &str) -> String {

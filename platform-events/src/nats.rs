@@ -1,0 +1,120 @@
+//! Broadcast over core NATS: `nats://host:4222`.
+//!
+//! Channels are NATS subjects and patterns are NATS wildcards, which mean the same
+//! (`*` one token, `>` the rest), so the server does the matching. Core NATS is
+//! at-most-once: a subscriber that is not connected misses what is published.
+//! A subscription is registered on the server (flushed) before `subscribe` returns.
+//!
+//! Parameters: `buffer` (messages a slow subscription holds before it lags, default
+//! 1024). The largest payload is the server's `max_payload` (1 MiB by default).
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt as _;
+use platform_core::config::UrlParams;
+use platform_core::nats::map_error as map_err;
+use platform_core::{CheckOutcome, Error, HealthCheck, Result};
+use tokio::sync::broadcast;
+
+use crate::broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Published, Subscription};
+
+/// The URL schemes of this backend.
+pub const SCHEMES: &[&str] = &["nats"];
+
+const DEFAULT_BUFFER: usize = 1024;
+
+/// Broadcast over one NATS connection.
+pub struct NatsBroadcast {
+    client: async_nats::Client,
+    location: String,
+    buffer: usize,
+}
+
+impl NatsBroadcast {
+    /// Opens `nats://[user:password@]host:port?buffer=1024`.
+    pub async fn from_url(url: &str) -> Result<BroadcastHandle<Self>> {
+        let mut parsed = url::Url::parse(url).map_err(|e| {
+            Error::invalid_input(format!("broadcast url: {e}")).with_op("open").with_detail("url", e.to_string())
+        })?;
+        let mut params = UrlParams::parse("broadcast", parsed.query())?;
+        let buffer = params.take_number::<usize>("buffer")?.unwrap_or(DEFAULT_BUFFER);
+        if buffer == 0 {
+            return Err(params.error("buffer", "must be at least 1"));
+        }
+        params.finish("nats")?;
+        parsed.set_query(None);
+        let location = format!("{}:{}", parsed.host_str().unwrap_or("localhost"), parsed.port().unwrap_or(4222));
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(parsed.as_str())
+            .await
+            .map_err(map_err)?;
+        Ok(BroadcastHandle::new(Self { client, location, buffer }))
+    }
+}
+
+impl fmt::Debug for NatsBroadcast {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsBroadcast").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for NatsBroadcast {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "nats({})", self.location)
+    }
+}
+
+#[async_trait]
+impl HealthCheck for NatsBroadcast {
+    fn name(&self) -> String {
+        "broadcast:nats".into()
+    }
+
+    async fn check(&self) -> Result<CheckOutcome> {
+        let started = Instant::now();
+        // A flush is a PING answered by the server's PONG.
+        self.client.flush().await.map_err(map_err)?;
+        let version = format!("NATS {}", self.client.server_info().version);
+        Ok(CheckOutcome::new(started.elapsed()).with_version(version))
+    }
+}
+
+#[async_trait]
+impl Broadcast for NatsBroadcast {
+    fn backend(&self) -> &'static str {
+        "nats"
+    }
+
+    fn capabilities(&self) -> BroadcastCapabilities {
+        BroadcastCapabilities::new(self.client.server_info().max_payload, self.buffer)
+    }
+
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<()> {
+        self.client.publish(channel.to_owned(), payload).await.map_err(map_err)?;
+        // Written to the server before returning, as the other backends do.
+        self.client.flush().await.map_err(map_err)
+    }
+
+    async fn subscribe(&self, pattern: &str) -> Result<Subscription> {
+        let mut subscriber = self.client.subscribe(pattern.to_owned()).await.map_err(map_err)?;
+        self.client.flush().await.map_err(map_err)?;
+        let (tx, rx) = broadcast::channel(self.buffer);
+        let feeder = tokio::spawn(async move {
+            while let Some(m) = subscriber.next().await {
+                let published = Published { channel: m.subject.as_str().into(), payload: m.payload };
+                if tx.send(published).is_err() {
+                    return;
+                }
+            }
+        });
+        crate::driver::subscription(pattern, rx, Some(feeder))
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.client.drain().await.map_err(map_err)
+    }
+}
