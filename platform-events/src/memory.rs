@@ -11,16 +11,15 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use platform_core::config::UrlParams;
-use platform_core::{CheckOutcome, Error, HealthCheck, Result};
+use platform_core::{CheckOutcome, HealthCheck, Result};
 use tokio::sync::broadcast;
 
 use crate::broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Published, Subscription};
+use crate::driver::BroadcastUrl;
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["memory"];
 
-const DEFAULT_BUFFER: usize = 1024;
 const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 
 /// The live instances by name: a handle keeps its instance alive, the registry only
@@ -41,14 +40,7 @@ pub struct MemoryBroadcast {
 impl MemoryBroadcast {
     /// Opens `memory://name?buffer=1024&max_payload=1048576`.
     pub fn from_url(url: &str) -> Result<BroadcastHandle<Self>> {
-        let parsed = url::Url::parse(url).map_err(|e| {
-            Error::invalid_input(format!("broadcast url: {e}")).with_op("open").with_detail("url", e.to_string())
-        })?;
-        let mut params = UrlParams::parse("broadcast", parsed.query())?;
-        let buffer = params.take_number::<usize>("buffer")?.unwrap_or(DEFAULT_BUFFER);
-        if buffer == 0 {
-            return Err(params.error("buffer", "must be at least 1"));
-        }
+        let BroadcastUrl { url: parsed, mut params, buffer, .. } = BroadcastUrl::parse(url)?;
         let max_payload = params.take_number::<usize>("max_payload")?.unwrap_or(DEFAULT_MAX_PAYLOAD);
         params.finish("memory")?;
         let name = format!("{}{}", parsed.host_str().unwrap_or_default(), parsed.path());

@@ -14,17 +14,15 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
-use platform_core::config::UrlParams;
 use platform_core::nats::map_error as map_err;
-use platform_core::{CheckOutcome, Error, HealthCheck, Result};
+use platform_core::{CheckOutcome, HealthCheck, Result};
 use tokio::sync::broadcast;
 
 use crate::broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Published, Subscription};
+use crate::driver::BroadcastUrl;
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["nats"];
-
-const DEFAULT_BUFFER: usize = 1024;
 
 /// Broadcast over one NATS connection.
 pub struct NatsBroadcast {
@@ -36,16 +34,8 @@ pub struct NatsBroadcast {
 impl NatsBroadcast {
     /// Opens `nats://[user:password@]host:port?buffer=1024`.
     pub async fn from_url(url: &str) -> Result<BroadcastHandle<Self>> {
-        let mut parsed = url::Url::parse(url).map_err(|e| {
-            Error::invalid_input(format!("broadcast url: {e}")).with_op("open").with_detail("url", e.to_string())
-        })?;
-        let mut params = UrlParams::parse("broadcast", parsed.query())?;
-        let buffer = params.take_number::<usize>("buffer")?.unwrap_or(DEFAULT_BUFFER);
-        if buffer == 0 {
-            return Err(params.error("buffer", "must be at least 1"));
-        }
+        let BroadcastUrl { url: parsed, params, buffer, .. } = BroadcastUrl::parse(url)?;
         params.finish("nats")?;
-        parsed.set_query(None);
         let location = format!("{}:{}", parsed.host_str().unwrap_or("localhost"), parsed.port().unwrap_or(4222));
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
