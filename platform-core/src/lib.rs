@@ -9,6 +9,8 @@ mod error;
 mod health;
 pub mod nats;
 mod problem;
+#[cfg(feature = "redis")]
+pub mod redis;
 mod retry;
 pub mod sql;
 #[cfg(feature = "testkit")]

@@ -9,6 +9,8 @@ pub mod driver;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "redis")]
+pub mod redis;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -24,6 +26,8 @@ pub fn schemes() -> Vec<&'static str> {
     all.extend(memory::SCHEMES);
     #[cfg(feature = "nats")]
     all.extend(nats::SCHEMES);
+    #[cfg(feature = "redis")]
+    all.extend(redis::SCHEMES);
     all
 }
 
@@ -32,6 +36,7 @@ fn feature_for(scheme: &str) -> Option<&'static str> {
     Some(match scheme {
         "memory" => "memory",
         "nats" => "nats",
+        "redis" | "valkey" => "redis",
         _ => return None,
     })
 }
@@ -60,6 +65,8 @@ pub async fn open_broadcast(url: &str) -> Result<Arc<dyn Broadcast>> {
         "memory" => Arc::new(memory::MemoryBroadcast::from_url(url)?),
         #[cfg(feature = "nats")]
         "nats" => Arc::new(nats::NatsBroadcast::from_url(url).await?),
+        #[cfg(feature = "redis")]
+        "redis" | "valkey" => Arc::new(redis::RedisBroadcast::from_url(url).await?),
         other => {
             return Err(platform_core::config::scheme_error(
                 "platform-events",

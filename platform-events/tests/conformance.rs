@@ -15,3 +15,9 @@ conformance_tests!(
 
 #[cfg(feature = "nats")]
 conformance_tests!(nats, UrlHarness::from_env("NATS"));
+
+#[cfg(feature = "redis")]
+conformance_tests!(redis, UrlHarness::from_env("REDIS"));
+
+#[cfg(feature = "redis")]
+conformance_tests!(valkey, UrlHarness::from_env("VALKEY"));

@@ -53,9 +53,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt as _;
-use platform_core::{Error, ErrorKind, Result};
+use platform_core::{Error, Result};
+use redis::Value;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ServerErrorKind, Value};
 use tokio::sync::Notify;
 
 mod entry;
@@ -84,30 +84,7 @@ pub type RedisQueue = LeasedQueue<RedisStore>;
 
 /// Maps a Redis error onto the portable kinds.
 pub(crate) fn map_err(e: redis::RedisError) -> Error {
-    use redis::ErrorKind as K;
-    let kind = if e.is_timeout() {
-        ErrorKind::Timeout
-    } else if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() {
-        ErrorKind::Unavailable
-    } else {
-        match e.kind() {
-            K::AuthenticationFailed => ErrorKind::Unauthenticated,
-            K::InvalidClientConfig => ErrorKind::InvalidInput,
-            K::Io | K::ClusterConnectionNotFound => ErrorKind::Unavailable,
-            K::Server(s) => match s {
-                ServerErrorKind::BusyLoading
-                | ServerErrorKind::TryAgain
-                | ServerErrorKind::ClusterDown
-                | ServerErrorKind::MasterDown
-                | ServerErrorKind::ReadOnly => ErrorKind::Unavailable,
-                ServerErrorKind::NoPerm => ErrorKind::PermissionDenied,
-                ServerErrorKind::CrossSlot => ErrorKind::Unsupported,
-                _ => ErrorKind::Internal,
-            },
-            _ => ErrorKind::Internal,
-        }
-    };
-    Error::new(kind, e.to_string()).with_backend("redis").with_source(e)
+    platform_core::redis::map_error(e)
 }
 
 /// The store behind [`RedisQueue`].
