@@ -9,6 +9,8 @@ pub mod driver;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "testkit")]
@@ -28,6 +30,8 @@ pub fn schemes() -> Vec<&'static str> {
     all.extend(nats::SCHEMES);
     #[cfg(feature = "redis")]
     all.extend(redis::SCHEMES);
+    #[cfg(feature = "postgres")]
+    all.extend(postgres::SCHEMES);
     all
 }
 
@@ -37,6 +41,7 @@ fn feature_for(scheme: &str) -> Option<&'static str> {
         "memory" => "memory",
         "nats" => "nats",
         "redis" | "valkey" => "redis",
+        "postgres" | "postgresql" => "postgres",
         _ => return None,
     })
 }
@@ -67,6 +72,8 @@ pub async fn open_broadcast(url: &str) -> Result<Arc<dyn Broadcast>> {
         "nats" => Arc::new(nats::NatsBroadcast::from_url(url).await?),
         #[cfg(feature = "redis")]
         "redis" | "valkey" => Arc::new(redis::RedisBroadcast::from_url(url).await?),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Arc::new(postgres::PostgresBroadcast::from_url(url).await?),
         other => {
             return Err(platform_core::config::scheme_error(
                 "platform-events",

@@ -158,6 +158,26 @@ pub async fn lag_is_signalled(h: &dyn Harness) {
     assert!(seen as u64 + missed >= total as u64, "{seen} seen and {missed} missed of {total}");
 }
 
+/// A payload of 256 KiB (or the backend's largest, if smaller) with every byte value
+/// arrives whole, beside a small one.
+pub async fn large_payload_arrives_whole(h: &dyn Harness) {
+    let hub = h.open().await.expect("open");
+    let channel = format!("{}.large", prefix());
+    let mut sub = hub.subscribe(&channel).await.expect("subscribe");
+    let size = (256 << 10).min(hub.capabilities().max_payload);
+    let large: Bytes = (0..size).map(|i| (i % 251) as u8).collect::<Vec<u8>>().into();
+    hub.publish(&channel, Bytes::from_static(b"small")).await.expect("publish small");
+    hub.publish(&channel, large.clone()).await.expect("publish large");
+    for want in [Bytes::from_static(b"small"), large] {
+        match tokio::time::timeout(ARRIVES, sub.recv()).await {
+            Ok(Some(Received::Message(m))) => {
+                assert!(m.payload == want, "{} bytes arrived as {}", want.len(), m.payload.len())
+            }
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+}
+
 /// Bad channel names, bad patterns and oversized payloads are `InvalidInput` before
 /// anything is sent.
 pub async fn bad_input_is_rejected_before_sending(h: &dyn Harness) {
@@ -244,6 +264,7 @@ macro_rules! broadcast_behaviours {
             reaches_every_matching_subscriber,
             wildcards_match_whole_segments,
             order_is_kept_per_channel,
+            large_payload_arrives_whole,
             lag_is_signalled,
             bad_input_is_rejected_before_sending,
             close_rejects_later_calls,

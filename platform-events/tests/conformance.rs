@@ -21,3 +21,14 @@ conformance_tests!(redis, UrlHarness::from_env("REDIS"));
 
 #[cfg(feature = "redis")]
 conformance_tests!(valkey, UrlHarness::from_env("VALKEY"));
+
+// A namespace per test: a PostgreSQL handle hears every channel of its namespace, and
+// the lag test's flood would make the other tests' subscriptions lag.
+#[cfg(feature = "postgres")]
+conformance_tests!(
+    postgres,
+    platform_core::testkit::server_url("POSTGRES").map(|u| {
+        let sep = if u.contains('?') { '&' } else { '?' };
+        UrlHarness::new(format!("{u}{sep}namespace={}", platform_core::testkit::unique_ident("ns")))
+    })
+);

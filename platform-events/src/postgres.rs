@@ -1,0 +1,250 @@
+//! Broadcast over PostgreSQL `LISTEN`/`NOTIFY`: `postgres://user@host/db`.
+//!
+//! A `NOTIFY` payload is capped at 8,000 bytes, so a small payload travels in the
+//! notification itself and a larger one is written to `platform_broadcast` and the
+//! notification carries its id; listeners read the row. Rows are deleted once they
+//! are a minute old. A handle listens on one connection (`LISTEN platform_broadcast`,
+//! started by its first subscription) and hands each notification to its
+//! subscriptions, which keep what their pattern matches. At-most-once: a listener that
+//! is not connected misses what is published; order per channel and publisher is the
+//! commit order.
+//!
+//! Every handle hears every channel of its namespace: `namespace` (the `NOTIFY`
+//! channel, default `platform_broadcast`; lowercase letters, digits and `_`) keeps
+//! apart the traffic of services that share a database.
+//!
+//! Parameters: `namespace`, `buffer` (messages the handle holds for a slow
+//! subscription before it lags, default 1024; counted over every channel of the
+//! namespace), `max_connections`
+//! (default 4), and the driver's `application_name`, `options`, `sslmode` (TLS is
+//! not compiled in: `require` and stricter are refused). Payloads up to 8 MiB.
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use bytes::Bytes;
+use platform_core::{CheckOutcome, Error, HealthCheck, Result};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use tokio::sync::{Mutex, broadcast};
+
+use crate::broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Published, Subscription};
+use crate::driver::BroadcastUrl;
+
+/// The URL schemes of this backend.
+pub const SCHEMES: &[&str] = &["postgres", "postgresql"];
+
+/// The `NOTIFY` channel handles listen on unless `namespace` says.
+const DEFAULT_NAMESPACE: &str = "platform_broadcast";
+/// The largest payload.
+const MAX_PAYLOAD: usize = 8 << 20;
+/// The most a notification carries inline (PostgreSQL's cap is 8,000 bytes).
+const INLINE: usize = 7_900;
+/// Every this many publishes of a handle, rows older than a minute are deleted.
+const SWEEP_EVERY: u64 = 256;
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS platform_broadcast (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    channel TEXT NOT NULL,
+    payload BYTEA NOT NULL,
+    created_at TIMESTAMPTZ NOT NULL DEFAULT now())";
+
+const DRIVER_PARAMS: &[&str] = &["sslmode", "application_name", "options"];
+
+fn map_err(e: sqlx::Error) -> Error {
+    platform_core::sql::map_sqlx("postgres", e, |db| platform_core::sql::postgres_kind(&db.code()?))
+}
+
+/// What a notification says: the message itself (`i` + channel + `:` + base64), or
+/// the id of the row that holds it (`r` + id).
+fn inline_notice(channel: &str, payload: &[u8]) -> Option<String> {
+    let encoded_len = payload.len().div_ceil(3) * 4;
+    (channel.len() + encoded_len + 2 <= INLINE)
+        .then(|| format!("i{channel}:{}", base64::engine::general_purpose::STANDARD.encode(payload)))
+}
+
+/// Broadcast over PostgreSQL notifications.
+pub struct PostgresBroadcast {
+    pool: PgPool,
+    location: String,
+    namespace: String,
+    buffer: usize,
+    /// The handle's listener feeds this; subscriptions are receivers of it.
+    hub: Mutex<Option<(broadcast::Sender<Published>, tokio::task::JoinHandle<()>)>>,
+    published: AtomicU64,
+}
+
+impl PostgresBroadcast {
+    /// Opens `postgres://…`, creating `platform_broadcast` as needed.
+    pub async fn from_url(url: &str) -> Result<BroadcastHandle<Self>> {
+        let BroadcastUrl { url: mut parsed, mut params, buffer, .. } = BroadcastUrl::parse(url)?;
+        let max = params.take_number::<u32>("max_connections")?.unwrap_or(4);
+        let namespace = params.take("namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
+        let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+        if namespace.is_empty() || namespace.len() > 63 || !namespace.chars().all(ok) {
+            return Err(params.error("namespace", "must be 1 to 63 of a-z 0-9 _"));
+        }
+        let driver = params.take_all(DRIVER_PARAMS);
+        platform_core::sql::refuse_tls("platform-events", &driver)?;
+        params.finish("postgres")?;
+        parsed.query_pairs_mut().extend_pairs(&driver);
+        let opts = PgConnectOptions::from_str(parsed.as_str()).map_err(map_err)?;
+        let location = format!("{}:{}", opts.get_host(), opts.get_port());
+        let pool = PgPoolOptions::new()
+            .max_connections(max.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await
+            .map_err(map_err)?;
+        let mut tx = pool.begin().await.map_err(map_err)?;
+        // Parallel opens must not race on CREATE TABLE.
+        sqlx::query("SELECT pg_advisory_xact_lock(7243000118)").execute(&mut *tx).await.map_err(map_err)?;
+        sqlx::query(SCHEMA).execute(&mut *tx).await.map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        let hub = Mutex::new(None);
+        Ok(BroadcastHandle::new(Self { pool, location, namespace, buffer, hub, published: AtomicU64::new(0) }))
+    }
+
+    /// The handle's listener, started once: `LISTEN` is in place when this returns.
+    async fn hub(&self) -> Result<broadcast::Receiver<Published>> {
+        let mut hub = self.hub.lock().await;
+        if let Some((tx, task)) = hub.as_ref()
+            && !task.is_finished()
+        {
+            return Ok(tx.subscribe());
+        }
+        let mut listener = PgListener::connect_with(&self.pool).await.map_err(map_err)?;
+        listener.listen(&self.namespace).await.map_err(map_err)?;
+        let (tx, rx) = broadcast::channel(self.buffer);
+        let (sender, pool) = (tx.clone(), self.pool.clone());
+        let task = tokio::spawn(async move {
+            // `recv` reconnects and listens again after a lost connection; what was
+            // published meanwhile is missed (at-most-once).
+            while let Ok(n) = listener.recv().await {
+                let Some(published) = read(&pool, n.payload()).await else { continue };
+                let _ = sender.send(published);
+            }
+        });
+        *hub = Some((tx, task));
+        Ok(rx)
+    }
+}
+
+/// The message a notification names, read from its row when it did not fit.
+async fn read(pool: &PgPool, notice: &str) -> Option<Published> {
+    if let Some(inline) = notice.strip_prefix('i') {
+        let (channel, encoded) = inline.split_once(':')?;
+        let payload = base64::engine::general_purpose::STANDARD.decode(encoded).ok()?;
+        return Some(Published { channel: channel.into(), payload: Bytes::from(payload) });
+    }
+    let id: i64 = notice.strip_prefix('r')?.parse().ok()?;
+    let row: Option<(String, Vec<u8>)> =
+        sqlx::query_as("SELECT channel, payload FROM platform_broadcast WHERE id = $1")
+            .bind(id)
+            .fetch_optional(pool)
+            .await
+            .ok()?;
+    row.map(|(channel, payload)| Published { channel: channel.into(), payload: Bytes::from(payload) })
+}
+
+impl Drop for PostgresBroadcast {
+    fn drop(&mut self) {
+        if let Some((_, task)) = self.hub.get_mut().as_ref() {
+            task.abort();
+        }
+    }
+}
+
+impl fmt::Debug for PostgresBroadcast {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresBroadcast").field("location", &self.location).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for PostgresBroadcast {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "postgres({})", self.location)
+    }
+}
+
+#[async_trait]
+impl HealthCheck for PostgresBroadcast {
+    fn name(&self) -> String {
+        "broadcast:postgres".into()
+    }
+
+    async fn check(&self) -> Result<CheckOutcome> {
+        let started = Instant::now();
+        let (v,): (String,) = sqlx::query_as("SHOW server_version").fetch_one(&self.pool).await.map_err(map_err)?;
+        Ok(CheckOutcome::new(started.elapsed()).with_version(format!("PostgreSQL {v}")))
+    }
+}
+
+#[async_trait]
+impl Broadcast for PostgresBroadcast {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn capabilities(&self) -> BroadcastCapabilities {
+        BroadcastCapabilities::new(MAX_PAYLOAD, self.buffer)
+    }
+
+    async fn publish(&self, channel: &str, payload: Bytes) -> Result<()> {
+        if let Some(notice) = inline_notice(channel, &payload) {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(&self.namespace)
+                .bind(notice)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+        } else {
+            sqlx::query(
+                "WITH m AS (INSERT INTO platform_broadcast (channel, payload) VALUES ($2, $3) RETURNING id)
+                 SELECT pg_notify($1, 'r' || m.id) FROM m",
+            )
+            .bind(&self.namespace)
+            .bind(channel)
+            .bind(payload.as_ref())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        }
+        if self.published.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            sqlx::query("DELETE FROM platform_broadcast WHERE created_at < now() - interval '1 minute'")
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, pattern: &str) -> Result<Subscription> {
+        let rx = self.hub().await?;
+        crate::driver::subscription(pattern, rx, None)
+    }
+
+    async fn close(&self) -> Result<()> {
+        if let Some((_, task)) = self.hub.lock().await.take() {
+            task.abort();
+        }
+        self.pool.close().await;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_payloads_travel_inline() {
+        let notice = inline_notice("jobs.1.events", b"done").expect("inline");
+        assert_eq!(notice, "ijobs.1.events:ZG9uZQ==");
+        assert!(inline_notice("c", &vec![0u8; 6_000]).is_none(), "base64 of 6,000 bytes is over the cap");
+        assert!(inline_notice("c", &vec![0u8; 5_800]).is_some());
+    }
+}
