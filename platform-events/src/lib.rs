@@ -4,6 +4,7 @@
 mod broadcast;
 pub mod channel;
 pub mod driver;
+pub mod registry;
 
 #[cfg(feature = "memory")]
 pub mod memory;
@@ -19,7 +20,10 @@ pub mod testkit;
 use std::sync::Arc;
 
 pub use broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Published, Received, Subscription};
-pub use platform_core::{Error, ErrorKind, Result};
+pub use platform_core::{Envelope, Error, ErrorKind, Event, Result};
+pub use registry::EventRegistry;
+/// The JSON Schema crate the registry uses: derive `schemars::JsonSchema` on event types.
+pub use schemars;
 
 /// Every broadcast scheme this build can open.
 pub fn schemes() -> Vec<&'static str> {
