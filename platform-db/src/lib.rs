@@ -7,6 +7,7 @@ compile_error!("platform-db needs at least one of the features `sqlite`, `postgr
 mod db;
 mod driver;
 pub mod idempotency;
+pub mod inbox;
 pub mod migrate;
 #[cfg(feature = "mysql")]
 pub mod mysql;

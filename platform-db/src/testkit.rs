@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::idempotency::IdempotencyKey;
 use crate::migrate::{Migration, MigrationState, Migrator};
-use crate::{Db, Dialect, Sql, Statement, outbox, tenant};
+use crate::{Db, Dialect, Sql, Statement, inbox, outbox, tenant};
 
 #[doc(hidden)]
 pub use platform_core::behaviour_tests;
@@ -269,6 +269,7 @@ macro_rules! db_behaviours {
             tenants_are_isolated,
             idempotent_retries_run_once,
             outbox_claims_never_overlap,
+            inbox_records_each_event_once,
             health_reports_slow_database_down,
             least_privilege_owner_migrates_and_refuses_drift,
             url_parameters_are_checked
@@ -833,6 +834,43 @@ pub async fn outbox_claims_never_overlap(h: &dyn Harness) {
     assert_eq!(total, committed);
     assert!(outbox::claim(&db, 10, Duration::from_secs(1)).await.unwrap().records.is_empty());
     assert_eq!(outbox::purge_sent(&db, Duration::ZERO).await.unwrap(), committed as u64);
+}
+
+/// A consumer records an event once: a second record of it is `false`, a rolled-back
+/// record leaves it new, other consumers are independent, and of concurrent
+/// transactions recording one event exactly one gets `true`.
+pub async fn inbox_records_each_event_once(h: &dyn Harness) {
+    let (_, db) = fresh(h, "").await;
+    Migrator::new(vec![inbox::migration(1)]).run(&db).await.unwrap();
+    let record = |consumer: &'static str, event: &'static str, commit: bool| {
+        let db = db.clone();
+        async move {
+            let mut tx = db.begin().await.unwrap();
+            let first = inbox::record(&mut tx, consumer, event).await.unwrap();
+            if commit {
+                tx.commit().await.unwrap()
+            } else {
+                tx.rollback().await.unwrap()
+            }
+            first
+        }
+    };
+    assert!(record("billing", "e1", true).await, "the first record");
+    assert!(!record("billing", "e1", true).await, "a second record of one event");
+    assert!(record("mailer", "e1", true).await, "another consumer has its own record");
+    assert!(record("billing", "e2", false).await);
+    assert!(record("billing", "e2", true).await, "a rolled-back record leaves the event new");
+    let racers: Vec<_> = (0..6).map(|_| tokio::spawn(record("billing", "e3", true))).collect();
+    let mut firsts = 0;
+    for r in racers {
+        firsts += usize::from(r.await.unwrap());
+    }
+    assert_eq!(firsts, 1, "concurrent records of one event: exactly one first");
+    let mut tx = db.begin().await.unwrap();
+    let err = inbox::record(&mut tx, "billing", &"x".repeat(inbox::MAX_LEN + 1)).await.unwrap_err();
+    assert!(err.is_invalid_input(), "{err}");
+    tx.rollback().await.unwrap();
+    assert_eq!(inbox::purge(&db, Duration::ZERO).await.unwrap(), 4);
 }
 
 /// With the only connection busy, the health check is `down` within the probe timeout;
