@@ -139,6 +139,112 @@ macro_rules! run_behaviours {
     };
 }
 
+/// Private servers for fault tests: started on a free port and a data directory of
+/// their own (never the shared ones), killed with SIGKILL and started again on the
+/// same data.
+pub mod server {
+    use std::path::{Path, PathBuf};
+    use std::process::{Child, Command, Stdio};
+    use std::time::Duration;
+
+    use super::{eventually, unique_name};
+
+    /// A port nothing listens on now.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    }
+
+    /// `name` on `PATH` or in one of `extra_dirs`.
+    pub fn find_binary(name: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        std::env::split_paths(&path).chain(extra_dirs.iter().cloned()).map(|d| d.join(name)).find(|p| p.is_file())
+    }
+
+    fn port_open(port: u16) -> bool {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }
+
+    /// Waits (30 s at most) until `port` accepts connections (`up`) or refuses them.
+    pub async fn wait_port(port: u16, up: bool) {
+        eventually(Duration::from_secs(30), || async move { (port_open(port) == up).then_some(()) })
+            .await
+            .unwrap_or_else(|_| panic!("port {port} never became {}", if up { "open" } else { "closed" }));
+    }
+
+    /// A fresh directory under the system's temp directory.
+    pub fn temp_dir(prefix: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(unique_name(prefix));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        dir
+    }
+
+    /// SIGKILL, then reap.
+    pub fn kill(child: &mut Child) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts `cmd` with its output discarded.
+    pub fn spawn(cmd: &mut Command) -> Child {
+        cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start server")
+    }
+
+    /// Removes `dir` and everything in it, if it is there.
+    pub fn remove_dir(dir: &Path) {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// A private server: `command` starts it listening on `port`; `dir`, its data, is
+    /// removed on drop, when the server is killed too.
+    pub struct PrivateServer {
+        port: u16,
+        dir: Option<PathBuf>,
+        command: Box<dyn Fn() -> Command + Send>,
+        child: Option<Child>,
+    }
+
+    impl std::fmt::Debug for PrivateServer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("PrivateServer").field("port", &self.port).field("dir", &self.dir).finish_non_exhaustive()
+        }
+    }
+
+    impl PrivateServer {
+        /// Starts the server and waits until it listens.
+        pub async fn start(port: u16, dir: Option<PathBuf>, command: impl Fn() -> Command + Send + 'static) -> Self {
+            let mut s = Self { port, dir, command: Box::new(command), child: None };
+            s.child = Some(spawn(&mut (s.command)()));
+            wait_port(port, true).await;
+            s
+        }
+
+        /// The port it listens on.
+        pub fn port(&self) -> u16 {
+            self.port
+        }
+
+        /// Kills it with SIGKILL, waits until the port is closed, starts it again on
+        /// the same data and waits until it listens.
+        pub async fn kill_and_restart(&mut self) {
+            kill(self.child.as_mut().expect("running"));
+            wait_port(self.port, false).await;
+            self.child = Some(spawn(&mut (self.command)()));
+            wait_port(self.port, true).await;
+        }
+    }
+
+    impl Drop for PrivateServer {
+        fn drop(&mut self) {
+            if let Some(c) = &mut self.child {
+                kill(c);
+            }
+            if let Some(dir) = &self.dir {
+                remove_dir(dir);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -27,8 +27,9 @@ use crate::channel::{Pattern, validate_channel};
 ///   [`BroadcastCapabilities::max_payload`].
 /// - Payloads published on one channel by one handle arrive in the order published.
 /// - A subscription that falls behind by more than its buffer gets
-///   [`Received::Lagged`] with the count it missed, then the messages after: never a
-///   silent skip.
+///   [`Received::Lagged`] with the count it missed, then the messages after; one whose
+///   connection was lost gets [`Received::Reconnected`] once it is subscribed again:
+///   never a silent skip.
 /// - After [`close`](Self::close), calls fail with `Cancelled` and the handle's
 ///   subscriptions end (their `recv` returns `None`).
 #[async_trait]
@@ -87,13 +88,27 @@ pub enum Received {
         /// How many were dropped.
         missed: u64,
     },
+    /// The backend's connection was lost and is back, the subscription in place again:
+    /// what was published meanwhile was missed, how much is not known.
+    Reconnected,
+}
+
+/// What a backend feeds a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Feed {
+    /// A payload published on some channel (the subscription keeps what its pattern
+    /// matches).
+    Published(Published),
+    /// The connection was lost and is back; see [`Received::Reconnected`].
+    Reconnected,
 }
 
 /// A live subscription: [`recv`](Self::recv) until it returns `None` (the handle was
 /// closed or the backend's connection is gone for good). Dropping it unsubscribes.
 pub struct Subscription {
     pattern: Pattern,
-    rx: broadcast::Receiver<Published>,
+    rx: broadcast::Receiver<Feed>,
     closing: CancellationToken,
     /// Ends the task that feeds `rx` when the subscription is dropped.
     _feeder: Option<AbortOnDrop>,
@@ -112,7 +127,7 @@ impl Subscription {
     /// is the task that fills `rx` and ends with the subscription.
     pub(crate) fn new(
         pattern: Pattern,
-        rx: broadcast::Receiver<Published>,
+        rx: broadcast::Receiver<Feed>,
         feeder: Option<tokio::task::JoinHandle<()>>,
     ) -> Self {
         Self { pattern, rx, closing: CancellationToken::new(), _feeder: feeder.map(AbortOnDrop) }
@@ -133,8 +148,9 @@ impl Subscription {
                 next = self.rx.recv() => next,
             };
             match next {
-                Ok(p) if self.pattern.matches(&p.channel) => return Some(Received::Message(p)),
-                Ok(_) => {}
+                Ok(Feed::Published(p)) if self.pattern.matches(&p.channel) => return Some(Received::Message(p)),
+                Ok(Feed::Published(_)) => {}
+                Ok(Feed::Reconnected) => return Some(Received::Reconnected),
                 Err(broadcast::error::RecvError::Lagged(missed)) => return Some(Received::Lagged { missed }),
                 Err(broadcast::error::RecvError::Closed) => return None,
             }

@@ -17,7 +17,7 @@ use platform_core::Error;
 use platform_core::config::UrlParams;
 use tokio::sync::broadcast;
 
-pub use crate::broadcast::Published;
+pub use crate::broadcast::{Feed, Published};
 pub use crate::channel::{Pattern, validate_channel};
 use crate::{Result, Subscription};
 
@@ -25,7 +25,7 @@ use crate::{Result, Subscription};
 /// any), is aborted when the subscription is dropped.
 pub fn subscription(
     pattern: &str,
-    rx: broadcast::Receiver<Published>,
+    rx: broadcast::Receiver<Feed>,
     feeder: Option<tokio::task::JoinHandle<()>>,
 ) -> Result<Subscription> {
     Ok(Subscription::new(Pattern::parse(pattern)?, rx, feeder))

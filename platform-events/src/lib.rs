@@ -19,7 +19,7 @@ pub mod testkit;
 
 use std::sync::Arc;
 
-pub use broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Published, Received, Subscription};
+pub use broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Feed, Published, Received, Subscription};
 pub use platform_core::{Envelope, Error, ErrorKind, Event, Result};
 pub use registry::EventRegistry;
 /// The JSON Schema crate the registry uses: derive `schemars::JsonSchema` on event types.

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use platform_core::{CheckOutcome, HealthCheck, Result};
 use tokio::sync::broadcast;
 
-use crate::broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Published, Subscription};
+use crate::broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Feed, Published, Subscription};
 use crate::driver::BroadcastUrl;
 
 /// The URL schemes of this backend.
@@ -27,7 +27,7 @@ const DEFAULT_MAX_PAYLOAD: usize = 1 << 20;
 static INSTANCES: LazyLock<Mutex<HashMap<String, Weak<Instance>>>> = LazyLock::new(Mutex::default);
 
 struct Instance {
-    tx: broadcast::Sender<Published>,
+    tx: broadcast::Sender<Feed>,
 }
 
 /// In-process broadcast over a `tokio::sync::broadcast` channel per name.
@@ -96,7 +96,7 @@ impl Broadcast for MemoryBroadcast {
 
     async fn publish(&self, channel: &str, payload: Bytes) -> Result<()> {
         // No subscriber is no error: nobody was there to miss it.
-        let _ = self.instance.tx.send(Published { channel: Arc::from(channel), payload });
+        let _ = self.instance.tx.send(Feed::Published(Published { channel: Arc::from(channel), payload }));
         Ok(())
     }
 

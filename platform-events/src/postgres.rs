@@ -31,7 +31,7 @@ use platform_core::{CheckOutcome, Error, HealthCheck, Result};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::{Mutex, broadcast};
 
-use crate::broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Published, Subscription};
+use crate::broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Feed, Published, Subscription};
 use crate::driver::BroadcastUrl;
 
 /// The URL schemes of this backend.
@@ -73,7 +73,7 @@ pub struct PostgresBroadcast {
     namespace: String,
     buffer: usize,
     /// The handle's listener feeds this; subscriptions are receivers of it.
-    hub: Mutex<Option<(broadcast::Sender<Published>, tokio::task::JoinHandle<()>)>>,
+    hub: Mutex<Option<(broadcast::Sender<Feed>, tokio::task::JoinHandle<()>)>>,
     published: AtomicU64,
 }
 
@@ -109,28 +109,57 @@ impl PostgresBroadcast {
     }
 
     /// The handle's listener, started once: `LISTEN` is in place when this returns.
-    async fn hub(&self) -> Result<broadcast::Receiver<Published>> {
+    async fn hub(&self) -> Result<broadcast::Receiver<Feed>> {
         let mut hub = self.hub.lock().await;
         if let Some((tx, task)) = hub.as_ref()
             && !task.is_finished()
         {
             return Ok(tx.subscribe());
         }
-        let mut listener = PgListener::connect_with(&self.pool).await.map_err(map_err)?;
-        listener.listen(&self.namespace).await.map_err(map_err)?;
+        let mut listener = listen(&self.pool, &self.namespace).await?;
         let (tx, rx) = broadcast::channel(self.buffer);
-        let (sender, pool) = (tx.clone(), self.pool.clone());
+        let (sender, pool, namespace) = (tx.clone(), self.pool.clone(), self.namespace.clone());
         let task = tokio::spawn(async move {
-            // `recv` reconnects and listens again after a lost connection; what was
-            // published meanwhile is missed (at-most-once).
-            while let Ok(n) = listener.recv().await {
-                let Some(published) = read(&pool, n.payload()).await else { continue };
-                let _ = sender.send(published);
+            // `try_recv` says `None` when the connection was lost: listen again on a
+            // new one, then tell the subscriptions that what was published meanwhile
+            // was missed.
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => {
+                        let Some(published) = read(&pool, n.payload()).await else { continue };
+                        let _ = sender.send(Feed::Published(published));
+                    }
+                    Ok(None) => {
+                        let mut pause = Duration::from_millis(50);
+                        listener = loop {
+                            match listen(&pool, &namespace).await {
+                                Ok(l) => break l,
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "postgres listener lost; listening again");
+                                    tokio::time::sleep(pause).await;
+                                    pause = (pause * 2).min(Duration::from_secs(2));
+                                }
+                            }
+                        };
+                        let _ = sender.send(Feed::Reconnected);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "postgres listener lost; listening again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
             }
         });
         *hub = Some((tx, task));
         Ok(rx)
     }
+}
+
+/// A connection of its own listening on `namespace`.
+async fn listen(pool: &PgPool, namespace: &str) -> Result<PgListener> {
+    let mut listener = PgListener::connect_with(pool).await.map_err(map_err)?;
+    listener.listen(namespace).await.map_err(map_err)?;
+    Ok(listener)
 }
 
 /// The message a notification names, read from its row when it did not fit.

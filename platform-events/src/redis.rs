@@ -5,7 +5,8 @@
 //! segments (`*` crosses dots), so a pattern subscribes to the glob that covers it and
 //! the subscription keeps only the channels the pattern matches. Redis pub/sub is
 //! at-most-once: a subscriber that is not connected misses what is published, and
-//! nothing is stored.
+//! nothing is stored. A subscription whose connection drops subscribes again on a new
+//! one (backing off up to 2 s) and then yields `Received::Reconnected`.
 //!
 //! Parameters: `buffer` (messages a slow subscription holds before it lags, default
 //! 1024). Payloads up to 8 MiB: a subscriber's output buffer on the server is cut at
@@ -22,7 +23,7 @@ use platform_core::{CheckOutcome, HealthCheck, Result};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::broadcast;
 
-use crate::broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Published, Subscription};
+use crate::broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Feed, Published, Subscription};
 use crate::channel::Pattern;
 use crate::driver::BroadcastUrl;
 
@@ -65,6 +66,18 @@ impl RedisBroadcast {
 /// characters are no glob specials), narrowed again by the pattern itself.
 fn glob(pattern: &str) -> String {
     pattern.split('.').map(|s| if s == ">" { "*" } else { s }).collect::<Vec<_>>().join(".")
+}
+
+/// A pub/sub connection subscribed to `pattern`: `PSUBSCRIBE` on its glob when it
+/// holds a wildcard, `SUBSCRIBE` otherwise. Returns once the server confirmed.
+async fn listen(client: &redis::Client, pattern: &str, wildcard: bool) -> Result<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await.map_err(map_err)?;
+    if wildcard {
+        pubsub.psubscribe(glob(pattern)).await.map_err(map_err)?;
+    } else {
+        pubsub.subscribe(pattern).await.map_err(map_err)?;
+    }
+    Ok(pubsub)
 }
 
 impl fmt::Debug for RedisBroadcast {
@@ -119,22 +132,38 @@ impl Broadcast for RedisBroadcast {
     }
 
     async fn subscribe(&self, pattern: &str) -> Result<Subscription> {
-        let mut pubsub = self.client.get_async_pubsub().await.map_err(map_err)?;
-        // Both return once the server confirmed the subscription.
-        if Pattern::parse(pattern)?.is_wildcard() {
-            pubsub.psubscribe(glob(pattern)).await.map_err(map_err)?;
-        } else {
-            pubsub.subscribe(pattern).await.map_err(map_err)?;
-        }
+        let wildcard = Pattern::parse(pattern)?.is_wildcard();
+        let mut pubsub = listen(&self.client, pattern, wildcard).await?;
         let (tx, rx) = broadcast::channel(self.buffer);
+        let (client, owned) = (self.client.clone(), pattern.to_owned());
         let feeder = tokio::spawn(async move {
-            let mut messages = pubsub.into_on_message();
-            while let Some(m) = messages.next().await {
-                let published = Published {
-                    channel: m.get_channel_name().into(),
-                    payload: Bytes::copy_from_slice(m.get_payload_bytes()),
+            loop {
+                let mut messages = pubsub.into_on_message();
+                while let Some(m) = messages.next().await {
+                    let published = Published {
+                        channel: m.get_channel_name().into(),
+                        payload: Bytes::copy_from_slice(m.get_payload_bytes()),
+                    };
+                    if tx.send(Feed::Published(published)).is_err() {
+                        return;
+                    }
+                }
+                // The connection is gone: subscribe again, then say that a gap was.
+                let mut pause = Duration::from_millis(50);
+                pubsub = loop {
+                    if tx.receiver_count() == 0 {
+                        return;
+                    }
+                    match listen(&client, &owned, wildcard).await {
+                        Ok(p) => break p,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "redis subscription lost; subscribing again");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(2));
+                        }
+                    }
                 };
-                if tx.send(published).is_err() {
+                if tx.send(Feed::Reconnected).is_err() {
                     return;
                 }
             }

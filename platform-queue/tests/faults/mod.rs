@@ -11,6 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use platform_core::testkit::server::{
+    PrivateServer as Private, find_binary, free_port, kill, remove_dir, spawn, temp_dir, wait_port,
+};
 use platform_core::testkit::{eventually, skip, unique_name};
 use platform_queue::{Message, Queue, ReceiveOptions};
 
@@ -26,44 +29,6 @@ mod nats;
 mod postgres;
 #[cfg(feature = "redis")]
 mod redis;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
-}
-
-fn find_binary(name: &str, extra_dirs: &[PathBuf]) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path).chain(extra_dirs.iter().cloned()).map(|d| d.join(name)).find(|p| p.is_file())
-}
-
-fn port_open(port: u16) -> bool {
-    std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-}
-
-async fn wait_port(port: u16, up: bool) {
-    eventually(Duration::from_secs(30), || async move { (port_open(port) == up).then_some(()) })
-        .await
-        .unwrap_or_else(|_| panic!("port {port} never became {}", if up { "open" } else { "closed" }));
-}
-
-fn temp_dir(prefix: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(unique_name(prefix));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
-}
-
-fn kill(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-fn spawn(cmd: &mut Command) -> Child {
-    cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start server")
-}
-
-fn remove_dir(dir: &Path) {
-    let _ = std::fs::remove_dir_all(dir);
-}
 
 /// Sends `total` messages while one consumer receives and acks; calls `crash` after a
 /// third was sent (some of those delayed past the crash). Returns (received distinct,
@@ -122,43 +87,6 @@ where
     let seen = consumer.await.expect("consumer");
     let duplicates = seen.values().map(|n| n - 1).sum();
     (seen.len(), duplicates)
-}
-
-/// A private server that a fault test kills with SIGKILL and starts again on its data:
-/// `command` starts it listening on `port`; `dir`, its data, is removed on drop.
-struct Private {
-    port: u16,
-    dir: Option<PathBuf>,
-    command: Box<dyn Fn() -> Command + Send>,
-    child: Option<Child>,
-}
-
-impl Private {
-    /// Starts the server and waits until it listens.
-    async fn start(port: u16, dir: Option<PathBuf>, command: impl Fn() -> Command + Send + 'static) -> Self {
-        let mut s = Self { port, dir, command: Box::new(command), child: None };
-        s.child = Some(spawn(&mut (s.command)()));
-        wait_port(port, true).await;
-        s
-    }
-
-    async fn kill_and_restart(&mut self) {
-        kill(self.child.as_mut().expect("running"));
-        wait_port(self.port, false).await;
-        self.child = Some(spawn(&mut (self.command)()));
-        wait_port(self.port, true).await;
-    }
-}
-
-impl Drop for Private {
-    fn drop(&mut self) {
-        if let Some(c) = &mut self.child {
-            kill(c);
-        }
-        if let Some(dir) = &self.dir {
-            remove_dir(dir);
-        }
-    }
 }
 
 fn report(backend: &str, total: usize, received: usize, duplicates: usize) {
