@@ -43,6 +43,19 @@ where
     println!("{workload:<44} {who:<34} {:>9.0} msgs/s  ({})", rates[rates.len() / 2], all.join(", "));
 }
 
+/// omniqueue: receives `n` in batches of `batch`, acking each; timed.
+async fn omni_drain(c: &mut impl omniqueue::QueueConsumer, batch: usize, n: usize) -> Duration {
+    let t = Instant::now();
+    let mut done = 0;
+    while done < n {
+        for d in c.receive_all(batch, Duration::from_secs(1)).await.expect("receive") {
+            d.ack().await.map_err(|(e, _)| e).expect("ack");
+            done += 1;
+        }
+    }
+    t.elapsed()
+}
+
 // ---------------------------------------------------------------- Redis
 
 /// `XGROUP CREATE key bench 0 MKSTREAM` over RESP: omniqueue consumes a stream with a
@@ -127,15 +140,7 @@ async fn redis(rounds: usize) {
             for _ in 0..N {
                 p.send_raw(&BODY).await.expect("send");
             }
-            let t = Instant::now();
-            let mut done = 0;
-            while done < N {
-                for d in c.receive_all(batch, Duration::from_secs(1)).await.expect("receive") {
-                    d.ack().await.map_err(|(e, _)| e).expect("ack");
-                    done += 1;
-                }
-            }
-            t.elapsed()
+            omni_drain(&mut c, batch, N).await
         })
         .await;
     }
@@ -287,15 +292,7 @@ async fn rabbitmq(rounds: usize) {
                     for _ in 0..N {
                         p.send_raw(&BODY).await.expect("send");
                     }
-                    let t = Instant::now();
-                    let mut done = 0;
-                    while done < N {
-                        for d in c.receive_all(batch, Duration::from_secs(1)).await.expect("receive") {
-                            d.ack().await.map_err(|(e, _)| e).expect("ack");
-                            done += 1;
-                        }
-                    }
-                    t.elapsed()
+                    omni_drain(&mut c, batch, N).await
                 })
                 .await;
             }
