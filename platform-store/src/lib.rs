@@ -123,7 +123,7 @@ fn fs_caps(presign: bool) -> Capabilities {
 /// | URL | backend | parameters |
 /// |---|---|---|
 /// | `memory://` | in-process (feature `memory`) | `presign_secret`, `presign_base` |
-/// | `file:///abs/dir` | local disk, created when missing (`fs`) | `presign_secret`, `presign_base` |
+/// | `file:///abs/dir` | local disk, created when missing (`fs`) | `fsync`, `presign_secret`, `presign_base` |
 /// | `s3://bucket` | S3 and compatibles: MinIO, R2, Spaces (`s3`) | `endpoint`, `region`, `access_key_id`, `secret_access_key`, `session_token`, `allow_http`, `virtual_hosted_style`, `ca_file` |
 /// | `az://container` | Azure Blob (`azure`) | `account`, `access_key`, `endpoint`, `azurite`, `allow_http`, `ca_file` |
 /// | `gs://bucket` | Google Cloud Storage (`gcs`) | `endpoint`, `service_account_path`, `anonymous`, `allow_http`, `ca_file` |
@@ -153,6 +153,7 @@ pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
         #[cfg(feature = "fs")]
         "file" => {
             let presigner = params.local_presigner()?;
+            let fsync = params.0.take_bool("fsync")?.unwrap_or(false);
             params.finish("file")?;
             let dir = url.to_file_path().map_err(|()| bad("path", "must be absolute (file:///dir)"))?;
             tokio::fs::create_dir_all(&dir).await.map_err(|e| {
@@ -177,6 +178,7 @@ pub async fn open(raw: &str) -> Result<Arc<dyn BlobStore>> {
                 ordered_list: false,
                 remote: false,
                 swapped_copy_modes: false,
+                fsync: fsync.then(|| dir.clone()),
             };
             Arc::new(ObjectBlobStore::new(Arc::new(fs), "fs", masked, caps, presigner, gaps))
         }

@@ -64,3 +64,44 @@ async fn s3_over_tls_with_a_private_ca() {
     let err = platform_store::open(&format!("{url}&ca_file=/nonexistent/ca.pem")).await.expect_err("bad ca_file");
     assert_eq!(err.details()[0].field, "ca_file", "{err}");
 }
+
+/// `fsync=true` on local disk: every write path still works (nested keys, attributes,
+/// streamed puts, copies), and a bad value is an error naming the parameter.
+#[tokio::test]
+async fn fs_with_fsync() {
+    use futures::TryStreamExt as _;
+    use platform_store::{Attributes, BlobStoreExt as _, PutOptions, byte_stream};
+    let dir = std::env::temp_dir().join(platform_core::testkit::unique_name("store-fsync"));
+    let store = platform_store::open(&format!("file://{}?fsync=true", dir.display())).await.unwrap();
+    let options = PutOptions::default().with_attributes(Attributes::default().with_content_type("text/plain"));
+    store.put("a/b/c.txt", "nested".into(), options).await.unwrap();
+    assert_eq!(store.get_bytes("a/b/c.txt").await.unwrap(), "nested");
+    assert_eq!(store.head("a/b/c.txt").await.unwrap().attributes.content_type.as_deref(), Some("text/plain"));
+    let parts = vec![Ok(bytes::Bytes::from(vec![7_u8; 3 << 20])), Ok(bytes::Bytes::from(vec![8_u8; 10]))];
+    store.put_stream("big", byte_stream(futures::stream::iter(parts)), PutOptions::default()).await.unwrap();
+    store.copy("a/b/c.txt", "copy/of/c").await.unwrap();
+    assert_eq!(store.head("copy/of/c").await.unwrap().attributes.content_type.as_deref(), Some("text/plain"));
+    let body: Vec<_> = store.get("big", Default::default()).await.unwrap().body.try_collect().await.unwrap();
+    assert_eq!(body.iter().map(bytes::Bytes::len).sum::<usize>(), (3 << 20) + 10);
+    let err = platform_store::open(&format!("file://{}?fsync=maybe", dir.display())).await.unwrap_err();
+    assert!(err.is_invalid_input() && err.to_string().contains("fsync"), "{err}");
+    drop(std::fs::remove_dir_all(&dir));
+}
+
+/// A local file cut short while it is read fails the read with `Conflict`: a body is
+/// never handed on shorter than the range it promised.
+#[tokio::test]
+async fn fs_read_of_a_truncated_file_fails() {
+    use futures::TryStreamExt as _;
+    use platform_store::BlobStoreExt as _;
+    let dir = std::env::temp_dir().join(platform_core::testkit::unique_name("store-truncated"));
+    let store = platform_store::open(&format!("file://{}", dir.display())).await.unwrap();
+    store.put_bytes("k", vec![1_u8; 40 << 20]).await.unwrap();
+    let mut body = store.get("k", Default::default()).await.unwrap().body;
+    let first = body.try_next().await.unwrap().unwrap().len();
+    assert!(first < 40 << 20, "read in parts");
+    std::fs::File::options().write(true).open(dir.join("k")).unwrap().set_len(first as u64).unwrap();
+    let err = body.try_next().await.unwrap_err();
+    assert_eq!(err.kind(), platform_store::ErrorKind::Conflict, "{err}");
+    drop(std::fs::remove_dir_all(&dir));
+}
