@@ -190,55 +190,7 @@ impl<B: Broadcast> BroadcastHandle<B> {
     }
 }
 
-impl<B: Broadcast + ?Sized> BroadcastHandle<B> {
-    /// The backend under the portable layer. Calls through it skip the checks.
-    pub fn driver(&self) -> &B {
-        &self.inner
-    }
-
-    fn span(&self, op: &'static str, channel: &str) -> tracing::Span {
-        tracing::debug_span!("broadcast", backend = self.inner.backend(), op, channel)
-    }
-
-    fn stamp(&self, op: &'static str) -> impl Fn(Error) -> Error + '_ {
-        move |e| e.in_context(self.inner.backend(), op)
-    }
-
-    fn check_open(&self, op: &'static str) -> Result<()> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(Error::new(ErrorKind::Cancelled, "the broadcast handle is closed")
-                .with_backend(self.inner.backend())
-                .with_op(op));
-        }
-        Ok(())
-    }
-}
-
-impl<B: Broadcast + ?Sized> Debug for BroadcastHandle<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        Debug::fmt(&self.inner, f)
-    }
-}
-
-impl<B: Broadcast + ?Sized> Display for BroadcastHandle<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        Display::fmt(&self.inner, f)
-    }
-}
-
-#[async_trait]
-#[deny(clippy::missing_trait_methods)]
-impl<B: Broadcast + ?Sized> HealthCheck for BroadcastHandle<B> {
-    fn name(&self) -> String {
-        self.inner.name()
-    }
-    fn critical(&self) -> bool {
-        self.inner.critical()
-    }
-    async fn check(&self) -> Result<CheckOutcome> {
-        self.inner.check().instrument(self.span("health", "")).await.map_err(self.stamp("health"))
-    }
-}
+crate::handle::portable_handle!(BroadcastHandle, Broadcast, "broadcast", "the broadcast handle is closed");
 
 #[async_trait]
 #[deny(clippy::missing_trait_methods)]

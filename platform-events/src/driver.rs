@@ -18,7 +18,12 @@ use platform_core::config::UrlParams;
 use tokio::sync::broadcast;
 
 pub use crate::broadcast::{Feed, Published};
+pub use crate::bus::{
+    CORRELATION_HEADER, KEY_EXTENSION, KEY_HEADER, TOPIC_HEADER, TRACEPARENT_HEADER, TYPE_HEADER, validate_group,
+};
 pub use crate::channel::{Pattern, validate_channel};
+#[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "redis"))]
+pub use crate::queued::{BusUrl, GroupStore, QueuedBus, queue_options};
 use crate::{Result, Subscription};
 
 /// A subscription to `pattern` reading `rx`; `feeder`, the task that fills `rx` (if

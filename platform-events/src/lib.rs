@@ -2,8 +2,10 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod broadcast;
+mod bus;
 pub mod channel;
 pub mod driver;
+mod handle;
 pub mod registry;
 
 #[cfg(feature = "memory")]
@@ -12,20 +14,100 @@ pub mod memory;
 pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "redis"))]
+mod queued;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 use std::sync::Arc;
 
 pub use broadcast::{Broadcast, BroadcastCapabilities, BroadcastHandle, Feed, Published, Received, Subscription};
+pub use bus::{BusCapabilities, BusHandle, EventBus, EventDelivery, Group};
 pub use platform_core::{Envelope, Error, ErrorKind, Event, Result};
 pub use registry::EventRegistry;
 /// The JSON Schema crate the registry uses: derive `schemars::JsonSchema` on event types.
 pub use schemars;
 
+/// Every event bus scheme this build can open.
+#[cfg_attr(
+    not(any(feature = "memory", feature = "sqlite", feature = "redis", feature = "postgres")),
+    allow(unused_mut)
+)]
+pub fn bus_schemes() -> Vec<&'static str> {
+    let mut all: Vec<&'static str> = Vec::new();
+    #[cfg(feature = "memory")]
+    all.extend(memory::SCHEMES);
+    #[cfg(feature = "sqlite")]
+    all.extend(sqlite::SCHEMES);
+    #[cfg(feature = "redis")]
+    all.extend(redis::SCHEMES);
+    #[cfg(feature = "postgres")]
+    all.extend(postgres::SCHEMES);
+    all
+}
+
+/// Opens the event bus a URL names; the scheme picks the backend.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use std::time::Duration;
+/// use platform_events::{Envelope, EventBus, open_bus};
+/// let bus = open_bus("memory://doc-bus").await?; // or EVENTS_URL: sqlite:///data/events.db, postgres://…
+/// let mailer = bus.subscribe("user.*", "mailer").await?;
+/// bus.publish("user.created", vec![Envelope::raw("user.created", "1", serde_json::json!({"id": 7}))]).await?;
+/// let got = mailer.receive(10, Duration::from_secs(1)).await?;
+/// assert_eq!(got[0].envelope().payload["id"], 7);
+/// got[0].ack().await?;
+/// # Ok::<_, platform_events::Error>(()) }).unwrap();
+/// ```
+///
+/// A scheme whose feature is off is an error naming the feature; an unknown scheme
+/// lists the schemes this build supports. Errors never show the password.
+#[allow(clippy::unused_async)]
+#[cfg_attr(
+    not(any(feature = "memory", feature = "sqlite", feature = "redis", feature = "postgres")),
+    allow(unreachable_code, unused_variables)
+)]
+pub async fn open_bus(url: &str) -> Result<Arc<dyn EventBus>> {
+    let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
+    let bus: Arc<dyn EventBus> = match scheme.as_str() {
+        #[cfg(feature = "memory")]
+        "memory" => Arc::new(memory::MemoryBus::from_url(url)?),
+        #[cfg(feature = "sqlite")]
+        "sqlite" => Arc::new(sqlite::SqliteBus::from_url(url).await?),
+        #[cfg(feature = "redis")]
+        "redis" | "valkey" => Arc::new(redis::RedisBus::from_url(url).await?),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Arc::new(postgres::PostgresBus::from_url(url).await?),
+        other => {
+            return Err(platform_core::config::scheme_error(
+                "platform-events",
+                other,
+                feature_for(other),
+                &bus_schemes(),
+                url,
+            ));
+        }
+    };
+    Ok(bus)
+}
+
+/// Opens the event bus named by `{PREFIX}_URL` (`open_bus_from_env("EVENTS")` reads
+/// `EVENTS_URL`).
+pub async fn open_bus_from_env(prefix: &str) -> Result<Arc<dyn EventBus>> {
+    let env = platform_core::config::Env::new(prefix);
+    let url: String = env.require("URL")?;
+    open_bus(&url).await
+}
+
 /// Every broadcast scheme this build can open.
+#[cfg_attr(not(any(feature = "memory", feature = "nats", feature = "redis", feature = "postgres")), allow(unused_mut))]
 pub fn schemes() -> Vec<&'static str> {
     let mut all: Vec<&'static str> = Vec::new();
     #[cfg(feature = "memory")]
@@ -43,6 +125,7 @@ pub fn schemes() -> Vec<&'static str> {
 fn feature_for(scheme: &str) -> Option<&'static str> {
     Some(match scheme {
         "memory" => "memory",
+        "sqlite" => "sqlite",
         "nats" => "nats",
         "redis" | "valkey" => "redis",
         "postgres" | "postgresql" => "postgres",
@@ -67,6 +150,10 @@ fn feature_for(scheme: &str) -> Option<&'static str> {
 /// lists the schemes this build supports. Errors never show the password.
 // With only in-process backends enabled nothing here awaits; the signature stays async.
 #[allow(clippy::unused_async)]
+#[cfg_attr(
+    not(any(feature = "memory", feature = "nats", feature = "redis", feature = "postgres")),
+    allow(unreachable_code, unused_variables)
+)]
 pub async fn open_broadcast(url: &str) -> Result<Arc<dyn Broadcast>> {
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
     let hub: Arc<dyn Broadcast> = match scheme.as_str() {

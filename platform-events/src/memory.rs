@@ -108,3 +108,69 @@ impl Broadcast for MemoryBroadcast {
         Ok(())
     }
 }
+
+/// The groups of every in-process event bus, by namespace.
+static GROUPS: LazyLock<Mutex<HashMap<String, HashMap<String, String>>>> = LazyLock::new(Mutex::default);
+
+/// The in-process event bus: `memory://namespace`, groups kept for the life of the
+/// process, each group an in-process queue of platform-queue (`memory://` queue
+/// parameters: `visibility_timeout`, `max_attempts`, `dedup_window`).
+#[derive(Debug)]
+pub struct MemoryGroups {
+    namespace: String,
+}
+
+/// The in-process event bus.
+pub type MemoryBus = crate::queued::QueuedBus<MemoryGroups>;
+
+impl MemoryBus {
+    /// Opens `memory://namespace?…`.
+    pub fn from_url(url: &str) -> Result<crate::BusHandle<Self>> {
+        let mut bus = crate::queued::BusUrl::parse(url)?;
+        let parsed = url::Url::parse(url).map_err(|e| platform_core::Error::invalid_input(e.to_string()))?;
+        if let Some(host) = parsed.host_str().filter(|h| !h.is_empty() && !url.contains("namespace=")) {
+            crate::bus::validate_group(host)?;
+            bus.namespace = host.to_owned();
+        }
+        // The queue's own parameters, checked by the queue itself.
+        let probe = platform_queue::memory::MemoryQueue::from_url(&bus.queue_url(&bus.queue_name("_")))?;
+        let (base, caps) = (probe.driver().options().clone(), platform_queue::Queue::capabilities(&probe));
+        let groups = MemoryGroups { namespace: bus.namespace.clone() };
+        Ok(crate::BusHandle::new(Self::new(groups, bus, base, &caps)))
+    }
+}
+
+#[async_trait]
+impl crate::queued::GroupStore for MemoryGroups {
+    fn backend(&self) -> &'static str {
+        "memory"
+    }
+
+    fn location(&self) -> String {
+        "in process".to_owned()
+    }
+
+    async fn register(&self, group: &str, pattern: &str) -> Result<String> {
+        let mut all = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+        let groups = all.entry(self.namespace.clone()).or_default();
+        Ok(groups.entry(group.to_owned()).or_insert_with(|| pattern.to_owned()).clone())
+    }
+
+    async fn groups(&self) -> Result<Vec<(String, String)>> {
+        let all = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+        let groups = all.get(&self.namespace).map(|g| g.iter().map(|(a, b)| (a.clone(), b.clone())).collect());
+        Ok(groups.unwrap_or_default())
+    }
+
+    async fn open_queue(&self, options: platform_queue::QueueOptions) -> Result<Arc<dyn platform_queue::Queue>> {
+        Ok(Arc::new(platform_queue::memory::MemoryQueue::with_options(options)?))
+    }
+
+    async fn ping(&self) -> Result<Option<String>> {
+        Ok(Some("in process".to_owned()))
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}

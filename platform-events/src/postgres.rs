@@ -277,3 +277,26 @@ mod tests {
         assert!(inline_notice("c", &vec![0u8; 5_800]).is_some());
     }
 }
+
+const GROUP_SQL: crate::sql::GroupSql = crate::sql::GroupSql {
+    schema: "CREATE TABLE IF NOT EXISTS platform_event_groups (
+        namespace TEXT NOT NULL, name TEXT NOT NULL, pattern TEXT NOT NULL, created_ms BIGINT NOT NULL,
+        PRIMARY KEY (namespace, name))",
+    register: "INSERT INTO platform_event_groups (namespace, name, pattern, created_ms) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (namespace, name) DO NOTHING",
+    pattern: "SELECT pattern FROM platform_event_groups WHERE namespace = $1 AND name = $2",
+    list: "SELECT name, pattern FROM platform_event_groups WHERE namespace = $1",
+};
+
+crate::sql::sql_groups!(
+    PostgresGroups,
+    PostgresBus,
+    platform_queue::postgres::PostgresQueue,
+    "postgres",
+    GROUP_SQL,
+    group_error
+);
+
+fn group_error(db: &dyn sqlx::error::DatabaseError) -> Option<platform_core::sql::Mapped> {
+    platform_core::sql::postgres_kind(&db.code()?)
+}

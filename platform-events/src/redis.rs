@@ -176,6 +176,98 @@ impl Broadcast for RedisBroadcast {
     }
 }
 
+/// Where the event bus keeps its groups on Redis (a hash per namespace,
+/// `platform:events:{namespace}:groups`), every group a queue of platform-queue's
+/// Redis backend on a connection of its own.
+pub struct RedisGroups {
+    namespace: String,
+    key: String,
+    bus: crate::queued::BusUrl,
+    conn: ConnectionManager,
+    location: String,
+}
+
+impl fmt::Debug for RedisGroups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisGroups").field("namespace", &self.namespace).finish_non_exhaustive()
+    }
+}
+
+/// The event bus on Redis or Valkey.
+pub type RedisBus = crate::queued::QueuedBus<RedisGroups>;
+
+impl RedisBus {
+    /// Opens the bus: the URL is the queue's (its parameters apply to every group's
+    /// queue) plus `namespace`.
+    pub async fn from_url(url: &str) -> Result<crate::BusHandle<Self>> {
+        let bus = crate::queued::BusUrl::parse(url)?;
+        // Opened once to check the queue's parameters and learn its limits.
+        let probe = platform_queue::redis::RedisQueue::from_url(&bus.queue_url(&bus.queue_name("_"))).await?;
+        let (options, caps) = (probe.driver().options().clone(), platform_queue::Queue::capabilities(&probe));
+        platform_queue::Queue::close(&probe).await?;
+        let mut server = url::Url::parse(url).map_err(|e| platform_core::Error::invalid_input(e.to_string()))?;
+        server.set_query(None);
+        if server.scheme() == "valkey" {
+            let _ = server.set_scheme("redis");
+        }
+        let client = redis::Client::open(server.as_str()).map_err(map_err)?;
+        let config = ConnectionManagerConfig::new().set_number_of_retries(2);
+        let conn = ConnectionManager::new_with_config(client, config).await.map_err(map_err)?;
+        let location = format!("{}:{}", server.host_str().unwrap_or_default(), server.port().unwrap_or(6379));
+        let key = format!("platform:events:{}:groups", bus.namespace);
+        let groups = RedisGroups { namespace: bus.namespace.clone(), key, bus: bus.clone(), conn, location };
+        Ok(crate::BusHandle::new(Self::new(groups, bus, options, &caps)))
+    }
+}
+
+#[async_trait]
+impl crate::queued::GroupStore for RedisGroups {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    fn location(&self) -> String {
+        self.location.clone()
+    }
+
+    async fn register(&self, group: &str, pattern: &str) -> Result<String> {
+        let mut conn = self.conn.clone();
+        let (_, held): (bool, String) = redis::pipe()
+            .atomic()
+            .hset_nx(&self.key, group, pattern)
+            .hget(&self.key, group)
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(held)
+    }
+
+    async fn groups(&self) -> Result<Vec<(String, String)>> {
+        let mut conn = self.conn.clone();
+        let all: std::collections::HashMap<String, String> =
+            redis::cmd("HGETALL").arg(&self.key).query_async(&mut conn).await.map_err(map_err)?;
+        Ok(all.into_iter().collect())
+    }
+
+    async fn open_queue(
+        &self,
+        options: platform_queue::QueueOptions,
+    ) -> Result<std::sync::Arc<dyn platform_queue::Queue>> {
+        let url = self.bus.queue_url(&options.queue);
+        Ok(std::sync::Arc::new(platform_queue::redis::RedisQueue::from_url(&url).await?))
+    }
+
+    async fn ping(&self) -> Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        let info: String = redis::cmd("INFO").arg("server").query_async(&mut conn).await.map_err(map_err)?;
+        Ok(info.lines().find_map(|l| l.strip_prefix("redis_version:")).map(|v| format!("redis {v}")))
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

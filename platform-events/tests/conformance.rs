@@ -32,3 +32,25 @@ conformance_tests!(
         UrlHarness::new(format!("{u}{sep}namespace={}", platform_core::testkit::unique_ident("ns")))
     })
 );
+
+mod bus {
+    use platform_events::bus_conformance_tests;
+    use platform_events::testkit::bus::BusHarness;
+
+    bus_conformance_tests!(memory, Some(BusHarness::new("memory://conformance")));
+
+    #[cfg(feature = "sqlite")]
+    bus_conformance_tests!(
+        sqlite,
+        Some(BusHarness::new(format!(
+            "sqlite://{}?visibility_timeout=30s",
+            std::env::temp_dir().join(format!("platform-events-bus-{}.db", std::process::id())).display()
+        )))
+    );
+
+    #[cfg(feature = "postgres")]
+    bus_conformance_tests!(postgres, BusHarness::from_env("POSTGRES"));
+
+    #[cfg(feature = "redis")]
+    bus_conformance_tests!(redis, BusHarness::from_env("REDIS"));
+}

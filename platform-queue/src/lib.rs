@@ -48,6 +48,22 @@ pub use queue::{Queue, QueueExt, QueueHandle};
 pub use worker::{Handler, SETTLES_IN_FLIGHT, Worker, WorkerConfig, WorkerStats};
 
 /// Every scheme this build can open, in the order `open` tries them.
+#[cfg_attr(
+    not(any(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "nats",
+        feature = "rabbitmq",
+        feature = "sqs",
+        feature = "stomp",
+        feature = "kafka",
+        feature = "mqtt"
+    )),
+    allow(unused_mut)
+)]
 pub fn schemes() -> Vec<&'static str> {
     let mut all: Vec<&'static str> = Vec::new();
     #[cfg(feature = "memory")]
@@ -110,6 +126,22 @@ fn feature_for(scheme: &str) -> Option<&'static str> {
 /// lists the schemes this build supports. Errors never show the password.
 // With only in-process backends enabled nothing here awaits; the signature stays async.
 #[allow(clippy::unused_async)]
+#[cfg_attr(
+    not(any(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "mysql",
+        feature = "redis",
+        feature = "nats",
+        feature = "rabbitmq",
+        feature = "sqs",
+        feature = "stomp",
+        feature = "kafka",
+        feature = "mqtt"
+    )),
+    allow(unreachable_code, unused_variables)
+)]
 pub async fn open(url: &str) -> Result<Arc<dyn Queue>> {
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
     let queue: Arc<dyn Queue> = match scheme.as_str() {

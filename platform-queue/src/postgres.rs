@@ -257,6 +257,14 @@ impl Drop for PostgresStore {
     }
 }
 
+impl PostgresStore {
+    /// The connection pool, for tables of its own beside the queue's (an event bus
+    /// keeps its groups there).
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
 #[async_trait]
 impl LeaseStore for PostgresStore {
     fn backend(&self) -> &'static str {

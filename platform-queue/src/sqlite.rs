@@ -115,6 +115,14 @@ impl SqliteQueue {
     }
 }
 
+impl SqliteStore {
+    /// The connection pool, for tables of its own beside the queue's (an event bus
+    /// keeps its groups there).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
+
 #[async_trait]
 impl LeaseStore for SqliteStore {
     fn backend(&self) -> &'static str {

@@ -213,7 +213,8 @@ fn lease_token() -> Arc<str> {
 }
 
 struct Inner<S> {
-    store: S,
+    /// Shared by the queues made with [`LeasedQueue::sibling`].
+    store: Arc<S>,
     options: QueueOptions,
     /// This handle's last claim found nothing, or left nothing claimable behind.
     idle: AtomicBool,
@@ -304,9 +305,20 @@ pub struct LeasedQueue<S: LeaseStore> {
 impl<S: LeaseStore> LeasedQueue<S> {
     /// A queue over `store` with `options`.
     pub fn new(store: S, options: QueueOptions) -> Result<Self> {
+        Self::on(Arc::new(store), options)
+    }
+
+    fn on(store: Arc<S>, options: QueueOptions) -> Result<Self> {
         options.validate()?;
         let inner = Inner { store, options, idle: AtomicBool::new(false), acks: std::sync::OnceLock::new() };
         Ok(Self { inner: Arc::new(inner) })
+    }
+
+    /// Another queue on the same store (the same connections), described by
+    /// `options`: a family of queues opened once. Closing one of them releases the
+    /// connections only when it is the last of its family.
+    pub fn sibling(&self, options: QueueOptions) -> Result<Self> {
+        Self::on(Arc::clone(&self.inner.store), options)
     }
 
     /// The store.
@@ -452,6 +464,9 @@ impl<S: LeaseStore> Queue for LeasedQueue<S> {
     }
 
     async fn close(&self) -> Result<()> {
+        if Arc::strong_count(&self.inner.store) > 1 {
+            return Ok(()); // a sibling still uses the connections
+        }
         self.inner.store.close().await
     }
 }

@@ -273,3 +273,5 @@ macro_rules! broadcast_behaviours {
         }
     };
 }
+
+pub mod bus;
