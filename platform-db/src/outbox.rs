@@ -8,7 +8,9 @@
 //!   SKIP LOCKED`, so concurrent relays never claim the same row; SQLite: one writer at a
 //!   time). A claim whose lease ran out may be taken again: delivery is at-least-once.
 //! - [`mark_sent`] marks claimed rows sent, only while the claim still holds them;
-//!   [`purge_sent`] deletes sent rows older than a cut-off.
+//!   [`release`] gives them back for a retry at a set time; [`park`] sets poison rows
+//!   aside for good ([`parked`] lists them); [`purge_sent`] deletes sent rows older than
+//!   a cut-off; [`lag`] is the age of the oldest row still to send.
 //!
 //! The table comes from [`migration`], added to the application's migrations.
 
@@ -158,25 +160,24 @@ pub async fn claim(db: &Db, limit: u32, lease: Duration) -> Result<Claim> {
     tx.execute(&update).await?;
     let rows = tx.fetch_all(&select).await?;
     tx.commit().await?;
-    let records = rows
-        .iter()
-        .map(|r| {
-            let created: i64 = r.get("created_at")?;
-            Ok(OutboxRecord {
-                id: r.get("id")?,
-                message: OutboxMessage {
-                    topic: r.get("topic")?,
-                    key: r.get("msg_key")?,
-                    payload: r.get("payload")?,
-                    headers: serde_json::from_str(&r.get::<String>("headers")?)?,
-                },
-                created_at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(created) * 1_000_000)
-                    .unwrap_or(OffsetDateTime::UNIX_EPOCH),
-                attempts: r.get("attempts")?,
-            })
-        })
-        .collect::<Result<_>>()?;
+    let records = rows.iter().map(record).collect::<Result<_>>()?;
     Ok(Claim { token, records })
+}
+
+fn record(r: &crate::Row) -> Result<OutboxRecord> {
+    let created: i64 = r.get("created_at")?;
+    Ok(OutboxRecord {
+        id: r.get("id")?,
+        message: OutboxMessage {
+            topic: r.get("topic")?,
+            key: r.get("msg_key")?,
+            payload: r.get("payload")?,
+            headers: serde_json::from_str(&r.get::<String>("headers")?)?,
+        },
+        created_at: OffsetDateTime::from_unix_timestamp_nanos(i128::from(created) * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH),
+        attempts: r.get("attempts")?,
+    })
 }
 
 /// Marks these rows of `claim` sent; returns how many were still held by it.
@@ -200,4 +201,62 @@ pub async fn mark_sent(db: &Db, claim: &Claim, ids: &[i64]) -> Result<u64> {
 pub async fn purge_sent(db: &Db, older_than: Duration) -> Result<u64> {
     let cutoff = now_ms() - i64::try_from(older_than.as_millis()).unwrap_or(i64::MAX / 2);
     db.execute(&Sql::new(format!("DELETE FROM {TABLE} WHERE sent_at IS NOT NULL AND sent_at < ?")).bind(cutoff)).await
+}
+
+/// `claimed_until` of a parked row: never claimed again until an operator acts.
+pub const PARKED: i64 = i64::MAX;
+
+/// Gives these rows of `claim` back, claimable again from `retry_at` (a publish that
+/// failed, retried after a backoff); returns how many were still held by it.
+pub async fn release(db: &Db, claim: &Claim, ids: &[i64], retry_at: OffsetDateTime) -> Result<u64> {
+    let at = i64::try_from(retry_at.unix_timestamp_nanos() / 1_000_000).unwrap_or(0);
+    settle(db, claim, ids, at).await
+}
+
+/// Parks these rows of `claim` (poison: they failed too often or cannot be published):
+/// never claimed again, listed by [`parked`], counted apart from the lag.
+pub async fn park(db: &Db, claim: &Claim, ids: &[i64]) -> Result<u64> {
+    settle(db, claim, ids, PARKED).await
+}
+
+async fn settle(db: &Db, claim: &Claim, ids: &[i64], claimed_until: i64) -> Result<u64> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut update = Sql::new(format!(
+        "UPDATE {TABLE} SET claimed_until = ?, claim_token = NULL \
+         WHERE claim_token = ? AND sent_at IS NULL AND id IN ({})",
+        placeholders(ids.len())
+    ))
+    .bind(claimed_until)
+    .bind(claim.token.clone());
+    for id in ids {
+        update = update.bind(*id);
+    }
+    db.execute(&update).await
+}
+
+/// Up to `limit` parked rows, oldest first.
+pub async fn parked(db: &Db, limit: u32) -> Result<Vec<OutboxRecord>> {
+    let select = Sql::new(format!(
+        "SELECT id, topic, msg_key, payload, headers, created_at, attempts FROM {TABLE} \
+         WHERE sent_at IS NULL AND claimed_until = ? ORDER BY id LIMIT ?"
+    ))
+    .bind(PARKED)
+    .bind(i64::from(limit));
+    db.fetch_all(&select).await?.iter().map(record).collect()
+}
+
+/// How long the oldest unsent row (parked ones aside) has waited; `None` when every
+/// row was sent. What a relay's health check reports.
+pub async fn lag(db: &Db) -> Result<Option<Duration>> {
+    let select =
+        Sql::new(format!("SELECT MIN(created_at) AS oldest FROM {TABLE} WHERE sent_at IS NULL AND claimed_until < ?"))
+            .bind(PARKED);
+    let rows = db.fetch_all(&select).await?;
+    let oldest: Option<i64> = match rows.first() {
+        Some(r) => r.get("oldest")?,
+        None => None,
+    };
+    Ok(oldest.map(|t| Duration::from_millis(u64::try_from(now_ms() - t).unwrap_or(0))))
 }

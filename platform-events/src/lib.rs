@@ -18,6 +18,8 @@ pub mod postgres;
 mod queued;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "outbox")]
+pub mod relay;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "sqlite")]
