@@ -175,8 +175,17 @@ struct Shared {
     shards: Box<[Shard]>,
     seq: AtomicU64,
     next_send: AtomicUsize,
-    dedup: Mutex<HashMap<String, i64>>,
+    dedup: Mutex<Dedup>,
     notify: Notify,
+}
+
+/// Dedup keys and when each expires. Expired keys are swept when the map has doubled
+/// since the last sweep: amortised O(1) per send, where sweeping on every send past a
+/// fixed size made a busy queue's sends cost the whole map each.
+#[derive(Debug, Default)]
+struct Dedup {
+    seen: rustc_hash::FxHashMap<String, i64>,
+    sweep_at: usize,
 }
 
 impl Default for Shared {
@@ -397,10 +406,12 @@ impl Queue for MemoryQueue {
         let mut messages = messages;
         if messages.iter().any(|m| m.dedup_key.is_some()) {
             let dedup_until = now + ms(self.inner.options.dedup_window);
-            let mut seen = q.dedup.lock().unwrap_or_else(|e| e.into_inner());
-            if seen.len() > 10_000 {
-                seen.retain(|_, until| *until > now);
+            let mut dedup = q.dedup.lock().unwrap_or_else(|e| e.into_inner());
+            if dedup.seen.len() > dedup.sweep_at.max(10_000) {
+                dedup.seen.retain(|_, until| *until > now);
+                dedup.sweep_at = dedup.seen.len() * 2;
             }
+            let seen = &mut dedup.seen;
             messages.retain_mut(|m| match m.dedup_key.take() {
                 Some(key) if seen.get(&key).is_some_and(|until| *until > now) => false,
                 Some(key) => {

@@ -1,0 +1,150 @@
+//! The event bus beside platform-queue doing the same fan-out by hand, same run: three
+//! groups follow one topic; a publisher sends N events (one per publish, or 100 per
+//! publish) while three consumers, one per group, receive 100 at a time and ack them
+//! in batches; timed from the first publish until every group acked all N. The queue
+//! side does by hand what the bus promises: encodes each envelope, sends it to three
+//! queues with its id as dedup key, decodes it on receipt. So the ratio is what the bus
+//! layer itself costs (the group registry read per publish, the headers, the fan-out);
+//! `benches/queue.rs` puts each queue beside its raw client.
+//!
+//! `source scripts/services.env && cargo bench -p platform-benches --bench bus -- [ROUNDS] [BACKEND]`
+//! prints the median of ROUNDS (default 3) per row, in events delivered per second
+//! (N × 3 groups over the time).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use platform_core::Envelope;
+use platform_core::testkit::unique_ident;
+use platform_events::{EventBus, Group};
+use platform_queue::{Delivery, Message, Queue, ReceiveOptions};
+
+const GROUPS: usize = 3;
+
+fn event(i: usize) -> Envelope {
+    Envelope::raw("bench.happened", "1", serde_json::json!({ "n": i, "note": "x".repeat(64) }))
+}
+
+async fn drain_group(group: Group, n: usize) {
+    let mut done = 0;
+    while done < n {
+        let got = group.receive(100, Duration::from_millis(200)).await.expect("receive");
+        done += got.len();
+        let deliveries: Vec<Delivery> = got.into_iter().map(|d| d.into_parts().1).collect();
+        Delivery::ack_all(&deliveries).await.expect("ack");
+    }
+}
+
+/// N events through the bus at `url`, `batch` per publish.
+async fn ours(url: &str, n: usize, batch: usize) -> Duration {
+    let bus: Arc<dyn EventBus> = platform_events::open_bus(url).await.expect("open");
+    let mut consumers = Vec::new();
+    let mut groups = Vec::new();
+    for g in 0..GROUPS {
+        groups.push(bus.subscribe("bench.>", &format!("g{g}")).await.expect("subscribe"));
+    }
+    let events: Vec<Envelope> = (0..n).map(event).collect();
+    let started = Instant::now();
+    for group in groups {
+        consumers.push(tokio::spawn(drain_group(group, n)));
+    }
+    for chunk in events.chunks(batch) {
+        bus.publish("bench.topic", chunk.to_vec()).await.expect("publish");
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let took = started.elapsed();
+    bus.close().await.expect("close");
+    took
+}
+
+async fn drain_queue(queue: Arc<dyn Queue>, n: usize) {
+    let mut done = 0;
+    while done < n {
+        let got = queue.receive(ReceiveOptions::new(100, Duration::from_millis(200))).await.expect("receive");
+        for d in &got {
+            Envelope::from_json(d.body()).expect("an envelope");
+        }
+        done += got.len();
+        Delivery::ack_all(&got).await.expect("ack");
+    }
+}
+
+/// The same fan-out with platform-queue alone: three queues, each event encoded, sent to
+/// each with its id as the dedup key (as the bus does, so a retried publish adds no
+/// copies), and decoded on receipt.
+async fn queue_by_hand(base: &str, n: usize, batch: usize) -> Duration {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let prefix = unique_ident("bq");
+    let mut queues = Vec::new();
+    for g in 0..GROUPS {
+        let url = format!("{base}{sep}queue={prefix}.g{g}");
+        queues.push(platform_queue::open(&url).await.expect("open"));
+    }
+    let events: Vec<Envelope> = (0..n).map(event).collect();
+    let started = Instant::now();
+    let consumers: Vec<_> = queues.iter().map(|q| tokio::spawn(drain_queue(Arc::clone(q), n))).collect();
+    for chunk in events.chunks(batch) {
+        let messages: Vec<Message> = chunk
+            .iter()
+            .map(|e| Message::new(e.to_json().expect("json")).with_dedup_key(e.event_id.to_string()))
+            .collect();
+        let sends = queues.iter().map(|q| q.send_batch(messages.clone()));
+        futures::future::try_join_all(sends).await.expect("send");
+    }
+    for c in consumers {
+        c.await.expect("consumer");
+    }
+    let took = started.elapsed();
+    for q in queues {
+        q.close().await.expect("close");
+    }
+    took
+}
+
+fn rate(n: usize, took: Duration) -> f64 {
+    (n * GROUPS) as f64 / took.as_secs_f64()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let rounds: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(3);
+    let only: Option<&String> = args.iter().find(|a| a.parse::<usize>().is_err());
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let sqlite = std::env::temp_dir().join(format!("platform-bench-bus-{}.db", std::process::id()));
+    let mut backends: Vec<(&str, String, usize)> = vec![
+        ("memory", "memory://bench".to_owned(), 100_000),
+        ("sqlite", format!("sqlite://{}", sqlite.display()), 5_000),
+    ];
+    for (name, var, n) in
+        [("postgres", "PLATFORM_TEST_POSTGRES_URL", 5_000), ("redis", "PLATFORM_TEST_REDIS_URL", 5_000)]
+    {
+        match std::env::var(var) {
+            Ok(url) => backends.push((name, url, n)),
+            Err(_) => eprintln!("{var} unset: {name} left out (source scripts/services.env)"),
+        }
+    }
+    println!("{:<10} {:>6} {:>14} {:>14} {:>7}", "backend", "batch", "bus ev/s", "queue ev/s", "ratio");
+    for (name, base, n) in &backends {
+        if only.is_some_and(|o| o != name) {
+            continue;
+        }
+        for batch in [1, 100] {
+            // Batch 1 sends one event per round trip: fewer events keep the run short.
+            let n = if batch == 1 { (*n / 5).max(1000) } else { *n };
+            let (mut bus, mut queue) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let url = format!("{base}{sep}namespace={}", unique_ident("bench"));
+                bus.push(rate(n, rt.block_on(ours(&url, n, batch))));
+                queue.push(rate(n, rt.block_on(queue_by_hand(base, n, batch))));
+            }
+            bus.sort_by(f64::total_cmp);
+            queue.sort_by(f64::total_cmp);
+            let (b, q) = (bus[rounds / 2], queue[rounds / 2]);
+            println!("{name:<10} {batch:>6} {b:>14.0} {q:>14.0} {:>7.2}", b / q);
+        }
+    }
+    let _ = std::fs::remove_file(&sqlite);
+}
