@@ -9,7 +9,9 @@
 //!
 //! `source scripts/services.env && cargo bench -p platform-benches --bench bus -- [ROUNDS] [BACKEND]`
 //! prints the median of ROUNDS (default 3) per row, in events delivered per second
-//! (N × 3 groups over the time).
+//! (N × 3 groups over the time). Then the outbox relay: 20,000 staged rows relayed
+//! from SQLite and PostgreSQL to each bus, rows per second (`BACKEND` = `relay` for
+//! those rows alone).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,6 +105,36 @@ async fn queue_by_hand(base: &str, n: usize, batch: usize) -> Duration {
     took
 }
 
+/// The outbox relay: `n` rows staged in the database at `db` (transactions of 1,000),
+/// then relayed to the bus at `bus_url` (one group following the topic) in claims of
+/// 500; timed from the first claim until every row is marked sent.
+async fn relay(db_url: &str, bus_url: &str, n: usize) -> Duration {
+    use platform_db::testkit::Harness as _;
+    let url = platform_db::testkit::UrlHarness::new(db_url).fresh_url().await.expect("database");
+    let db = platform_db::open(&url).await.expect("open");
+    platform_db::migrate::Migrator::new(vec![platform_db::outbox::migration(1)]).run(&db).await.expect("migrate");
+    for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
+        let mut tx = db.begin().await.expect("begin");
+        for i in chunk {
+            platform_events::relay::stage(&mut tx, "bench.topic", &event(*i)).await.expect("stage");
+        }
+        tx.commit().await.expect("commit");
+    }
+    let bus = platform_events::open_bus(bus_url).await.expect("bus");
+    bus.subscribe("bench.>", "sink").await.expect("subscribe");
+    let config = platform_events::relay::RelayConfig::default().with_batch(500);
+    let relay = platform_events::relay::Relay::new(db.clone(), Arc::clone(&bus), config);
+    let started = Instant::now();
+    let mut sent = 0;
+    while sent < n as u64 {
+        sent += relay.run_once().await.expect("relay").published;
+    }
+    let took = started.elapsed();
+    bus.close().await.expect("close");
+    db.close().await;
+    took
+}
+
 fn rate(n: usize, took: Duration) -> f64 {
     (n * GROUPS) as f64 / took.as_secs_f64()
 }
@@ -146,5 +178,34 @@ fn main() {
             println!("{name:<10} {batch:>6} {b:>14.0} {q:>14.0} {:>7.2}", b / q);
         }
     }
+    if only.is_none_or(|o| o == "relay") {
+        relays(&rt, rounds, &sqlite);
+    }
     let _ = std::fs::remove_file(&sqlite);
+}
+
+/// The relay rows: from PostgreSQL (and SQLite) to each bus this run can reach.
+fn relays(rt: &tokio::runtime::Runtime, rounds: usize, sqlite: &std::path::Path) {
+    const N: usize = 20_000;
+    let dir = sqlite.parent().expect("temp dir").display().to_string();
+    let mut dbs = vec![("sqlite", format!("sqlite://{dir}"))];
+    dbs.extend(std::env::var("PLATFORM_TEST_POSTGRES_URL").ok().map(|u| ("postgres", u)));
+    let mut buses = vec![("memory", "memory://relay".to_owned()), ("sqlite", format!("sqlite://{}", sqlite.display()))];
+    for (name, var) in [("postgres", "PLATFORM_TEST_POSTGRES_URL"), ("redis", "PLATFORM_TEST_REDIS_URL")] {
+        buses.extend(std::env::var(var).ok().map(|u| (name, u)));
+    }
+    println!("\n{:<10} {:<10} {:>14}", "outbox in", "bus", "relayed ev/s");
+    for (db_name, db_url) in &dbs {
+        for (bus_name, bus_url) in &buses {
+            let mut rates: Vec<f64> = (0..rounds)
+                .map(|_| {
+                    let sep = if bus_url.contains('?') { '&' } else { '?' };
+                    let url = format!("{bus_url}{sep}namespace={}", unique_ident("relay"));
+                    N as f64 / rt.block_on(relay(db_url, &url, N)).as_secs_f64()
+                })
+                .collect();
+            rates.sort_by(f64::total_cmp);
+            println!("{db_name:<10} {bus_name:<10} {:>14.0}", rates[rounds / 2]);
+        }
+    }
 }
