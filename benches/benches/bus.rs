@@ -149,9 +149,11 @@ fn main() {
         ("memory", "memory://bench".to_owned(), 100_000),
         ("sqlite", format!("sqlite://{}", sqlite.display()), 5_000),
     ];
-    for (name, var, n) in
-        [("postgres", "PLATFORM_TEST_POSTGRES_URL", 5_000), ("redis", "PLATFORM_TEST_REDIS_URL", 5_000)]
-    {
+    for (name, var, n) in [
+        ("postgres", "PLATFORM_TEST_POSTGRES_URL", 5_000),
+        ("redis", "PLATFORM_TEST_REDIS_URL", 5_000),
+        ("nats", "PLATFORM_TEST_NATS_URL", 5_000),
+    ] {
         match std::env::var(var) {
             Ok(url) => backends.push((name, url, n)),
             Err(_) => eprintln!("{var} unset: {name} left out (source scripts/services.env)"),
@@ -191,7 +193,11 @@ fn relays(rt: &tokio::runtime::Runtime, rounds: usize, sqlite: &std::path::Path)
     let mut dbs = vec![("sqlite", format!("sqlite://{dir}"))];
     dbs.extend(std::env::var("PLATFORM_TEST_POSTGRES_URL").ok().map(|u| ("postgres", u)));
     let mut buses = vec![("memory", "memory://relay".to_owned()), ("sqlite", format!("sqlite://{}", sqlite.display()))];
-    for (name, var) in [("postgres", "PLATFORM_TEST_POSTGRES_URL"), ("redis", "PLATFORM_TEST_REDIS_URL")] {
+    for (name, var) in [
+        ("postgres", "PLATFORM_TEST_POSTGRES_URL"),
+        ("redis", "PLATFORM_TEST_REDIS_URL"),
+        ("nats", "PLATFORM_TEST_NATS_URL"),
+    ] {
         buses.extend(std::env::var(var).ok().map(|u| (name, u)));
     }
     println!("\n{:<10} {:<10} {:>14}", "outbox in", "bus", "relayed ev/s");

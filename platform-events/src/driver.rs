@@ -22,7 +22,7 @@ pub use crate::bus::{
     CORRELATION_HEADER, KEY_EXTENSION, KEY_HEADER, TOPIC_HEADER, TRACEPARENT_HEADER, TYPE_HEADER, validate_group,
 };
 pub use crate::channel::{Pattern, validate_channel};
-#[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "redis"))]
+#[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "redis", feature = "nats"))]
 pub use crate::queued::{BusUrl, GroupStore, QueuedBus, queue_options};
 use crate::{Result, Subscription};
 

@@ -14,7 +14,7 @@ pub mod memory;
 pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-#[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "redis"))]
+#[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "redis", feature = "nats"))]
 mod queued;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -38,7 +38,7 @@ pub use schemars;
 
 /// Every event bus scheme this build can open.
 #[cfg_attr(
-    not(any(feature = "memory", feature = "sqlite", feature = "redis", feature = "postgres")),
+    not(any(feature = "memory", feature = "sqlite", feature = "redis", feature = "postgres", feature = "nats")),
     allow(unused_mut)
 )]
 pub fn bus_schemes() -> Vec<&'static str> {
@@ -47,6 +47,8 @@ pub fn bus_schemes() -> Vec<&'static str> {
     all.extend(memory::SCHEMES);
     #[cfg(feature = "sqlite")]
     all.extend(sqlite::SCHEMES);
+    #[cfg(feature = "nats")]
+    all.extend(nats::SCHEMES);
     #[cfg(feature = "redis")]
     all.extend(redis::SCHEMES);
     #[cfg(feature = "postgres")]
@@ -73,7 +75,7 @@ pub fn bus_schemes() -> Vec<&'static str> {
 /// lists the schemes this build supports. Errors never show the password.
 #[allow(clippy::unused_async)]
 #[cfg_attr(
-    not(any(feature = "memory", feature = "sqlite", feature = "redis", feature = "postgres")),
+    not(any(feature = "memory", feature = "sqlite", feature = "redis", feature = "postgres", feature = "nats")),
     allow(unreachable_code, unused_variables)
 )]
 pub async fn open_bus(url: &str) -> Result<Arc<dyn EventBus>> {
@@ -83,6 +85,8 @@ pub async fn open_bus(url: &str) -> Result<Arc<dyn EventBus>> {
         "memory" => Arc::new(memory::MemoryBus::from_url(url)?),
         #[cfg(feature = "sqlite")]
         "sqlite" => Arc::new(sqlite::SqliteBus::from_url(url).await?),
+        #[cfg(feature = "nats")]
+        "nats" => Arc::new(nats::NatsBus::from_url(url).await?),
         #[cfg(feature = "redis")]
         "redis" | "valkey" => Arc::new(redis::RedisBus::from_url(url).await?),
         #[cfg(feature = "postgres")]

@@ -53,4 +53,7 @@ mod bus {
 
     #[cfg(feature = "redis")]
     bus_conformance_tests!(redis, BusHarness::from_env("REDIS"));
+
+    #[cfg(feature = "nats")]
+    bus_conformance_tests!(nats, BusHarness::from_env("NATS"));
 }

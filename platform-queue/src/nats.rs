@@ -88,6 +88,11 @@ impl fmt::Display for NatsQueue {
 }
 
 impl NatsQueue {
+    /// The options.
+    pub fn options(&self) -> &QueueOptions {
+        &self.options
+    }
+
     /// Opens a queue from `nats://…`, creating its streams and consumer as needed.
     pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
         let mut u = QueueUrl::parse(url)?;
