@@ -111,6 +111,27 @@ impl Group {
     }
 }
 
+impl Group {
+    /// As [`receive`](Self::receive), and what `registry` cannot read (a type it does
+    /// not know, a version newer than it knows, a missing upcaster) goes to the group's
+    /// dead letters with the registry's reason instead of being handed on.
+    pub async fn receive_known(
+        &self,
+        registry: &crate::EventRegistry,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<EventDelivery>> {
+        let mut out = Vec::new();
+        for event in self.receive(max, wait).await? {
+            match registry.check(event.envelope()) {
+                Ok(()) => out.push(event),
+                Err(e) => event.dead_letter(&format!("unknown event: {}", e.message())).await?,
+            }
+        }
+        Ok(out)
+    }
+}
+
 impl Debug for Group {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Group").field("name", &self.name).field("pattern", &self.pattern).finish_non_exhaustive()

@@ -43,7 +43,7 @@ mod bus {
     bus_conformance_tests!(
         sqlite,
         Some(BusHarness::new(format!(
-            "sqlite://{}?visibility_timeout=30s",
+            "sqlite://{}",
             std::env::temp_dir().join(format!("platform-events-bus-{}.db", std::process::id())).display()
         )))
     );

@@ -219,6 +219,67 @@ pub async fn envelope_and_headers_arrive_whole(h: &BusHarness) {
     assert_eq!(d.delivery().header(TRACEPARENT_HEADER), sent.traceparent.as_deref());
 }
 
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+struct OrderPlaced {
+    n: u64,
+}
+
+impl platform_core::Event for OrderPlaced {
+    const TYPE: &'static str = "order.placed";
+    const VERSION: u32 = 1;
+}
+
+/// With the consumer's registry, an event of a type it does not know (or a version
+/// newer than it knows) goes to the group's dead letters with the reason; the rest
+/// arrive.
+pub async fn unknown_types_are_dead_lettered(h: &BusHarness) {
+    let bus = open(&h.fresh_url("")).await;
+    let group = bus.subscribe("shop.>", "known").await.unwrap();
+    let mut registry = crate::EventRegistry::new("suite", "1");
+    registry.register::<OrderPlaced>("shop.orders").unwrap();
+    let unknown = Envelope::raw("order.refunded", "1", json!({ "n": 2 }));
+    let newer = Envelope::raw("order.placed", "2", json!({ "n": 3 }));
+    bus.publish("shop.orders", vec![event(1), unknown, newer, event(4)]).await.unwrap();
+    let deadline = tokio::time::Instant::now() + ARRIVES;
+    let mut got = Vec::new();
+    while got.len() < 2 && tokio::time::Instant::now() < deadline {
+        for d in group.receive_known(&registry, 10, Duration::from_millis(300)).await.unwrap() {
+            d.ack().await.unwrap();
+            got.push(registry.decode::<OrderPlaced>(d.envelope().clone()).unwrap().payload.n);
+        }
+    }
+    got.sort_unstable();
+    assert_eq!(got, [1, 4]);
+    let dead = platform_core::testkit::eventually(ARRIVES, || async {
+        let dead = group.queue().dead_letters(10).await.unwrap();
+        (dead.len() == 2).then_some(dead)
+    })
+    .await
+    .expect("two dead letters");
+    let reasons: Vec<&str> = dead.iter().filter_map(|d| d.reason()).collect();
+    assert!(reasons.iter().any(|r| r.contains("order.refunded") && r.contains("not a registered")), "{reasons:?}");
+    assert!(reasons.iter().any(|r| r.contains("newer")), "{reasons:?}");
+}
+
+/// A consumer that dies holding deliveries (dropped unsettled, its handle gone) does
+/// not lose them: once the lease runs out another consumer of the group gets them,
+/// their attempt counted.
+pub async fn a_crashed_consumers_events_come_back(h: &BusHarness) {
+    let url = h.fresh_url("visibility_timeout=1s");
+    let crashed = open(&url).await;
+    let group = crashed.subscribe("crash.*", "survivors").await.unwrap();
+    crashed.publish("crash.now", (0..5).map(event).collect()).await.unwrap();
+    let held = drain(&group, 5, false).await;
+    drop((held, group, crashed)); // no ack, no nack: as if the process died
+    let other = open(&url).await;
+    let group = other.subscribe("crash.*", "survivors").await.unwrap();
+    let again = drain(&group, 5, true).await;
+    let mut got = numbers(&again);
+    got.sort_unstable();
+    assert_eq!(got, [0, 1, 2, 3, 4]);
+    assert!(again.iter().all(|d| d.attempt() == 2), "redelivered: attempt 2");
+}
+
 /// Publishing the same events again (a retry after an error) does not hand a group
 /// that already has them a second copy.
 pub async fn republished_events_are_not_duplicated(h: &BusHarness) {
@@ -323,6 +384,8 @@ macro_rules! bus_behaviours {
             durable_group_resumes_after_restart,
             failures_retry_then_dead_letter,
             undecodable_messages_are_dead_lettered,
+            unknown_types_are_dead_lettered,
+            a_crashed_consumers_events_come_back,
             envelope_and_headers_arrive_whole,
             republished_events_are_not_duplicated,
             bad_input_is_rejected_before_sending,
