@@ -243,6 +243,104 @@ pub mod server {
             }
         }
     }
+
+    /// A private PostgreSQL cluster: `initdb` in a temp directory, `fsync=on`, trust
+    /// authentication for user `postgres`, on a free port; killed and removed on drop.
+    #[derive(Debug)]
+    pub struct PrivatePostgres {
+        bin: PathBuf,
+        dir: PathBuf,
+        port: u16,
+        child: Option<Child>,
+    }
+
+    /// initdb and postgres refuse to run as root: run them as `postgres` when we are
+    /// root. The server is our own child either way, so a kill is reaped and leaves no
+    /// zombie that would keep its pid file alive.
+    fn as_postgres(bin: &Path) -> Command {
+        use std::os::unix::process::CommandExt;
+        let id = |flag: &str, user: Option<&str>| -> Option<u32> {
+            let out = Command::new("id").arg(flag).args(user).output().ok()?;
+            String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+        };
+        let mut cmd = Command::new(bin);
+        if id("-u", None) == Some(0)
+            && let (Some(uid), Some(gid)) = (id("-u", Some("postgres")), id("-g", Some("postgres")))
+        {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    }
+
+    impl PrivatePostgres {
+        /// Makes a cluster and starts it, waiting until it listens; `None` when the
+        /// server binaries (`/usr/lib/postgresql/*/bin/initdb`) are not installed.
+        pub async fn start() -> Option<Self> {
+            let bin_dir = std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|d| {
+                d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|p| p.join("initdb").is_file()).max()
+            })?;
+            let dir = temp_dir("pg-private");
+            let _ = Command::new("chown").args(["-R", "postgres:postgres"]).arg(&dir).status();
+            let status = as_postgres(&bin_dir.join("initdb"))
+                .args(["-A", "trust", "-U", "postgres", "--no-sync", "-D"])
+                .arg(dir.join("data"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("initdb");
+            assert!(status.success(), "initdb failed");
+            let mut s = Self { bin: bin_dir.join("postgres"), dir, port: free_port(), child: None };
+            s.spawn();
+            wait_port(s.port, true).await;
+            Some(s)
+        }
+
+        /// The port it listens on.
+        pub fn port(&self) -> u16 {
+            self.port
+        }
+
+        /// `postgres://postgres@127.0.0.1:{port}/postgres`.
+        pub fn url(&self) -> String {
+            format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+        }
+
+        fn spawn(&mut self) {
+            let mut cmd = as_postgres(&self.bin);
+            cmd.arg("-D").arg(self.dir.join("data")).args(["-p", &self.port.to_string(), "-k"]).arg(&self.dir).args([
+                "-c",
+                "listen_addresses=127.0.0.1",
+                "-c",
+                "fsync=on",
+            ]);
+            self.child = Some(spawn(&mut cmd));
+        }
+
+        /// SIGKILL the postmaster and its children, as a crashed machine would.
+        fn crash(&mut self) {
+            if let Some(c) = &mut self.child {
+                kill(c);
+            }
+            let _ = Command::new("pkill").args(["-9", "-f", "--"]).arg(self.dir.display().to_string()).status();
+        }
+
+        /// Kills it with SIGKILL, waits until the port is closed, starts it again (it
+        /// recovers from its WAL; the crashed postmaster's pid file does not stop it)
+        /// and waits until it listens.
+        pub async fn kill_and_restart(&mut self) {
+            self.crash();
+            wait_port(self.port, false).await;
+            self.spawn();
+            wait_port(self.port, true).await;
+        }
+    }
+
+    impl Drop for PrivatePostgres {
+        fn drop(&mut self) {
+            self.crash();
+            remove_dir(&self.dir);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use platform_core::Envelope;
-use platform_core::testkit::server::{PrivateServer, find_binary, free_port, remove_dir, temp_dir};
+use platform_core::testkit::server::{PrivatePostgres, PrivateServer, find_binary, free_port, remove_dir, temp_dir};
 use platform_core::testkit::{eventually, skip};
 use platform_events::open_bus;
 
@@ -104,4 +104,14 @@ async fn nats_bus_survives_kill_and_restart() {
     nothing_acknowledged_is_lost("nats", &url, || server.kill_and_restart()).await;
     drop(server);
     remove_dir(&dir);
+}
+
+#[cfg(feature = "postgres")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bus_survives_kill_and_restart() {
+    let Some(mut server) = PrivatePostgres::start().await else {
+        return skip("PostgreSQL server binaries (initdb) not found");
+    };
+    let url = format!("{}?visibility_timeout=2s", server.url());
+    nothing_acknowledged_is_lost("postgres", &url, || server.kill_and_restart()).await;
 }

@@ -7,13 +7,11 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
-use platform_core::testkit::server::{
-    PrivateServer as Private, find_binary, free_port, kill, remove_dir, spawn, temp_dir, wait_port,
-};
+use platform_core::testkit::server::{PrivatePostgres, PrivateServer as Private, find_binary, free_port, temp_dir};
 use platform_core::testkit::{eventually, skip, unique_name};
 use platform_queue::{Message, Queue, ReceiveOptions};
 
