@@ -23,7 +23,7 @@ pub use crate::bus::{
 };
 pub use crate::channel::{Pattern, validate_channel};
 #[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "redis", feature = "nats"))]
-pub use crate::queued::{BusUrl, GroupStore, QueuedBus, queue_options};
+pub use crate::queued::{BusUrl, GroupStore, QueuedBus, SHARED_REGISTRY_TTL, queue_options};
 use crate::{Result, Subscription};
 
 /// A subscription to `pattern` reading `rx`; `feeder`, the task that fills `rx` (if

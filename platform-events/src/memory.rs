@@ -150,10 +150,11 @@ impl crate::queued::GroupStore for MemoryGroups {
         "in process".to_owned()
     }
 
-    async fn register(&self, group: &str, pattern: &str) -> Result<String> {
+    async fn register(&self, group: &str, pattern: &str) -> Result<(String, bool)> {
         let mut all = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
         let groups = all.entry(self.namespace.clone()).or_default();
-        Ok(groups.entry(group.to_owned()).or_insert_with(|| pattern.to_owned()).clone())
+        let created = !groups.contains_key(group);
+        Ok((groups.entry(group.to_owned()).or_insert_with(|| pattern.to_owned()).clone(), created))
     }
 
     async fn groups(&self) -> Result<Vec<(String, String)>> {

@@ -213,22 +213,28 @@ impl crate::queued::GroupStore for NatsGroups {
         self.location.clone()
     }
 
-    async fn register(&self, group: &str, pattern: &str) -> Result<String> {
+    fn registry_ttl(&self) -> Duration {
+        crate::queued::SHARED_REGISTRY_TTL
+    }
+
+    async fn register(&self, group: &str, pattern: &str) -> Result<(String, bool)> {
         let subject = self.subject(group);
         if let Some(held) = self.pattern_of(&subject).await? {
-            return Ok(held);
+            return Ok((held, false));
         }
         // Written only if the subject has no message yet: of two racing subscribers
         // one writes, and both read back what it wrote.
         let mut headers = async_nats::HeaderMap::new();
         headers.insert("Nats-Expected-Last-Subject-Sequence", "0");
         let payload = Bytes::copy_from_slice(pattern.as_bytes());
-        if let Ok(ack) = self.js.publish_with_headers(subject.clone(), headers, payload).await {
-            let _ = ack.await;
-        }
-        self.pattern_of(&subject)
-            .await?
-            .ok_or_else(|| platform_core::Error::unavailable(format!("group {group:?} was not recorded")))
+        let created = match self.js.publish_with_headers(subject.clone(), headers, payload).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        let held = self.pattern_of(&subject).await?;
+        let held =
+            held.ok_or_else(|| platform_core::Error::unavailable(format!("group {group:?} was not recorded")))?;
+        Ok((held, created))
     }
 
     async fn groups(&self) -> Result<Vec<(String, String)>> {

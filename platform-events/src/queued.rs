@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::fmt::{self, Debug, Display};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use platform_core::{CheckOutcome, Envelope, Error, HealthCheck, Result};
@@ -29,8 +29,17 @@ pub trait GroupStore: Debug + Send + Sync + 'static {
     fn location(&self) -> String;
 
     /// Records `group` following `pattern` unless it exists; returns the pattern the
-    /// group follows now (the one given, or the one it was created with).
-    async fn register(&self, group: &str, pattern: &str) -> Result<String>;
+    /// group follows now (the one given, or the one it was created with) and whether
+    /// this call created it.
+    async fn register(&self, group: &str, pattern: &str) -> Result<(String, bool)>;
+
+    /// How long a publisher may use the groups it read before reading them again:
+    /// zero (the default) reads them on every publish. With more, a new group's
+    /// `subscribe` returns only after this long, so every publish that starts after it
+    /// returned, in any process, reads the groups afresh and reaches it.
+    fn registry_ttl(&self) -> Duration {
+        Duration::ZERO
+    }
 
     /// Every group and the pattern it follows.
     async fn groups(&self) -> Result<Vec<(String, String)>>;
@@ -119,7 +128,16 @@ pub struct QueuedBus<G> {
     base: QueueOptions,
     caps: BusCapabilities,
     queues: Mutex<HashMap<String, Arc<dyn Queue>>>,
+    /// The groups as last read, and when (see [`GroupStore::registry_ttl`]).
+    registry: Mutex<Option<(Instant, Groups)>>,
 }
+
+/// Groups and the patterns they follow.
+type Groups = Arc<[(String, Pattern)]>;
+
+/// How long the buses whose groups live on a server reuse the groups they read: one
+/// round trip per publish saved, one second more for a new group's first `subscribe`.
+pub const SHARED_REGISTRY_TTL: Duration = Duration::from_secs(1);
 
 impl<G: GroupStore> QueuedBus<G> {
     /// A bus over `store`; `base` is the queue options every group's queue starts from
@@ -130,12 +148,32 @@ impl<G: GroupStore> QueuedBus<G> {
             max_event_bytes: queue_caps.max_body_bytes,
             max_batch: queue_caps.max_batch,
         };
-        Self { store, url, base, caps, queues: Mutex::default() }
+        Self { store, url, base, caps, queues: Mutex::default(), registry: Mutex::default() }
     }
 
     /// The group store.
     pub fn store(&self) -> &G {
         &self.store
+    }
+
+    /// The groups and their patterns: as last read while that is fresh enough.
+    async fn groups(&self) -> Result<Groups> {
+        let ttl = self.store.registry_ttl();
+        if let Some((at, groups)) = &*self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+            && at.elapsed() < ttl
+        {
+            return Ok(Arc::clone(groups));
+        }
+        let read_at = Instant::now();
+        let groups: Groups = self
+            .store
+            .groups()
+            .await?
+            .into_iter()
+            .filter_map(|(group, pattern)| Pattern::parse(&pattern).ok().map(|p| (group, p)))
+            .collect();
+        *self.registry.lock().unwrap_or_else(PoisonError::into_inner) = Some((read_at, Arc::clone(&groups)));
+        Ok(groups)
     }
 
     async fn queue(&self, group: &str) -> Result<Arc<dyn Queue>> {
@@ -215,9 +253,9 @@ impl<G: GroupStore> EventBus for QueuedBus<G> {
             return Err(Error::invalid_input(format!("an event {why}")).with_detail("events", why));
         }
         let mut targets = Vec::new();
-        for (group, pattern) in self.store.groups().await? {
-            if Pattern::parse(&pattern).is_ok_and(|p| p.matches(topic)) {
-                targets.push(self.queue(&group).await?);
+        for (group, pattern) in self.groups().await?.iter() {
+            if pattern.matches(topic) {
+                targets.push(self.queue(group).await?);
             }
         }
         let sends = targets.iter().map(|q| q.send_batch(messages.clone()));
@@ -225,7 +263,12 @@ impl<G: GroupStore> EventBus for QueuedBus<G> {
     }
 
     async fn subscribe(&self, pattern: &str, group: &str) -> Result<Group> {
-        let held = self.store.register(group, pattern).await?;
+        let (held, created) = self.store.register(group, pattern).await?;
+        if created {
+            // This process sees it at once; the others once their groups are stale.
+            *self.registry.lock().unwrap_or_else(PoisonError::into_inner) = None;
+            tokio::time::sleep(self.store.registry_ttl()).await;
+        }
         if held != pattern {
             let why = format!("follows {held:?} already");
             return Err(Error::conflict(format!("group {group:?} {why}, not {pattern:?}")).with_detail("group", why));

@@ -230,16 +230,20 @@ impl crate::queued::GroupStore for RedisGroups {
         self.location.clone()
     }
 
-    async fn register(&self, group: &str, pattern: &str) -> Result<String> {
+    fn registry_ttl(&self) -> Duration {
+        crate::queued::SHARED_REGISTRY_TTL
+    }
+
+    async fn register(&self, group: &str, pattern: &str) -> Result<(String, bool)> {
         let mut conn = self.conn.clone();
-        let (_, held): (bool, String) = redis::pipe()
+        let (created, held): (bool, String) = redis::pipe()
             .atomic()
             .hset_nx(&self.key, group, pattern)
             .hget(&self.key, group)
             .query_async(&mut conn)
             .await
             .map_err(map_err)?;
-        Ok(held)
+        Ok((held, created))
     }
 
     async fn groups(&self) -> Result<Vec<(String, String)>> {

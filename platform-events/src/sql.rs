@@ -62,19 +62,30 @@ macro_rules! sql_groups {
                 platform_queue::Queue::queue_name(&self.base).to_owned()
             }
 
-            async fn register(&self, group: &str, pattern: &str) -> platform_core::Result<String> {
+            async fn register(&self, group: &str, pattern: &str) -> platform_core::Result<(String, bool)> {
                 let (sql, pool): (&crate::sql::GroupSql, _) = (&$sql, self.base.driver().store().pool());
                 let map = crate::sql::mapper($backend, $kind);
                 let now = platform_core::clock::now_ms();
-                sqlx::query(sql.register)
+                let inserted = sqlx::query(sql.register)
                     .bind(&self.namespace)
                     .bind(group)
                     .bind(pattern)
                     .bind(now)
                     .execute(pool)
                     .await
+                    .map_err(&map)?
+                    .rows_affected();
+                let held: String = sqlx::query_scalar(sql.pattern)
+                    .bind(&self.namespace)
+                    .bind(group)
+                    .fetch_one(pool)
+                    .await
                     .map_err(&map)?;
-                sqlx::query_scalar(sql.pattern).bind(&self.namespace).bind(group).fetch_one(pool).await.map_err(&map)
+                Ok((held, inserted > 0))
+            }
+
+            fn registry_ttl(&self) -> std::time::Duration {
+                crate::queued::SHARED_REGISTRY_TTL
             }
 
             async fn groups(&self) -> platform_core::Result<Vec<(String, String)>> {

@@ -95,6 +95,20 @@ pub async fn fan_out_to_every_group(h: &BusHarness) {
     bus.close().await.expect("close");
 }
 
+/// A group created through another handle (another process) is reached by every
+/// publish that starts after its `subscribe` returned, even from a publisher that read
+/// the groups just before.
+pub async fn a_group_made_elsewhere_is_reached(h: &BusHarness) {
+    let url = h.fresh_url("");
+    let (publisher, other) = (open(&url).await, open(&url).await);
+    let first = publisher.subscribe("news.*", "first").await.unwrap();
+    publisher.publish("news.a", vec![event(1)]).await.unwrap();
+    let second = other.subscribe("news.*", "second").await.unwrap();
+    publisher.publish("news.b", vec![event(2)]).await.unwrap();
+    assert_eq!(numbers(&drain(&first, 2, true).await).len(), 2);
+    assert_eq!(numbers(&drain(&second, 1, true).await), [2], "the new group got the later event");
+}
+
 /// Consumers of one group, on handles of their own, share its events: together they
 /// get each once.
 pub async fn competing_consumers_share_a_group(h: &BusHarness) {
@@ -379,6 +393,7 @@ macro_rules! bus_behaviours {
         $($then)::+! {
             $($args)*,
             fan_out_to_every_group,
+            a_group_made_elsewhere_is_reached,
             competing_consumers_share_a_group,
             groups_get_only_matching_topics,
             durable_group_resumes_after_restart,
