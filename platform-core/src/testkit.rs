@@ -218,6 +218,37 @@ pub mod server {
             s
         }
 
+        /// A Redis on a free port keeping its data in an append-only file synced on
+        /// every write, in a temp directory; `None` when `redis-server` is not found.
+        pub async fn redis_aof() -> Option<Self> {
+            let bin = find_binary("redis-server", &[])?;
+            let (dir, port) = (temp_dir("redis-private"), free_port());
+            let data = dir.clone();
+            let server = Self::start(port, Some(dir), move || {
+                let mut cmd = Command::new(&bin);
+                cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+                    .args(["--appendonly", "yes", "--appendfsync", "always"])
+                    .arg("--dir")
+                    .arg(&data);
+                cmd
+            });
+            Some(server.await)
+        }
+
+        /// A NATS server with JetStream storing on disk in a temp directory, on a free
+        /// port; `None` when `nats-server` is not found.
+        pub async fn nats_jetstream() -> Option<Self> {
+            let bin = find_binary("nats-server", &[PathBuf::from("/usr/sbin")])?;
+            let (dir, port) = (temp_dir("nats-private"), free_port());
+            let data = dir.clone();
+            let server = Self::start(port, Some(dir), move || {
+                let mut cmd = Command::new(&bin);
+                cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(&data);
+                cmd
+            });
+            Some(server.await)
+        }
+
         /// The port it listens on.
         pub fn port(&self) -> u16 {
             self.port

@@ -124,13 +124,12 @@ pub struct MemoryGroups {
 pub type MemoryBus = crate::queued::QueuedBus<MemoryGroups>;
 
 impl MemoryBus {
-    /// Opens `memory://namespace?…`.
+    /// Opens `memory://namespace?…` (`namespace=` wins over the host).
     pub fn from_url(url: &str) -> Result<crate::BusHandle<Self>> {
         let mut bus = crate::queued::BusUrl::parse(url)?;
-        let parsed = url::Url::parse(url).map_err(|e| platform_core::Error::invalid_input(e.to_string()))?;
-        if let Some(host) = parsed.host_str().filter(|h| !h.is_empty() && !url.contains("namespace=")) {
-            crate::bus::validate_group(host)?;
-            bus.namespace = host.to_owned();
+        if let Some(host) = bus.host().filter(|_| !bus.namespace_given).map(str::to_owned) {
+            crate::bus::validate_group(&host)?;
+            bus.namespace = host;
         }
         // The queue's own parameters, checked by the queue itself.
         let probe = platform_queue::memory::MemoryQueue::from_url(&bus.queue_url(&bus.queue_name("_")))?;

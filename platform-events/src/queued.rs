@@ -62,6 +62,8 @@ pub trait GroupStore: Debug + Send + Sync + 'static {
 pub struct BusUrl {
     /// The namespace.
     pub namespace: String,
+    /// Whether the URL named it (`namespace=`), or it is the default.
+    pub namespace_given: bool,
     url: url::Url,
 }
 
@@ -89,6 +91,7 @@ impl BusUrl {
                 _ => rest.push((k.into_owned(), v.into_owned())),
             }
         }
+        let namespace_given = namespace.is_some();
         let namespace = namespace.unwrap_or_else(|| "events".to_owned());
         validate_group(&namespace).map_err(|_| {
             platform_core::config::url_error("event bus", "namespace", "must be letters, digits, '-' or '_'")
@@ -97,12 +100,17 @@ impl BusUrl {
         if !rest.is_empty() {
             url.query_pairs_mut().extend_pairs(rest);
         }
-        Ok(Self { namespace, url })
+        Ok(Self { namespace, namespace_given, url })
     }
 
     /// The queue name of `group`.
     pub fn queue_name(&self, group: &str) -> String {
         format!("{}.{group}", self.namespace)
+    }
+
+    /// The URL's host, for backends whose host is a name (`memory://name`).
+    pub fn host(&self) -> Option<&str> {
+        self.url.host_str().filter(|h| !h.is_empty())
     }
 
     /// The queue URL for `queue`: the bus URL with `queue=` added.

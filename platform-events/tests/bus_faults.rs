@@ -4,12 +4,10 @@
 //! counted.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use platform_core::Envelope;
-use platform_core::testkit::server::{PrivatePostgres, PrivateServer, find_binary, free_port, remove_dir, temp_dir};
+use platform_core::testkit::server::{PrivatePostgres, PrivateServer};
 use platform_core::testkit::{eventually, skip};
 use platform_events::open_bus;
 
@@ -68,42 +66,17 @@ where
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_bus_survives_kill_and_restart() {
-    let Some(bin) = find_binary("redis-server", &[]) else { return skip("redis-server not found") };
-    let (dir, port) = (temp_dir("bus-redis-fault"), free_port());
-    let data = dir.clone();
-    let mut server = PrivateServer::start(port, Some(dir.clone()), move || {
-        let mut cmd = Command::new(&bin);
-        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
-            .args(["--appendonly", "yes", "--appendfsync", "always"])
-            .arg("--dir")
-            .arg(&data);
-        cmd
-    })
-    .await;
-    let url = format!("redis://127.0.0.1:{port}?visibility_timeout=2s");
+    let Some(mut server) = PrivateServer::redis_aof().await else { return skip("redis-server not found") };
+    let url = format!("redis://127.0.0.1:{}?visibility_timeout=2s", server.port());
     nothing_acknowledged_is_lost("redis", &url, || server.kill_and_restart()).await;
-    drop(server);
-    remove_dir(&dir);
 }
 
 #[cfg(feature = "nats")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_bus_survives_kill_and_restart() {
-    let Some(bin) = find_binary("nats-server", &[PathBuf::from("/usr/sbin")]) else {
-        return skip("nats-server not found");
-    };
-    let (dir, port) = (temp_dir("bus-nats-fault"), free_port());
-    let data = dir.clone();
-    let mut server = PrivateServer::start(port, Some(dir.clone()), move || {
-        let mut cmd = Command::new(&bin);
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(&data);
-        cmd
-    })
-    .await;
-    let url = format!("nats://127.0.0.1:{port}?visibility_timeout=2s");
+    let Some(mut server) = PrivateServer::nats_jetstream().await else { return skip("nats-server not found") };
+    let url = format!("nats://127.0.0.1:{}?visibility_timeout=2s", server.port());
     nothing_acknowledged_is_lost("nats", &url, || server.kill_and_restart()).await;
-    drop(server);
-    remove_dir(&dir);
 }
 
 #[cfg(feature = "postgres")]

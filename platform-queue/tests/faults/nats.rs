@@ -4,15 +4,8 @@ use super::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_kill_and_restart_loses_nothing() {
-    let Some(bin) = find_binary("nats-server", &[PathBuf::from("/usr/sbin")]) else { return missing("nats-server") };
-    let (dir, port) = (temp_dir("nats-fault"), free_port());
-    let data = dir.clone();
-    let mut server = Private::start(port, Some(dir), move || {
-        let mut cmd = Command::new(&bin);
-        cmd.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"]).arg(&data);
-        cmd
-    })
-    .await;
+    let Some(mut server) = Private::nats_jetstream().await else { return missing("nats-server") };
+    let port = server.port();
     let url = format!("nats://127.0.0.1:{port}?queue={}&visibility_timeout=2s", unique_name("fault"));
     let queue =
         eventually(Duration::from_secs(30), || async { platform_queue::open(&url).await.ok() }).await.expect("open");
