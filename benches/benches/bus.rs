@@ -74,8 +74,8 @@ async fn drain_queue(queue: Arc<dyn Queue>, n: usize) {
 }
 
 /// The same fan-out with platform-queue alone: three queues, each event encoded, sent to
-/// each with its id as the dedup key (as the bus does, so a retried publish adds no
-/// copies), and decoded on receipt.
+/// each with its id as the dedup key where the queue has dedup (as the bus does, so a
+/// retried publish adds no copies), and decoded on receipt.
 async fn queue_by_hand(base: &str, n: usize, batch: usize) -> Duration {
     let sep = if base.contains('?') { '&' } else { '?' };
     let prefix = unique_ident("bq");
@@ -84,13 +84,18 @@ async fn queue_by_hand(base: &str, n: usize, batch: usize) -> Duration {
         let url = format!("{base}{sep}queue={prefix}.g{g}");
         queues.push(platform_queue::open(&url).await.expect("open"));
     }
+    // Where the queue has dedup (the bus uses it where it is).
+    let dedup = queues[0].capabilities().dedup;
     let events: Vec<Envelope> = (0..n).map(event).collect();
     let started = Instant::now();
     let consumers: Vec<_> = queues.iter().map(|q| tokio::spawn(drain_queue(Arc::clone(q), n))).collect();
     for chunk in events.chunks(batch) {
         let messages: Vec<Message> = chunk
             .iter()
-            .map(|e| Message::new(e.to_json().expect("json")).with_dedup_key(e.event_id.to_string()))
+            .map(|e| {
+                let m = Message::new(e.to_json().expect("json"));
+                if dedup { m.with_dedup_key(e.event_id.to_string()) } else { m }
+            })
             .collect();
         let sends = queues.iter().map(|q| q.send_batch(messages.clone()));
         futures::future::try_join_all(sends).await.expect("send");
@@ -153,6 +158,8 @@ fn main() {
         ("postgres", "PLATFORM_TEST_POSTGRES_URL", 5_000),
         ("redis", "PLATFORM_TEST_REDIS_URL", 5_000),
         ("nats", "PLATFORM_TEST_NATS_URL", 5_000),
+        ("rabbitmq", "PLATFORM_TEST_RABBITMQ_URL", 5_000),
+        ("kafka", "PLATFORM_TEST_KAFKA_URL", 5_000),
     ] {
         match std::env::var(var) {
             Ok(url) => backends.push((name, url, n)),
@@ -197,6 +204,8 @@ fn relays(rt: &tokio::runtime::Runtime, rounds: usize, sqlite: &std::path::Path)
         ("postgres", "PLATFORM_TEST_POSTGRES_URL"),
         ("redis", "PLATFORM_TEST_REDIS_URL"),
         ("nats", "PLATFORM_TEST_NATS_URL"),
+        ("rabbitmq", "PLATFORM_TEST_RABBITMQ_URL"),
+        ("kafka", "PLATFORM_TEST_KAFKA_URL"),
     ] {
         buses.extend(std::env::var(var).ok().map(|u| (name, u)));
     }

@@ -18,8 +18,9 @@ use crate::channel::{Pattern, validate_channel};
 /// - [`publish`](Self::publish) returns once the store has every event, for every group
 ///   whose pattern matches `topic` and that existed when the publish began. An error
 ///   may leave some groups with the events and others without: publish again (the
-///   same `event_id`s), and a group that already has an event within the dedup window
-///   does not get it twice.
+///   same `event_id`s). Where [`BusCapabilities::deduplicates`] says, a group that
+///   already has an event within the dedup window does not get it twice; elsewhere it
+///   may, and consumers dedupe by `event_id` (delivery is at-least-once anyway).
 /// - [`subscribe`](Self::subscribe) creates `group` on `pattern` when it is new (its
 ///   events are those published from then on) and returns it as it is when it exists;
 ///   a group named again with another pattern is `Conflict`. A group outlives the
@@ -59,6 +60,11 @@ pub struct BusCapabilities {
     /// Events of one key (the envelope's `partitionkey` extension) reach a group's
     /// consumers in the order published.
     pub ordered_per_key: bool,
+    /// A publish retried with the same `event_id`s does not give a group that has an
+    /// event a second copy (within the backend's dedup window). Where false, a retried
+    /// publish may deliver an event twice: consumers that must not act twice record
+    /// what they handled (`platform_db::inbox`).
+    pub deduplicates: bool,
     /// The largest encoded envelope, in bytes.
     pub max_event_bytes: usize,
     /// Events published in one call, at most.

@@ -8,14 +8,26 @@ pub mod driver;
 mod handle;
 pub mod registry;
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-#[cfg(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "redis", feature = "nats"))]
+#[cfg(any(
+    feature = "memory",
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "redis",
+    feature = "nats",
+    feature = "rabbitmq",
+    feature = "kafka"
+))]
 mod queued;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "outbox")]
@@ -38,7 +50,15 @@ pub use schemars;
 
 /// Every event bus scheme this build can open.
 #[cfg_attr(
-    not(any(feature = "memory", feature = "sqlite", feature = "redis", feature = "postgres", feature = "nats")),
+    not(any(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "redis",
+        feature = "postgres",
+        feature = "nats",
+        feature = "rabbitmq",
+        feature = "kafka"
+    )),
     allow(unused_mut)
 )]
 pub fn bus_schemes() -> Vec<&'static str> {
@@ -53,6 +73,10 @@ pub fn bus_schemes() -> Vec<&'static str> {
     all.extend(redis::SCHEMES);
     #[cfg(feature = "postgres")]
     all.extend(postgres::SCHEMES);
+    #[cfg(feature = "rabbitmq")]
+    all.extend(rabbitmq::SCHEMES);
+    #[cfg(feature = "kafka")]
+    all.extend(kafka::SCHEMES);
     all
 }
 
@@ -62,7 +86,7 @@ pub fn bus_schemes() -> Vec<&'static str> {
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 /// use std::time::Duration;
 /// use platform_events::{Envelope, EventBus, open_bus};
-/// let bus = open_bus("memory://doc-bus").await?; // or EVENTS_URL: sqlite:///data/events.db, postgres://…
+/// let bus = open_bus("memory://doc-bus").await?; // or EVENTS_URL: sqlite:///data/events.db, postgres://…, amqp://…
 /// let mailer = bus.subscribe("user.*", "mailer").await?;
 /// bus.publish("user.created", vec![Envelope::raw("user.created", "1", serde_json::json!({"id": 7}))]).await?;
 /// let got = mailer.receive(10, Duration::from_secs(1)).await?;
@@ -75,7 +99,15 @@ pub fn bus_schemes() -> Vec<&'static str> {
 /// lists the schemes this build supports. Errors never show the password.
 #[allow(clippy::unused_async)]
 #[cfg_attr(
-    not(any(feature = "memory", feature = "sqlite", feature = "redis", feature = "postgres", feature = "nats")),
+    not(any(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "redis",
+        feature = "postgres",
+        feature = "nats",
+        feature = "rabbitmq",
+        feature = "kafka"
+    )),
     allow(unreachable_code, unused_variables)
 )]
 pub async fn open_bus(url: &str) -> Result<Arc<dyn EventBus>> {
@@ -91,6 +123,10 @@ pub async fn open_bus(url: &str) -> Result<Arc<dyn EventBus>> {
         "redis" | "valkey" => Arc::new(redis::RedisBus::from_url(url).await?),
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => Arc::new(postgres::PostgresBus::from_url(url).await?),
+        #[cfg(feature = "rabbitmq")]
+        "amqp" => Arc::new(rabbitmq::RabbitBus::from_url(url).await?),
+        #[cfg(feature = "kafka")]
+        "kafka" => Arc::new(kafka::KafkaBus::from_url(url).await?),
         other => {
             return Err(platform_core::config::scheme_error(
                 "platform-events",
@@ -135,6 +171,8 @@ fn feature_for(scheme: &str) -> Option<&'static str> {
         "nats" => "nats",
         "redis" | "valkey" => "redis",
         "postgres" | "postgresql" => "postgres",
+        "amqp" => "rabbitmq",
+        "kafka" => "kafka",
         _ => return None,
     })
 }

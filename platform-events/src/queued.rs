@@ -47,6 +47,27 @@ pub trait GroupStore: Debug + Send + Sync + 'static {
     /// Opens the queue named `queue` with the bus's queue options.
     async fn open_queue(&self, options: QueueOptions) -> Result<Arc<dyn Queue>>;
 
+    /// Whether the broker routes a published event to the matching groups' queues
+    /// itself (a topic exchange): publishes then go to [`route`](Self::route) and never
+    /// read the groups. By default the bus copies each event into each group's queue.
+    fn routes(&self) -> bool {
+        false
+    }
+
+    /// Publishes `messages` on `topic` for the broker to route (see [`routes`](Self::routes)),
+    /// returning once it has them.
+    async fn route(&self, topic: &str, messages: Vec<Message>) -> Result<()> {
+        let _ = (topic, messages);
+        Err(Error::unsupported(self.backend(), "routing events by the broker"))
+    }
+
+    /// Called by `subscribe` once the group's queue (`queue`) is open: where the broker
+    /// routes, ties the queue to the pattern. Repeated on every `subscribe`.
+    async fn attach(&self, group: &str, pattern: &str, queue: &str) -> Result<()> {
+        let _ = (group, pattern, queue);
+        Ok(())
+    }
+
     /// A real round trip; the server version when known.
     async fn ping(&self) -> Result<Option<String>>;
 
@@ -153,6 +174,7 @@ impl<G: GroupStore> QueuedBus<G> {
     pub fn new(store: G, url: BusUrl, base: QueueOptions, queue_caps: &platform_queue::Capabilities) -> Self {
         let caps = BusCapabilities {
             ordered_per_key: false,
+            deduplicates: queue_caps.dedup,
             max_event_bytes: queue_caps.max_body_bytes,
             max_batch: queue_caps.max_batch,
         };
@@ -195,13 +217,16 @@ impl<G: GroupStore> QueuedBus<G> {
     }
 }
 
-/// The queue message that carries `event` published on `topic`.
-fn encode(topic: &str, event: &Envelope) -> Result<Message> {
+/// The queue message that carries `event` published on `topic`, its `event_id` the
+/// dedup key where the queue has dedup.
+fn encode(topic: &str, event: &Envelope, dedup: bool) -> Result<Message> {
     let mut m = Message::new(event.to_json()?)
         .with_header(TOPIC_HEADER, topic)
         .with_header(TYPE_HEADER, event.full_type())
-        .with_header(CORRELATION_HEADER, event.correlation_id.to_string())
-        .with_dedup_key(event.event_id.to_string());
+        .with_header(CORRELATION_HEADER, event.correlation_id.to_string());
+    if dedup {
+        m = m.with_dedup_key(event.event_id.to_string());
+    }
     if let Some(tp) = &event.traceparent {
         m = m.with_header(TRACEPARENT_HEADER, tp.clone());
     }
@@ -251,7 +276,8 @@ impl<G: GroupStore> EventBus for QueuedBus<G> {
     }
 
     async fn publish(&self, topic: &str, events: Vec<Envelope>) -> Result<()> {
-        let messages = events.iter().map(|e| encode(topic, e)).collect::<Result<Vec<_>>>()?;
+        let dedup = self.caps.deduplicates;
+        let messages = events.iter().map(|e| encode(topic, e, dedup)).collect::<Result<Vec<_>>>()?;
         if let Some(big) = messages.iter().find(|m| m.body.len() > self.caps.max_event_bytes) {
             let why = format!(
                 "is {} bytes encoded, over the {} this backend carries",
@@ -259,6 +285,9 @@ impl<G: GroupStore> EventBus for QueuedBus<G> {
                 self.caps.max_event_bytes
             );
             return Err(Error::invalid_input(format!("an event {why}")).with_detail("events", why));
+        }
+        if self.store.routes() {
+            return self.store.route(topic, messages).await;
         }
         let mut targets = Vec::new();
         for (group, pattern) in self.groups().await?.iter() {
@@ -281,7 +310,9 @@ impl<G: GroupStore> EventBus for QueuedBus<G> {
             let why = format!("follows {held:?} already");
             return Err(Error::conflict(format!("group {group:?} {why}, not {pattern:?}")).with_detail("group", why));
         }
-        Ok(Group::new(group, pattern, self.queue(group).await?))
+        let queue = self.queue(group).await?;
+        self.store.attach(group, pattern, queue.queue_name()).await?;
+        Ok(Group::new(group, pattern, queue))
     }
 
     async fn close(&self) -> Result<()> {

@@ -56,4 +56,13 @@ mod bus {
 
     #[cfg(feature = "nats")]
     bus_conformance_tests!(nats, BusHarness::from_env("NATS"));
+
+    #[cfg(feature = "rabbitmq")]
+    bus_conformance_tests!(rabbitmq, BusHarness::from_env("RABBITMQ"));
+
+    #[cfg(feature = "kafka")]
+    bus_conformance_tests!(
+        kafka,
+        platform_core::testkit::server_url("KAFKA").map(|u| BusHarness::new(format!("{u}?partitions=2")))
+    );
 }

@@ -70,7 +70,7 @@ const QUIET: Duration = Duration::from_millis(300);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Maps a Kafka client error onto the portable kinds.
-pub(crate) fn map_err(e: KafkaError) -> Error {
+pub fn map_err(e: KafkaError) -> Error {
     let code = e.rdkafka_error_code();
     let kind = match code {
         Some(
@@ -545,9 +545,30 @@ impl fmt::Display for KafkaQueue {
     }
 }
 
-impl KafkaQueue {
-    /// Opens a queue from `kafka://…`, creating its topics when missing.
-    pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
+fn capabilities() -> Capabilities {
+    Capabilities {
+        dedup: false,
+        dedup_window: None,
+        atomic_batch: false,
+        max_body_bytes: 900 * 1024,
+        ..Capabilities::default()
+    }
+}
+
+/// What a queue URL says.
+struct Settings {
+    brokers: String,
+    group: String,
+    member: String,
+    partitions: i32,
+    replication: i32,
+    prefetch: usize,
+    session_timeout: Duration,
+    options: QueueOptions,
+}
+
+impl Settings {
+    fn parse(url: &str) -> Result<Self> {
         let mut u = QueueUrl::parse(url)?;
         let group = u.take("group");
         let member = u.take("member").unwrap_or_default();
@@ -578,6 +599,16 @@ impl KafkaQueue {
         let brokers = format!("{host}:{port}");
         let o = u.options;
         let group = group.unwrap_or_else(|| format!("platform-{}", o.queue));
+        let replication = replication.unwrap_or(-1);
+        Ok(Self { brokers, group, member, partitions, replication, prefetch, session_timeout, options: o })
+    }
+}
+
+impl KafkaQueue {
+    /// Opens a queue from `kafka://…`, creating its topics when missing.
+    pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
+        let Settings { brokers, group, member, partitions, replication, prefetch, session_timeout, options: o } =
+            Settings::parse(url)?;
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", &brokers)
             .set("acks", "all")
@@ -587,7 +618,6 @@ impl KafkaQueue {
             .map_err(map_err)?;
         let admin: AdminClient<DefaultClientContext> =
             ClientConfig::new().set("bootstrap.servers", &brokers).create().map_err(map_err)?;
-        let replication = replication.unwrap_or(-1);
         let names = [o.queue.clone(), format!("{}.retry", o.queue), o.dead_letter.clone()];
         let topics: Vec<NewTopic<'_>> =
             names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(replication))).collect();
@@ -607,6 +637,12 @@ impl KafkaQueue {
         }
         let shared = Arc::new(Shared { brokers, group, member, options: o, prefetch, session_timeout, producer });
         Ok(QueueHandle::new(Self { shared, hub: Mutex::new(None) }))
+    }
+
+    /// Checks `url` as [`from_url`](Self::from_url) does, without connecting: the queue
+    /// options it names and what the queue can do, or the error `from_url` would give.
+    pub fn check_url(url: &str) -> Result<(QueueOptions, Capabilities)> {
+        Ok((Settings::parse(url)?.options, capabilities()))
     }
 
     /// The process's group member for this queue, joined on the first receive.
@@ -746,13 +782,7 @@ impl Queue for KafkaQueue {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            dedup: false,
-            dedup_window: None,
-            atomic_batch: false,
-            max_body_bytes: 900 * 1024,
-            ..Capabilities::default()
-        }
+        capabilities()
     }
 
     async fn send(&self, message: Message) -> Result<()> {

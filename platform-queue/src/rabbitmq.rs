@@ -61,7 +61,7 @@ const ATTEMPTS_BASE: &str = "x-platform-attempts-base";
 const FIRST_FAILURE: &str = "x-platform-first-failure";
 
 /// Maps a lapin error onto the portable kinds.
-pub(crate) fn map_err(e: lapin::Error) -> Error {
+pub fn map_err(e: lapin::Error) -> Error {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
     let kind = if lower.contains("access_refused") || lower.contains("authentication") || lower.contains("auth") {
@@ -134,6 +134,23 @@ fn read_headers(props: &BasicProperties) -> (Headers, u32, u32, Option<String>) 
 
 fn persistent(headers: FieldTable) -> BasicProperties {
     BasicProperties::default().with_delivery_mode(2).with_headers(headers)
+}
+
+/// The properties a message published with `headers` carries: persistent, the headers
+/// as AMQP strings, as this backend's queues read them. For publishers that route into
+/// these queues through an exchange of their own.
+pub fn message_properties(headers: &Headers) -> BasicProperties {
+    persistent(string_headers(headers, &[]))
+}
+
+fn capabilities() -> Capabilities {
+    Capabilities {
+        dedup: false,
+        dedup_window: None,
+        atomic_batch: false,
+        max_delay: Some(Duration::from_secs(u64::from(u32::MAX) / 1000)),
+        ..Capabilities::default()
+    }
 }
 
 /// Which kind of RabbitMQ queue holds the messages.
@@ -235,23 +252,7 @@ impl fmt::Display for RabbitMqQueue {
 impl RabbitMqQueue {
     /// Opens a queue from `amqp://…`, declaring it and its dead-letter queue.
     pub async fn from_url(url: &str) -> Result<QueueHandle<Self>> {
-        let mut u = QueueUrl::parse(url)?;
-        let queue_type = match u.take("queue_type").as_deref() {
-            None | Some("quorum") => QueueType::Quorum,
-            Some("classic") => QueueType::Classic,
-            Some(other) => {
-                return Err(platform_core::config::url_error(
-                    "rabbitmq",
-                    "queue_type",
-                    &format!("`{other}` is not a queue type (quorum or classic)"),
-                ));
-            }
-        };
-        let prefetch = u.take_parsed::<u16>("prefetch")?.unwrap_or(DEFAULT_PREFETCH);
-        if prefetch == 0 {
-            return Err(platform_core::config::url_error("rabbitmq", "prefetch", "must be at least 1"));
-        }
-        u.finish("rabbitmq")?;
+        let (u, queue_type, prefetch) = Self::settings(url)?;
         let location = format!("{}:{}", u.url().host_str().unwrap_or("localhost"), u.url().port().unwrap_or(5672));
         let conn = Connection::connect(&u.driver_url(&[]), ConnectionProperties::default()).await.map_err(map_err)?;
         let publisher = conn.create_channel().await.map_err(map_err)?;
@@ -276,6 +277,33 @@ impl RabbitMqQueue {
             consumer: tokio::sync::Mutex::default(),
         });
         Ok(QueueHandle::new(Self { shared, location }))
+    }
+
+    /// Checks `url` as [`from_url`](Self::from_url) does, without connecting: the queue
+    /// options it names and what the queue can do, or the error `from_url` would give.
+    pub fn check_url(url: &str) -> Result<(QueueOptions, Capabilities)> {
+        Ok((Self::settings(url)?.0.options, capabilities()))
+    }
+
+    fn settings(url: &str) -> Result<(QueueUrl, QueueType, u16)> {
+        let mut u = QueueUrl::parse(url)?;
+        let queue_type = match u.take("queue_type").as_deref() {
+            None | Some("quorum") => QueueType::Quorum,
+            Some("classic") => QueueType::Classic,
+            Some(other) => {
+                return Err(platform_core::config::url_error(
+                    "rabbitmq",
+                    "queue_type",
+                    &format!("`{other}` is not a queue type (quorum or classic)"),
+                ));
+            }
+        };
+        let prefetch = u.take_parsed::<u16>("prefetch")?.unwrap_or(DEFAULT_PREFETCH);
+        if prefetch == 0 {
+            return Err(platform_core::config::url_error("rabbitmq", "prefetch", "must be at least 1"));
+        }
+        u.finish("rabbitmq")?;
+        Ok((u, queue_type, prefetch))
     }
 
     async fn deliver(&self, d: AmqpDelivery) -> Result<Option<Delivery>> {
@@ -390,13 +418,7 @@ impl Queue for RabbitMqQueue {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            dedup: false,
-            dedup_window: None,
-            atomic_batch: false,
-            max_delay: Some(Duration::from_secs(u64::from(u32::MAX) / 1000)),
-            ..Capabilities::default()
-        }
+        capabilities()
     }
 
     async fn send(&self, message: Message) -> Result<()> {

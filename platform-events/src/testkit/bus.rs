@@ -116,14 +116,22 @@ pub async fn competing_consumers_share_a_group(h: &BusHarness) {
     let (a, b) = (open(&url).await, open(&url).await);
     let (ga, gb) = (a.subscribe("jobs.>", "workers").await.unwrap(), b.subscribe("jobs.>", "workers").await.unwrap());
     a.publish("jobs.resize.small", (0..60).map(event).collect()).await.expect("publish");
+    // Both take until the 60 arrived (or ARRIVES passed), then a little longer, so a
+    // second copy would show.
+    let taken = &std::sync::atomic::AtomicUsize::new(0);
     let take = |g: Group| async move {
         let mut got = Vec::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-        while tokio::time::Instant::now() < deadline {
+        let deadline = tokio::time::Instant::now() + ARRIVES;
+        let mut done_at = None;
+        while tokio::time::Instant::now() < deadline && done_at.is_none_or(|t| tokio::time::Instant::now() < t) {
+            if done_at.is_none() && taken.load(std::sync::atomic::Ordering::SeqCst) >= 60 {
+                done_at = Some(tokio::time::Instant::now() + Duration::from_millis(500));
+            }
             let batch = g.receive(5, Duration::from_millis(200)).await.expect("receive");
             for d in batch {
                 d.ack().await.expect("ack");
                 got.push(d.envelope().payload["n"].as_u64().unwrap());
+                taken.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             }
         }
         got
@@ -277,7 +285,8 @@ pub async fn unknown_types_are_dead_lettered(h: &BusHarness) {
 
 /// A consumer that dies holding deliveries (dropped unsettled, its handle gone) does
 /// not lose them: once the lease runs out another consumer of the group gets them,
-/// their attempt counted.
+/// their attempt counted (2, or 3 where the broker also counts the redelivery to the
+/// dead consumer's prefetch window).
 pub async fn a_crashed_consumers_events_come_back(h: &BusHarness) {
     let url = h.fresh_url("visibility_timeout=1s");
     let crashed = open(&url).await;
@@ -291,18 +300,32 @@ pub async fn a_crashed_consumers_events_come_back(h: &BusHarness) {
     let mut got = numbers(&again);
     got.sort_unstable();
     assert_eq!(got, [0, 1, 2, 3, 4]);
-    assert!(again.iter().all(|d| d.attempt() == 2), "redelivered: attempt 2");
+    // At least the second attempt: a broker that counts deliveries itself (RabbitMQ's
+    // quorum queues) also counts one made to the dying consumer's prefetch window.
+    let attempts: Vec<u32> = again.iter().map(EventDelivery::attempt).collect();
+    assert!(attempts.iter().all(|a| (2..=3).contains(a)), "redelivered: attempt 2, not {attempts:?}");
 }
 
 /// Publishing the same events again (a retry after an error) does not hand a group
-/// that already has them a second copy.
+/// that already has them a second copy, where the backend declares `deduplicates`;
+/// elsewhere each copy arrives whole, with its `event_id`, for the consumer to dedupe.
 pub async fn republished_events_are_not_duplicated(h: &BusHarness) {
     let bus = open(&h.fresh_url("")).await;
     let group = bus.subscribe("pay.*", "ledger").await.unwrap();
     let events: Vec<Envelope> = (0..5).map(event).collect();
     bus.publish("pay.settled", events.clone()).await.unwrap();
-    bus.publish("pay.settled", events).await.unwrap();
-    assert_eq!(drain(&group, 5, true).await.len(), 5);
+    bus.publish("pay.settled", events.clone()).await.unwrap();
+    if bus.capabilities().deduplicates {
+        assert_eq!(drain(&group, 5, true).await.len(), 5);
+        return;
+    }
+    let got = drain(&group, 10, true).await;
+    let mut ids = BTreeMap::<_, usize>::new();
+    for d in &got {
+        *ids.entry(d.envelope().event_id).or_default() += 1;
+    }
+    let sent: BTreeMap<_, usize> = events.iter().map(|e| (e.event_id, 2)).collect();
+    assert_eq!(ids, sent, "each event twice, under its own event_id");
 }
 
 /// Bad topics, patterns, group names and oversized events are `InvalidInput` and store
