@@ -26,6 +26,7 @@ pub struct CorrelationId(String);
 
 tokio::task_local! {
     static CURRENT: CorrelationId;
+    static TRACEPARENT: String;
 }
 
 impl CorrelationId {
@@ -104,6 +105,18 @@ pub fn with_correlation<F: Future>(id: CorrelationId, fut: F) -> impl Future<Out
     CURRENT.scope(id, fut.instrument(span))
 }
 
+/// Runs `fut` with `traceparent` as the current W3C trace context: messages sent and
+/// events made below it carry it (a `traceparent` header, the envelope's field). The
+/// HTTP layer sets it from the request's header.
+pub fn with_traceparent<F: Future>(traceparent: String, fut: F) -> impl Future<Output = F::Output> {
+    TRACEPARENT.scope(traceparent, fut)
+}
+
+/// The current task's `traceparent`, if one was set with [`with_traceparent`].
+pub fn current_traceparent() -> Option<String> {
+    TRACEPARENT.try_with(Clone::clone).ok()
+}
+
 /// Whether `value` is a well-formed W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
 pub fn is_valid_traceparent(value: &str) -> bool {
     let parts: Vec<&str> = value.split('-').collect();
@@ -134,6 +147,13 @@ mod tests {
         assert_eq!(seen, Some(id));
         assert!(CorrelationId::current().is_none());
         assert_ne!(CorrelationId::current_or_new(), CorrelationId::current_or_new());
+    }
+
+    #[tokio::test]
+    async fn traceparent_follows_the_task() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned();
+        assert_eq!(with_traceparent(tp.clone(), async { current_traceparent() }).await, Some(tp));
+        assert!(current_traceparent().is_none());
     }
 
     #[test]

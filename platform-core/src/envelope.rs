@@ -97,7 +97,7 @@ impl<T> Envelope<T> {
             correlation_id: CorrelationId::current_or_new(),
             causation_id: None,
             tenant_id: None,
-            traceparent: None,
+            traceparent: crate::correlation::current_traceparent(),
             source: None,
             extensions: BTreeMap::new(),
             payload,

@@ -127,6 +127,7 @@ impl fmt::Display for ErrorKind {
 
 /// One field-level complaint carried by an `InvalidInput` error (and its problem details).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct FieldError {
     /// The field, parameter or variable that is wrong (`visibility_timeout`, `QUEUE_URL`).

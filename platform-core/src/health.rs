@@ -75,6 +75,7 @@ forward_health_check!(Arc, Box);
 
 /// `up`, `degraded` or `down`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 #[non_exhaustive]
 pub enum Status {
@@ -98,6 +99,7 @@ impl fmt::Display for Status {
 
 /// The result of one check, as it appears under `checks` in `/up`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct CheckResult {
     /// The dependency's name.
@@ -128,6 +130,7 @@ fn is_true(b: &bool) -> bool {
 
 /// The `/up` report: overall status and one entry per dependency.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct HealthReport {
     /// `up` when all checks are up, `degraded` when only non-critical ones are down,
@@ -141,6 +144,9 @@ pub struct HealthReport {
     pub version: Option<String>,
     /// One entry per dependency, in the order given.
     pub checks: Vec<CheckResult>,
+    /// Remarks on the whole report (`draining: shutting down`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 impl HealthReport {
@@ -153,7 +159,7 @@ impl HealthReport {
         } else {
             Status::Degraded
         };
-        Self { status, service: None, version: None, checks }
+        Self { status, service: None, version: None, checks, notes: Vec::new() }
     }
 
     /// Names the service and its version in the report.
@@ -223,7 +229,7 @@ pub fn log_startup(report: &HealthReport) {
     }
 }
 
-#[cfg(feature = "axum")]
+#[cfg(feature = "http")]
 impl axum::response::IntoResponse for HealthReport {
     fn into_response(self) -> axum::response::Response {
         let status = http::StatusCode::from_u16(self.http_status()).unwrap_or(http::StatusCode::OK);

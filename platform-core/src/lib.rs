@@ -7,6 +7,8 @@ mod correlation;
 mod envelope;
 mod error;
 mod health;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod nats;
 mod problem;
 #[cfg(feature = "redis")]
@@ -19,7 +21,7 @@ pub mod testkit;
 pub use config::{Secret, mask_url};
 pub use correlation::{
     CORRELATION_ID_HEADER, CorrelationId, MAX_CORRELATION_ID_LEN, TRACEPARENT_HEADER, TRACESTATE_HEADER,
-    is_valid_traceparent, with_correlation,
+    current_traceparent, is_valid_traceparent, with_correlation, with_traceparent,
 };
 pub use envelope::{DEFAULT_SOURCE, Envelope, Event};
 pub use error::{Error, ErrorKind, FieldError, Result};

@@ -22,6 +22,7 @@ pub const DEFAULT_TYPE_BASE: &str = "/problems/";
 /// assert_eq!(p.detail.as_deref(), Some("todo 42 does not exist"));
 /// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "http", derive(utoipa::ToSchema))]
 #[non_exhaustive]
 pub struct Problem {
     /// A URI naming the problem type (`/problems/not_found`).
@@ -153,7 +154,7 @@ impl From<&Error> for Problem {
     }
 }
 
-#[cfg(feature = "axum")]
+#[cfg(feature = "http")]
 impl axum::response::IntoResponse for Problem {
     fn into_response(self) -> axum::response::Response {
         let mut res = (self.status_code(), self.to_json()).into_response();
@@ -162,7 +163,7 @@ impl axum::response::IntoResponse for Problem {
     }
 }
 
-#[cfg(feature = "axum")]
+#[cfg(feature = "http")]
 impl axum::response::IntoResponse for Error {
     fn into_response(self) -> axum::response::Response {
         if self.kind() == ErrorKind::Internal {
@@ -251,7 +252,7 @@ mod tests {
         assert_eq!(h[crate::CORRELATION_ID_HEADER], p.correlation_id.as_str());
     }
 
-    #[cfg(feature = "axum")]
+    #[cfg(feature = "http")]
     #[test]
     fn axum_response() {
         use axum::response::IntoResponse;

@@ -6,6 +6,8 @@ compile_error!("platform-db needs at least one of the features `sqlite`, `postgr
 
 mod db;
 mod driver;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod idempotency;
 pub mod inbox;
 pub mod migrate;

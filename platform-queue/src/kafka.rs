@@ -70,6 +70,7 @@ const QUIET: Duration = Duration::from_millis(300);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Maps a Kafka client error onto the portable kinds.
+#[doc(hidden)] // for platform-events' bus on the same client; not part of the API
 pub fn map_err(e: KafkaError) -> Error {
     let code = e.rdkafka_error_code();
     let kind = match code {

@@ -217,6 +217,11 @@ fn stamp_correlation(mut message: Message) -> Message {
     {
         message.headers.insert(CORRELATION_ID_HEADER.to_owned(), id.to_string());
     }
+    if !message.headers.contains_key(platform_core::TRACEPARENT_HEADER)
+        && let Some(tp) = platform_core::current_traceparent()
+    {
+        message.headers.insert(platform_core::TRACEPARENT_HEADER.to_owned(), tp);
+    }
     message
 }
 

@@ -61,6 +61,7 @@ const ATTEMPTS_BASE: &str = "x-platform-attempts-base";
 const FIRST_FAILURE: &str = "x-platform-first-failure";
 
 /// Maps a lapin error onto the portable kinds.
+#[doc(hidden)] // for platform-events' bus on the same client; not part of the API
 pub fn map_err(e: lapin::Error) -> Error {
     let text = e.to_string();
     let lower = text.to_ascii_lowercase();
@@ -138,7 +139,8 @@ fn persistent(headers: FieldTable) -> BasicProperties {
 
 /// The properties a message published with `headers` carries: persistent, the headers
 /// as AMQP strings, as this backend's queues read them. For publishers that route into
-/// these queues through an exchange of their own.
+/// these queues through an exchange of their own (platform-events' bus).
+#[doc(hidden)]
 pub fn message_properties(headers: &Headers) -> BasicProperties {
     persistent(string_headers(headers, &[]))
 }
