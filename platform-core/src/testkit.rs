@@ -50,6 +50,28 @@ pub fn server_url(name: &str) -> Option<String> {
     }
 }
 
+/// The program a test drives (a contract checker, a browser), from
+/// `PLATFORM_TEST_<NAME>_BIN` (`scripts/services.env` points it at what
+/// `scripts/start-services` installed).
+///
+/// Unset, or not a file: skipped as [`server_url`] does (a failure with
+/// `PLATFORM_TEST_REQUIRE_ALL=1`).
+#[track_caller]
+pub fn tool(name: &str) -> Option<std::path::PathBuf> {
+    let var = format!("PLATFORM_TEST_{}_BIN", name.to_ascii_uppercase());
+    match std::env::var(&var) {
+        Ok(v) if std::path::Path::new(v.trim()).is_file() => Some(v.trim().into()),
+        Ok(v) if !v.trim().is_empty() => {
+            skip(&format!("{var}={v} is not a file (scripts/start-services installs it)"));
+            None
+        }
+        _ => {
+            skip(&format!("set {var}"));
+            None
+        }
+    }
+}
+
 /// Reports a skipped test with `reason`; panics when skips are failures.
 #[track_caller]
 pub fn skip(reason: &str) {

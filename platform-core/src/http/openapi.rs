@@ -57,8 +57,8 @@ fn readyz_doc() {}
 #[expect(dead_code, reason = "documents the route")]
 fn contract_doc() {}
 
-/// The document `/openapi` serves: the service's own (or a bare one titled after it)
-/// with the contract's operations and schemas merged in, and every operation's error
+/// The document `/openapi` serves: the service's own (or a bare one), titled and
+/// versioned after the service, with the contract's operations and schemas merged in, and every operation's error
 /// responses documented as problem+json (the `default` response), which the layers
 /// make true of every route.
 pub(super) fn document(info: &ServiceInfo, own: Option<OpenApi>) -> OpenApi {
@@ -67,6 +67,10 @@ pub(super) fn document(info: &ServiceInfo, own: Option<OpenApi>) -> OpenApi {
         bare.info.description = Some(format!("The HTTP API of {}", info.service));
         bare
     });
+    // The document describes this service: its name and version, whatever crate the
+    // service's own document was derived in.
+    doc.info.title.clone_from(&info.service);
+    doc.info.version.clone_from(&info.version);
     doc.merge(ContractApi::openapi());
     let problem = openapi::ResponseBuilder::new()
         .description("An error, as RFC 9457 problem details")
