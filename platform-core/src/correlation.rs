@@ -105,6 +105,13 @@ pub fn with_correlation<F: Future>(id: CorrelationId, fut: F) -> impl Future<Out
     CURRENT.scope(id, fut.instrument(span))
 }
 
+/// Runs `fut` with `id` as the current correlation id and no span of its own: for
+/// callers whose span carries the id already (the HTTP request's).
+#[cfg(feature = "http")]
+pub(crate) fn scope_correlation<F: Future>(id: CorrelationId, fut: F) -> impl Future<Output = F::Output> {
+    CURRENT.scope(id, fut)
+}
+
 /// Runs `fut` with `traceparent` as the current W3C trace context: messages sent and
 /// events made below it carry it (a `traceparent` header, the envelope's field). The
 /// HTTP layer sets it from the request's header.

@@ -325,3 +325,37 @@ async fn two_instances_share_one_limit_on_redis() {
     let err = platform_core::http::RedisLimiter::from_url("redis://127.0.0.1:1?bogus=1").await.unwrap_err();
     assert!(err.to_string().contains("bogus"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_drains_in_flight_requests() {
+    use platform_core::http::Shutdown;
+    let started = Arc::new(tokio::sync::Notify::new());
+    let notify = Arc::clone(&started);
+    let contract = Contract::new("draining", "1")
+        .with_shutdown(Shutdown::new().with_grace(Duration::from_millis(500)).with_deadline(Duration::from_secs(10)));
+    let app = contract.apply(Router::new().route(
+        "/v1/long",
+        get(move || async move {
+            notify.notify_one();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            "finished"
+        }),
+    ));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(platform_core::http::serve(listener, app, contract.shutdown()));
+    let client = reqwest::Client::new();
+    assert_eq!(client.get(format!("{base}/readyz")).send().await.unwrap().status(), 200);
+    let long = tokio::spawn(client.get(format!("{base}/v1/long")).send());
+    started.notified().await;
+    contract.shutdown().begin();
+    // Within the grace the listener still accepts, and says it is not ready.
+    let fresh = reqwest::Client::new();
+    assert_eq!(fresh.get(format!("{base}/readyz")).send().await.unwrap().status(), 503);
+    // The request in flight finishes; then the server returns, well before the deadline.
+    let res = long.await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "finished");
+    tokio::time::timeout(Duration::from_secs(5), server).await.expect("served until drained").unwrap().unwrap();
+    assert!(reqwest::Client::new().get(format!("{base}/livez")).send().await.is_err(), "no longer accepting");
+}

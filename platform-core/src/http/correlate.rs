@@ -18,39 +18,35 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// id (from `X-Correlation-Id`, else `X-Request-Id`, else a new one; an invalid one is
 /// replaced) and its `traceparent` (when well-formed) as the task's, so what the handler
 /// sends carries them; echoes the id in `X-Correlation-Id`; and wraps the request in a
-/// span (`method`, `route`: the matched route, never the query string; `status` and
-/// `latency_ms` once answered).
+/// span (`method`, `route`: the matched route, never the query string;
+/// `correlation_id`; `status` and `latency_ms` once answered).
 pub async fn correlate(request: Request, next: Next) -> Response {
     // Read in a block: a borrow of the request (its body is not `Sync`) must not live
     // across the await below.
-    let (id, traceparent, route) = {
-        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let (id, traceparent, span) = {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok());
         let id = header(CORRELATION_ID_HEADER)
             .or_else(|| header(REQUEST_ID_HEADER))
-            .and_then(|v| CorrelationId::parse(&v).ok())
+            .and_then(|v| CorrelationId::parse(v).ok())
             .unwrap_or_default();
-        let traceparent = header(TRACEPARENT_HEADER).filter(|t| is_valid_traceparent(t));
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or_else(|| request.uri().path().to_owned(), |m| m.as_str().to_owned());
-        (id, traceparent, route)
+        let traceparent = header(TRACEPARENT_HEADER).filter(|t| is_valid_traceparent(t)).map(str::to_owned);
+        let route = request.extensions().get::<MatchedPath>().map_or_else(|| request.uri().path(), |m| m.as_str());
+        let span = tracing::info_span!(
+            target: "platform::http",
+            "request",
+            method = %request.method(),
+            route = %route,
+            correlation_id = %id,
+            status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+        );
+        (id, traceparent, span)
     };
-    let span = tracing::info_span!(
-        target: "platform::http",
-        "request",
-        method = %request.method(),
-        route = %route,
-        status = tracing::field::Empty,
-        latency_ms = tracing::field::Empty,
-    );
     let started = Instant::now();
-    let run = next.run(request);
+    let run = crate::correlation::scope_correlation(id.clone(), next.run(request));
     let mut response = match traceparent {
-        Some(tp) => {
-            crate::with_correlation(id.clone(), crate::with_traceparent(tp, run)).instrument(span.clone()).await
-        }
-        None => crate::with_correlation(id.clone(), run).instrument(span.clone()).await,
+        Some(tp) => crate::with_traceparent(tp, run).instrument(span.clone()).await,
+        None => run.instrument(span.clone()).await,
     };
     span.record("status", response.status().as_u16());
     span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);

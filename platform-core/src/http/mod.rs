@@ -11,7 +11,7 @@
 //! contract.log_startup().await; // every dependency with latency and version, before binding
 //! let app = contract.apply(Router::new().route("/v1/hello", get(|| async { "hi" })));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//! axum::serve(listener, app).with_graceful_shutdown(contract.shutdown().on_signal()).await?;
+//! platform_core::http::serve(listener, app, contract.shutdown()).await?; // or axum::serve(..).with_graceful_shutdown(..)
 //! # Ok(()) }
 //! ```
 //!
@@ -36,8 +36,9 @@
 //!   by the handler carry it; `traceparent` likewise; the id is echoed in the response.
 //!   One span per request (method, route, status, latency); the query string and
 //!   headers are never logged.
-//! - **Shutdown**: [`Shutdown::on_signal`] turns SIGTERM or Ctrl-C into readiness 503,
-//!   then stops accepting while in-flight requests finish.
+//! - **Shutdown**: [`serve`] (or [`Shutdown::on_signal`] given to `axum::serve`) turns
+//!   SIGTERM or Ctrl-C into readiness 503 for a grace, then stops accepting while
+//!   in-flight requests finish, cut at a deadline; [`Shutdown::token`] stops workers.
 //!
 //! And, layered by the service on the routes it chooses, **rate limits** ([`RateLimit`]
 //! with [`rate_limit`]): per route and per key (client IP, a header, the principal),
@@ -68,7 +69,7 @@ pub use health::HEALTH_JSON;
 #[cfg(feature = "redis")]
 pub use ratelimit::RedisLimiter;
 pub use ratelimit::{Decision, KeyBy, KeyFn, LocalLimiter, Policy, RateLimit, RateLimiter, rate_limit};
-pub use shutdown::{DEFAULT_GRACE, Shutdown};
+pub use shutdown::{DEFAULT_DEADLINE, DEFAULT_GRACE, Shutdown, serve};
 
 use crate::{HealthCheck, HealthReport};
 
@@ -209,6 +210,14 @@ impl Contract {
     #[must_use]
     pub fn with_openapi(mut self, spec: utoipa::openapi::OpenApi) -> Self {
         self.openapi = Some(spec);
+        self
+    }
+
+    /// The shutdown state `/readyz` follows (a grace and a deadline of its own:
+    /// `Shutdown::new().with_grace(..).with_deadline(..)`); by default, 5 s and 30 s.
+    #[must_use]
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> Self {
+        self.shutdown = shutdown;
         self
     }
 

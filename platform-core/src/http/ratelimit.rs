@@ -36,6 +36,9 @@ impl Policy {
         if limit == 0 || window.is_zero() {
             return Err(Error::invalid_input("a rate limit needs a limit and a window above zero"));
         }
+        if u128::from(limit) > window.as_micros() {
+            return Err(Error::invalid_input("a rate limit counts at most one request per microsecond of its window"));
+        }
         Ok(Self { name, limit, window })
     }
 
@@ -75,11 +78,15 @@ pub trait RateLimiter: fmt::Debug + Send + Sync {
     async fn acquire(&self, policy: &Policy, key: &str) -> Result<Decision>;
 }
 
-/// The decision for a key whose theoretical arrival time is `tat` (ms), at `now` (ms):
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// The decision for a key whose theoretical arrival time is `tat` (µs), at `now` (µs):
 /// the new `tat` when allowed.
 pub(crate) fn gcra(policy: &Policy, tat: u64, now: u64) -> (Decision, Option<u64>) {
-    let interval = u64::try_from(policy.interval().as_millis()).unwrap_or(u64::MAX).max(1);
-    let window = u64::try_from(policy.window.as_millis()).unwrap_or(u64::MAX);
+    let interval = micros(policy.interval()).max(1);
+    let window = micros(policy.window);
     let tat = tat.max(now);
     let next = tat + interval;
     if next - now > window {
@@ -87,14 +94,14 @@ pub(crate) fn gcra(policy: &Policy, tat: u64, now: u64) -> (Decision, Option<u64
         let decision = Decision {
             allowed: false,
             remaining: 0,
-            reset: Duration::from_millis(tat - now),
-            retry_after: Some(Duration::from_millis(wait)),
+            reset: Duration::from_micros(tat - now),
+            retry_after: Some(Duration::from_micros(wait)),
         };
         return (decision, None);
     }
     let used = next - now;
     let remaining = u32::try_from((window - used) / interval).unwrap_or(u32::MAX);
-    let decision = Decision { allowed: true, remaining, reset: Duration::from_millis(used), retry_after: None };
+    let decision = Decision { allowed: true, remaining, reset: Duration::from_micros(used), retry_after: None };
     (decision, Some(next))
 }
 
@@ -102,7 +109,8 @@ pub(crate) fn gcra(policy: &Policy, tat: u64, now: u64) -> (Decision, Option<u64
 #[derive(Debug)]
 pub struct LocalLimiter {
     started: Instant,
-    keys: Mutex<HashMap<String, u64>>,
+    /// Per policy, per key: the theoretical arrival time (µs since `started`).
+    keys: Mutex<HashMap<String, HashMap<String, u64>>>,
 }
 
 impl Default for LocalLimiter {
@@ -121,17 +129,24 @@ impl LocalLimiter {
 #[async_trait]
 impl RateLimiter for LocalLimiter {
     async fn acquire(&self, policy: &Policy, key: &str) -> Result<Decision> {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let mut keys = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = micros(self.started.elapsed());
+        let mut policies = self.keys.lock().unwrap_or_else(PoisonError::into_inner);
+        if !policies.contains_key(&policy.name) {
+            policies.insert(policy.name.clone(), HashMap::new());
+        }
+        let Some(keys) = policies.get_mut(&policy.name) else { unreachable!("inserted above") };
         // Keys whose quota is whole again hold nothing worth keeping.
         if keys.len() > 100_000 {
             keys.retain(|_, tat| *tat > now);
         }
-        let scoped = format!("{}|{key}", policy.name);
-        let tat = keys.get(&scoped).copied().unwrap_or(0);
-        let (decision, next) = gcra(policy, tat, now);
+        let (decision, next) = gcra(policy, keys.get(key).copied().unwrap_or(0), now);
         if let Some(next) = next {
-            keys.insert(scoped, next);
+            match keys.get_mut(key) {
+                Some(tat) => *tat = next,
+                None => {
+                    keys.insert(key.to_owned(), next);
+                }
+            }
         }
         Ok(decision)
     }
@@ -233,11 +248,11 @@ pub async fn rate_limit(State(rl): State<RateLimit>, request: Request, next: Nex
 }
 
 /// The GCRA step on Redis, atomic, on the server's clock (so every instance agrees):
-/// the same arithmetic as [`gcra`].
+/// the same arithmetic as [`gcra`], in microseconds.
 #[cfg(feature = "redis")]
 const GCRA_LUA: &str = r"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local window = tonumber(ARGV[2])
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -246,7 +261,7 @@ local nxt = tat + interval
 if nxt - now > window then
   return {0, 0, tat - now, nxt - now - window}
 end
-redis.call('SET', KEYS[1], nxt, 'PX', nxt - now)
+redis.call('SET', KEYS[1], string.format('%d', nxt), 'PX', math.ceil((nxt - now) / 1000))
 return {1, math.floor((window - (nxt - now)) / interval), nxt - now, 0}
 ";
 
@@ -296,8 +311,7 @@ impl RedisLimiter {
 #[async_trait]
 impl RateLimiter for RedisLimiter {
     async fn acquire(&self, policy: &Policy, key: &str) -> Result<Decision> {
-        let interval = u64::try_from(policy.interval().as_millis()).unwrap_or(u64::MAX).max(1);
-        let window = u64::try_from(policy.window.as_millis()).unwrap_or(u64::MAX);
+        let (interval, window) = (micros(policy.interval()).max(1), micros(policy.window));
         let mut conn = self.conn.clone();
         let got: Vec<u64> = self
             .script
@@ -313,8 +327,8 @@ impl RateLimiter for RedisLimiter {
         Ok(Decision {
             allowed: allowed == 1,
             remaining: u32::try_from(remaining).unwrap_or(u32::MAX),
-            reset: Duration::from_millis(reset),
-            retry_after: (allowed == 0).then(|| Duration::from_millis(wait)),
+            reset: Duration::from_micros(reset),
+            retry_after: (allowed == 0).then(|| Duration::from_micros(wait)),
         })
     }
 }
@@ -328,15 +342,15 @@ mod tests {
         let p = Policy::new("writes", 5, Duration::from_secs(10)).unwrap();
         let mut tat = 0;
         for left in (0..5).rev() {
-            let (d, next) = gcra(&p, tat, 1000);
+            let (d, next) = gcra(&p, tat, 1_000_000);
             assert!(d.allowed);
             assert_eq!(d.remaining, left);
             tat = next.unwrap();
         }
-        let (d, next) = gcra(&p, tat, 1000);
+        let (d, next) = gcra(&p, tat, 1_000_000);
         assert!(!d.allowed && next.is_none());
         assert_eq!(d.retry_after, Some(Duration::from_secs(2)), "one interval (10 s / 5)");
-        let (d, _) = gcra(&p, tat, 3000);
+        let (d, _) = gcra(&p, tat, 3_000_000);
         assert!(d.allowed, "one more after one interval");
     }
 
@@ -352,5 +366,9 @@ mod tests {
         assert!(l.acquire(&q, "a").await.unwrap().allowed);
         assert!(Policy::new("bad name", 1, Duration::from_secs(1)).is_err());
         assert!(Policy::new("p", 0, Duration::from_secs(1)).is_err());
+        // Many per second: spaced by microseconds, not rounded to milliseconds.
+        let fast = Policy::new("fast", 100_000, Duration::from_secs(1)).unwrap();
+        let allowed = futures::future::join_all((0..5000).map(|_| l.acquire(&fast, "k"))).await;
+        assert!(allowed.iter().all(|d| d.as_ref().unwrap().allowed));
     }
 }

@@ -10,6 +10,10 @@ use tokio_util::sync::CancellationToken;
 /// [`Shutdown::with_grace`] says: long enough for a load balancer to see it.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(5);
 
+/// How long in-flight requests may go on once the listener stopped accepting, unless
+/// [`Shutdown::with_deadline`] says.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(30);
+
 /// The shutdown state a service shares between its signal handler, `/readyz` and its
 /// workers. Clones share it.
 #[derive(Debug, Clone)]
@@ -18,6 +22,7 @@ pub struct Shutdown {
     begun: CancellationToken,
     stop: CancellationToken,
     grace: Duration,
+    deadline: Duration,
 }
 
 impl Default for Shutdown {
@@ -34,6 +39,7 @@ impl Shutdown {
             begun: CancellationToken::new(),
             stop: CancellationToken::new(),
             grace: DEFAULT_GRACE,
+            deadline: DEFAULT_DEADLINE,
         }
     }
 
@@ -41,6 +47,14 @@ impl Shutdown {
     #[must_use]
     pub fn with_grace(mut self, grace: Duration) -> Self {
         self.grace = grace;
+        self
+    }
+
+    /// How long in-flight requests may go on once the listener stopped accepting
+    /// (default 30 s); [`serve`] returns then at the latest.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
         self
     }
 
@@ -89,6 +103,27 @@ impl Shutdown {
 }
 
 /// SIGTERM (on Unix) or Ctrl-C.
+/// Serves `app` on `listener` until shutdown, the whole recipe: on SIGTERM or Ctrl-C
+/// (or [`Shutdown::begin`]) `/readyz` answers 503 for the grace, then no connection is
+/// accepted and in-flight requests finish, cut at the deadline. The peer's address is
+/// given to handlers and layers (`ConnectInfo<SocketAddr>`, what
+/// [`KeyBy::ClientIp`](super::KeyBy::ClientIp) counts by).
+pub async fn serve(listener: tokio::net::TcpListener, app: axum::Router, shutdown: Shutdown) -> std::io::Result<()> {
+    let server = axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown.clone().on_signal());
+    let cut = async {
+        shutdown.stopped().await;
+        tokio::time::sleep(shutdown.deadline).await;
+    };
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served,
+        () = cut => {
+            tracing::warn!(target: "platform::http", deadline = ?shutdown.deadline, "in-flight requests cut at the deadline");
+            Ok(())
+        }
+    }
+}
+
 async fn terminated() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
