@@ -6,6 +6,8 @@ mod bus;
 pub mod channel;
 pub mod driver;
 mod handle;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod registry;
 
 #[cfg(feature = "kafka")]

@@ -1,0 +1,482 @@
+//! The WebSocket hub (feature `hub`): `GET /ws` on the service's own port, channels over
+//! any [`Broadcast`], resume with an offset and an epoch.
+//!
+//! ```rust,ignore
+//! let hub = Hub::start(open_broadcast("memory://app").await?, HubConfig::new(shared_key)).await?;
+//! let app = contract.apply(Router::new().merge(hub.routes()));
+//! hub.publish("jobs.42.events", json!({"progress": 50})).await?;
+//! ```
+//!
+//! - **Auth**: the shared key (`SHARED_WS_KEY`) as query `key=`, header `X-Shared-Key`,
+//!   `Authorization: Bearer`, or, from browsers, the subprotocols
+//!   `["platform-ws", "key.<key>"]` (the hub answers with the marker `platform-ws`,
+//!   never the key). A missing or wrong key is a 401 problem before the upgrade;
+//!   keys are compared in constant time and never logged.
+//! - **Client frames** (JSON text): `{"op":"subscribe","channel":"jobs.*.events",
+//!   "since":{"epoch":"…","offset":41}}`, `{"op":"unsubscribe","channel":…}`,
+//!   `{"op":"publish","channel":…,"data":…}`, `{"op":"ping"}`.
+//! - **Server frames**: `{"type":"event","channel":…,"offset":42,"epoch":"…","data":…}`,
+//!   `subscribed` (with `epoch`, the current `offset`, and for a resume `recovered` and
+//!   a `reason` when it is false), `unsubscribed`, `published`, `pong`, and `error`
+//!   (`code`, `message`) for a frame the hub refused.
+//! - **Offsets** count every event this node delivered, across channels, so one
+//!   `since` resumes a wildcard subscription too. The **epoch** names the history the
+//!   offsets belong to: it is new whenever this node's history may have a hole (the
+//!   node started, the broadcast lagged or reconnected). A resume with `since` replays
+//!   exactly the events after `offset` that match, in order, then goes on live, with no
+//!   gap and no duplicate (history and live delivery are switched under one lock); when
+//!   the epoch differs or the history was trimmed past `offset`, the answer is
+//!   `recovered: false` with the reason, never a silent skip.
+//! - **Slow clients never block others**: each connection has a bounded queue of
+//!   frames (encoded once, shared by every connection); a client whose queue is full is
+//!   closed with code 4008, and resumes with `since`.
+//! - **Close codes**: 4008 too slow, 1008 too many subscriptions, 1009 frame too large,
+//!   1003 binary frames.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use bytes::Bytes;
+use platform_core::{Error, Result};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::broadcast::{Broadcast, Received};
+use crate::channel::{Pattern, validate_channel};
+
+/// The subprotocol a browser offers beside `key.<key>`, echoed by the hub.
+pub const SUBPROTOCOL: &str = "platform-ws";
+/// Close code for a client that fell behind its queue.
+pub const CLOSE_TOO_SLOW: u16 = 4008;
+
+/// How the hub behaves.
+#[derive(Clone)]
+pub struct HubConfig {
+    key: platform_core::Secret<String>,
+    history: usize,
+    queue: usize,
+    max_subscriptions: usize,
+    max_frame: usize,
+}
+
+impl fmt::Debug for HubConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HubConfig")
+            .field("history", &self.history)
+            .field("queue", &self.queue)
+            .field("max_subscriptions", &self.max_subscriptions)
+            .field("max_frame", &self.max_frame)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubConfig {
+    /// The shared key clients must present; history 10,000 events, 1,024 queued frames
+    /// per connection, 100 subscriptions per connection, client frames up to 64 KiB.
+    pub fn new(shared_key: impl Into<String>) -> Self {
+        Self {
+            key: platform_core::Secret::new(shared_key.into()),
+            history: 10_000,
+            queue: 1024,
+            max_subscriptions: 100,
+            max_frame: 64 * 1024,
+        }
+    }
+
+    /// Events kept for resumes (across channels).
+    #[must_use]
+    pub fn with_history(mut self, events: usize) -> Self {
+        self.history = events.max(1);
+        self
+    }
+
+    /// Frames a connection may have queued before it is closed as too slow.
+    #[must_use]
+    pub fn with_queue(mut self, frames: usize) -> Self {
+        self.queue = frames.max(1);
+        self
+    }
+}
+
+/// One delivered event, encoded once.
+#[derive(Debug)]
+struct Event {
+    offset: u64,
+    channel: Arc<str>,
+    frame: Arc<str>,
+}
+
+/// A connection's subscriptions and its queue.
+struct Conn {
+    id: u64,
+    patterns: Vec<Pattern>,
+    tx: mpsc::Sender<Outgoing>,
+}
+
+enum Outgoing {
+    Frame(Arc<str>),
+    Close(u16, &'static str),
+}
+
+/// History and connections, switched under one lock so a resume has no gap.
+struct State_ {
+    epoch: String,
+    next_offset: u64,
+    history: VecDeque<Event>,
+    conns: Vec<Conn>,
+}
+
+/// The hub: one per node.
+pub struct Hub {
+    broadcast: Arc<dyn Broadcast>,
+    config: HubConfig,
+    state: Mutex<State_>,
+    next_conn: AtomicU64,
+    pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl fmt::Debug for Hub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Hub").field("broadcast", &self.broadcast.to_string()).field("config", &self.config).finish()
+    }
+}
+
+fn new_epoch() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+impl Hub {
+    /// Starts the hub over `broadcast`: it hears every channel (`>`) and serves them.
+    pub async fn start(broadcast: Arc<dyn Broadcast>, config: HubConfig) -> Result<Arc<Self>> {
+        let mut feed = broadcast.subscribe(">").await?;
+        let hub = Arc::new(Self {
+            broadcast,
+            config,
+            state: Mutex::new(State_ {
+                epoch: new_epoch(),
+                next_offset: 1,
+                history: VecDeque::new(),
+                conns: Vec::new(),
+            }),
+            next_conn: AtomicU64::new(1),
+            pump: Mutex::default(),
+        });
+        let weak = Arc::downgrade(&hub);
+        let pump = tokio::spawn(async move {
+            while let Some(received) = feed.recv().await {
+                let Some(hub) = weak.upgrade() else { return };
+                match received {
+                    Received::Message(p) => hub.deliver(&p.channel, &p.payload),
+                    // The history may have a hole now: a new epoch says so to resumes.
+                    _ => hub.new_epoch(),
+                }
+            }
+        });
+        *hub.pump.lock().unwrap_or_else(PoisonError::into_inner) = Some(pump);
+        Ok(hub)
+    }
+
+    /// Publishes `data` on `channel` to every node's subscribers.
+    pub async fn publish(&self, channel: &str, data: Value) -> Result<()> {
+        validate_channel(channel)?;
+        self.broadcast.publish(channel, Bytes::from(serde_json::to_vec(&data)?)).await
+    }
+
+    /// The epoch and the offset of the last event delivered.
+    pub fn position(&self) -> (String, u64) {
+        let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        (s.epoch.clone(), s.next_offset - 1)
+    }
+
+    /// `GET /ws`, to merge into the service's router.
+    pub fn routes(self: &Arc<Self>) -> axum::Router {
+        axum::Router::new().route("/ws", get(upgrade)).with_state(Arc::clone(self))
+    }
+
+    fn new_epoch(&self) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.epoch = new_epoch();
+        s.history.clear();
+        tracing::warn!(target: "platform::hub", epoch = %s.epoch, "broadcast lagged or reconnected: new epoch");
+    }
+
+    fn deliver(&self, channel: &str, payload: &[u8]) {
+        let data: Value = serde_json::from_slice(payload)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()));
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let offset = s.next_offset;
+        s.next_offset += 1;
+        let frame: Arc<str> =
+            json!({"type": "event", "channel": channel, "offset": offset, "epoch": s.epoch, "data": data})
+                .to_string()
+                .into();
+        let mut slow = Vec::new();
+        for c in &s.conns {
+            if c.patterns.iter().any(|p| p.matches(channel))
+                && c.tx.try_send(Outgoing::Frame(Arc::clone(&frame))).is_err()
+            {
+                slow.push(c.id);
+            }
+        }
+        for id in slow {
+            if let Some(c) = s.conns.iter().find(|c| c.id == id) {
+                // The queue is full: the close goes after what it holds.
+                let tx = c.tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send(Outgoing::Close(CLOSE_TOO_SLOW, "too slow: resubscribe with since")).await;
+                });
+            }
+            s.conns.retain(|c| c.id != id);
+        }
+        s.history.push_back(Event { offset, channel: channel.into(), frame });
+        while s.history.len() > self.config.history {
+            s.history.pop_front();
+        }
+    }
+
+    /// Adds `pattern` to connection `id` and answers with the `subscribed` frame and
+    /// what `since` missed, all under the lock that delivery takes.
+    fn subscribe(&self, id: u64, pattern: Pattern, since: Option<Since>) -> std::result::Result<(), &'static str> {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let (epoch, last) = (s.epoch.clone(), s.next_offset - 1);
+        let oldest = s.history.front().map_or(s.next_offset, |e| e.offset);
+        let mut replay = Vec::new();
+        let mut answer = json!({"type": "subscribed", "channel": pattern.as_str(), "epoch": epoch, "offset": last});
+        if let Some(since) = since {
+            let why = if since.epoch != epoch {
+                Some("the epoch changed: this node's history is not the one the offset belongs to")
+            } else if since.offset > last {
+                Some("the offset is ahead of this node's history")
+            } else if since.offset + 1 < oldest {
+                Some("the history no longer reaches back to the offset")
+            } else {
+                None
+            };
+            answer["recovered"] = json!(why.is_none());
+            if let Some(why) = why {
+                answer["reason"] = json!(why);
+            } else {
+                replay.extend(
+                    s.history
+                        .iter()
+                        .filter(|e| e.offset > since.offset && pattern.matches(&e.channel))
+                        .map(|e| Arc::clone(&e.frame)),
+                );
+            }
+        }
+        let Some(conn) = s.conns.iter_mut().find(|c| c.id == id) else { return Err("closed") };
+        if conn.patterns.len() >= self.config.max_subscriptions {
+            return Err("too many subscriptions");
+        }
+        if !conn.patterns.iter().any(|p| p.as_str() == pattern.as_str()) {
+            conn.patterns.push(pattern);
+        }
+        let frames = std::iter::once(Arc::from(answer.to_string())).chain(replay);
+        for f in frames {
+            if conn.tx.try_send(Outgoing::Frame(f)).is_err() {
+                return Err("too slow");
+            }
+        }
+        Ok(())
+    }
+
+    fn unsubscribe(&self, id: u64, pattern: &str) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = s.conns.iter_mut().find(|c| c.id == id) {
+            c.patterns.retain(|p| p.as_str() != pattern);
+        }
+    }
+
+    fn register(&self) -> (u64, mpsc::Receiver<Outgoing>) {
+        let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(self.config.queue);
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).conns.push(Conn { id, patterns: Vec::new(), tx });
+        (id, rx)
+    }
+
+    fn unregister(&self, id: u64) {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).conns.retain(|c| c.id != id);
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).conns.len()
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(p) = self.pump.lock().unwrap_or_else(PoisonError::into_inner).take() {
+            p.abort();
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Since {
+    epoch: String,
+    offset: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+enum ClientFrame {
+    Subscribe { channel: String, since: Option<Since> },
+    Unsubscribe { channel: String },
+    Publish { channel: String, data: Value },
+    Ping,
+}
+
+/// Equal in time that does not depend on where they differ.
+fn same_key(given: &str, key: &str) -> bool {
+    let (a, b) = (given.as_bytes(), key.as_bytes());
+    let mut diff = u8::from(a.len() != b.len());
+    for (i, x) in a.iter().enumerate() {
+        diff |= x ^ b.get(i).copied().unwrap_or(0);
+    }
+    diff == 0
+}
+
+/// The key the request presents, and whether it came as a subprotocol.
+fn presented(headers: &HeaderMap, uri: &Uri) -> (Option<String>, bool) {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let query = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes());
+    if let Some((_, k)) = query.into_iter().find(|(k, _)| k == "key") {
+        return (Some(k.into_owned()), false);
+    }
+    if let Some(k) = header("x-shared-key") {
+        return (Some(k.to_owned()), false);
+    }
+    if let Some(k) = header("authorization").and_then(|v| v.strip_prefix("Bearer ")) {
+        return (Some(k.trim().to_owned()), false);
+    }
+    let protocols: Vec<&str> =
+        header("sec-websocket-protocol").map(|v| v.split(',').map(str::trim).collect()).unwrap_or_default();
+    if protocols.contains(&SUBPROTOCOL)
+        && let Some(k) = protocols.iter().find_map(|p| p.strip_prefix("key."))
+    {
+        return (Some(k.to_owned()), true);
+    }
+    (None, false)
+}
+
+async fn upgrade(State(hub): State<Arc<Hub>>, uri: Uri, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
+    let (key, by_protocol) = presented(&headers, &uri);
+    let Some(key) = key.filter(|k| same_key(k, hub.config.key.expose())) else {
+        return Error::new(
+            platform_core::ErrorKind::Unauthenticated,
+            "a valid shared key is required: key=, X-Shared-Key, Bearer or the subprotocol",
+        )
+        .into_response();
+    };
+    drop(key);
+    let ws = if by_protocol { ws.protocols([SUBPROTOCOL]) } else { ws };
+    // The library's own limit is a backstop; frames over `max_frame` get a close 1009.
+    let backstop = hub.config.max_frame.saturating_mul(16).max(1 << 20);
+    ws.max_message_size(backstop).on_upgrade(move |socket| serve(hub, socket))
+}
+
+async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
+    let (id, mut rx) = hub.register();
+    loop {
+        tokio::select! {
+            out = rx.recv() => match out {
+                Some(Outgoing::Frame(f)) => {
+                    if socket.send(Message::Text(f.as_ref().into())).await.is_err() {
+                        break;
+                    }
+                }
+                Some(Outgoing::Close(code, why)) => {
+                    let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: why.into() }))).await;
+                    break;
+                }
+                None => break,
+            },
+            incoming = socket.recv() => {
+                let Some(Ok(msg)) = incoming else { break };
+                match msg {
+                    Message::Text(text) if text.len() > hub.config.max_frame => {
+                        let close = CloseFrame { code: 1009, reason: "frame too large".into() };
+                        let _ = socket.send(Message::Close(Some(close))).await;
+                        break;
+                    }
+                    Message::Text(text) => {
+                        if let Some((code, why)) = handle(&hub, id, text.as_str(), &mut socket).await {
+                            let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: why.into() }))).await;
+                            break;
+                        }
+                    }
+                    Message::Binary(_) => {
+                        let _ = socket.send(Message::Close(Some(CloseFrame { code: 1003, reason: "text frames only".into() }))).await;
+                        break;
+                    }
+                    Message::Close(_) => break,
+                    Message::Ping(_) | Message::Pong(_) => {}
+                }
+            }
+        }
+    }
+    hub.unregister(id);
+}
+
+/// Handles one client frame; `Some` closes the connection with that code.
+async fn handle(hub: &Hub, id: u64, text: &str, socket: &mut WebSocket) -> Option<(u16, &'static str)> {
+    let reply = |v: Value| Message::Text(v.to_string().into());
+    let error = |code: &str, message: String| reply(json!({"type": "error", "code": code, "message": message}));
+    let frame: ClientFrame = match serde_json::from_str(text) {
+        Ok(f) => f,
+        Err(e) => {
+            let _ = socket.send(error("bad_frame", e.to_string())).await;
+            return None;
+        }
+    };
+    match frame {
+        ClientFrame::Ping => {
+            let _ = socket.send(reply(json!({"type": "pong"}))).await;
+        }
+        ClientFrame::Subscribe { channel, since } => match Pattern::parse(&channel) {
+            Err(e) => {
+                let _ = socket.send(error("bad_channel", e.to_string())).await;
+            }
+            Ok(pattern) => match hub.subscribe(id, pattern, since) {
+                Ok(()) => {}
+                Err("too many subscriptions") => return Some((1008, "too many subscriptions")),
+                Err(_) => return Some((CLOSE_TOO_SLOW, "too slow: resubscribe with since")),
+            },
+        },
+        ClientFrame::Unsubscribe { channel } => {
+            hub.unsubscribe(id, &channel);
+            let _ = socket.send(reply(json!({"type": "unsubscribed", "channel": channel}))).await;
+        }
+        ClientFrame::Publish { channel, data } => match hub.publish(&channel, data).await {
+            Ok(()) => {
+                let _ = socket.send(reply(json!({"type": "published", "channel": channel}))).await;
+            }
+            Err(e) => {
+                let _ = socket.send(error(e.kind().code(), e.to_string())).await;
+            }
+        },
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_compare_whole() {
+        assert!(same_key("s3cret", "s3cret"));
+        assert!(!same_key("s3cre", "s3cret"));
+        assert!(!same_key("s3cretx", "s3cret"));
+        assert!(!same_key("", "s3cret"));
+    }
+}

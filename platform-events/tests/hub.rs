@@ -1,0 +1,260 @@
+//! The WebSocket hub with real WebSocket clients (tokio-tungstenite) over loopback.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{SinkExt as _, StreamExt as _};
+use platform_events::hub::{CLOSE_TOO_SLOW, Hub, HubConfig, SUBPROTOCOL};
+use platform_events::open_broadcast;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+use tokio_tungstenite::tungstenite::{Message, http};
+
+const KEY: &str = "s3cret-ws-key";
+const WAIT: Duration = Duration::from_secs(10);
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn start(config: HubConfig) -> (Arc<Hub>, String) {
+    let name = platform_core::testkit::unique_ident("hub");
+    let broadcast = open_broadcast(&format!("memory://{name}?buffer=100000")).await.unwrap();
+    let hub = Hub::start(broadcast, config).await.unwrap();
+    let app = platform_core::http::Contract::new("hub", "1").apply(hub.routes());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (hub, format!("ws://{addr}/ws"))
+}
+
+async fn connect(url: &str) -> Ws {
+    tokio_tungstenite::connect_async(format!("{url}?key={KEY}")).await.expect("connect").0
+}
+
+async fn send(ws: &mut Ws, frame: Value) {
+    ws.send(Message::Text(frame.to_string().into())).await.unwrap();
+}
+
+/// The next text frame as JSON.
+async fn next(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(WAIT, ws.next()).await.expect("a frame in time").expect("open").unwrap();
+        if let Message::Text(t) = msg {
+            return serde_json::from_str(&t).unwrap();
+        }
+    }
+}
+
+/// The close code the server sent, reading past any frames before it.
+async fn close_code(ws: &mut Ws) -> u16 {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await.expect("closed in time") {
+            Some(Ok(Message::Close(Some(f)))) => return f.code.into(),
+            Some(Ok(_)) => {}
+            other => panic!("no close frame: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_four_ways_in_and_a_wrong_key() {
+    let (_hub, url) = start(HubConfig::new(KEY)).await;
+    let mut ws = tokio_tungstenite::connect_async(format!("{url}?key={KEY}")).await.unwrap().0;
+    send(&mut ws, json!({"op": "ping"})).await;
+    assert_eq!(next(&mut ws).await["type"], "pong");
+    for (name, value) in [("x-shared-key", KEY.to_owned()), ("authorization", format!("Bearer {KEY}"))] {
+        let mut req = url.as_str().into_client_request().unwrap();
+        req.headers_mut().insert(name, value.parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        send(&mut ws, json!({"op": "ping"})).await;
+        assert_eq!(next(&mut ws).await["type"], "pong", "{name}");
+    }
+    let mut req = url.as_str().into_client_request().unwrap();
+    req.headers_mut().insert("sec-websocket-protocol", format!("{SUBPROTOCOL}, key.{KEY}").parse().unwrap());
+    let (mut ws, res) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(res.headers()["sec-websocket-protocol"], SUBPROTOCOL, "the marker is echoed, never the key");
+    send(&mut ws, json!({"op": "ping"})).await;
+    assert_eq!(next(&mut ws).await["type"], "pong");
+
+    for bad in [format!("{url}?key=wrong"), url.clone(), format!("{url}?key={KEY}x")] {
+        match tokio_tungstenite::connect_async(bad.as_str()).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(res)) => {
+                assert_eq!(res.status(), http::StatusCode::UNAUTHORIZED, "{bad}");
+                assert_eq!(res.headers()["content-type"], "application/problem+json");
+                let body = String::from_utf8(res.body().clone().unwrap_or_default()).unwrap();
+                assert!(!body.contains(KEY), "{body}");
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_get_what_their_patterns_match() {
+    let (hub, url) = start(HubConfig::new(KEY)).await;
+    let (mut jobs, mut all, mut publisher) = (connect(&url).await, connect(&url).await, connect(&url).await);
+    send(&mut jobs, json!({"op": "subscribe", "channel": "jobs.*.events"})).await;
+    let subscribed = next(&mut jobs).await;
+    assert_eq!(subscribed["type"], "subscribed");
+    assert_eq!(subscribed["channel"], "jobs.*.events");
+    send(&mut all, json!({"op": "subscribe", "channel": ">"})).await;
+    next(&mut all).await;
+    send(&mut publisher, json!({"op": "publish", "channel": "jobs.7.events", "data": {"progress": 50}})).await;
+    assert_eq!(next(&mut publisher).await, json!({"type": "published", "channel": "jobs.7.events"}));
+    hub.publish("system.events", json!({"up": true})).await.unwrap();
+    hub.publish("jobs.8.events", json!("done")).await.unwrap();
+
+    let first = next(&mut jobs).await;
+    assert_eq!(first["type"], "event");
+    assert_eq!(first["channel"], "jobs.7.events");
+    assert_eq!(first["data"], json!({"progress": 50}));
+    assert_eq!(first["epoch"], subscribed["epoch"]);
+    let second = next(&mut jobs).await;
+    assert_eq!((second["channel"].as_str(), second["data"].as_str()), (Some("jobs.8.events"), Some("done")));
+    assert!(second["offset"].as_u64() > first["offset"].as_u64());
+    let channels: Vec<Value> = [next(&mut all).await, next(&mut all).await, next(&mut all).await]
+        .iter()
+        .map(|e| e["channel"].clone())
+        .collect();
+    assert_eq!(channels, [json!("jobs.7.events"), json!("system.events"), json!("jobs.8.events")]);
+
+    send(&mut jobs, json!({"op": "unsubscribe", "channel": "jobs.*.events"})).await;
+    assert_eq!(next(&mut jobs).await["type"], "unsubscribed");
+    hub.publish("jobs.9.events", json!(1)).await.unwrap();
+    send(&mut jobs, json!({"op": "ping"})).await;
+    assert_eq!(next(&mut jobs).await["type"], "pong", "nothing from jobs.9 after unsubscribing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_gets_exactly_what_it_missed() {
+    let (hub, url) = start(HubConfig::new(KEY)).await;
+    let mut ws = connect(&url).await;
+    send(&mut ws, json!({"op": "subscribe", "channel": "jobs.*.events"})).await;
+    let epoch = next(&mut ws).await["epoch"].clone();
+    for i in 1..=3 {
+        hub.publish(&format!("jobs.{i}.events"), json!(i)).await.unwrap();
+    }
+    let mut last = 0;
+    for i in 1..=3 {
+        let e = next(&mut ws).await;
+        assert_eq!(e["data"], i);
+        last = e["offset"].as_u64().unwrap();
+    }
+    drop(ws); // the connection is cut
+
+    // Meanwhile: three more for the pattern (one on a job created while away), one not.
+    for (channel, data) in [("jobs.3.events", 4), ("system.logs", 0), ("jobs.4.events", 5), ("jobs.1.events", 6)] {
+        hub.publish(channel, json!(data)).await.unwrap();
+    }
+    platform_core::testkit::eventually(WAIT, || async { (hub.position().1 >= last + 4).then_some(()) }).await.unwrap();
+
+    let mut ws = connect(&url).await;
+    let since = json!({"epoch": epoch, "offset": last});
+    send(&mut ws, json!({"op": "subscribe", "channel": "jobs.*.events", "since": since})).await;
+    let answer = next(&mut ws).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    let missed: Vec<Value> =
+        [next(&mut ws).await, next(&mut ws).await, next(&mut ws).await].iter().map(|e| e["data"].clone()).collect();
+    assert_eq!(missed, [json!(4), json!(5), json!(6)], "the missed range, in order");
+    hub.publish("jobs.2.events", json!(7)).await.unwrap();
+    assert_eq!(next(&mut ws).await["data"], 7, "then live, no duplicate");
+
+    // Honest failures: another epoch, or history trimmed past the offset.
+    let mut ws = connect(&url).await;
+    send(&mut ws, json!({"op": "subscribe", "channel": "jobs.>", "since": {"epoch": "other", "offset": 1}})).await;
+    let answer = next(&mut ws).await;
+    assert_eq!(answer["recovered"], false);
+    assert!(answer["reason"].as_str().unwrap().contains("epoch"), "{answer}");
+
+    let (small, url) = start(HubConfig::new(KEY).with_history(2)).await;
+    for i in 0..5 {
+        small.publish("jobs.1.events", json!(i)).await.unwrap();
+    }
+    platform_core::testkit::eventually(WAIT, || async { (small.position().1 >= 5).then_some(()) }).await.unwrap();
+    let mut ws = connect(&url).await;
+    let since = json!({"epoch": small.position().0, "offset": 1});
+    send(&mut ws, json!({"op": "subscribe", "channel": "jobs.>", "since": since})).await;
+    let answer = next(&mut ws).await;
+    assert_eq!(answer["recovered"], false);
+    assert!(answer["reason"].as_str().unwrap().contains("history"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_does_not_hold_up_the_others() {
+    let (hub, url) = start(HubConfig::new(KEY).with_queue(64)).await;
+    let mut stalled = connect(&url).await;
+    send(&mut stalled, json!({"op": "subscribe", "channel": "feed"})).await;
+    let mut fast = Vec::new();
+    for _ in 0..5 {
+        let mut ws = connect(&url).await;
+        send(&mut ws, json!({"op": "subscribe", "channel": "feed"})).await;
+        next(&mut ws).await;
+        fast.push(ws);
+    }
+    // Far more than the socket buffers and the stalled client's queue hold, published
+    // at the pace the fast clients read (32 ahead at most): the stalled one must not
+    // slow them, and they must not be taken for slow.
+    let blob = "x".repeat(16 * 1024);
+    let total = 2000_u64;
+    let read: Arc<Vec<std::sync::atomic::AtomicU64>> = Arc::new((0..5).map(|_| Default::default()).collect());
+    let readers: Vec<_> = fast
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            let read = Arc::clone(&read);
+            tokio::spawn(async move {
+                for n in 0..total {
+                    let e = next(&mut ws).await;
+                    assert_eq!(e["data"]["n"], n, "in order, none missing");
+                    read[i].store(n + 1, std::sync::atomic::Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    for n in 0..total {
+        hub.publish("feed", json!({"n": n, "blob": blob})).await.unwrap();
+        let behind = || read.iter().map(|r| r.load(std::sync::atomic::Ordering::SeqCst)).min().unwrap_or(0);
+        if n + 1 - behind() > 32 {
+            platform_core::testkit::eventually(WAIT, || async { (n + 1 - behind() <= 8).then_some(()) })
+                .await
+                .expect("the fast clients keep up");
+        }
+    }
+    for r in readers {
+        tokio::time::timeout(Duration::from_secs(60), r).await.expect("fast clients kept up").unwrap();
+    }
+    assert_eq!(close_code(&mut stalled).await, CLOSE_TOO_SLOW);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_answers_or_documented_close_codes() {
+    let (_hub, url) = start(HubConfig::new(KEY)).await;
+    let mut ws = connect(&url).await;
+    ws.send(Message::Text("{not json".into())).await.unwrap();
+    assert_eq!(next(&mut ws).await["code"], "bad_frame");
+    send(&mut ws, json!({"op": "subscribe", "channel": "a..b"})).await;
+    assert_eq!(next(&mut ws).await["code"], "bad_channel");
+    send(&mut ws, json!({"op": "publish", "channel": "a.*", "data": 1})).await;
+    assert_eq!(next(&mut ws).await["code"], "invalid_input");
+    send(&mut ws, json!({"op": "ping"})).await;
+    assert_eq!(next(&mut ws).await["type"], "pong", "still open after bad frames");
+
+    ws.send(Message::Binary(vec![1, 2, 3].into())).await.unwrap();
+    assert_eq!(close_code(&mut ws).await, 1003);
+
+    let mut ws = connect(&url).await;
+    for i in 0..100 {
+        send(&mut ws, json!({"op": "subscribe", "channel": format!("c.{i}")})).await;
+        next(&mut ws).await;
+    }
+    send(&mut ws, json!({"op": "subscribe", "channel": "c.too-many"})).await;
+    assert_eq!(close_code(&mut ws).await, 1008);
+
+    let mut ws = connect(&url).await;
+    let huge = json!({"op": "publish", "channel": "big", "data": "x".repeat(100 * 1024)});
+    let _ = ws.send(Message::Text(huge.to_string().into())).await;
+    let code = match tokio::time::timeout(WAIT, ws.next()).await.expect("closed in time") {
+        Some(Ok(Message::Close(Some(f)))) => u16::from(f.code),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(code, 1009, "frame too large");
+}
