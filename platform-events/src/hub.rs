@@ -57,6 +57,25 @@ pub const SUBPROTOCOL: &str = "platform-ws";
 /// Close code for a client that fell behind its queue.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 
+/// What a client asks to do on a channel, for the [`Authorizer`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Access {
+    /// Subscribe to a channel or pattern.
+    Subscribe,
+    /// Publish on a channel.
+    Publish,
+}
+
+/// Decides per channel (or pattern) and access whether a connection may go on; the
+/// default lets the shared key grant everything.
+pub type Authorizer = Arc<dyn Fn(&str, Access) -> bool + Send + Sync>;
+
+/// Handles a client's publish on one channel instead of broadcasting it (a publish on
+/// `jobs.enqueue` enqueues a job): given the frame's `data`, returns what the
+/// `published` answer carries as `result` (the job's id).
+pub type PublishHook = Arc<dyn Fn(Value) -> futures::future::BoxFuture<'static, Result<Value>> + Send + Sync>;
+
 /// How the hub behaves.
 #[derive(Clone)]
 pub struct HubConfig {
@@ -65,12 +84,15 @@ pub struct HubConfig {
     queue: usize,
     max_subscriptions: usize,
     max_frame: usize,
+    authorizer: Option<Authorizer>,
+    hooks: Vec<(String, PublishHook)>,
 }
 
 impl fmt::Debug for HubConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HubConfig")
             .field("history", &self.history)
+            .field("hooks", &self.hooks.iter().map(|(c, _)| c.as_str()).collect::<Vec<_>>())
             .field("queue", &self.queue)
             .field("max_subscriptions", &self.max_subscriptions)
             .field("max_frame", &self.max_frame)
@@ -88,7 +110,29 @@ impl HubConfig {
             queue: 1024,
             max_subscriptions: 100,
             max_frame: 64 * 1024,
+            authorizer: None,
+            hooks: Vec::new(),
         }
+    }
+
+    /// Decides per channel and access (see [`Authorizer`]); refused frames get an
+    /// `error` frame with code `permission_denied`.
+    #[must_use]
+    pub fn with_authorizer(mut self, authorizer: Authorizer) -> Self {
+        self.authorizer = Some(authorizer);
+        self
+    }
+
+    /// Handles publishes on `channel` with `hook` instead of broadcasting them (see
+    /// [`PublishHook`]).
+    #[must_use]
+    pub fn on_publish(mut self, channel: impl Into<String>, hook: PublishHook) -> Self {
+        self.hooks.push((channel.into(), hook));
+        self
+    }
+
+    fn allows(&self, channel: &str, access: Access) -> bool {
+        self.authorizer.as_ref().is_none_or(|a| a(channel, access))
     }
 
     /// Events kept for resumes (across channels).
@@ -196,9 +240,13 @@ impl Hub {
         (s.epoch.clone(), s.next_offset - 1)
     }
 
-    /// `GET /ws`, to merge into the service's router.
+    /// `GET /ws`, and `GET /asyncapi` (the frames as an AsyncAPI 3.0 document), to
+    /// merge into the service's router.
     pub fn routes(self: &Arc<Self>) -> axum::Router {
-        axum::Router::new().route("/ws", get(upgrade)).with_state(Arc::clone(self))
+        axum::Router::new()
+            .route("/ws", get(upgrade))
+            .route("/asyncapi", get(|| async { axum::Json(asyncapi()) }))
+            .with_state(Arc::clone(self))
     }
 
     fn new_epoch(&self) {
@@ -306,6 +354,15 @@ impl Hub {
         self.state.lock().unwrap_or_else(PoisonError::into_inner).conns.retain(|c| c.id != id);
     }
 
+    /// Closes every connection with 1012 (service restart): clients resume with `since`,
+    /// here or on another node. For draining a node, and for tests that cut sockets.
+    pub fn disconnect_all(&self) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        for c in s.conns.drain(..) {
+            let _ = c.tx.try_send(Outgoing::Close(1012, "service restart: resume with since"));
+        }
+    }
+
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.state.lock().unwrap_or_else(PoisonError::into_inner).conns.len()
@@ -318,6 +375,93 @@ impl Drop for Hub {
             p.abort();
         }
     }
+}
+
+/// The `/ws` contract as an AsyncAPI 3.0 document: one channel, the client's frames as
+/// `send` operations and the server's as `receive`.
+pub fn asyncapi() -> Value {
+    let text = |desc: &str| json!({"type": "string", "description": desc});
+    let channel =
+        text("A channel name (dot-separated segments) or, to subscribe, a pattern (`*` one segment, `>` the rest)");
+    let since = json!({"type": "object", "required": ["epoch", "offset"], "properties": {
+        "epoch": text("The epoch of the last event received"),
+        "offset": {"type": "integer", "minimum": 0, "description": "The offset of the last event received"}}});
+    let message = |name: &str, summary: &str, required: &[&str], props: Value| {
+        (
+            name.to_owned(),
+            json!({"name": name, "summary": summary, "contentType": "application/json",
+            "payload": {"type": "object", "required": required, "properties": props}}),
+        )
+    };
+    let client = [
+        message(
+            "subscribe",
+            "Subscribe to a channel or pattern, resuming after `since`",
+            &["op", "channel"],
+            json!({"op": {"const": "subscribe"}, "channel": channel, "since": since}),
+        ),
+        message(
+            "unsubscribe",
+            "Stop receiving a channel or pattern",
+            &["op", "channel"],
+            json!({"op": {"const": "unsubscribe"}, "channel": channel}),
+        ),
+        message(
+            "publish",
+            "Publish data on a channel (or hand it to the channel's hook: `jobs.enqueue`)",
+            &["op", "channel", "data"],
+            json!({"op": {"const": "publish"}, "channel": channel, "data": {}}),
+        ),
+        message("ping", "Ask for a pong", &["op"], json!({"op": {"const": "ping"}})),
+    ];
+    let server = [
+        message(
+            "event",
+            "An event on a subscribed channel",
+            &["type", "channel", "offset", "epoch", "data"],
+            json!({"type": {"const": "event"}, "channel": channel, "offset": {"type": "integer"}, "epoch": text("The history the offset belongs to"), "data": {}}),
+        ),
+        message(
+            "subscribed",
+            "A subscription is in place; for a resume, whether the missed range follows",
+            &["type", "channel", "epoch", "offset"],
+            json!({"type": {"const": "subscribed"}, "channel": channel, "epoch": {"type": "string"}, "offset": {"type": "integer"},
+                "recovered": {"type": "boolean"}, "reason": text("Why the missed range cannot follow")}),
+        ),
+        message(
+            "unsubscribed",
+            "A subscription ended",
+            &["type", "channel"],
+            json!({"type": {"const": "unsubscribed"}, "channel": channel}),
+        ),
+        message(
+            "published",
+            "A publish was accepted",
+            &["type", "channel"],
+            json!({"type": {"const": "published"}, "channel": channel, "result": {}}),
+        ),
+        message("pong", "The answer to ping", &["type"], json!({"type": {"const": "pong"}})),
+        message(
+            "error",
+            "A frame was refused; the connection stays open",
+            &["type", "code", "message"],
+            json!({"type": {"const": "error"}, "code": text("bad_frame, bad_channel, permission_denied, invalid_input, …"), "message": {"type": "string"}}),
+        ),
+    ];
+    let refs = |msgs: &[(String, Value)]| -> Vec<Value> {
+        msgs.iter().map(|(n, _)| json!({"$ref": format!("#/channels/ws/messages/{n}")})).collect()
+    };
+    let all: serde_json::Map<String, Value> = client.iter().chain(server.iter()).cloned().collect();
+    json!({
+        "asyncapi": "3.0.0",
+        "info": {"title": "The /ws contract", "version": "1",
+            "description": "Authenticated by the shared key: query key=, header X-Shared-Key, Authorization: Bearer, or the subprotocols platform-ws and key.<key>. Close codes: 4008 too slow, 1008 too many subscriptions, 1009 frame too large, 1003 binary frames."},
+        "channels": {"ws": {"address": "/ws", "messages": all}},
+        "operations": {
+            "clientFrames": {"action": "receive", "channel": {"$ref": "#/channels/ws"}, "messages": refs(&client)},
+            "serverFrames": {"action": "send", "channel": {"$ref": "#/channels/ws"}, "messages": refs(&server)},
+        },
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -438,6 +582,17 @@ async fn handle(hub: &Hub, id: u64, text: &str, socket: &mut WebSocket) -> Optio
             return None;
         }
     };
+    let asked = match &frame {
+        ClientFrame::Subscribe { channel, .. } => Some((channel, Access::Subscribe)),
+        ClientFrame::Publish { channel, .. } => Some((channel, Access::Publish)),
+        ClientFrame::Unsubscribe { .. } | ClientFrame::Ping => None,
+    };
+    if let Some((channel, access)) = asked
+        && !hub.config.allows(channel, access)
+    {
+        let _ = socket.send(error("permission_denied", format!("not allowed on {channel:?}"))).await;
+        return None;
+    }
     match frame {
         ClientFrame::Ping => {
             let _ = socket.send(reply(json!({"type": "pong"}))).await;
@@ -456,14 +611,19 @@ async fn handle(hub: &Hub, id: u64, text: &str, socket: &mut WebSocket) -> Optio
             hub.unsubscribe(id, &channel);
             let _ = socket.send(reply(json!({"type": "unsubscribed", "channel": channel}))).await;
         }
-        ClientFrame::Publish { channel, data } => match hub.publish(&channel, data).await {
-            Ok(()) => {
-                let _ = socket.send(reply(json!({"type": "published", "channel": channel}))).await;
-            }
-            Err(e) => {
-                let _ = socket.send(error(e.kind().code(), e.to_string())).await;
-            }
-        },
+        ClientFrame::Publish { channel, data } => {
+            let hook = hub.config.hooks.iter().find(|(c, _)| *c == channel).map(|(_, h)| Arc::clone(h));
+            let done = match hook {
+                Some(hook) => hook(data).await.map(Some),
+                None => hub.publish(&channel, data).await.map(|()| None),
+            };
+            let answer = match done {
+                Ok(None) => reply(json!({"type": "published", "channel": channel})),
+                Ok(Some(result)) => reply(json!({"type": "published", "channel": channel, "result": result})),
+                Err(e) => error(e.kind().code(), e.to_string()),
+            };
+            let _ = socket.send(answer).await;
+        }
     }
     None
 }

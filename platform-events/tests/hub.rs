@@ -258,3 +258,220 @@ async fn bad_frames_get_answers_or_documented_close_codes() {
     };
     assert_eq!(code, 1009, "frame too large");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_and_authorization() {
+    use platform_events::hub::Access;
+    let config = HubConfig::new(KEY)
+        .with_authorizer(Arc::new(|channel: &str, access: Access| {
+            !(channel.starts_with("admin.") || (access == Access::Publish && channel == "system.events"))
+        }))
+        .on_publish(
+            "jobs.enqueue",
+            Arc::new(|data: Value| Box::pin(async move { Ok(json!({ "job_id": format!("job-{}", data["n"]) })) })),
+        );
+    let (_hub, url) = start(config).await;
+    let mut ws = connect(&url).await;
+    send(&mut ws, json!({"op": "publish", "channel": "jobs.enqueue", "data": {"n": 7}})).await;
+    assert_eq!(
+        next(&mut ws).await,
+        json!({"type": "published", "channel": "jobs.enqueue", "result": {"job_id": "job-7"}})
+    );
+    send(&mut ws, json!({"op": "subscribe", "channel": "admin.>"})).await;
+    assert_eq!(next(&mut ws).await["code"], "permission_denied");
+    send(&mut ws, json!({"op": "publish", "channel": "system.events", "data": 1})).await;
+    assert_eq!(next(&mut ws).await["code"], "permission_denied");
+    send(&mut ws, json!({"op": "subscribe", "channel": "system.events"})).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed", "reading is allowed");
+}
+
+/// Two nodes on one broadcast server: 20 subscribers on each, each node publishing 250
+/// events on a channel of its own; every subscriber gets all 500, each channel in
+/// order, once.
+async fn two_nodes_share_channels(name: &str, broadcast_url: &str) {
+    let prefix = platform_core::testkit::unique_ident("sync");
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let broadcast = open_broadcast(broadcast_url).await.unwrap();
+        let hub = Hub::start(broadcast, HubConfig::new(KEY)).await.unwrap();
+        let app = platform_core::http::Contract::new("hub", "1").apply(hub.routes());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        nodes.push((hub, url));
+    }
+    let per_node = 250_u64;
+    let mut readers = Vec::new();
+    for (_, url) in &nodes {
+        for _ in 0..20 {
+            let mut ws = connect(url).await;
+            send(&mut ws, json!({"op": "subscribe", "channel": format!("{prefix}.>")})).await;
+            assert_eq!(next(&mut ws).await["type"], "subscribed");
+            readers.push(tokio::spawn(async move {
+                let mut seen = std::collections::BTreeMap::<String, u64>::new();
+                for _ in 0..per_node * 2 {
+                    let e = next(&mut ws).await;
+                    let channel = e["channel"].as_str().unwrap().to_owned();
+                    let n = e["data"].as_u64().unwrap();
+                    let expected = seen.entry(channel.clone()).or_default();
+                    assert_eq!(n, *expected, "{channel}: in order, once");
+                    *expected += 1;
+                }
+                seen
+            }));
+        }
+    }
+    let publishers = nodes.iter().enumerate().map(|(i, (hub, _))| {
+        let (hub, channel) = (Arc::clone(hub), format!("{prefix}.node{i}"));
+        async move {
+            for n in 0..per_node {
+                hub.publish(&channel, json!(n)).await.unwrap();
+            }
+        }
+    });
+    futures::future::join_all(publishers).await;
+    for r in readers {
+        let seen = tokio::time::timeout(Duration::from_secs(60), r).await.expect(name).unwrap();
+        assert_eq!(seen.values().copied().collect::<Vec<_>>(), [per_node, per_node], "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_redis() {
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    two_nodes_share_channels("redis", &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_nats() {
+    let Some(url) = platform_core::testkit::server_url("NATS") else { return };
+    two_nodes_share_channels("nats", &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_postgres() {
+    let Some(url) = platform_core::testkit::server_url("POSTGRES") else { return };
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}namespace={}", platform_core::testkit::unique_ident("hub"));
+    two_nodes_share_channels("postgres", &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_frames_are_an_asyncapi_document() {
+    let (_hub, url) = start(HubConfig::new(KEY)).await;
+    let http = url.replacen("ws://", "http://", 1).replace("/ws", "/asyncapi");
+    let doc: Value = reqwest::get(&http).await.unwrap().json().await.unwrap();
+    assert_eq!(doc["asyncapi"], "3.0.0");
+    assert_eq!(doc["channels"]["ws"]["address"], "/ws");
+    for m in ["subscribe", "unsubscribe", "publish", "ping", "event", "subscribed", "published", "pong", "error"] {
+        assert!(doc["channels"]["ws"]["messages"][m]["payload"].is_object(), "{m}");
+    }
+    assert_eq!(doc["operations"]["clientFrames"]["messages"].as_array().unwrap().len(), 4);
+}
+
+const PAGE: &str = r#"<!doctype html><html><head><title>hub page</title></head><body>
+<h1>hub page</h1><ul id="log"></ul><script>
+const url = location.origin.replace("http", "ws") + "/ws";
+let last = null;
+function log(t) { const li = document.createElement("li"); li.textContent = t; document.getElementById("log").appendChild(li); }
+function report(o) { fetch("/report", {method: "POST", headers: {"content-type": "application/json"}, body: JSON.stringify(o)}); }
+function connect() {
+  const ws = new WebSocket(url, ["platform-ws", "key.KEY"]);
+  ws.onopen = () => { log("open " + ws.protocol); ws.send(JSON.stringify({op: "subscribe", channel: "page.>", since: last})); };
+  ws.onmessage = (m) => {
+    const f = JSON.parse(m.data); log(m.data);
+    if (f.type === "subscribed") report({stage: last ? "resubscribed" : "subscribed", recovered: f.recovered ?? null, protocol: ws.protocol});
+    if (f.type === "event") { last = {epoch: f.epoch, offset: f.offset}; report({stage: "event", data: f.data}); }
+  };
+  ws.onclose = (e) => { log("closed " + e.code); report({stage: "closed", code: e.code}); setTimeout(connect, 300); };
+}
+connect();
+</script></body></html>"#;
+
+/// A browser page subscribes with the subprotocol, receives an event, and resumes with
+/// what it missed after its socket is cut: headless Chromium, reporting each step back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_page_subscribes_and_resumes() {
+    use axum::routing::{get, post};
+    let Some(chromium) = platform_core::testkit::tool("CHROMIUM") else { return };
+    let broadcast =
+        open_broadcast(&format!("memory://{}", platform_core::testkit::unique_ident("page"))).await.unwrap();
+    let hub = Hub::start(broadcast, HubConfig::new(KEY)).await.unwrap();
+    let reports: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
+    let sink = Arc::clone(&reports);
+    let app = hub.routes().route("/page", get(|| async { axum::response::Html(PAGE.replace("KEY", KEY)) })).route(
+        "/report",
+        post(move |axum::Json(v): axum::Json<Value>| async move {
+            sink.lock().unwrap().push(v);
+        }),
+    );
+    let app = platform_core::http::Contract::new("page", "1").apply(app);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let profile = std::env::temp_dir().join(platform_core::testkit::unique_ident("chromium"));
+    let mut browser = tokio::process::Command::new(chromium)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            &format!("--user-data-dir={}", profile.display()),
+            &format!("{base}/page"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let seen = |stage: &'static str, check: fn(&Value) -> bool| {
+        let reports = Arc::clone(&reports);
+        async move {
+            platform_core::testkit::eventually(Duration::from_secs(30), || {
+                let found = reports.lock().unwrap().iter().find(|r| r["stage"] == stage && check(r)).cloned();
+                async move { found }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("the page never reported {stage}: {:?}", reports.lock().unwrap()))
+        }
+    };
+    let first = seen("subscribed", |_| true).await;
+    assert_eq!(first["protocol"], SUBPROTOCOL, "the page speaks the marker protocol");
+    hub.publish("page.news", json!("first")).await.unwrap();
+    seen("event", |r| r["data"] == "first").await;
+    hub.disconnect_all();
+    assert_eq!(seen("closed", |_| true).await["code"], 1012);
+    hub.publish("page.news", json!("while away")).await.unwrap();
+    let again = seen("resubscribed", |_| true).await;
+    assert_eq!(again["recovered"], true, "{again}");
+    seen("event", |r| r["data"] == "while away").await;
+    browser.kill().await.unwrap();
+
+    // A picture of the page as a person sees it (kept beside the build): a second
+    // browser, connected and subscribed.
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| std::path::PathBuf::from("target"), Into::into);
+    let png = target.join("artifacts").join("hub-page.png");
+    std::fs::create_dir_all(png.parent().unwrap()).unwrap();
+    let status = tokio::process::Command::new(platform_core::testkit::tool("CHROMIUM").unwrap())
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--no-first-run",
+            "--virtual-time-budget=3000",
+            "--window-size=1000,600",
+            &format!("--user-data-dir={}", profile.with_extension("shot").display()),
+            &format!("--screenshot={}", png.display()),
+            &format!("{base}/page"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success() && png.is_file(), "screenshot");
+}
