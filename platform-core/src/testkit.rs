@@ -72,6 +72,24 @@ pub fn tool(name: &str) -> Option<std::path::PathBuf> {
     }
 }
 
+/// The flags headless Chromium runs with in tests (no sandbox, GPU, background
+/// networking, component updates or first-run screens), with a fresh profile in
+/// `profile`; the caller adds what it does (`--dump-dom`, `--screenshot=…`) and the URL.
+pub fn chromium_flags(profile: &std::path::Path) -> Vec<String> {
+    let mut flags: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+    ]
+    .map(String::from)
+    .to_vec();
+    flags.push(format!("--user-data-dir={}", profile.display()));
+    flags
+}
+
 /// Reports a skipped test with `reason`; panics when skips are failures.
 #[track_caller]
 pub fn skip(reason: &str) {

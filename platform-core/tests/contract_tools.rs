@@ -162,19 +162,8 @@ async fn swagger_ui_renders_every_operation() {
     let base = start().await;
     let profile = scratch("chromium");
     let flags = |extra: &[String]| {
-        let mut args: Vec<String> = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--virtual-time-budget=15000",
-            "--window-size=1280,2200",
-        ]
-        .map(String::from)
-        .to_vec();
-        args.push(format!("--user-data-dir={}", profile.display()));
+        let mut args = platform_core::testkit::chromium_flags(&profile);
+        args.extend(["--virtual-time-budget=15000".to_owned(), "--window-size=1280,2200".to_owned()]);
         args.extend_from_slice(extra);
         args.push(format!("{base}/swagger/"));
         args

@@ -411,16 +411,8 @@ async fn a_browser_page_subscribes_and_resumes() {
     tokio::spawn(async move { axum::serve(listener, app).await });
     let profile = std::env::temp_dir().join(platform_core::testkit::unique_ident("chromium"));
     let mut browser = tokio::process::Command::new(chromium)
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            &format!("--user-data-dir={}", profile.display()),
-            &format!("{base}/page"),
-        ])
+        .args(platform_core::testkit::chromium_flags(&profile))
+        .arg(format!("{base}/page"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
@@ -455,19 +447,10 @@ async fn a_browser_page_subscribes_and_resumes() {
     let png = target.join("artifacts").join("hub-page.png");
     std::fs::create_dir_all(png.parent().unwrap()).unwrap();
     let status = tokio::process::Command::new(platform_core::testkit::tool("CHROMIUM").unwrap())
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            "--virtual-time-budget=3000",
-            "--window-size=1000,600",
-            &format!("--user-data-dir={}", profile.with_extension("shot").display()),
-            &format!("--screenshot={}", png.display()),
-            &format!("{base}/page"),
-        ])
+        .args(platform_core::testkit::chromium_flags(&profile.with_extension("shot")))
+        .args(["--virtual-time-budget=3000", "--window-size=1000,600"])
+        .arg(format!("--screenshot={}", png.display()))
+        .arg(format!("{base}/page"))
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
