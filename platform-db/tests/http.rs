@@ -134,20 +134,25 @@ async fn the_draft_cases(harness: Option<UrlHarness>) {
     assert!(res.headers().get("idempotency-replayed").is_none());
     assert_eq!(rows(&db).await, 2);
 
-    // Two at once with one key: one runs, the other gets 409 (or, if it came second,
-    // the replay); the work ran once.
-    let slow = json!({"title": "slow", "slow_ms": 700});
+    // Two at once with one key: one runs, the other gets 409 (or, if it came after
+    // the first finished, on a busy machine, the replay); the work ran once.
+    let slow = json!({"title": "slow", "slow_ms": 2000});
     let (a, b) = tokio::join!(
         post_todo(&base, "/v1/todos", Some("k-race"), slow.clone()),
         post_todo(&base, "/v1/todos", Some("k-race"), slow.clone())
     );
+    let (a_replayed, b_replayed) =
+        (a.headers().contains_key("idempotency-replayed"), b.headers().contains_key("idempotency-replayed"));
     let mut statuses = [a.status().as_u16(), b.status().as_u16()];
     statuses.sort_unstable();
-    assert_eq!(statuses[1], 409, "one of them is in flight when the other arrives: {statuses:?}");
-    assert_eq!(statuses[0], 201);
-    let conflict = if a.status() == 409 { a } else { b };
-    assert_eq!(conflict.headers()["retry-after"], "1");
-    assert_eq!(conflict.headers()["content-type"], "application/problem+json");
+    if statuses == [201, 409] {
+        let conflict = if a.status() == 409 { a } else { b };
+        assert_eq!(conflict.headers()["retry-after"], "1");
+        assert_eq!(conflict.headers()["content-type"], "application/problem+json");
+    } else {
+        assert_eq!(statuses, [201, 201], "one runs, the other is refused or replayed");
+        assert!(a_replayed != b_replayed, "exactly one of them is the replay");
+    }
     assert_eq!(rows(&db).await, 3, "the work ran once");
     let res = post_todo(&base, "/v1/todos", Some("k-race"), slow).await;
     assert_eq!(res.headers()["idempotency-replayed"], "true");

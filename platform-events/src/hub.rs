@@ -27,15 +27,20 @@
 //!   gap and no duplicate (history and live delivery are switched under one lock); when
 //!   the epoch differs or the history was trimmed past `offset`, the answer is
 //!   `recovered: false` with the reason, never a silent skip.
-//! - **Slow clients never block others**: each connection has a bounded queue of
-//!   frames (encoded once, shared by every connection); a client whose queue is full is
-//!   closed with code 4008, and resumes with `since`.
+//! - **Slow clients never block others**: each connection has a queue bounded in
+//!   frames and in bytes (frames encoded once, shared by every connection); a client
+//!   whose queue is full is closed with code 4008 and resumes with `since`.
+//! - **Delivery classes**: events on droppable channels (`system.logs` by default) are
+//!   shed for a client whose queue is half full, and never close it; other events are
+//!   never shed. A node-wide bound on queued bytes drops the client holding the most
+//!   first, and the hub's health check fails above 90 % of it (add the hub to the
+//!   service's checks and `/readyz` turns 503 before memory runs out).
 //! - **Close codes**: 4008 too slow, 1008 too many subscriptions, 1009 frame too large,
 //!   1003 binary frames.
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::State;
@@ -84,6 +89,9 @@ pub struct HubConfig {
     queue: usize,
     max_subscriptions: usize,
     max_frame: usize,
+    max_queued_bytes: usize,
+    max_node_bytes: usize,
+    droppable: Vec<Pattern>,
     authorizer: Option<Authorizer>,
     hooks: Vec<(String, PublishHook)>,
 }
@@ -110,9 +118,30 @@ impl HubConfig {
             queue: 1024,
             max_subscriptions: 100,
             max_frame: 64 * 1024,
+            max_queued_bytes: 4 * 1024 * 1024,
+            max_node_bytes: 256 * 1024 * 1024,
+            droppable: vec![Pattern::parse("system.logs").expect("a pattern")],
             authorizer: None,
             hooks: Vec::new(),
         }
+    }
+
+    /// Bytes of frames a connection may have queued (default 4 MiB) before it is
+    /// closed as too slow, and bytes all connections of the node may have queued
+    /// (default 256 MiB) before the one with the most is dropped; the hub's health
+    /// check (for `/readyz`) fails above 90 % of the node's bound.
+    #[must_use]
+    pub fn with_byte_bounds(mut self, per_connection: usize, per_node: usize) -> Self {
+        self.max_queued_bytes = per_connection.max(1);
+        self.max_node_bytes = per_node.max(1);
+        self
+    }
+
+    /// Channels whose events a slow client may miss (default `system.logs`): they are
+    /// shed once a connection's queue is half full, and never close it.
+    pub fn with_droppable(mut self, patterns: &[&str]) -> Result<Self> {
+        self.droppable = patterns.iter().map(|p| Pattern::parse(p)).collect::<Result<_>>()?;
+        Ok(self)
     }
 
     /// Decides per channel and access (see [`Authorizer`]); refused frames get an
@@ -163,6 +192,12 @@ struct Conn {
     id: u64,
     patterns: Vec<Pattern>,
     tx: mpsc::Sender<Outgoing>,
+    /// Bytes of frames queued and not yet written.
+    queued: Arc<AtomicUsize>,
+    /// Ends the connection at once, dropping what it had queued.
+    kill: tokio_util::sync::CancellationToken,
+    /// Droppable events it missed.
+    shed: u64,
 }
 
 enum Outgoing {
@@ -184,6 +219,8 @@ pub struct Hub {
     config: HubConfig,
     state: Mutex<State_>,
     next_conn: AtomicU64,
+    /// Bytes queued over every connection.
+    node_bytes: Arc<AtomicUsize>,
     pump: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -211,6 +248,7 @@ impl Hub {
                 conns: Vec::new(),
             }),
             next_conn: AtomicU64::new(1),
+            node_bytes: Arc::default(),
             pump: Mutex::default(),
         });
         let weak = Arc::downgrade(&hub);
@@ -266,12 +304,26 @@ impl Hub {
             json!({"type": "event", "channel": channel, "offset": offset, "epoch": s.epoch, "data": data})
                 .to_string()
                 .into();
+        let droppable = self.config.droppable.iter().any(|p| p.matches(channel));
+        let (len, limit) = (frame.len(), self.config.max_queued_bytes);
         let mut slow = Vec::new();
-        for c in &s.conns {
-            if c.patterns.iter().any(|p| p.matches(channel))
-                && c.tx.try_send(Outgoing::Frame(Arc::clone(&frame))).is_err()
-            {
-                slow.push(c.id);
+        for c in &mut s.conns {
+            if !c.patterns.iter().any(|p| p.matches(channel)) {
+                continue;
+            }
+            let room = if droppable { limit / 2 } else { limit };
+            // Counted before it is queued, so the writer never takes back more than
+            // was added.
+            let before = c.queued.fetch_add(len, Ordering::Relaxed);
+            self.node_bytes.fetch_add(len, Ordering::Relaxed);
+            if before + len > room || c.tx.try_send(Outgoing::Frame(Arc::clone(&frame))).is_err() {
+                c.queued.fetch_sub(len, Ordering::Relaxed);
+                self.node_bytes.fetch_sub(len, Ordering::Relaxed);
+                if droppable {
+                    c.shed += 1;
+                } else {
+                    slow.push(c.id);
+                }
             }
         }
         for id in slow {
@@ -283,6 +335,20 @@ impl Hub {
                 });
             }
             s.conns.retain(|c| c.id != id);
+        }
+        // Over the node's bound: the connection holding the most goes first, at once
+        // (its writer gives its bytes back as it ends).
+        let mut releasing = 0;
+        while self.node_bytes.load(Ordering::Relaxed).saturating_sub(releasing) > self.config.max_node_bytes {
+            let Some(i) = (0..s.conns.len()).max_by_key(|i| s.conns[*i].queued.load(Ordering::Relaxed)) else { break };
+            let c = s.conns.swap_remove(i);
+            let held = c.queued.load(Ordering::Relaxed);
+            tracing::warn!(target: "platform::hub", queued = held, "node over its byte bound: slowest client dropped");
+            c.kill.cancel();
+            if held == 0 {
+                break;
+            }
+            releasing += held;
         }
         s.history.push_back(Event { offset, channel: channel.into(), frame });
         while s.history.len() > self.config.history {
@@ -329,7 +395,12 @@ impl Hub {
         }
         let frames = std::iter::once(Arc::from(answer.to_string())).chain(replay);
         for f in frames {
+            let len = f.len();
+            conn.queued.fetch_add(len, Ordering::Relaxed);
+            self.node_bytes.fetch_add(len, Ordering::Relaxed);
             if conn.tx.try_send(Outgoing::Frame(f)).is_err() {
+                conn.queued.fetch_sub(len, Ordering::Relaxed);
+                self.node_bytes.fetch_sub(len, Ordering::Relaxed);
                 return Err("too slow");
             }
         }
@@ -343,11 +414,23 @@ impl Hub {
         }
     }
 
-    fn register(&self) -> (u64, mpsc::Receiver<Outgoing>) {
+    fn register(&self) -> (u64, mpsc::Receiver<Outgoing>, Arc<AtomicUsize>, tokio_util::sync::CancellationToken) {
         let id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.config.queue);
-        self.state.lock().unwrap_or_else(PoisonError::into_inner).conns.push(Conn { id, patterns: Vec::new(), tx });
-        (id, rx)
+        let (queued, kill) = (Arc::new(AtomicUsize::new(0)), tokio_util::sync::CancellationToken::new());
+        let conn = Conn { id, patterns: Vec::new(), tx, queued: Arc::clone(&queued), kill: kill.clone(), shed: 0 };
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).conns.push(conn);
+        (id, rx, queued, kill)
+    }
+
+    /// Bytes of frames queued over every connection now.
+    pub fn queued_bytes(&self) -> usize {
+        self.node_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Droppable events connection-wide shed so far, over the open connections.
+    pub fn shed(&self) -> u64 {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner).conns.iter().map(|c| c.shed).sum()
     }
 
     fn unregister(&self, id: u64) {
@@ -366,6 +449,24 @@ impl Hub {
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.state.lock().unwrap_or_else(PoisonError::into_inner).conns.len()
+    }
+}
+
+#[async_trait::async_trait]
+impl platform_core::HealthCheck for Hub {
+    fn name(&self) -> String {
+        "hub".into()
+    }
+
+    /// Down above 90 % of the node's byte bound, so `/readyz` turns 503 before the
+    /// bound drops clients.
+    async fn check(&self) -> Result<platform_core::CheckOutcome> {
+        let (queued, cap) = (self.queued_bytes(), self.config.max_node_bytes);
+        if queued.saturating_mul(10) > cap.saturating_mul(9) {
+            return Err(Error::unavailable(format!("{queued} bytes queued for clients, bound {cap}")));
+        }
+        let version = format!("{} connections, {queued} bytes queued", self.connections());
+        Ok(platform_core::CheckOutcome::new(std::time::Duration::ZERO).with_version(version))
     }
 }
 
@@ -529,12 +630,22 @@ async fn upgrade(State(hub): State<Arc<Hub>>, uri: Uri, headers: HeaderMap, ws: 
 }
 
 async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
-    let (id, mut rx) = hub.register();
+    let (id, mut rx, queued, kill) = hub.register();
+    let written = |len: usize| {
+        queued.fetch_sub(len, Ordering::Relaxed);
+        hub.node_bytes.fetch_sub(len, Ordering::Relaxed);
+    };
     loop {
         tokio::select! {
+            () = kill.cancelled() => break,
             out = rx.recv() => match out {
                 Some(Outgoing::Frame(f)) => {
-                    if socket.send(Message::Text(f.as_ref().into())).await.is_err() {
+                    let sent = tokio::select! {
+                        sent = socket.send(Message::Text(f.as_ref().into())) => sent.is_ok(),
+                        () = kill.cancelled() => false,
+                    };
+                    written(f.len());
+                    if !sent {
                         break;
                     }
                 }
@@ -569,6 +680,13 @@ async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
         }
     }
     hub.unregister(id);
+    // What it still had queued is given back.
+    rx.close();
+    while let Ok(out) = rx.try_recv() {
+        if let Outgoing::Frame(f) = out {
+            written(f.len());
+        }
+    }
 }
 
 /// Handles one client frame; `Some` closes the connection with that code.
@@ -631,6 +749,20 @@ async fn handle(hub: &Hub, id: u64, text: &str, socket: &mut WebSocket) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(feature = "memory")]
+    #[tokio::test]
+    async fn readiness_fails_near_the_node_bound() {
+        use platform_core::HealthCheck as _;
+        let broadcast = crate::open_broadcast("memory://hub-health").await.unwrap();
+        let hub = Hub::start(broadcast, HubConfig::new("k").with_byte_bounds(100, 1000)).await.unwrap();
+        assert!(hub.check().await.is_ok());
+        hub.node_bytes.store(950, Ordering::Relaxed);
+        let err = hub.check().await.unwrap_err();
+        assert!(err.to_string().contains("950 bytes queued"), "{err}");
+        hub.node_bytes.store(800, Ordering::Relaxed);
+        assert!(hub.check().await.is_ok());
+    }
 
     #[test]
     fn keys_compare_whole() {

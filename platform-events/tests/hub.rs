@@ -458,3 +458,53 @@ async fn a_browser_page_subscribes_and_resumes() {
         .unwrap();
     assert!(status.success() && png.is_file(), "screenshot");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_sheds_logs_first_and_the_node_stays_bounded() {
+    // 256 KiB per connection; loopback's socket buffers hold some MiB first.
+    let config = HubConfig::new(KEY).with_byte_bounds(256 * 1024, 64 * 1024 * 1024).with_queue(100_000);
+    let (hub, url) = start(config).await;
+    let mut stalled = connect(&url).await;
+    for channel in ["system.logs", "jobs.>"] {
+        send(&mut stalled, json!({"op": "subscribe", "channel": channel})).await;
+        assert_eq!(next(&mut stalled).await["type"], "subscribed"); // then it reads no more
+    }
+    let line = "l".repeat(16 * 1024);
+    for n in 0..2000 {
+        hub.publish("system.logs", json!({"n": n, "line": line})).await.unwrap();
+    }
+    platform_core::testkit::eventually(WAIT, || async { (hub.shed() > 0).then_some(()) })
+        .await
+        .expect("logs were shed for the stalled client");
+    assert_eq!(hub.connections(), 1, "shedding logs does not close the connection");
+    // Its queue is half full of logs: job events still fit, until they do not.
+    for n in 0..2000 {
+        hub.publish("jobs.1.events", json!({"n": n, "line": line})).await.unwrap();
+    }
+    platform_core::testkit::eventually(WAIT, || async { (hub.connections() == 0).then_some(()) })
+        .await
+        .expect("job events are never shed: the client is closed as too slow");
+    assert!(hub.queued_bytes() <= 512 * 1024, "bounded: {}", hub.queued_bytes());
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_bound_drops_the_slowest_client() {
+    let config = HubConfig::new(KEY).with_byte_bounds(8 * 1024 * 1024, 512 * 1024).with_queue(100_000);
+    let (hub, url) = start(config).await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut ws = connect(&url).await;
+        send(&mut ws, json!({"op": "subscribe", "channel": "feed"})).await;
+        assert_eq!(next(&mut ws).await["type"], "subscribed"); // then it reads no more
+        stalled.push(ws);
+    }
+    let blob = "b".repeat(16 * 1024);
+    for n in 0..2000 {
+        hub.publish("feed", json!({"n": n, "blob": blob})).await.unwrap();
+    }
+    platform_core::testkit::eventually(WAIT, || async { (hub.connections() < 2).then_some(()) })
+        .await
+        .expect("the node's bound dropped a client");
+    assert!(hub.queued_bytes() <= 512 * 1024 + 64 * 1024, "bounded: {}", hub.queued_bytes());
+}
