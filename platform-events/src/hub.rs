@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::State;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -184,7 +184,7 @@ impl HubConfig {
 struct Event {
     offset: u64,
     channel: Arc<str>,
-    frame: Arc<str>,
+    frame: Utf8Bytes,
 }
 
 /// A connection's subscriptions and its queue.
@@ -201,7 +201,7 @@ struct Conn {
 }
 
 enum Outgoing {
-    Frame(Arc<str>),
+    Frame(Utf8Bytes),
     Close(u16, &'static str),
 }
 
@@ -300,7 +300,7 @@ impl Hub {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let offset = s.next_offset;
         s.next_offset += 1;
-        let frame: Arc<str> =
+        let frame: Utf8Bytes =
             json!({"type": "event", "channel": channel, "offset": offset, "epoch": s.epoch, "data": data})
                 .to_string()
                 .into();
@@ -316,7 +316,7 @@ impl Hub {
             // was added.
             let before = c.queued.fetch_add(len, Ordering::Relaxed);
             self.node_bytes.fetch_add(len, Ordering::Relaxed);
-            if before + len > room || c.tx.try_send(Outgoing::Frame(Arc::clone(&frame))).is_err() {
+            if before + len > room || c.tx.try_send(Outgoing::Frame(frame.clone())).is_err() {
                 c.queued.fetch_sub(len, Ordering::Relaxed);
                 self.node_bytes.fetch_sub(len, Ordering::Relaxed);
                 if droppable {
@@ -382,7 +382,7 @@ impl Hub {
                     s.history
                         .iter()
                         .filter(|e| e.offset > since.offset && pattern.matches(&e.channel))
-                        .map(|e| Arc::clone(&e.frame)),
+                        .map(|e| e.frame.clone()),
                 );
             }
         }
@@ -393,7 +393,7 @@ impl Hub {
         if !conn.patterns.iter().any(|p| p.as_str() == pattern.as_str()) {
             conn.patterns.push(pattern);
         }
-        let frames = std::iter::once(Arc::from(answer.to_string())).chain(replay);
+        let frames = std::iter::once(Utf8Bytes::from(answer.to_string())).chain(replay);
         for f in frames {
             let len = f.len();
             conn.queued.fetch_add(len, Ordering::Relaxed);
@@ -640,11 +640,13 @@ async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
             () = kill.cancelled() => break,
             out = rx.recv() => match out {
                 Some(Outgoing::Frame(f)) => {
+                    let len = f.len();
                     let sent = tokio::select! {
-                        sent = socket.send(Message::Text(f.as_ref().into())) => sent.is_ok(),
+                        // The frame's bytes are shared, not copied per connection.
+                        sent = socket.send(Message::Text(f)) => sent.is_ok(),
                         () = kill.cancelled() => false,
                     };
-                    written(f.len());
+                    written(len);
                     if !sent {
                         break;
                     }
