@@ -22,15 +22,7 @@ pub use crate::bus::{
     CORRELATION_HEADER, KEY_EXTENSION, KEY_HEADER, TOPIC_HEADER, TRACEPARENT_HEADER, TYPE_HEADER, validate_group,
 };
 pub use crate::channel::{Pattern, validate_channel};
-#[cfg(any(
-    feature = "memory",
-    feature = "sqlite",
-    feature = "postgres",
-    feature = "redis",
-    feature = "nats",
-    feature = "rabbitmq",
-    feature = "kafka"
-))]
+#[cfg(feature = "_bus")]
 pub use crate::queued::{BusUrl, GroupStore, QueuedBus, SHARED_REGISTRY_TTL, queue_options};
 use crate::{Result, Subscription};
 

@@ -18,15 +18,7 @@ pub mod memory;
 pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
-#[cfg(any(
-    feature = "memory",
-    feature = "sqlite",
-    feature = "postgres",
-    feature = "redis",
-    feature = "nats",
-    feature = "rabbitmq",
-    feature = "kafka"
-))]
+#[cfg(feature = "_bus")]
 mod queued;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
@@ -52,15 +44,7 @@ pub use schemars;
 
 /// Every event bus scheme this build can open.
 #[cfg_attr(
-    not(any(
-        feature = "memory",
-        feature = "sqlite",
-        feature = "redis",
-        feature = "postgres",
-        feature = "nats",
-        feature = "rabbitmq",
-        feature = "kafka"
-    )),
+    not(feature = "_bus"),
     allow(unused_mut)
 )]
 pub fn bus_schemes() -> Vec<&'static str> {
@@ -101,15 +85,7 @@ pub fn bus_schemes() -> Vec<&'static str> {
 /// lists the schemes this build supports. Errors never show the password.
 #[allow(clippy::unused_async)]
 #[cfg_attr(
-    not(any(
-        feature = "memory",
-        feature = "sqlite",
-        feature = "redis",
-        feature = "postgres",
-        feature = "nats",
-        feature = "rabbitmq",
-        feature = "kafka"
-    )),
+    not(feature = "_bus"),
     allow(unreachable_code, unused_variables)
 )]
 pub async fn open_bus(url: &str) -> Result<Arc<dyn EventBus>> {
