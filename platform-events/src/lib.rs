@@ -43,10 +43,7 @@ pub use registry::EventRegistry;
 pub use schemars;
 
 /// Every event bus scheme this build can open.
-#[cfg_attr(
-    not(feature = "_bus"),
-    allow(unused_mut)
-)]
+#[cfg_attr(not(feature = "_bus"), allow(unused_mut))]
 pub fn bus_schemes() -> Vec<&'static str> {
     let mut all: Vec<&'static str> = Vec::new();
     #[cfg(feature = "memory")]
@@ -84,10 +81,7 @@ pub fn bus_schemes() -> Vec<&'static str> {
 /// A scheme whose feature is off is an error naming the feature; an unknown scheme
 /// lists the schemes this build supports. Errors never show the password.
 #[allow(clippy::unused_async)]
-#[cfg_attr(
-    not(feature = "_bus"),
-    allow(unreachable_code, unused_variables)
-)]
+#[cfg_attr(not(feature = "_bus"), allow(unreachable_code, unused_variables))]
 pub async fn open_bus(url: &str) -> Result<Arc<dyn EventBus>> {
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
     let bus: Arc<dyn EventBus> = match scheme.as_str() {
