@@ -58,7 +58,10 @@ pub trait EventBus: HealthCheck + Debug + Display + Send + Sync {
 #[non_exhaustive]
 pub struct BusCapabilities {
     /// Events of one key (the envelope's `partitionkey` extension) reach a group's
-    /// consumers in the order published.
+    /// consumers in the order published, one at a time: the next is handed out once the
+    /// one before is acked or dead-lettered (a nacked one comes back first). Events of
+    /// other keys, and without one, pass them by. The in-process, SQLite and Postgres
+    /// buses keep it; the brokers' buses do not (their queues cannot hold a key back).
     pub ordered_per_key: bool,
     /// A publish retried with the same `event_id`s does not give a group that has an
     /// event a second copy (within the backend's dedup window). Where false, a retried

@@ -173,7 +173,7 @@ impl<G: GroupStore> QueuedBus<G> {
     /// and `queue_caps` what the queues can carry.
     pub fn new(store: G, url: BusUrl, base: QueueOptions, queue_caps: &platform_queue::Capabilities) -> Self {
         let caps = BusCapabilities {
-            ordered_per_key: false,
+            ordered_per_key: queue_caps.ordered_per_key,
             deduplicates: queue_caps.dedup,
             max_event_bytes: queue_caps.max_body_bytes,
             max_batch: queue_caps.max_batch,
@@ -218,13 +218,14 @@ impl<G: GroupStore> QueuedBus<G> {
 }
 
 /// The queue message that carries `event` published on `topic`, its `event_id` the
-/// dedup key where the queue has dedup.
-fn encode(topic: &str, event: &Envelope, dedup: bool) -> Result<Message> {
+/// dedup key where the queue has dedup, its key the order key where the queue keeps
+/// order.
+fn encode(topic: &str, event: &Envelope, caps: &BusCapabilities) -> Result<Message> {
     let mut m = Message::new(event.to_json()?)
         .with_header(TOPIC_HEADER, topic)
         .with_header(TYPE_HEADER, event.full_type())
         .with_header(CORRELATION_HEADER, event.correlation_id.to_string());
-    if dedup {
+    if caps.deduplicates {
         m = m.with_dedup_key(event.event_id.to_string());
     }
     if let Some(tp) = &event.traceparent {
@@ -232,6 +233,9 @@ fn encode(topic: &str, event: &Envelope, dedup: bool) -> Result<Message> {
     }
     if let Some(key) = event.extensions.get(KEY_EXTENSION).and_then(|k| k.as_str()) {
         m = m.with_header(KEY_HEADER, key);
+        if caps.ordered_per_key {
+            m = m.with_order_key(key);
+        }
     }
     Ok(m)
 }
@@ -276,8 +280,7 @@ impl<G: GroupStore> EventBus for QueuedBus<G> {
     }
 
     async fn publish(&self, topic: &str, events: Vec<Envelope>) -> Result<()> {
-        let dedup = self.caps.deduplicates;
-        let messages = events.iter().map(|e| encode(topic, e, dedup)).collect::<Result<Vec<_>>>()?;
+        let messages = events.iter().map(|e| encode(topic, e, &self.caps)).collect::<Result<Vec<_>>>()?;
         if let Some(big) = messages.iter().find(|m| m.body.len() > self.caps.max_event_bytes) {
             let why = format!(
                 "is {} bytes encoded, over the {} this backend carries",

@@ -229,9 +229,19 @@ struct Hub {
 }
 
 impl Drop for Hub {
+    /// What settled and is not committed yet is committed before the member leaves the
+    /// group (on a thread: the member's close waits for it), so a consumer that acks and
+    /// closes at once does not hand its acked messages to the next member.
     fn drop(&mut self) {
         self.task.abort();
         self.committer.abort();
+        let list = due_list(&self.tracks, &self.commits);
+        if list.count() > 0 {
+            let state = Arc::clone(&self.state);
+            let _ = std::thread::Builder::new().name("kafka-final-commit".into()).spawn(move || {
+                let _ = state.consumer.commit(&list, CommitMode::Sync);
+            });
+        }
     }
 }
 
@@ -253,20 +263,24 @@ async fn commit_settled(
     loop {
         commits.wake.notified().await;
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let due = std::mem::take(&mut *commits.due.lock().unwrap_or_else(|e| e.into_inner()));
-        let mut list = TopicPartitionList::new();
-        {
-            let tracks = tracks.lock().unwrap_or_else(|e| e.into_inner());
-            for ((topic, partition), (offset, epoch)) in due {
-                if tracks.get(&(topic.clone(), partition)).is_some_and(|t| t.epoch == epoch) {
-                    let _ = list.add_partition_offset(&topic, partition, Offset::Offset(offset));
-                }
-            }
-        }
+        let list = due_list(&tracks, &commits);
         if list.count() > 0 {
             let _ = state.consumer.commit(&list, CommitMode::Async);
         }
     }
+}
+
+/// Takes the offsets due for a commit, leaving out partitions that moved since.
+fn due_list(tracks: &Mutex<HashMap<(String, i32), Track>>, commits: &Commits) -> TopicPartitionList {
+    let due = std::mem::take(&mut *commits.due.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut list = TopicPartitionList::new();
+    let tracks = tracks.lock().unwrap_or_else(|e| e.into_inner());
+    for ((topic, partition), (offset, epoch)) in due {
+        if tracks.get(&(topic.clone(), partition)).is_some_and(|t| t.epoch == epoch) {
+            let _ = list.add_partition_offset(&topic, partition, Offset::Offset(offset));
+        }
+    }
+    list
 }
 
 type HubKey = (String, String, String, String);

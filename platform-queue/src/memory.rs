@@ -4,6 +4,7 @@
 //! - [x] leases, attempts, nack with delay, extend, release
 //! - [x] dead letters and redrive
 //! - [x] delay, dedup, atomic batches
+//! - [x] order per key (`Message::order_key`: one line per key, kept on one shard)
 //! - [ ] ~~durable~~ (`capabilities().durable` is false)
 //!
 //! URL: `memory://NAME` or `memory://?queue=NAME`, plus the common parameters
@@ -53,29 +54,64 @@ struct Entry {
     token: u64,
     attempts: u32,
     first_failure: Option<i64>,
+    /// The order key: the entry is claimable only at the front of its key's line.
+    key: Option<Arc<str>>,
 }
 
 impl Entry {
     fn fresh(body: Bytes, headers: Headers, visible_at: i64) -> Self {
-        Self { body, headers, visible_at, token: 0, attempts: 0, first_failure: None }
+        Self { body, headers, visible_at, token: 0, attempts: 0, first_failure: None, key: None }
     }
 }
 
 /// One shard of a queue. Every message is in exactly one of two places: `ready`
 /// (visible now, in send order) or `timed` (delayed, nacked with a delay, or leased:
-/// keyed by the time it becomes claimable). A claim moves what came due from `timed` to
-/// `ready`, then takes from the front of `ready`.
+/// keyed by the time it becomes claimable), except an entry with an order key behind
+/// another of its key, which waits in its key's line until the one before it leaves.
+/// A claim moves what came due from `timed` to `ready`, then takes from the front of
+/// `ready`.
 #[derive(Debug, Default)]
 struct State {
     entries: HashMap<u64, Entry, BuildHasherDefault<FxHasher>>,
     ready: VecDeque<u64>,
     timed: BTreeSet<(i64, u64)>,
+    /// Each order key's entries in send order; only the first is ever scheduled.
+    lines: HashMap<Arc<str>, VecDeque<u64>, BuildHasherDefault<FxHasher>>,
 }
 
 impl State {
     fn push(&mut self, seq: u64, entry: Entry, now: i64) {
+        if let Some(key) = &entry.key {
+            let line = self.lines.entry(Arc::clone(key)).or_default();
+            line.push_back(seq);
+            if line.len() > 1 {
+                // Scheduled when the one before it leaves.
+                self.entries.insert(seq, entry);
+                return;
+            }
+        }
         self.schedule(entry.visible_at, seq, now);
         self.entries.insert(seq, entry);
+    }
+
+    /// Takes `seq` out of its key's line; when it led the line, the next one in it is
+    /// scheduled.
+    fn unlink(&mut self, seq: u64, key: Option<&Arc<str>>, now: i64) {
+        let Some(key) = key else { return };
+        let Some(line) = self.lines.get_mut(key) else { return };
+        let led = line.front() == Some(&seq);
+        line.retain(|&s| s != seq);
+        match line.front().copied() {
+            None => {
+                self.lines.remove(key);
+            }
+            Some(next) if led => {
+                if let Some(at) = self.entries.get(&next).map(|e| e.visible_at) {
+                    self.schedule(at, next, now);
+                }
+            }
+            Some(_) => {}
+        }
     }
 
     /// Files `seq` under the time it becomes claimable.
@@ -106,13 +142,16 @@ impl State {
     fn take_held(&mut self, seq: u64, token: u64, now: i64) -> Option<Entry> {
         let at = self.held(seq, token, now)?.visible_at;
         self.timed.remove(&(at, seq));
-        self.entries.remove(&seq)
+        let e = self.entries.remove(&seq)?;
+        self.unlink(seq, e.key.as_ref(), now);
+        Some(e)
     }
 
     /// Removes and returns the entry, whatever its state.
-    fn take(&mut self, seq: u64) -> Option<Entry> {
+    fn take(&mut self, seq: u64, now: i64) -> Option<Entry> {
         let e = self.entries.remove(&seq)?;
         self.timed.remove(&(e.visible_at, seq));
+        self.unlink(seq, e.key.as_ref(), now);
         Some(e)
     }
 
@@ -206,16 +245,34 @@ impl Shared {
     }
 
     /// Appends entries (visible now or later) to the next shard in turn, under one lock,
-    /// and wakes waiting receivers.
+    /// and wakes waiting receivers. Entries with an order key go to their key's shard,
+    /// so that one line holds all of a key's entries.
     fn push_all(&self, entries: impl IntoIterator<Item = Entry>, now: i64) {
         let shard = self.shard(self.next_send.fetch_add(1, Ordering::Relaxed));
+        let mut keyed = Vec::new();
         {
             let mut st = shard.lock();
             for e in entries {
-                st.push(self.seq.fetch_add(1, Ordering::Relaxed) + 1, e, now);
+                let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+                if e.key.is_some() {
+                    keyed.push((seq, e));
+                } else {
+                    st.push(seq, e, now);
+                }
             }
         }
+        for (seq, e) in keyed {
+            let shard = self.key_shard(e.key.as_deref().unwrap_or_default());
+            shard.lock().push(seq, e, now);
+        }
         self.notify.notify_waiters();
+    }
+
+    /// The shard that holds `key`'s entries.
+    fn key_shard(&self, key: &str) -> &Shard {
+        use std::hash::BuildHasher as _;
+        let h = BuildHasherDefault::<FxHasher>::default().hash_one(key);
+        self.shard(usize::try_from(h % self.shards.len() as u64).unwrap_or(0))
     }
 
     /// The oldest `limit` messages as (sequence, shard), whatever their state.
@@ -310,7 +367,7 @@ impl MemoryQueue {
                 }
                 if e.attempts >= max_attempts {
                     // Delivered max_attempts times and never settled: its leases ran out.
-                    exhausted.extend(st.entries.remove(&seq));
+                    exhausted.extend(st.take(seq, now));
                     continue;
                 }
                 st.timed.insert((until, seq));
@@ -390,6 +447,7 @@ impl Queue for MemoryQueue {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             durable: false,
+            ordered_per_key: true,
             max_body_bytes: 16 * 1024 * 1024,
             dedup_window: Some(self.inner.options.dedup_window),
             ..Capabilities::default()
@@ -422,7 +480,10 @@ impl Queue for MemoryQueue {
             });
         }
         q.push_all(
-            messages.into_iter().map(|m| Entry::fresh(m.body, m.headers, now + m.delay.map(ms).unwrap_or(0))),
+            messages.into_iter().map(|m| Entry {
+                key: m.order_key.map(Arc::from),
+                ..Entry::fresh(m.body, m.headers, now + m.delay.map(ms).unwrap_or(0))
+            }),
             now,
         );
         Ok(())
@@ -470,7 +531,7 @@ impl Queue for MemoryQueue {
         let now = now_ms();
         let dlq = &self.inner.dlq;
         let moved: Vec<Entry> =
-            dlq.oldest(limit).into_iter().filter_map(|(seq, shard)| dlq.shard(shard).lock().take(seq)).collect();
+            dlq.oldest(limit).into_iter().filter_map(|(seq, shard)| dlq.shard(shard).lock().take(seq, now)).collect();
         let n = moved.len();
         self.inner.queue.push_all(moved.into_iter().map(|e| Entry::fresh(e.body, e.headers, now)), now);
         Ok(n)

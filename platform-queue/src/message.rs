@@ -40,6 +40,10 @@ pub struct Message {
     pub delay: Option<Duration>,
     /// A second message with the same key inside the dedup window is dropped.
     pub dedup_key: Option<String>,
+    /// Messages with one order key are delivered in the order sent, one at a time:
+    /// the next is not handed out before the one before it is acked or dead-lettered.
+    /// Only where [`Capabilities::ordered_per_key`] says; elsewhere `Unsupported`.
+    pub order_key: Option<String>,
 }
 
 impl Message {
@@ -72,6 +76,13 @@ impl Message {
     #[must_use]
     pub fn with_dedup_key(mut self, key: impl Into<String>) -> Self {
         self.dedup_key = Some(key.into());
+        self
+    }
+
+    /// Sets the order key (see [`order_key`](Self::order_key)).
+    #[must_use]
+    pub fn with_order_key(mut self, key: impl Into<String>) -> Self {
+        self.order_key = Some(key.into());
         self
     }
 
@@ -110,6 +121,16 @@ impl Message {
                 return Err(invalid("dedup_key", format!("dedup key must be 1 to {MAX_DEDUP_KEY_LEN} bytes")));
             }
         }
+        if let Some(key) = &self.order_key {
+            if !caps.ordered_per_key {
+                return Err(
+                    Error::new(ErrorKind::Unsupported, "this backend cannot keep order per key").with_op("send")
+                );
+            }
+            if key.is_empty() || key.len() > MAX_DEDUP_KEY_LEN {
+                return Err(invalid("order_key", format!("order key must be 1 to {MAX_DEDUP_KEY_LEN} bytes")));
+            }
+        }
         Ok(())
     }
 }
@@ -121,6 +142,7 @@ impl fmt::Debug for Message {
             .field("headers", &self.headers)
             .field("delay", &self.delay)
             .field("dedup_key", &self.dedup_key)
+            .field("order_key", &self.order_key)
             .finish()
     }
 }
@@ -229,6 +251,9 @@ pub struct Capabilities {
     pub dead_letter_inspection: bool,
     /// Messages survive a restart of the server.
     pub durable: bool,
+    /// `Message::order_key` is honoured: one key's messages are delivered in the order
+    /// sent, the next only once the one before is settled (not by default).
+    pub ordered_per_key: bool,
     /// The largest body in bytes.
     pub max_body_bytes: usize,
     /// The most headers on one message.
@@ -240,9 +265,10 @@ pub struct Capabilities {
 }
 
 impl Default for Capabilities {
-    /// Everything supported, 1 MiB bodies, 64 headers, batches of 1,000.
+    /// Everything supported but order per key, 1 MiB bodies, 64 headers, batches of 1,000.
     fn default() -> Self {
         Self {
+            ordered_per_key: false,
             delay: true,
             max_delay: None,
             dedup: true,
@@ -697,6 +723,10 @@ mod tests {
         assert!(Message::new("").with_delay(Duration::from_secs(1)).validate(&no_delay).unwrap_err().is_unsupported());
         assert!(Message::new("").with_dedup_key("k").validate(&no_delay).unwrap_err().is_unsupported());
         assert!(Message::new("").with_dedup_key("").validate(&caps).unwrap_err().is_invalid_input());
+        assert!(Message::new("").with_order_key("k").validate(&caps).unwrap_err().is_unsupported());
+        let ordered = Capabilities { ordered_per_key: true, ..caps.clone() };
+        assert!(Message::new("").with_order_key("k").validate(&ordered).is_ok());
+        assert!(Message::new("").with_order_key("").validate(&ordered).unwrap_err().is_invalid_input());
         let batch = vec![Message::new("ok"), Message::new("too long")];
         assert!(caps.validate_batch(&batch).is_err());
         assert!(ReceiveOptions::new(0, Duration::ZERO).validate(&caps).is_err());

@@ -3,6 +3,7 @@
 //! - [x] leases (`FOR UPDATE SKIP LOCKED`: MySQL 8, MariaDB 10.6+), attempts, nack
 //!   with delay, extend, release
 //! - [x] dead letters and redrive, delay, dedup, atomic batches, durable
+//! - [x] order per key (`Message::order_key`: a row waits while an earlier row of its key is queued)
 //! - [ ] ~~wake-up notifications~~: waiting receivers poll (at most every 500 ms)
 //!
 //! URL: any sqlx MySQL URL (`mysql://`, `mariadb://` is accepted too), plus the
@@ -20,11 +21,11 @@ use sqlx::mysql::{MySqlConnectOptions, MySqlPool, MySqlPoolOptions};
 use sqlx::{MySql, QueryBuilder};
 use tokio::sync::Notify;
 
-use crate::Headers;
 use crate::QueueHandle;
 use crate::lease::{Claimed, Lease, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
 use crate::options::QueueUrl;
 use crate::sql::{LeasePool, LeaseSql, Row, decode_row, encode_headers, parse_seq};
+use crate::{Capabilities, Headers};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["mysql", "mariadb"];
@@ -43,7 +44,9 @@ const SCHEMA: &[&str] = &[
         attempts INT NOT NULL DEFAULT 0,
         first_failure BIGINT NULL,
         created_at BIGINT NOT NULL,
-        INDEX platform_queue_ready (queue, visible_at, seq)
+        order_key VARCHAR(128) NULL,
+        INDEX platform_queue_ready (queue, visible_at, seq),
+        INDEX platform_queue_order (queue, order_key, seq)
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
     "CREATE TABLE IF NOT EXISTS platform_queue_dedup (
         queue VARCHAR(200) NOT NULL,
@@ -74,7 +77,8 @@ const LEASE_SQL: LeaseSql = LeaseSql {
     extend: "UPDATE platform_queue_messages SET visible_at = ?
              WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
     move_to: "UPDATE platform_queue_messages
-              SET queue = ?, headers = ?, visible_at = ?, token = NULL, attempts = 0, first_failure = NULL
+              SET queue = ?, headers = ?, visible_at = ?, token = NULL, attempts = 0, first_failure = NULL,
+                order_key = NULL
               WHERE seq = ? AND queue = ? AND token = ? AND visible_at > ?",
     peek: "SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages
            WHERE queue = ? ORDER BY seq LIMIT ?",
@@ -118,10 +122,35 @@ impl MysqlQueue {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await.map_err(map_err)?;
         }
+        add_order_key(&pool).await?;
         let (version,): (String,) = sqlx::query_as("SELECT VERSION()").fetch_one(&pool).await.map_err(map_err)?;
         let returning = takes_returning(&version);
         Self::new(MysqlStore { pool, location, notify: Notify::new(), returning }, u.options).map(QueueHandle::new)
     }
+}
+
+/// Adds the `order_key` column and its index to a table made before they existed
+/// (another process may add them at the same time).
+async fn add_order_key(pool: &sqlx::MySqlPool) -> Result<()> {
+    let has = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM information_schema.columns
+             WHERE table_schema = DATABASE() AND table_name = 'platform_queue_messages' AND column_name = 'order_key'",
+        )
+        .fetch_one(pool)
+    };
+    if has().await.map_err(map_err)? == 0
+        && let Err(e) = sqlx::query(
+            "ALTER TABLE platform_queue_messages ADD COLUMN order_key VARCHAR(128) NULL,
+             ADD INDEX platform_queue_order (queue, order_key, seq)",
+        )
+        .execute(pool)
+        .await
+        && has().await.map_err(map_err)? == 0
+    {
+        return Err(map_err(e));
+    }
+    Ok(())
 }
 
 /// Whether a server of `version` (as `SELECT VERSION()` gives it) takes
@@ -270,7 +299,11 @@ impl MysqlStore {
         // here the same way, so the claim reads its rows once.
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages
-             WHERE queue = ? AND visible_at <= ? ORDER BY visible_at, seq LIMIT ? FOR UPDATE SKIP LOCKED",
+             WHERE queue = ? AND visible_at <= ? AND (order_key IS NULL OR NOT EXISTS (
+               SELECT 1 FROM platform_queue_messages o
+               WHERE o.queue = platform_queue_messages.queue AND o.order_key = platform_queue_messages.order_key
+                 AND o.seq < platform_queue_messages.seq))
+             ORDER BY visible_at, seq LIMIT ? FOR UPDATE SKIP LOCKED",
         )
         .bind(queue)
         .bind(now_ms)
@@ -310,14 +343,16 @@ async fn insert_rows<'e, E: Executor<'e, Database = MySql>>(
     rows: &[&NewMessage],
     now_ms: i64,
 ) -> Result<()> {
-    let mut b: QueryBuilder<MySql> =
-        QueryBuilder::new("INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at) ");
+    let mut b: QueryBuilder<MySql> = QueryBuilder::new(
+        "INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at, order_key) ",
+    );
     b.push_values(rows, |mut r, m| {
         r.push_bind(queue)
             .push_bind(m.body.as_ref())
             .push_bind(encode_headers(&m.headers))
             .push_bind(m.visible_at_ms)
-            .push_bind(now_ms);
+            .push_bind(now_ms)
+            .push_bind(m.order_key.as_deref());
     });
     b.build().execute(exec).await.map_err(map_err)?;
     Ok(())
@@ -327,6 +362,10 @@ async fn insert_rows<'e, E: Executor<'e, Database = MySql>>(
 impl LeaseStore for MysqlStore {
     fn backend(&self) -> &'static str {
         "mysql"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { ordered_per_key: true, ..Capabilities::default() }
     }
 
     fn location(&self) -> String {
@@ -445,7 +484,13 @@ mod tests {
             let store = MysqlStore { pool: pool.clone(), location: String::new(), notify: Notify::new(), returning };
             let queue = format!("q{returning}");
             let rows = (0..3)
-                .map(|_| NewMessage { body: "x".into(), headers: Headers::new(), visible_at_ms: 0, dedup_key: None })
+                .map(|_| NewMessage {
+                    body: "x".into(),
+                    headers: Headers::new(),
+                    visible_at_ms: 0,
+                    dedup_key: None,
+                    order_key: None,
+                })
                 .collect();
             store.insert(&queue, rows, 0, 0).await.expect("insert");
             // Two leased until 1,000 by "a", one until 50 by "b"; the ack runs at 100.

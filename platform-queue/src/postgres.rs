@@ -2,6 +2,7 @@
 //!
 //! - [x] leases (`FOR UPDATE SKIP LOCKED`), attempts, nack with delay, extend, release
 //! - [x] dead letters and redrive, delay, dedup, atomic batches, durable
+//! - [x] order per key (`Message::order_key`: a row waits while an earlier row of its key is queued)
 //! - [x] waiting receivers wake on `LISTEN/NOTIFY` (channel `platform_queue`), with
 //!   polling as the fallback
 //!
@@ -24,11 +25,11 @@ use platform_core::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use tokio::sync::Notify;
 
-use crate::Headers;
 use crate::QueueHandle;
 use crate::lease::{Claimed, Lease, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
 use crate::options::QueueUrl;
 use crate::sql::{LeasePool, LeaseSql, decode_row, encode_headers, parse_seq};
+use crate::{Capabilities, Headers};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["postgres", "postgresql"];
@@ -48,8 +49,13 @@ const SCHEMA: &[&str] = &[
         token TEXT,
         attempts INTEGER NOT NULL DEFAULT 0,
         first_failure BIGINT,
-        created_at BIGINT NOT NULL)",
+        created_at BIGINT NOT NULL,
+        order_key TEXT)",
+    // Tables made before order keys existed gain the column.
+    "ALTER TABLE platform_queue_messages ADD COLUMN IF NOT EXISTS order_key TEXT",
     "CREATE INDEX IF NOT EXISTS platform_queue_ready ON platform_queue_messages (queue, visible_at, seq)",
+    "CREATE INDEX IF NOT EXISTS platform_queue_order ON platform_queue_messages (queue, order_key, seq)
+        WHERE order_key IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS platform_queue_dedup (
         queue TEXT NOT NULL,
         dedup_key TEXT NOT NULL,
@@ -69,12 +75,16 @@ const SCHEMA: &[&str] = &[
 ///
 /// The probe for more runs only for a full claim, and sees the table as it was before
 /// the claim, so the claimed rows are the first `$5` it skips (rows that others hold
-/// count as more: a wasted wake-up, never a missed one).
+/// count as more: a wasted wake-up, never a missed one). A row whose order key has an
+/// earlier row still in the queue waits for it; the probe counts it (a wasted wake-up).
 const CLAIM: &str = "WITH c AS (
        UPDATE platform_queue_messages m SET token = $1, visible_at = $2, attempts = m.attempts + 1,
          first_failure = CASE WHEN m.attempts > 0 AND m.first_failure IS NULL THEN $3 ELSE m.first_failure END
-       WHERE m.seq = ANY(ARRAY(SELECT seq FROM platform_queue_messages
-             WHERE queue = $4 AND visible_at <= $3 ORDER BY visible_at, seq LIMIT $5
+       WHERE m.seq = ANY(ARRAY(SELECT seq FROM platform_queue_messages r
+             WHERE queue = $4 AND visible_at <= $3 AND (order_key IS NULL OR NOT EXISTS (
+               SELECT 1 FROM platform_queue_messages o
+               WHERE o.queue = r.queue AND o.order_key = r.order_key AND o.seq < r.seq))
+             ORDER BY visible_at, seq LIMIT $5
              FOR UPDATE SKIP LOCKED))
        RETURNING m.seq, m.body, m.headers, m.attempts, m.first_failure)
      SELECT seq, body, headers, attempts, first_failure,
@@ -84,10 +94,11 @@ const CLAIM: &str = "WITH c AS (
 
 /// Inserts a batch with dedup keys into queue `$1`: bodies `$2`, headers `$3`, visible
 /// times `$4`, keys `$5` (null for none); a fresh key is remembered until `$6`, a key
-/// is fresh when unseen or expired at `$7`. Wakes receivers on channel `$8`. Of several
-/// messages with one key, the first is the one kept.
+/// is fresh when unseen or expired at `$7`. Wakes receivers on channel `$8`; order keys
+/// `$9`. Of several messages with one dedup key, the first is the one kept.
 const INSERT_DEDUP: &str = "WITH input AS (
-       SELECT * FROM UNNEST($2::bytea[], $3::text[], $4::bigint[], $5::text[]) WITH ORDINALITY AS t(b, h, v, k, n)),
+       SELECT * FROM UNNEST($2::bytea[], $3::text[], $4::bigint[], $5::text[], $9::text[])
+         WITH ORDINALITY AS t(b, h, v, k, o, n)),
      firsts AS (
        SELECT DISTINCT ON (k) k, n FROM input WHERE k IS NOT NULL ORDER BY k, n),
      fresh AS (
@@ -97,8 +108,8 @@ const INSERT_DEDUP: &str = "WITH input AS (
        WHERE platform_queue_dedup.expires_at <= $7
        RETURNING dedup_key),
      added AS (
-       INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at)
-       SELECT $1, b, h, v, $7 FROM input
+       INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at, order_key)
+       SELECT $1, b, h, v, $7, o FROM input
        WHERE k IS NULL OR n IN (SELECT firsts.n FROM firsts JOIN fresh ON fresh.dedup_key = firsts.k)
        ORDER BY n
        RETURNING 1)
@@ -122,7 +133,8 @@ const LEASE_SQL: LeaseSql = LeaseSql {
     extend: "UPDATE platform_queue_messages SET visible_at = $1
              WHERE seq = $2 AND queue = $3 AND token = $4 AND visible_at > $5",
     move_to: "UPDATE platform_queue_messages
-              SET queue = $1, headers = $2, visible_at = $3, token = NULL, attempts = 0, first_failure = NULL
+              SET queue = $1, headers = $2, visible_at = $3, token = NULL, attempts = 0, first_failure = NULL,
+                order_key = NULL
               WHERE seq = $4 AND queue = $5 AND token = $6 AND visible_at > $7",
     peek: "SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages
            WHERE queue = $1 ORDER BY seq LIMIT $2",
@@ -271,6 +283,10 @@ impl LeaseStore for PostgresStore {
         "postgres"
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { ordered_per_key: true, ..Capabilities::default() }
+    }
+
     fn location(&self) -> String {
         self.location.clone()
     }
@@ -281,10 +297,12 @@ impl LeaseStore for PostgresStore {
             let bodies: Vec<&[u8]> = messages.iter().map(|m| m.body.as_ref()).collect();
             let headers: Vec<String> = messages.iter().map(|m| encode_headers(&m.headers)).collect();
             let visible: Vec<i64> = messages.iter().map(|m| m.visible_at_ms).collect();
+            let order_keys: Vec<Option<&str>> = messages.iter().map(|m| m.order_key.as_deref()).collect();
             sqlx::query(
                 "WITH added AS (
-                   INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at)
-                   SELECT $1, b, h, v, $5 FROM UNNEST($2::bytea[], $3::text[], $4::bigint[]) AS t(b, h, v)
+                   INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at, order_key)
+                   SELECT $1, b, h, v, $5, o FROM UNNEST($2::bytea[], $3::text[], $4::bigint[], $7::text[])
+                     AS t(b, h, v, o)
                    RETURNING 1)
                  SELECT pg_notify($6, $1) WHERE EXISTS (SELECT 1 FROM added)",
             )
@@ -294,6 +312,7 @@ impl LeaseStore for PostgresStore {
             .bind(&visible)
             .bind(now_ms)
             .bind(CHANNEL)
+            .bind(&order_keys)
             .execute(&self.pool)
             .await
             .map_err(map_err)?;
@@ -305,6 +324,7 @@ impl LeaseStore for PostgresStore {
         let headers: Vec<String> = messages.iter().map(|m| encode_headers(&m.headers)).collect();
         let visible: Vec<i64> = messages.iter().map(|m| m.visible_at_ms).collect();
         let keys: Vec<Option<&str>> = messages.iter().map(|m| m.dedup_key.as_deref()).collect();
+        let order_keys: Vec<Option<&str>> = messages.iter().map(|m| m.order_key.as_deref()).collect();
         sqlx::query(INSERT_DEDUP)
             .bind(queue)
             .bind(&bodies)
@@ -314,6 +334,7 @@ impl LeaseStore for PostgresStore {
             .bind(dedup_until_ms)
             .bind(now_ms)
             .bind(CHANNEL)
+            .bind(&order_keys)
             .execute(&self.pool)
             .await
             .map_err(map_err)?;
@@ -468,7 +489,13 @@ mod tests {
         sqlx::query("VACUUM ANALYZE platform_queue_messages").execute(&store.pool).await.expect("vacuum");
         assert!(store.claim("q", 10, 1, 2, "first").await.expect("claim").messages.is_empty());
         let rows = (0..300)
-            .map(|_| NewMessage { body: "x".into(), headers: Headers::new(), visible_at_ms: 0, dedup_key: None })
+            .map(|_| NewMessage {
+                body: "x".into(),
+                headers: Headers::new(),
+                visible_at_ms: 0,
+                dedup_key: None,
+                order_key: None,
+            })
             .collect();
         store.insert("q", rows, 0, 0).await.expect("insert");
         // A full claim that leaves more behind wakes the next receive (a stored permit

@@ -40,7 +40,10 @@ use crate::{Capabilities, DeadLetter, Delivery, Message, ReceiveOptions};
 /// - **Delay.** A delayed message is invisible before its time, visible soon after,
 ///   and survives a restart where [`Capabilities::durable`] holds.
 /// - **Dedup.** A second send with the same dedup key inside the window is dropped.
-/// - **Order** is not promised.
+/// - **Order** is not promised, except for messages with one
+///   [`order_key`](Message::order_key) where [`Capabilities::ordered_per_key`] holds:
+///   those are handed out one at a time in the order sent, each after the one before
+///   it is acked or dead-lettered. Dead letters and redriven messages keep no order key.
 /// - **Close.** After [`close`](Queue::close) every call fails with `Cancelled`.
 #[async_trait]
 pub trait Queue: HealthCheck + Debug + Display + Send + Sync + 'static {

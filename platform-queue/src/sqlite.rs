@@ -2,6 +2,7 @@
 //!
 //! - [x] leases, attempts, nack with delay, extend, release
 //! - [x] dead letters and redrive, delay, dedup, atomic batches
+//! - [x] order per key (`Message::order_key`: a row waits while an earlier row of its key is queued)
 //! - [x] durable (a file database survives restarts; `sqlite::memory:` does not)
 //!
 //! URL: `sqlite://PATH` (relative) or `sqlite:///ABSOLUTE/PATH`, created when missing;
@@ -17,11 +18,11 @@ use platform_core::{Error, Result};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::Notify;
 
-use crate::Headers;
 use crate::QueueHandle;
 use crate::lease::{Claimed, Lease, LeaseStore, LeasedQueue, NewMessage, Release, StoredMessage};
 use crate::options::QueueUrl;
 use crate::sql::{LeasePool, LeaseSql, Row, decode_row, encode_headers, parse_seq};
+use crate::{Capabilities, Headers};
 
 /// The URL schemes of this backend.
 pub const SCHEMES: &[&str] = &["sqlite"];
@@ -39,7 +40,8 @@ const SCHEMA: &[&str] = &[
         token TEXT,
         attempts INTEGER NOT NULL DEFAULT 0,
         first_failure INTEGER,
-        created_at INTEGER NOT NULL)",
+        created_at INTEGER NOT NULL,
+        order_key TEXT)",
     "CREATE INDEX IF NOT EXISTS platform_queue_ready ON platform_queue_messages (queue, visible_at, seq)",
     "CREATE TABLE IF NOT EXISTS platform_queue_dedup (
         queue TEXT NOT NULL,
@@ -65,7 +67,8 @@ const LEASE_SQL: LeaseSql = LeaseSql {
     extend: "UPDATE platform_queue_messages SET visible_at = ?1
              WHERE seq = ?2 AND queue = ?3 AND token = ?4 AND visible_at > ?5",
     move_to: "UPDATE platform_queue_messages
-              SET queue = ?1, headers = ?2, visible_at = ?3, token = NULL, attempts = 0, first_failure = NULL
+              SET queue = ?1, headers = ?2, visible_at = ?3, token = NULL, attempts = 0, first_failure = NULL,
+                order_key = NULL
               WHERE seq = ?4 AND queue = ?5 AND token = ?6 AND visible_at > ?7",
     peek: "SELECT seq, body, headers, attempts, first_failure FROM platform_queue_messages
            WHERE queue = ?1 ORDER BY seq LIMIT ?2",
@@ -111,8 +114,34 @@ impl SqliteQueue {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await.map_err(map_err)?;
         }
+        add_order_key(&pool).await?;
         Self::new(SqliteStore { pool, location, notify: Notify::new() }, u.options).map(QueueHandle::new)
     }
+}
+
+/// Adds the `order_key` column to a table made before it existed (another process
+/// may add it at the same time), and its index.
+async fn add_order_key(pool: &SqlitePool) -> Result<()> {
+    let has = || {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM pragma_table_info('platform_queue_messages') WHERE name = 'order_key'",
+        )
+        .fetch_one(pool)
+    };
+    if has().await.map_err(map_err)? == 0
+        && let Err(e) = sqlx::query("ALTER TABLE platform_queue_messages ADD COLUMN order_key TEXT").execute(pool).await
+        && has().await.map_err(map_err)? == 0
+    {
+        return Err(map_err(e));
+    }
+    sqlx::query(
+        "CREATE INDEX IF NOT EXISTS platform_queue_order ON platform_queue_messages (queue, order_key, seq)
+         WHERE order_key IS NOT NULL",
+    )
+    .execute(pool)
+    .await
+    .map_err(map_err)?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -129,6 +158,10 @@ impl LeaseStore for SqliteStore {
         "sqlite"
     }
 
+    fn capabilities(&self) -> Capabilities {
+        Capabilities { ordered_per_key: true, ..Capabilities::default() }
+    }
+
     fn location(&self) -> String {
         self.location.clone()
     }
@@ -138,14 +171,15 @@ impl LeaseStore for SqliteStore {
             // One multi-row statement is atomic on its own: one call into the driver's
             // thread instead of one per message and two for the transaction.
             let mut b: sqlx::QueryBuilder<sqlx::Sqlite> = sqlx::QueryBuilder::new(
-                "INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at) ",
+                "INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at, order_key) ",
             );
             b.push_values(&messages, |mut r, m| {
                 r.push_bind(queue)
                     .push_bind(m.body.as_ref())
                     .push_bind(encode_headers(&m.headers))
                     .push_bind(m.visible_at_ms)
-                    .push_bind(now_ms);
+                    .push_bind(now_ms)
+                    .push_bind(m.order_key.as_deref());
             });
             b.build().execute(&self.pool).await.map_err(map_err)?;
             self.notify.notify_waiters();
@@ -172,14 +206,15 @@ impl LeaseStore for SqliteStore {
                 }
             }
             sqlx::query(
-                "INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO platform_queue_messages (queue, body, headers, visible_at, created_at, order_key)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )
             .bind(queue)
             .bind(m.body.as_ref())
             .bind(encode_headers(&m.headers))
             .bind(m.visible_at_ms)
             .bind(now_ms)
+            .bind(m.order_key.as_deref())
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
@@ -193,8 +228,11 @@ impl LeaseStore for SqliteStore {
         let rows: Vec<Row> = sqlx::query_as(
             "UPDATE platform_queue_messages SET token = ?1, visible_at = ?2, attempts = attempts + 1,
                first_failure = CASE WHEN attempts > 0 AND first_failure IS NULL THEN ?3 ELSE first_failure END
-             WHERE seq IN (SELECT seq FROM platform_queue_messages
-                           WHERE queue = ?4 AND visible_at <= ?3 ORDER BY visible_at, seq LIMIT ?5)
+             WHERE seq IN (SELECT seq FROM platform_queue_messages m
+                           WHERE queue = ?4 AND visible_at <= ?3 AND (order_key IS NULL OR NOT EXISTS (
+                             SELECT 1 FROM platform_queue_messages o
+                             WHERE o.queue = m.queue AND o.order_key = m.order_key AND o.seq < m.seq))
+                           ORDER BY visible_at, seq LIMIT ?5)
              RETURNING seq, body, headers, attempts, first_failure",
         )
         .bind(token)

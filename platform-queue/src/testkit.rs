@@ -486,6 +486,74 @@ pub async fn dedup_drops_repeats(h: &dyn Harness) {
     assert_eq!(bodies, vec!["first", "other", "plain", "repeat-1"], "a key repeated within a batch keeps its first");
 }
 
+/// Messages with one order key are handed out one at a time, in the order sent, to
+/// competing consumers, also when one is nacked; other keys and messages without a key
+/// pass them by. A backend that cannot keep order says `Unsupported`.
+pub async fn order_per_key_is_kept(h: &dyn Harness) {
+    let options = fresh();
+    let q = h.open(&options).await.expect("open");
+    let keyed = |key: &str, n: usize| Message::new(format!("{key}{n}")).with_header("k", key).with_order_key(key);
+    if !q.capabilities().ordered_per_key {
+        assert_eq!(q.send(keyed("a", 0)).await.expect_err("order unsupported").kind(), ErrorKind::Unsupported);
+        return;
+    }
+    let per_key = 6;
+    q.send_batch((0..per_key).map(|n| keyed("a", n)).chain((0..3).map(|n| Message::new(format!("free{n}")))).collect())
+        .await
+        .expect("send");
+    // One receive takes the first of `a` and passes the rest of `a` by.
+    let first = q.receive(ReceiveOptions::new(10, LONG)).await.expect("receive");
+    let of_a: Vec<_> = first.iter().filter(|d| d.header("k") == Some("a")).collect();
+    assert_eq!(of_a.len(), 1, "one message of a key at a time");
+    assert_eq!(of_a[0].body().as_ref(), b"a0");
+    // Not acked yet: `a1` waits behind it even for another consumer.
+    let other = h.open(&options).await.expect("open consumer");
+    let more = other.receive(ReceiveOptions::new(10, Duration::from_millis(300))).await.expect("receive");
+    assert!(more.iter().all(|d| d.header("k") != Some("a")), "a1 handed out while a0 was held");
+    other.ack_all(&more).await.expect("ack");
+    // Failed: it comes back before the next of its key.
+    for d in &first {
+        if d.header("k") == Some("a") {
+            d.nack(None).await.expect("nack");
+        } else {
+            d.ack().await.expect("ack");
+        }
+    }
+    for n in 0..per_key {
+        for key in ["b", "c"] {
+            q.send(keyed(key, n)).await.expect("send");
+        }
+    }
+    // Three competing consumers log each message as they ack it: per key the log
+    // must read 0, 1, 2, … with a0 first.
+    let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        let c = if i == 0 { Arc::clone(&q) } else { h.open(&options).await.expect("open consumer") };
+        let log = Arc::clone(&log);
+        tasks.push(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + LONG * 2;
+            while log.lock().expect("log").len() < 3 * per_key && tokio::time::Instant::now() < deadline {
+                let got = c.receive(ReceiveOptions::new(5, Duration::from_millis(200))).await.expect("receive");
+                for d in got {
+                    tokio::time::sleep(Duration::from_millis(u64::from(d.body()[1] % 3) * 5)).await;
+                    log.lock().expect("log").push(String::from_utf8_lossy(d.body()).into_owned());
+                    d.ack().await.expect("ack");
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("consumer");
+    }
+    let log = log.lock().expect("log").clone();
+    for key in ["a", "b", "c"] {
+        let seen: Vec<&String> = log.iter().filter(|b| b.starts_with(key)).collect();
+        let want: Vec<String> = (0..per_key).map(|n| format!("{key}{n}")).collect();
+        assert_eq!(seen, want.iter().collect::<Vec<_>>(), "order of key {key} in {log:?}");
+    }
+}
+
 /// A receive cancelled while it waits loses nothing; a batch arrives whole.
 pub async fn cancelled_receive_loses_nothing(h: &dyn Harness) {
     let options = fresh();
@@ -764,6 +832,7 @@ macro_rules! queue_behaviours {
             competing_consumers_share_the_work,
             delayed_message_waits,
             dedup_drops_repeats,
+            order_per_key_is_kept,
             cancelled_receive_loses_nothing,
             fresh_queue_is_empty,
             health_check_round_trips,

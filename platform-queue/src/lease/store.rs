@@ -56,6 +56,10 @@ pub struct NewMessage {
     pub visible_at_ms: i64,
     /// Dedup key, when given.
     pub dedup_key: Option<String>,
+    /// Order key, when given: a store that says [`Capabilities::ordered_per_key`]
+    /// claims a message with one only when no earlier message with it is left in the
+    /// queue (leased, waiting or delayed).
+    pub order_key: Option<String>,
 }
 
 /// What a claim took, and whether claimable messages were left behind it.
@@ -337,6 +341,7 @@ impl<S: LeaseStore> LeasedQueue<S> {
             headers: m.headers,
             visible_at_ms: now + m.delay.map(ms).unwrap_or(0),
             dedup_key: m.dedup_key,
+            order_key: m.order_key,
         }
     }
 }
