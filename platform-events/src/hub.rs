@@ -19,10 +19,13 @@
 //!   `subscribed` (with `epoch`, the current `offset`, and for a resume `recovered` and
 //!   a `reason` when it is false), `unsubscribed`, `published`, `pong`, and `error`
 //!   (`code`, `message`) for a frame the hub refused.
-//! - **Offsets** count every event this node delivered, across channels, so one
-//!   `since` resumes a wildcard subscription too. The **epoch** names the history the
-//!   offsets belong to: it is new whenever this node's history may have a hole (the
-//!   node started, the broadcast lagged or reconnected). A resume with `since` replays
+//! - **Offsets** count every event delivered, across channels, so one `since` resumes
+//!   a wildcard subscription too. Over a [`Broadcast`] ([`Hub::start`]) they are this
+//!   node's own; over a shared [`HubLog`] ([`Hub::start_shared`]: Redis, Postgres) the
+//!   log gives them, so a client resumes on any node, also one started after the
+//!   client left. The **epoch** names the history the offsets belong to: it is new
+//!   whenever that history may have a hole (over a broadcast: the node started, the
+//!   broadcast lagged or reconnected; over a log: the log was flushed or lost). A resume with `since` replays
 //!   exactly the events after `offset` that match, in order, then goes on live, with no
 //!   gap and no duplicate (history and live delivery are switched under one lock); when
 //!   the epoch differs or the history was trimmed past `offset`, the answer is
@@ -179,6 +182,152 @@ impl HubConfig {
     }
 }
 
+/// The largest payload a shared log takes.
+pub const MAX_LOG_PAYLOAD: usize = 1 << 20;
+
+/// One event of a shared [`HubLog`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LogEntry {
+    /// Its offset in the log, from 1, one more for each event appended.
+    pub offset: u64,
+    /// The channel it was published on.
+    pub channel: Arc<str>,
+    /// What was published.
+    pub payload: Bytes,
+}
+
+impl LogEntry {
+    /// An entry. Logs call it.
+    pub fn new(offset: u64, channel: &str, payload: Bytes) -> Self {
+        Self { offset, channel: channel.into(), payload }
+    }
+}
+
+/// What [`HubLog::read`] found.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct LogRead {
+    /// The log's epoch; `None` when it has none (flushed, and nothing appended since).
+    pub epoch: Option<String>,
+    /// The offset of the last event appended (0: none).
+    pub head: u64,
+    /// The oldest offset the log still holds (`head + 1` when it holds none).
+    pub first: u64,
+    /// The entries after the offset asked for, oldest first, up to the limit.
+    pub entries: Vec<LogEntry>,
+}
+
+impl LogRead {
+    /// A read. Logs call it.
+    pub fn new(epoch: Option<String>, head: u64, first: u64, entries: Vec<LogEntry>) -> Self {
+        Self { epoch, head, first, entries }
+    }
+}
+
+/// What a log's [`feed`](HubLog::feed) hands the hub.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LogFeed {
+    /// An event appended, in offset order, with the epoch it was appended in.
+    Entry(Arc<str>, LogEntry),
+    /// The feed may have missed entries (its connection was lost and is back): the hub
+    /// reads them from the log.
+    Resync,
+}
+
+/// A history shared by every node of a service: one sequence of offsets for all of
+/// them, so a client resumes on any node. Implemented on Redis
+/// ([`RedisHubLog`](crate::redis::RedisHubLog)) and PostgreSQL
+/// ([`PostgresHubLog`](crate::postgres::PostgresHubLog)).
+///
+/// # Contract
+/// - [`append`](Self::append) stores an event with the next offset and hands it to
+///   every feed; feeds see entries in offset order.
+/// - The log has an epoch from when it is opened; it changes whenever the log may have
+///   lost entries (flushed, restored), and offsets start again from 1.
+/// - [`read`](Self::read) returns what is kept after an offset; the log keeps at least
+///   its configured number of recent events.
+#[async_trait::async_trait]
+pub trait HubLog: fmt::Debug + fmt::Display + Send + Sync {
+    /// The backend's name.
+    fn backend(&self) -> &'static str;
+
+    /// Appends `payload` on `channel`; returns the epoch and the offset it got.
+    async fn append(&self, channel: &str, payload: Bytes) -> Result<(String, u64)>;
+
+    /// Up to `limit` entries after offset `after`, with the log's epoch and bounds.
+    async fn read(&self, after: u64, limit: usize) -> Result<LogRead>;
+
+    /// Every entry appended from now on, in offset order; subscribed when it returns.
+    async fn feed(&self) -> Result<mpsc::Receiver<LogFeed>>;
+}
+
+/// Opens a shared hub log from a URL: `redis://host:6379?namespace=app&history=10000`
+/// or `postgres://…?namespace=app&history=10000` (the features `redis`, `postgres`).
+#[allow(clippy::unused_async)]
+#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(unreachable_code, unused_variables, unused_mut))]
+pub async fn open_log(url: &str) -> Result<Arc<dyn HubLog>> {
+    let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
+    Ok(match scheme.as_str() {
+        #[cfg(feature = "redis")]
+        "redis" | "valkey" => Arc::new(crate::redis::RedisHubLog::from_url(url).await?),
+        #[cfg(feature = "postgres")]
+        "postgres" | "postgresql" => Arc::new(crate::postgres::PostgresHubLog::from_url(url).await?),
+        other => {
+            let feature = match other {
+                "redis" | "valkey" => Some("redis"),
+                "postgres" | "postgresql" => Some("postgres"),
+                _ => None,
+            };
+            let mut known = Vec::new();
+            #[cfg(feature = "redis")]
+            known.extend(["redis", "valkey"]);
+            #[cfg(feature = "postgres")]
+            known.extend(["postgres", "postgresql"]);
+            return Err(platform_core::config::scheme_error("platform-events hub log", other, feature, &known, url));
+        }
+    })
+}
+
+/// Opens the hub log named by `{PREFIX}_URL` (`open_log_from_env("HUB_LOG")` reads
+/// `HUB_LOG_URL`).
+pub async fn open_log_from_env(prefix: &str) -> Result<Arc<dyn HubLog>> {
+    let url: String = platform_core::config::Env::new(prefix).require("URL")?;
+    open_log(&url).await
+}
+
+/// The namespace and history length a hub log URL names (`namespace`, default `hub`;
+/// `history`, default 10,000 events).
+#[cfg(any(feature = "redis", feature = "postgres"))]
+pub(crate) fn log_params(params: &mut platform_core::config::UrlParams) -> Result<(String, usize)> {
+    let namespace = params.take("namespace").unwrap_or_else(|| "hub".to_owned());
+    crate::bus::validate_group(&namespace)
+        .map_err(|_| params.error("namespace", "must be letters, digits, '-' or '_'"))?;
+    let history = params.take_number::<usize>("history")?.unwrap_or(10_000);
+    if history == 0 {
+        return Err(params.error("history", "must be at least 1"));
+    }
+    Ok((namespace, history))
+}
+
+/// Where the hub's events come from.
+enum Source {
+    /// A broadcast: offsets are the node's own.
+    Broadcast(Arc<dyn Broadcast>),
+    /// A shared log: offsets are the log's.
+    Log(Arc<dyn HubLog>),
+}
+
+/// How a subscription was answered, or what it needs first.
+enum Attach {
+    Done,
+    /// Read the shared log after this offset, then try again.
+    Read(u64),
+    /// This node has not delivered the client's offset yet: wait for it.
+    Wait,
+}
+
 /// One delivered event, encoded once.
 #[derive(Debug)]
 struct Event {
@@ -215,7 +364,7 @@ struct State_ {
 
 /// The hub: one per node.
 pub struct Hub {
-    broadcast: Arc<dyn Broadcast>,
+    source: Source,
     config: HubConfig,
     state: Mutex<State_>,
     next_conn: AtomicU64,
@@ -226,7 +375,11 @@ pub struct Hub {
 
 impl fmt::Debug for Hub {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hub").field("broadcast", &self.broadcast.to_string()).field("config", &self.config).finish()
+        let source = match &self.source {
+            Source::Broadcast(b) => b.to_string(),
+            Source::Log(l) => l.to_string(),
+        };
+        f.debug_struct("Hub").field("source", &source).field("config", &self.config).finish()
     }
 }
 
@@ -238,25 +391,13 @@ impl Hub {
     /// Starts the hub over `broadcast`: it hears every channel (`>`) and serves them.
     pub async fn start(broadcast: Arc<dyn Broadcast>, config: HubConfig) -> Result<Arc<Self>> {
         let mut feed = broadcast.subscribe(">").await?;
-        let hub = Arc::new(Self {
-            broadcast,
-            config,
-            state: Mutex::new(State_ {
-                epoch: new_epoch(),
-                next_offset: 1,
-                history: VecDeque::new(),
-                conns: Vec::new(),
-            }),
-            next_conn: AtomicU64::new(1),
-            node_bytes: Arc::default(),
-            pump: Mutex::default(),
-        });
+        let hub = Self::new(Source::Broadcast(broadcast), config, new_epoch(), 0);
         let weak = Arc::downgrade(&hub);
         let pump = tokio::spawn(async move {
             while let Some(received) = feed.recv().await {
                 let Some(hub) = weak.upgrade() else { return };
                 match received {
-                    Received::Message(p) => hub.deliver(&p.channel, &p.payload),
+                    Received::Message(p) => hub.deliver(None, &p.channel, &p.payload),
                     // The history may have a hole now: a new epoch says so to resumes.
                     _ => hub.new_epoch(),
                 }
@@ -266,10 +407,119 @@ impl Hub {
         Ok(hub)
     }
 
+    /// Starts the hub over a shared `log`: every node started over the same log serves
+    /// the same offsets, and a client resumes on any of them.
+    pub async fn start_shared(log: Arc<dyn HubLog>, config: HubConfig) -> Result<Arc<Self>> {
+        // Subscribed first, so nothing appended after the read below is missed.
+        let mut feed = log.feed().await?;
+        let at = log.read(u64::MAX - 1, 0).await?;
+        let hub = Self::new(Source::Log(Arc::clone(&log)), config, at.epoch.unwrap_or_default(), at.head);
+        let weak = Arc::downgrade(&hub);
+        let pump = tokio::spawn(async move {
+            while let Some(item) = feed.recv().await {
+                let Some(hub) = weak.upgrade() else { return };
+                match item {
+                    LogFeed::Entry(epoch, entry) => hub.take_entry(&*log, &epoch, entry).await,
+                    LogFeed::Resync => hub.catch_up(&*log, u64::MAX).await,
+                }
+            }
+        });
+        *hub.pump.lock().unwrap_or_else(PoisonError::into_inner) = Some(pump);
+        Ok(hub)
+    }
+
+    fn new(source: Source, config: HubConfig, epoch: String, last: u64) -> Arc<Self> {
+        Arc::new(Self {
+            source,
+            config,
+            state: Mutex::new(State_ { epoch, next_offset: last + 1, history: VecDeque::new(), conns: Vec::new() }),
+            next_conn: AtomicU64::new(1),
+            node_bytes: Arc::default(),
+            pump: Mutex::default(),
+        })
+    }
+
     /// Publishes `data` on `channel` to every node's subscribers.
     pub async fn publish(&self, channel: &str, data: Value) -> Result<()> {
         validate_channel(channel)?;
-        self.broadcast.publish(channel, Bytes::from(serde_json::to_vec(&data)?)).await
+        let payload = Bytes::from(serde_json::to_vec(&data)?);
+        match &self.source {
+            Source::Broadcast(b) => b.publish(channel, payload).await,
+            Source::Log(log) => {
+                if payload.len() > MAX_LOG_PAYLOAD {
+                    let why = format!("is {} bytes, over the {MAX_LOG_PAYLOAD} the log takes", payload.len());
+                    return Err(Error::invalid_input(format!("the data {why}")).with_detail("data", why));
+                }
+                log.append(channel, payload).await.map(drop)
+            }
+        }
+    }
+
+    /// An entry from the log's feed: delivered in offset order, what the feed skipped
+    /// read from the log first.
+    async fn take_entry(&self, log: &dyn HubLog, epoch: &str, entry: LogEntry) {
+        let (current, last) = self.position();
+        if epoch != current {
+            // The log was flushed or lost: its offsets start again.
+            self.reset(epoch, entry.offset.saturating_sub(1), !current.is_empty());
+        } else if entry.offset <= last {
+            return;
+        } else if entry.offset > last + 1 {
+            self.catch_up(log, entry.offset - 1).await;
+            if self.position().1 >= entry.offset {
+                return;
+            }
+        }
+        self.deliver(Some(entry.offset), &entry.channel, &entry.payload);
+    }
+
+    /// Delivers what the log holds after this node's offset, up to `upto`.
+    async fn catch_up(&self, log: &dyn HubLog, upto: u64) {
+        loop {
+            let (current, last) = self.position();
+            if last >= upto {
+                return;
+            }
+            let read = match log.read(last, 1000).await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Its clients may have missed events: they resume with `since`.
+                    tracing::warn!(target: "platform::hub", error = %e, "hub log unreadable: clients reconnect");
+                    self.disconnect_all();
+                    return;
+                }
+            };
+            let Some(epoch) = read.epoch else { return };
+            if epoch != current {
+                self.reset(&epoch, read.first.saturating_sub(1), true);
+                continue;
+            }
+            if read.first > last + 1 {
+                tracing::warn!(target: "platform::hub", missed = read.first - last - 1, "hub log trimmed past this node: clients reconnect");
+                self.reset(&epoch, read.first - 1, false);
+                self.disconnect_all();
+                continue;
+            }
+            let mut moved = false;
+            for e in read.entries.iter().filter(|e| e.offset == self.position().1 + 1 && e.offset <= upto) {
+                self.deliver(Some(e.offset), &e.channel, &e.payload);
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// This node's history starts again at `last` in `epoch`.
+    fn reset(&self, epoch: &str, last: u64, warn: bool) {
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        s.epoch = epoch.to_owned();
+        s.next_offset = last + 1;
+        s.history.clear();
+        if warn {
+            tracing::warn!(target: "platform::hub", epoch, "the hub log's history was lost: new epoch");
+        }
     }
 
     /// The epoch and the offset of the last event delivered.
@@ -294,16 +544,13 @@ impl Hub {
         tracing::warn!(target: "platform::hub", epoch = %s.epoch, "broadcast lagged or reconnected: new epoch");
     }
 
-    fn deliver(&self, channel: &str, payload: &[u8]) {
-        let data: Value = serde_json::from_slice(payload)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()));
+    /// Delivers an event: at `offset` (a log's), or at this node's next.
+    fn deliver(&self, offset: Option<u64>, channel: &str, payload: &[u8]) {
+        let data = event_data(payload);
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let offset = s.next_offset;
-        s.next_offset += 1;
-        let frame: Utf8Bytes =
-            json!({"type": "event", "channel": channel, "offset": offset, "epoch": s.epoch, "data": data})
-                .to_string()
-                .into();
+        let offset = offset.unwrap_or(s.next_offset);
+        s.next_offset = offset + 1;
+        let frame = event_frame(offset, &s.epoch, channel, &data);
         let droppable = self.config.droppable.iter().any(|p| p.matches(channel));
         let (len, limit) = (frame.len(), self.config.max_queued_bytes);
         let mut slow = Vec::new();
@@ -357,33 +604,100 @@ impl Hub {
     }
 
     /// Adds `pattern` to connection `id` and answers with the `subscribed` frame and
-    /// what `since` missed, all under the lock that delivery takes.
-    fn subscribe(&self, id: u64, pattern: Pattern, since: Option<Since>) -> std::result::Result<(), &'static str> {
+    /// what `since` missed: from this node's history, or, over a shared log whose
+    /// events this node no longer (or never) held, from the log.
+    async fn subscribe(
+        &self,
+        id: u64,
+        pattern: Pattern,
+        since: Option<Since>,
+    ) -> std::result::Result<(), &'static str> {
+        let mut fetched = None;
+        let mut waited = std::time::Duration::ZERO;
+        for _ in 0..100 {
+            match self.attach(id, &pattern, since.as_ref(), fetched.as_ref(), None)? {
+                Attach::Done => return Ok(()),
+                Attach::Read(after) => {
+                    let Source::Log(log) = &self.source else { break };
+                    match log.read(after, self.config.history).await {
+                        Ok(read) => fetched = Some(read),
+                        Err(_) => {
+                            let why = "the history could not be read";
+                            return self.attach(id, &pattern, since.as_ref(), None, Some(why)).map(drop);
+                        }
+                    }
+                }
+                // The client saw an offset on another node that this one is about to
+                // deliver: waiting a moment beats a duplicate or a false gap.
+                Attach::Wait if waited < std::time::Duration::from_secs(2) => {
+                    let pause = std::time::Duration::from_millis(20);
+                    tokio::time::sleep(pause).await;
+                    waited += pause;
+                }
+                Attach::Wait => break,
+            }
+        }
+        let why = "the offset is ahead of this node's history";
+        self.attach(id, &pattern, since.as_ref(), None, Some(why)).map(drop)
+    }
+
+    /// The synchronous part of [`subscribe`](Self::subscribe), under the lock that
+    /// delivery takes, so nothing falls between the replay and live delivery.
+    fn attach(
+        &self,
+        id: u64,
+        pattern: &Pattern,
+        since: Option<&Since>,
+        fetched: Option<&LogRead>,
+        give_up: Option<&'static str>,
+    ) -> std::result::Result<Attach, &'static str> {
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let (epoch, last) = (s.epoch.clone(), s.next_offset - 1);
         let oldest = s.history.front().map_or(s.next_offset, |e| e.offset);
+        let shared = matches!(self.source, Source::Log(_));
         let mut replay = Vec::new();
         let mut answer = json!({"type": "subscribed", "channel": pattern.as_str(), "epoch": epoch, "offset": last});
         if let Some(since) = since {
-            let why = if since.epoch != epoch {
-                Some("the epoch changed: this node's history is not the one the offset belongs to")
+            let cached = |s: &State_, after: u64| -> Vec<Utf8Bytes> {
+                let matching = s.history.iter().filter(|e| e.offset > after && pattern.matches(&e.channel));
+                matching.map(|e| e.frame.clone()).collect()
+            };
+            let why = if let Some(why) = give_up {
+                Some(why)
+            } else if since.epoch != epoch {
+                Some("the epoch changed: the history is not the one the offset belongs to")
             } else if since.offset > last {
+                if shared {
+                    return Ok(Attach::Wait);
+                }
                 Some("the offset is ahead of this node's history")
-            } else if since.offset + 1 < oldest {
-                Some("the history no longer reaches back to the offset")
-            } else {
+            } else if since.offset + 1 >= oldest {
+                replay = cached(&s, since.offset);
                 None
+            } else if !shared {
+                Some("the history no longer reaches back to the offset")
+            } else if let Some(read) = fetched {
+                // The log's entries up to this node's offset, then this node's own.
+                let upto = read.entries.last().map_or(since.offset, |e| e.offset).min(last);
+                if read.epoch.as_deref() != Some(epoch.as_str()) {
+                    Some("the epoch changed: the history is not the one the offset belongs to")
+                } else if read.first > since.offset + 1 {
+                    Some("the history no longer reaches back to the offset")
+                } else if upto < last && oldest > upto + 1 {
+                    Some("the offset is further back than the history read at once")
+                } else {
+                    let from_log = read.entries.iter().filter(|e| e.offset <= upto && pattern.matches(&e.channel));
+                    let frame = |e: &LogEntry| event_frame(e.offset, &epoch, &e.channel, &event_data(&e.payload));
+                    replay = from_log.map(frame).collect();
+                    replay.extend(cached(&s, upto));
+                    None
+                }
+            } else {
+                return Ok(Attach::Read(since.offset));
             };
             answer["recovered"] = json!(why.is_none());
             if let Some(why) = why {
                 answer["reason"] = json!(why);
-            } else {
-                replay.extend(
-                    s.history
-                        .iter()
-                        .filter(|e| e.offset > since.offset && pattern.matches(&e.channel))
-                        .map(|e| e.frame.clone()),
-                );
             }
         }
         let Some(conn) = s.conns.iter_mut().find(|c| c.id == id) else { return Err("closed") };
@@ -391,7 +705,7 @@ impl Hub {
             return Err("too many subscriptions");
         }
         if !conn.patterns.iter().any(|p| p.as_str() == pattern.as_str()) {
-            conn.patterns.push(pattern);
+            conn.patterns.push(pattern.clone());
         }
         let frames = std::iter::once(Utf8Bytes::from(answer.to_string())).chain(replay);
         for f in frames {
@@ -404,7 +718,7 @@ impl Hub {
                 return Err("too slow");
             }
         }
-        Ok(())
+        Ok(Attach::Done)
     }
 
     fn unsubscribe(&self, id: u64, pattern: &str) {
@@ -580,6 +894,16 @@ enum ClientFrame {
     Ping,
 }
 
+/// What a payload carries: its JSON, or, when it is not JSON, its text.
+fn event_data(payload: &[u8]) -> Value {
+    serde_json::from_slice(payload).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()))
+}
+
+/// The frame of one event.
+fn event_frame(offset: u64, epoch: &str, channel: &str, data: &Value) -> Utf8Bytes {
+    json!({"type": "event", "channel": channel, "offset": offset, "epoch": epoch, "data": data}).to_string().into()
+}
+
 /// Equal in time that does not depend on where they differ.
 fn same_key(given: &str, key: &str) -> bool {
     let (a, b) = (given.as_bytes(), key.as_bytes());
@@ -721,7 +1045,7 @@ async fn handle(hub: &Hub, id: u64, text: &str, socket: &mut WebSocket) -> Optio
             Err(e) => {
                 let _ = socket.send(error("bad_channel", e.to_string())).await;
             }
-            Ok(pattern) => match hub.subscribe(id, pattern, since) {
+            Ok(pattern) => match hub.subscribe(id, pattern, since).await {
                 Ok(()) => {}
                 Err("too many subscriptions") => return Some((1008, "too many subscriptions")),
                 Err(_) => return Some((CLOSE_TOO_SLOW, "too slow: resubscribe with since")),

@@ -80,25 +80,14 @@ pub struct PostgresBroadcast {
 impl PostgresBroadcast {
     /// Opens `postgres://…`, creating `platform_broadcast` as needed.
     pub async fn from_url(url: &str) -> Result<BroadcastHandle<Self>> {
-        let BroadcastUrl { url: mut parsed, mut params, buffer, .. } = BroadcastUrl::parse(url)?;
+        let BroadcastUrl { url: parsed, mut params, buffer, .. } = BroadcastUrl::parse(url)?;
         let max = params.take_number::<u32>("max_connections")?.unwrap_or(4);
         let namespace = params.take("namespace").unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned());
         let ok = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
         if namespace.is_empty() || namespace.len() > 63 || !namespace.chars().all(ok) {
             return Err(params.error("namespace", "must be 1 to 63 of a-z 0-9 _"));
         }
-        let driver = params.take_all(DRIVER_PARAMS);
-        platform_core::sql::refuse_tls("platform-events", &driver)?;
-        params.finish("postgres")?;
-        parsed.query_pairs_mut().extend_pairs(&driver);
-        let opts = PgConnectOptions::from_str(parsed.as_str()).map_err(map_err)?;
-        let location = format!("{}:{}", opts.get_host(), opts.get_port());
-        let pool = PgPoolOptions::new()
-            .max_connections(max.max(2))
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(opts)
-            .await
-            .map_err(map_err)?;
+        let (pool, location) = connect(parsed, &mut params, max).await?;
         let mut tx = pool.begin().await.map_err(map_err)?;
         // Parallel opens must not race on CREATE TABLE.
         sqlx::query("SELECT pg_advisory_xact_lock(7243000118)").execute(&mut *tx).await.map_err(map_err)?;
@@ -153,6 +142,28 @@ impl PostgresBroadcast {
         *hub = Some((tx, task));
         Ok(rx)
     }
+}
+
+/// A pool of up to `max` connections (at least 2) for `parsed`, whose backend
+/// parameters were taken: the driver's are taken here and the rest refused.
+async fn connect(
+    mut parsed: url::Url,
+    params: &mut platform_core::config::UrlParams,
+    max: u32,
+) -> Result<(PgPool, String)> {
+    let driver = params.take_all(DRIVER_PARAMS);
+    platform_core::sql::refuse_tls("platform-events", &driver)?;
+    params.finish("postgres")?;
+    parsed.query_pairs_mut().extend_pairs(&driver);
+    let opts = PgConnectOptions::from_str(parsed.as_str()).map_err(map_err)?;
+    let location = format!("{}:{}", opts.get_host(), opts.get_port());
+    let pool = PgPoolOptions::new()
+        .max_connections(max.max(2))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(opts)
+        .await
+        .map_err(map_err)?;
+    Ok((pool, location))
 }
 
 /// A connection of its own listening on `namespace`.
@@ -299,4 +310,247 @@ crate::sql::sql_groups!(
 
 fn group_error(db: &dyn sqlx::error::DatabaseError) -> Option<platform_core::sql::Mapped> {
     platform_core::sql::postgres_kind(&db.code()?)
+}
+
+/// The hub log's tables: a head per namespace (epoch and last offset) and the events.
+#[cfg(feature = "hub")]
+const LOG_SCHEMA: &[&str] = &[
+    "CREATE TABLE IF NOT EXISTS platform_hub_heads (
+        namespace TEXT PRIMARY KEY,
+        epoch TEXT NOT NULL,
+        head BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS platform_hub_log (
+        namespace TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        channel TEXT NOT NULL,
+        payload BYTEA NOT NULL,
+        PRIMARY KEY (namespace, seq))",
+];
+
+/// Appends one event: the head's row lock orders appends, so commits (and with them
+/// the notifications) come in offset order.
+#[cfg(feature = "hub")]
+const LOG_APPEND: &str = "WITH h AS (
+       UPDATE platform_hub_heads SET head = head + 1 WHERE namespace = $1 RETURNING epoch, head),
+     added AS (
+       INSERT INTO platform_hub_log (namespace, seq, channel, payload) SELECT $1, head, $2, $3 FROM h RETURNING seq)
+     SELECT h.epoch, h.head, pg_notify($4, h.head::text) IS NOT NULL FROM h JOIN added ON added.seq = h.head";
+
+/// The hub's shared history on PostgreSQL (feature `hub`):
+/// `postgres://…?namespace=app&history=10000`.
+///
+/// Events are rows of `platform_hub_log` numbered by a head row per namespace
+/// (`platform_hub_heads`, which holds the epoch); an append is one statement whose row
+/// lock on the head orders commits, and a `NOTIFY` on `platform_hub_{namespace}`
+/// carrying the offset wakes every node's feed, which reads the rows. Rows beyond
+/// `history` are deleted as the log grows. A head that is gone (a restored or reset
+/// database) starts a new epoch, and a resume from an offset ahead of the head is
+/// never claimed recovered.
+#[cfg(feature = "hub")]
+pub struct PostgresHubLog {
+    pool: PgPool,
+    location: String,
+    namespace: String,
+    channel: String,
+    history: usize,
+}
+
+#[cfg(feature = "hub")]
+impl PostgresHubLog {
+    /// Opens the log, creating its tables and head as needed.
+    pub async fn from_url(url: &str) -> Result<Self> {
+        let BroadcastUrl { url: parsed, mut params, .. } = BroadcastUrl::parse(url)?;
+        let (namespace, history) = crate::hub::log_params(&mut params)?;
+        let (pool, location) = connect(parsed, &mut params, 4).await?;
+        let mut tx = pool.begin().await.map_err(map_err)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7243000119)").execute(&mut *tx).await.map_err(map_err)?;
+        for stmt in LOG_SCHEMA {
+            sqlx::query(*stmt).execute(&mut *tx).await.map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        let channel = format!("platform_hub_{}", namespace.to_ascii_lowercase().replace('-', "_"));
+        let log = Self { pool, location, namespace, channel, history };
+        log.ensure_head().await?;
+        Ok(log)
+    }
+
+    /// Makes the head with a fresh epoch when there is none, dropping rows left from
+    /// before (their offsets would be reused).
+    async fn ensure_head(&self) -> Result<()> {
+        let mut tx = self.pool.begin().await.map_err(map_err)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(7243000119)").execute(&mut *tx).await.map_err(map_err)?;
+        let made = sqlx::query(
+            "INSERT INTO platform_hub_heads (namespace, epoch, head) VALUES ($1, $2, 0) ON CONFLICT DO NOTHING",
+        )
+        .bind(&self.namespace)
+        .bind(uuid::Uuid::new_v4().simple().to_string()[..12].to_owned())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+        if made > 0 {
+            sqlx::query("DELETE FROM platform_hub_log WHERE namespace = $1")
+                .bind(&self.namespace)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+}
+
+#[cfg(feature = "hub")]
+impl fmt::Debug for PostgresHubLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresHubLog").field("location", &self.location).field("namespace", &self.namespace).finish()
+    }
+}
+
+#[cfg(feature = "hub")]
+impl fmt::Display for PostgresHubLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "postgres({}/{})", self.location, self.namespace)
+    }
+}
+
+/// Reads the log of `namespace` after `after`: epoch, head, first offset kept, entries.
+#[cfg(feature = "hub")]
+async fn read_log(pool: &PgPool, namespace: &str, after: u64, limit: usize) -> Result<crate::hub::LogRead> {
+    let mut tx = pool.begin().await.map_err(map_err)?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+    let head: Option<(String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT epoch, head, (SELECT min(seq) FROM platform_hub_log WHERE namespace = $1)
+         FROM platform_hub_heads WHERE namespace = $1",
+    )
+    .bind(namespace)
+    .fetch_optional(&mut *tx)
+    .await
+    .map_err(map_err)?;
+    let Some((epoch, head, first)) = head else {
+        return Ok(crate::hub::LogRead::new(None, 0, 1, Vec::new()));
+    };
+    let rows: Vec<(i64, String, Vec<u8>)> = if limit == 0 {
+        Vec::new()
+    } else {
+        sqlx::query_as(
+            "SELECT seq, channel, payload FROM platform_hub_log WHERE namespace = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(namespace)
+        .bind(i64::try_from(after).unwrap_or(i64::MAX))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(map_err)?
+    };
+    tx.commit().await.map_err(map_err)?;
+    let head = u64::try_from(head).unwrap_or(0);
+    let first = first.and_then(|f| u64::try_from(f).ok()).unwrap_or(head + 1);
+    let entries = rows
+        .into_iter()
+        .map(|(seq, channel, payload)| {
+            crate::hub::LogEntry::new(u64::try_from(seq).unwrap_or(0), &channel, Bytes::from(payload))
+        })
+        .collect();
+    Ok(crate::hub::LogRead::new(Some(epoch), head, first, entries))
+}
+
+#[cfg(feature = "hub")]
+#[async_trait]
+impl crate::hub::HubLog for PostgresHubLog {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn append(&self, channel: &str, payload: Bytes) -> Result<(String, u64)> {
+        for _ in 0..2 {
+            let row: Option<(String, i64, bool)> = sqlx::query_as(LOG_APPEND)
+                .bind(&self.namespace)
+                .bind(channel)
+                .bind(payload.as_ref())
+                .bind(&self.channel)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+            let Some((epoch, head, _)) = row else {
+                // The head is gone (a reset or restored database): a new epoch.
+                self.ensure_head().await?;
+                continue;
+            };
+            let head = u64::try_from(head).unwrap_or(0);
+            let history = u64::try_from(self.history).unwrap_or(u64::MAX);
+            if head % 64 == 0 && head > history {
+                sqlx::query("DELETE FROM platform_hub_log WHERE namespace = $1 AND seq <= $2")
+                    .bind(&self.namespace)
+                    .bind(i64::try_from(head - history).unwrap_or(0))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+            }
+            return Ok((epoch, head));
+        }
+        Err(Error::unavailable("the hub log's head could not be made"))
+    }
+
+    async fn read(&self, after: u64, limit: usize) -> Result<crate::hub::LogRead> {
+        read_log(&self.pool, &self.namespace, after, limit).await
+    }
+
+    async fn feed(&self) -> Result<tokio::sync::mpsc::Receiver<crate::hub::LogFeed>> {
+        use crate::hub::LogFeed;
+        let mut listener = listen(&self.pool, &self.channel).await?;
+        // What this feed handed on last, and in which epoch.
+        let at = read_log(&self.pool, &self.namespace, u64::MAX - 1, 0).await?;
+        let (mut epoch, mut last) = (at.epoch.unwrap_or_default(), at.head);
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let (pool, namespace, channel) = (self.pool.clone(), self.namespace.clone(), self.channel.clone());
+        tokio::spawn(async move {
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(_)) => loop {
+                        let Ok(read) = read_log(&pool, &namespace, last, 1000).await else { break };
+                        let Some(now) = read.epoch else { break };
+                        if now != epoch {
+                            (epoch, last) = (now, 0);
+                            continue;
+                        }
+                        let Some(end) = read.entries.last().map(|e| e.offset) else { break };
+                        let shared: std::sync::Arc<str> = epoch.as_str().into();
+                        for e in read.entries {
+                            if tx.send(LogFeed::Entry(std::sync::Arc::clone(&shared), e)).await.is_err() {
+                                return;
+                            }
+                        }
+                        last = end;
+                    },
+                    Ok(None) => {
+                        let mut pause = Duration::from_millis(50);
+                        listener = loop {
+                            if tx.is_closed() {
+                                return;
+                            }
+                            match listen(&pool, &channel).await {
+                                Ok(l) => break l,
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "hub log listener lost; listening again");
+                                    tokio::time::sleep(pause).await;
+                                    pause = (pause * 2).min(Duration::from_secs(2));
+                                }
+                            }
+                        };
+                        if tx.send(LogFeed::Resync).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "hub log listener lost; listening again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
 }

@@ -44,22 +44,29 @@ pub struct RedisBroadcast {
 impl RedisBroadcast {
     /// Opens `redis://[:password@]host:port[/db]?buffer=1024`.
     pub async fn from_url(url: &str) -> Result<BroadcastHandle<Self>> {
-        let BroadcastUrl { url: mut parsed, params, buffer, .. } = BroadcastUrl::parse(url)?;
+        let BroadcastUrl { url: parsed, params, buffer, .. } = BroadcastUrl::parse(url)?;
         params.finish("redis")?;
-        if parsed.scheme() == "valkey" {
-            let raw = parsed.as_str().replacen("valkey://", "redis://", 1);
-            parsed = url::Url::parse(&raw).map_err(|e| platform_core::Error::invalid_input(e.to_string()))?;
-        }
-        let client = redis::Client::open(parsed.as_str()).map_err(map_err)?;
-        let location = client.get_connection_info().addr().to_string();
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(Duration::from_secs(10)))
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_number_of_retries(6)
-            .set_max_delay(Duration::from_secs(2));
-        let conn = client.get_connection_manager_with_config(config).await.map_err(map_err)?;
+        let (client, conn, location) = connect(parsed).await?;
         Ok(BroadcastHandle::new(Self { client, conn, location, buffer }))
     }
+}
+
+/// A client, a connection manager and the address, for a URL whose parameters were
+/// taken (`valkey://` read as `redis://`).
+async fn connect(mut parsed: url::Url) -> Result<(redis::Client, ConnectionManager, String)> {
+    if parsed.scheme() == "valkey" {
+        let raw = parsed.as_str().replacen("valkey://", "redis://", 1);
+        parsed = url::Url::parse(&raw).map_err(|e| platform_core::Error::invalid_input(e.to_string()))?;
+    }
+    let client = redis::Client::open(parsed.as_str()).map_err(map_err)?;
+    let location = client.get_connection_info().addr().to_string();
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(Duration::from_secs(10)))
+        .set_connection_timeout(Some(Duration::from_secs(5)))
+        .set_number_of_retries(6)
+        .set_max_delay(Duration::from_secs(2));
+    let conn = client.get_connection_manager_with_config(config).await.map_err(map_err)?;
+    Ok((client, conn, location))
 }
 
 /// The Redis glob that covers `pattern`: `*` and `>` become `*` (our segment
@@ -269,6 +276,204 @@ impl crate::queued::GroupStore for RedisGroups {
 
     async fn close(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+/// Appends one event: the epoch (made when missing, starting the log again), the next
+/// offset, the stream entry with that offset as its id, and the feed message, in one
+/// atomic step, so feeds hear entries in offset order.
+#[cfg(feature = "hub")]
+const LOG_APPEND: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('SET', KEYS[1], epoch)
+  redis.call('DEL', KEYS[2], KEYS[3])
+end
+local offset = redis.call('INCR', KEYS[2])
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], offset .. '-0', 'c', ARGV[1], 'p', ARGV[2])
+redis.call('PUBLISH', KEYS[4], epoch .. '\n' .. offset .. '\n' .. ARGV[1] .. '\n' .. ARGV[2])
+return {epoch, offset}
+";
+
+/// Reads the epoch, the head, the oldest offset kept and up to `ARGV[2]` entries from
+/// offset `ARGV[1]` on, flattened: epoch (nil for none), head, first, then offset,
+/// channel, payload for each entry.
+#[cfg(feature = "hub")]
+const LOG_READ: &str = r"
+local epoch = redis.call('GET', KEYS[1])
+local head = tonumber(redis.call('GET', KEYS[2]) or '0')
+local first = head + 1
+local oldest = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', 1)
+if #oldest > 0 then first = tonumber(string.match(oldest[1][1], '^(%d+)')) end
+local out = {epoch or false, head, first}
+if tonumber(ARGV[2]) > 0 then
+  for _, e in ipairs(redis.call('XRANGE', KEYS[3], ARGV[1] .. '-0', '+', 'COUNT', ARGV[2])) do
+    table.insert(out, tonumber(string.match(e[1], '^(%d+)')))
+    table.insert(out, e[2][2])
+    table.insert(out, e[2][4])
+  end
+end
+return out
+";
+
+/// The hub's shared history on Redis or Valkey (feature `hub`):
+/// `redis://host:6379?namespace=app&history=10000`.
+///
+/// The log is a stream (`platform:hub:{namespace}:log`, trimmed to about `history`
+/// entries) whose ids are the offsets, a counter and an epoch beside it; a Lua script
+/// appends and publishes on `platform:hub:{namespace}:feed` in one step, so every node
+/// hears the entries in offset order. A flushed server loses the epoch: the next append
+/// makes a new one and offsets start again, so no resume claims a history it lost. Keep
+/// the history with AOF for it to outlive a restart.
+#[cfg(feature = "hub")]
+pub struct RedisHubLog {
+    client: redis::Client,
+    conn: ConnectionManager,
+    keys: [String; 4],
+    history: usize,
+    location: String,
+    append: redis::Script,
+    read: redis::Script,
+}
+
+#[cfg(feature = "hub")]
+impl RedisHubLog {
+    /// Opens the log (its epoch made when it has none).
+    pub async fn from_url(url: &str) -> Result<Self> {
+        let BroadcastUrl { url: parsed, mut params, .. } = BroadcastUrl::parse(url)?;
+        let (namespace, history) = crate::hub::log_params(&mut params)?;
+        params.finish("redis")?;
+        let (client, conn, location) = connect(parsed).await?;
+        let keys = ["epoch", "seq", "log", "feed"].map(|k| format!("platform:hub:{namespace}:{k}"));
+        let log = Self {
+            client,
+            conn,
+            keys,
+            history,
+            location,
+            append: redis::Script::new(LOG_APPEND),
+            read: redis::Script::new(LOG_READ),
+        };
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&log.keys[0])
+            .arg(uuid::Uuid::new_v4().simple().to_string()[..12].to_owned())
+            .arg("NX")
+            .query_async(&mut log.conn.clone())
+            .await
+            .map_err(map_err)?;
+        Ok(log)
+    }
+}
+
+#[cfg(feature = "hub")]
+impl fmt::Debug for RedisHubLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisHubLog").field("location", &self.location).field("key", &self.keys[2]).finish()
+    }
+}
+
+#[cfg(feature = "hub")]
+impl fmt::Display for RedisHubLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "redis({}/{})", self.location, self.keys[2])
+    }
+}
+
+/// A value of the read script's answer.
+#[cfg(feature = "hub")]
+fn parse<T: redis::FromRedisValue>(v: &redis::Value) -> Result<T> {
+    T::from_redis_value_ref(v).map_err(|e| platform_core::Error::internal(format!("the hub log's read answered {e}")))
+}
+
+/// A feed message: `epoch \n offset \n channel \n payload`.
+#[cfg(feature = "hub")]
+fn parse_feed(raw: &[u8]) -> Option<crate::hub::LogFeed> {
+    let mut parts = raw.splitn(4, |b| *b == b'\n');
+    let epoch = std::str::from_utf8(parts.next()?).ok()?;
+    let offset = std::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let channel = std::str::from_utf8(parts.next()?).ok()?;
+    let payload = Bytes::copy_from_slice(parts.next()?);
+    Some(crate::hub::LogFeed::Entry(epoch.into(), crate::hub::LogEntry::new(offset, channel, payload)))
+}
+
+#[cfg(feature = "hub")]
+#[async_trait]
+impl crate::hub::HubLog for RedisHubLog {
+    fn backend(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn append(&self, channel: &str, payload: Bytes) -> Result<(String, u64)> {
+        let fresh = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let mut invocation = self.append.prepare_invoke();
+        for k in &self.keys {
+            invocation.key(k);
+        }
+        invocation.arg(channel).arg(payload.as_ref()).arg(self.history).arg(fresh);
+        invocation.invoke_async(&mut self.conn.clone()).await.map_err(map_err)
+    }
+
+    async fn read(&self, after: u64, limit: usize) -> Result<crate::hub::LogRead> {
+        let mut invocation = self.read.prepare_invoke();
+        for k in &self.keys[..3] {
+            invocation.key(k);
+        }
+        invocation.arg(after.saturating_add(1)).arg(limit);
+        let values: Vec<redis::Value> = invocation.invoke_async(&mut self.conn.clone()).await.map_err(map_err)?;
+        let int = |v: &redis::Value| -> Result<u64> { parse(v) };
+        let bytes = |v: &redis::Value| -> Result<Vec<u8>> { parse(v) };
+        let [epoch, head, first, rest @ ..] = values.as_slice() else {
+            return Err(platform_core::Error::internal("the hub log's read script answered short"));
+        };
+        let epoch: Option<String> = match epoch {
+            redis::Value::Nil => None,
+            v => Some(parse(v)?),
+        };
+        let mut entries = Vec::with_capacity(rest.len() / 3);
+        for e in rest.chunks_exact(3) {
+            let channel = String::from_utf8(bytes(&e[1])?).unwrap_or_default();
+            entries.push(crate::hub::LogEntry::new(int(&e[0])?, &channel, Bytes::from(bytes(&e[2])?)));
+        }
+        Ok(crate::hub::LogRead::new(epoch, int(head)?, int(first)?, entries))
+    }
+
+    async fn feed(&self) -> Result<tokio::sync::mpsc::Receiver<crate::hub::LogFeed>> {
+        let channel = self.keys[3].clone();
+        let mut pubsub = listen(&self.client, &channel, false).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut messages = pubsub.into_on_message();
+                while let Some(m) = messages.next().await {
+                    let Some(item) = parse_feed(m.get_payload_bytes()) else { continue };
+                    // Waiting here leaves the rest on the server; past its buffer it
+                    // drops the connection, and the resync below reads the log.
+                    if tx.send(item).await.is_err() {
+                        return;
+                    }
+                }
+                let mut pause = Duration::from_millis(50);
+                pubsub = loop {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    match listen(&client, &channel, false).await {
+                        Ok(p) => break p,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "hub log feed lost; subscribing again");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(2));
+                        }
+                    }
+                };
+                if tx.send(crate::hub::LogFeed::Resync).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
     }
 }
 

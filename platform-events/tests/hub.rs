@@ -289,17 +289,30 @@ async fn hooks_and_authorization() {
 /// events on a channel of its own; every subscriber gets all 500, each channel in
 /// order, once.
 async fn two_nodes_share_channels(name: &str, broadcast_url: &str) {
-    let prefix = platform_core::testkit::unique_ident("sync");
     let mut nodes = Vec::new();
     for _ in 0..2 {
         let broadcast = open_broadcast(broadcast_url).await.unwrap();
         let hub = Hub::start(broadcast, HubConfig::new(KEY)).await.unwrap();
-        let app = platform_core::http::Contract::new("hub", "1").apply(hub.routes());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("ws://{}/ws", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let (url, _) = serve(&hub).await;
         nodes.push((hub, url));
     }
+    nodes_share_channels(name, nodes).await;
+}
+
+/// Serves `hub` on a port of its own: its `/ws` URL, and the server task (abort it to
+/// take the node away).
+async fn serve(hub: &Arc<Hub>) -> (String, tokio::task::JoinHandle<()>) {
+    let app = platform_core::http::Contract::new("hub", "1").apply(hub.routes());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (url, task)
+}
+
+async fn nodes_share_channels(name: &str, nodes: Vec<(Arc<Hub>, String)>) {
+    let prefix = platform_core::testkit::unique_ident("sync");
     let per_node = 250_u64;
     let mut readers = Vec::new();
     for (_, url) in &nodes {
@@ -354,6 +367,186 @@ async fn two_nodes_on_postgres() {
     let sep = if url.contains('?') { '&' } else { '?' };
     let url = format!("{url}{sep}namespace={}", platform_core::testkit::unique_ident("hub"));
     two_nodes_share_channels("postgres", &url).await;
+}
+
+/// A node over the shared log `log_url`, served on a port of its own.
+async fn shared_node(log_url: &str) -> (Arc<Hub>, String, tokio::task::JoinHandle<()>) {
+    let log = platform_events::hub::open_log(log_url).await.unwrap();
+    let hub = Hub::start_shared(log, HubConfig::new(KEY)).await.unwrap();
+    let (url, task) = serve(&hub).await;
+    (hub, url, task)
+}
+
+/// `url` with a fresh `namespace`.
+fn fresh_namespace(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}namespace={}", platform_core::testkit::unique_ident("hub"))
+}
+
+/// The next `n` events' data and offsets.
+async fn events(ws: &mut Ws, n: usize) -> (Vec<Value>, Vec<u64>) {
+    let mut got = (Vec::new(), Vec::new());
+    for _ in 0..n {
+        let e = next(ws).await;
+        assert_eq!(e["type"], "event", "{e}");
+        got.0.push(e["data"].clone());
+        got.1.push(e["offset"].as_u64().unwrap());
+    }
+    got
+}
+
+/// Over a shared log: a client of a node that goes away resumes on another node,
+/// and on a node started after it left (which holds nothing in memory and reads the
+/// log), with exactly what it missed and the same offsets everywhere; then live.
+async fn a_client_resumes_on_another_node(log_url: &str) {
+    let (a, url_a, server_a) = shared_node(log_url).await;
+    let (b, url_b, _server_b) = shared_node(log_url).await;
+    let mut ws = connect(&url_a).await;
+    send(&mut ws, json!({"op": "subscribe", "channel": "jobs.*.events"})).await;
+    let epoch = next(&mut ws).await["epoch"].clone();
+    for i in 1..=3 {
+        b.publish(&format!("jobs.{i}.events"), json!(i)).await.unwrap();
+    }
+    let (data, offsets) = events(&mut ws, 3).await;
+    assert_eq!(data, [json!(1), json!(2), json!(3)], "published on b, delivered by a");
+    let last = offsets[2];
+
+    // The node goes: its server stops and its sockets are cut.
+    server_a.abort();
+    a.disconnect_all();
+    drop((a, ws));
+    // Meanwhile, on b: three for the pattern (one on a job created while away), one not.
+    for (channel, data) in [("jobs.3.events", 4), ("system.logs", 0), ("jobs.4.events", 5), ("jobs.1.events", 6)] {
+        b.publish(channel, json!(data)).await.unwrap();
+    }
+    let (c, url_c, _server_c) = shared_node(log_url).await;
+    let mut resumed = Vec::new();
+    for url in [&url_b, &url_c] {
+        let mut ws = connect(url).await;
+        let since = json!({"epoch": epoch, "offset": last});
+        send(&mut ws, json!({"op": "subscribe", "channel": "jobs.*.events", "since": since})).await;
+        let answer = next(&mut ws).await;
+        assert_eq!(answer["recovered"], true, "{url}: {answer}");
+        let (data, offsets) = events(&mut ws, 3).await;
+        assert_eq!(data, [json!(4), json!(5), json!(6)], "{url}: the missed range, in order");
+        resumed.push((ws, offsets));
+    }
+    assert_eq!(resumed[0].1, resumed[1].1, "one offset per event on every node");
+    assert!(resumed[0].1.windows(2).all(|w| w[0] < w[1]));
+    c.publish("jobs.2.events", json!(7)).await.unwrap();
+    for (ws, offsets) in &mut resumed {
+        let e = next(ws).await;
+        assert_eq!(e["data"], 7, "then live, no duplicate");
+        assert_eq!(e["offset"].as_u64().unwrap(), offsets[2] + 1);
+    }
+}
+
+/// Over a shared log whose history is lost (flushed, reset), a resume from before is
+/// never claimed recovered.
+async fn a_lost_log_is_not_recovered(log_url: &str, lose: impl std::future::Future<Output = ()>) {
+    let (hub, url, _server) = shared_node(log_url).await;
+    let mut ws = connect(&url).await;
+    send(&mut ws, json!({"op": "subscribe", "channel": "jobs.>"})).await;
+    let epoch = next(&mut ws).await["epoch"].clone();
+    hub.publish("jobs.1.events", json!(1)).await.unwrap();
+    let (_, offsets) = events(&mut ws, 1).await;
+    drop(ws);
+    lose.await;
+    hub.publish("jobs.1.events", json!(2)).await.unwrap();
+    platform_core::testkit::eventually(WAIT, || async { (hub.position().0 != epoch).then_some(()) }).await.unwrap();
+    let mut ws = connect(&url).await;
+    let since = json!({"epoch": epoch, "offset": offsets[0]});
+    send(&mut ws, json!({"op": "subscribe", "channel": "jobs.>", "since": since})).await;
+    let answer = next(&mut ws).await;
+    assert_eq!(answer["recovered"], false, "{answer}");
+    assert!(answer["reason"].as_str().unwrap().contains("epoch"), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_another_node_over_redis() {
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    a_client_resumes_on_another_node(&fresh_namespace(&url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_another_node_over_postgres() {
+    let Some(url) = platform_core::testkit::server_url("POSTGRES") else { return };
+    a_client_resumes_on_another_node(&fresh_namespace(&url)).await;
+}
+
+/// Two nodes over one shared log, as [`two_nodes_share_channels`] over a broadcast.
+async fn two_nodes_on_a_log(name: &str, server: &str) {
+    let url = fresh_namespace(server);
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let (hub, ws_url, _) = shared_node(&url).await;
+        nodes.push((hub, ws_url));
+    }
+    nodes_share_channels(name, nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_a_redis_log() {
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    two_nodes_on_a_log("redis log", &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_a_postgres_log() {
+    let Some(url) = platform_core::testkit::server_url("POSTGRES") else { return };
+    two_nodes_on_a_log("postgres log", &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_redis_log_is_not_recovered() {
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    let namespace = platform_core::testkit::unique_ident("hub");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let log_url = format!("{url}{sep}namespace={namespace}");
+    let flush = async {
+        // This namespace's keys only: the server is shared with other tests.
+        let client = redis::Client::open(url.as_str()).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let keys: Vec<String> =
+            ["epoch", "seq", "log"].iter().map(|k| format!("platform:hub:{namespace}:{k}")).collect();
+        let _: i64 = redis::cmd("DEL").arg(&keys).query_async(&mut conn).await.unwrap();
+    };
+    a_lost_log_is_not_recovered(&log_url, flush).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reset_postgres_log_is_not_recovered() {
+    let Some(url) = platform_core::testkit::server_url("POSTGRES") else { return };
+    let namespace = platform_core::testkit::unique_ident("hub");
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let log_url = format!("{url}{sep}namespace={namespace}");
+    let reset = async {
+        // As a restore to an older state would: the head goes.
+        let pool = sqlx::PgPool::connect(&url).await.unwrap();
+        sqlx::query("DELETE FROM platform_hub_heads WHERE namespace = $1")
+            .bind(&namespace)
+            .execute(&pool)
+            .await
+            .unwrap();
+    };
+    a_lost_log_is_not_recovered(&log_url, reset).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hub_log_urls_are_checked() {
+    use platform_events::hub::open_log;
+    let wrong = |url: &'static str, part: &'static str| async move {
+        let e = open_log(url).await.expect_err(url);
+        assert!(e.is_invalid_input(), "{url}: {e}");
+        assert!(e.to_string().contains(part), "{url}: {e}");
+        assert!(!e.to_string().contains("hunter2"), "{url}: {e}");
+    };
+    wrong("redis://:hunter2@127.0.0.1:6379?colour=blue", "colour").await;
+    wrong("redis://:hunter2@127.0.0.1:6379?history=0", "history").await;
+    wrong("postgres://u:hunter2@127.0.0.1/test?namespace=a.b", "namespace").await;
+    wrong("kafka://u:hunter2@127.0.0.1:9092", "kafka").await;
+    let unset = platform_events::hub::open_log_from_env("HUB_LOG_UNSET_IN_TESTS").await.expect_err("unset");
+    assert!(unset.to_string().contains("HUB_LOG_UNSET_IN_TESTS_URL"), "{unset}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
