@@ -297,8 +297,23 @@ pub mod server {
         /// Kills it with SIGKILL, waits until the port is closed, starts it again on
         /// the same data and waits until it listens.
         pub async fn kill_and_restart(&mut self) {
-            kill(self.child.as_mut().expect("running"));
+            self.kill().await;
+            self.restart().await;
+        }
+
+        /// Kills it with SIGKILL and waits until the port is closed: an outage until
+        /// [`restart`](Self::restart).
+        pub async fn kill(&mut self) {
+            if let Some(child) = self.child.as_mut() {
+                kill(child);
+            }
+            self.child = None;
             wait_port(self.port, false).await;
+        }
+
+        /// Starts it again on the same data (after [`kill`](Self::kill)) and waits
+        /// until it listens.
+        pub async fn restart(&mut self) {
             self.child = Some(spawn(&mut (self.command)()));
             wait_port(self.port, true).await;
         }

@@ -21,7 +21,7 @@
 //!   (`code`, `message`) for a frame the hub refused.
 //! - **Offsets** count every event delivered, across channels, so one `since` resumes
 //!   a wildcard subscription too. Over a [`Broadcast`] ([`Hub::start`]) they are this
-//!   node's own; over a shared [`HubLog`] ([`Hub::start_shared`]: Redis, Postgres) the
+//!   node's own; over a shared [`HubLog`] ([`Hub::start_shared`]: Redis, Postgres, NATS) the
 //!   log gives them, so a client resumes on any node, also one started after the
 //!   client left. The **epoch** names the history the offsets belong to: it is new
 //!   whenever that history may have a hole (over a broadcast: the node started, the
@@ -38,6 +38,10 @@
 //!   never shed. A node-wide bound on queued bytes drops the client holding the most
 //!   first, and the hub's health check fails above 90 % of it (add the hub to the
 //!   service's checks and `/readyz` turns 503 before memory runs out).
+//! - **Outages**: while the broadcast is unreachable, a publish on this node still
+//!   reaches this node's clients, and the hub's health check (for `/readyz`) fails;
+//!   the broadcast subscribes again by itself, and the node starts a new epoch. Over a
+//!   shared log a publish needs the log (its offset comes from there) and fails.
 //! - **Close codes**: 4008 too slow, 1008 too many subscriptions, 1009 frame too large,
 //!   1003 binary frames.
 
@@ -238,8 +242,9 @@ pub enum LogFeed {
 
 /// A history shared by every node of a service: one sequence of offsets for all of
 /// them, so a client resumes on any node. Implemented on Redis
-/// ([`RedisHubLog`](crate::redis::RedisHubLog)) and PostgreSQL
-/// ([`PostgresHubLog`](crate::postgres::PostgresHubLog)).
+/// ([`RedisHubLog`](crate::redis::RedisHubLog)), PostgreSQL
+/// ([`PostgresHubLog`](crate::postgres::PostgresHubLog)) and NATS JetStream
+/// ([`NatsHubLog`](crate::nats::NatsHubLog)).
 ///
 /// # Contract
 /// - [`append`](Self::append) stores an event with the next offset and hands it to
@@ -263,10 +268,14 @@ pub trait HubLog: fmt::Debug + fmt::Display + Send + Sync {
     async fn feed(&self) -> Result<mpsc::Receiver<LogFeed>>;
 }
 
-/// Opens a shared hub log from a URL: `redis://host:6379?namespace=app&history=10000`
-/// or `postgres://…?namespace=app&history=10000` (the features `redis`, `postgres`).
+/// Opens a shared hub log from a URL: `redis://host:6379?namespace=app&history=10000`,
+/// `postgres://…?namespace=app&history=10000` or `nats://host:4222?namespace=app`
+/// (the features `redis`, `postgres`, `nats`).
 #[allow(clippy::unused_async)]
-#[cfg_attr(not(any(feature = "redis", feature = "postgres")), allow(unreachable_code, unused_variables, unused_mut))]
+#[cfg_attr(
+    not(any(feature = "redis", feature = "postgres", feature = "nats")),
+    allow(unreachable_code, unused_variables, unused_mut)
+)]
 pub async fn open_log(url: &str) -> Result<Arc<dyn HubLog>> {
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase()).unwrap_or_default();
     Ok(match scheme.as_str() {
@@ -274,10 +283,13 @@ pub async fn open_log(url: &str) -> Result<Arc<dyn HubLog>> {
         "redis" | "valkey" => Arc::new(crate::redis::RedisHubLog::from_url(url).await?),
         #[cfg(feature = "postgres")]
         "postgres" | "postgresql" => Arc::new(crate::postgres::PostgresHubLog::from_url(url).await?),
+        #[cfg(feature = "nats")]
+        "nats" => Arc::new(crate::nats::NatsHubLog::from_url(url).await?),
         other => {
             let feature = match other {
                 "redis" | "valkey" => Some("redis"),
                 "postgres" | "postgresql" => Some("postgres"),
+                "nats" => Some("nats"),
                 _ => None,
             };
             let mut known = Vec::new();
@@ -285,6 +297,8 @@ pub async fn open_log(url: &str) -> Result<Arc<dyn HubLog>> {
             known.extend(["redis", "valkey"]);
             #[cfg(feature = "postgres")]
             known.extend(["postgres", "postgresql"]);
+            #[cfg(feature = "nats")]
+            known.push("nats");
             return Err(platform_core::config::scheme_error("platform-events hub log", other, feature, &known, url));
         }
     })
@@ -299,7 +313,7 @@ pub async fn open_log_from_env(prefix: &str) -> Result<Arc<dyn HubLog>> {
 
 /// The namespace and history length a hub log URL names (`namespace`, default `hub`;
 /// `history`, default 10,000 events).
-#[cfg(any(feature = "redis", feature = "postgres"))]
+#[cfg(any(feature = "redis", feature = "postgres", feature = "nats"))]
 pub(crate) fn log_params(params: &mut platform_core::config::UrlParams) -> Result<(String, usize)> {
     let namespace = params.take("namespace").unwrap_or_else(|| "hub".to_owned());
     crate::bus::validate_group(&namespace)
@@ -444,7 +458,21 @@ impl Hub {
         validate_channel(channel)?;
         let payload = Bytes::from(serde_json::to_vec(&data)?);
         match &self.source {
-            Source::Broadcast(b) => b.publish(channel, payload).await,
+            Source::Broadcast(b) => match b.publish(channel, payload.clone()).await {
+                // The broadcast is down: this node's clients still get it (the other
+                // nodes start a new epoch when their broadcast is back).
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        platform_core::ErrorKind::Unavailable | platform_core::ErrorKind::Timeout
+                    ) =>
+                {
+                    tracing::warn!(target: "platform::hub", error = %e, channel, "broadcast unreachable: delivered on this node only");
+                    self.deliver(None, channel, &payload);
+                    Ok(())
+                }
+                other => other,
+            },
             Source::Log(log) => {
                 if payload.len() > MAX_LOG_PAYLOAD {
                     let why = format!("is {} bytes, over the {MAX_LOG_PAYLOAD} the log takes", payload.len());
@@ -773,14 +801,21 @@ impl platform_core::HealthCheck for Hub {
     }
 
     /// Down above 90 % of the node's byte bound, so `/readyz` turns 503 before the
-    /// bound drops clients.
+    /// bound drops clients, and down while its broadcast or log is unreachable (the
+    /// node then serves its own clients only).
     async fn check(&self) -> Result<platform_core::CheckOutcome> {
+        let started = std::time::Instant::now();
         let (queued, cap) = (self.queued_bytes(), self.config.max_node_bytes);
         if queued.saturating_mul(10) > cap.saturating_mul(9) {
             return Err(Error::unavailable(format!("{queued} bytes queued for clients, bound {cap}")));
         }
-        let version = format!("{} connections, {queued} bytes queued", self.connections());
-        Ok(platform_core::CheckOutcome::new(std::time::Duration::ZERO).with_version(version))
+        let source = match &self.source {
+            Source::Broadcast(b) => b.check().await.map(|o| o.version.unwrap_or_default()),
+            Source::Log(l) => l.read(u64::MAX - 1, 0).await.map(|r| format!("{l}, head {}", r.head)),
+        };
+        let source = source.map_err(|e| Error::unavailable(format!("the hub's source is unreachable: {e}")))?;
+        let version = format!("{} connections, {queued} bytes queued; {source}", self.connections());
+        Ok(platform_core::CheckOutcome::new(started.elapsed()).with_version(version))
     }
 }
 

@@ -264,3 +264,232 @@ impl crate::queued::GroupStore for NatsGroups {
         Ok(())
     }
 }
+
+/// How long a hub log feed waits for a message before it checks its stream's epoch.
+#[cfg(feature = "hub")]
+const IDLE_CHECK: Duration = Duration::from_secs(2);
+
+/// The hub's shared history on NATS JetStream (feature `hub`):
+/// `nats://host:4222?namespace=app&history=10000`.
+///
+/// The log is a stream (`PLATFORM_HUB_{namespace}`, file storage, the newest `history`
+/// messages kept) on the subjects `platform.hub.{namespace}.{channel}`; an offset is a
+/// message's stream sequence, which JetStream gives in order, and each node's feed is an
+/// ordered consumer. The epoch is the stream's creation time: a stream deleted and made
+/// again starts a new one.
+#[cfg(feature = "hub")]
+pub struct NatsHubLog {
+    js: async_nats::jetstream::Context,
+    config: async_nats::jetstream::stream::Config,
+    prefix: String,
+    location: String,
+    /// The epoch as this handle last read it (an append reads it again only when it
+    /// had to make the stream).
+    epoch: Mutex<String>,
+}
+
+#[cfg(feature = "hub")]
+impl NatsHubLog {
+    /// Opens the log, making its stream when it has none.
+    pub async fn from_url(url: &str) -> Result<Self> {
+        use async_nats::jetstream::stream;
+        let BroadcastUrl { url: parsed, mut params, .. } = BroadcastUrl::parse(url)?;
+        let (namespace, history) = crate::hub::log_params(&mut params)?;
+        params.finish("nats")?;
+        let location = format!("{}:{}", parsed.host_str().unwrap_or("localhost"), parsed.port().unwrap_or(4222));
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(parsed.as_str())
+            .await
+            .map_err(map_err)?;
+        let prefix = format!("platform.hub.{namespace}.");
+        let config = stream::Config {
+            name: format!("PLATFORM_HUB_{namespace}"),
+            subjects: vec![format!("{prefix}>")],
+            max_messages: i64::try_from(history).unwrap_or(i64::MAX),
+            discard: stream::DiscardPolicy::Old,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let log = Self { js: async_nats::jetstream::new(client), config, prefix, location, epoch: Mutex::default() };
+        log.state().await?;
+        Ok(log)
+    }
+
+    /// The stream, made when it is gone.
+    async fn stream(&self) -> Result<async_nats::jetstream::stream::Stream> {
+        self.js.get_or_create_stream(self.config.clone()).await.map_err(map_err)
+    }
+
+    /// The epoch and state of the stream.
+    async fn state(&self) -> Result<(String, async_nats::jetstream::stream::State)> {
+        let mut stream = self.stream().await?;
+        let info = stream.info().await.map_err(map_err)?;
+        let epoch = format!("{:x}", info.created.unix_timestamp_nanos());
+        self.epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone_from(&epoch);
+        Ok((epoch, info.state.clone()))
+    }
+
+    /// The entry of a stream message.
+    fn entry(&self, seq: u64, subject: &str, payload: Bytes) -> crate::hub::LogEntry {
+        crate::hub::LogEntry::new(seq, subject.strip_prefix(&self.prefix).unwrap_or(subject), payload)
+    }
+}
+
+#[cfg(feature = "hub")]
+impl fmt::Debug for NatsHubLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsHubLog").field("location", &self.location).field("stream", &self.config.name).finish()
+    }
+}
+
+#[cfg(feature = "hub")]
+impl fmt::Display for NatsHubLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "nats({}/{})", self.location, self.config.name)
+    }
+}
+
+#[cfg(feature = "hub")]
+#[async_trait]
+impl crate::hub::HubLog for NatsHubLog {
+    fn backend(&self) -> &'static str {
+        "nats"
+    }
+
+    async fn append(&self, channel: &str, payload: Bytes) -> Result<(String, u64)> {
+        let subject = format!("{}{channel}", self.prefix);
+        let ack = match self.js.publish(subject.clone(), payload.clone()).await {
+            Ok(pending) => pending.await,
+            Err(e) => return Err(map_err(e)),
+        };
+        let ack = match ack {
+            Ok(ack) => ack,
+            // The stream is gone (deleted): made again, in a new epoch.
+            Err(_) => {
+                self.state().await?;
+                self.js.publish(subject, payload).await.map_err(map_err)?.await.map_err(map_err)?
+            }
+        };
+        let epoch = self.epoch.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        Ok((epoch, ack.sequence))
+    }
+
+    async fn read(&self, after: u64, limit: usize) -> Result<crate::hub::LogRead> {
+        use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+        let (epoch, state) = self.state().await?;
+        let (head, first) = (state.last_sequence, state.first_sequence.max(1));
+        let first = if state.messages == 0 { head + 1 } else { first };
+        let mut entries = Vec::new();
+        let start = after.saturating_add(1).max(first);
+        if limit > 0 && start <= head {
+            let stream = self.stream().await?;
+            let consumer = stream
+                .create_consumer(pull::Config {
+                    deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: start },
+                    ack_policy: AckPolicy::None,
+                    inactive_threshold: Duration::from_secs(30),
+                    ..Default::default()
+                })
+                .await
+                .map_err(map_err)?;
+            let want = usize::try_from(head - start + 1).unwrap_or(usize::MAX).min(limit);
+            while entries.len() < want {
+                let batch = (want - entries.len()).min(1000);
+                let mut got = consumer
+                    .fetch()
+                    .max_messages(batch)
+                    .expires(Duration::from_secs(2))
+                    .messages()
+                    .await
+                    .map_err(map_err)?;
+                let before = entries.len();
+                while let Some(m) = got.next().await {
+                    let m = m.map_err(map_err)?;
+                    let seq = m.info().map_err(map_err)?.stream_sequence;
+                    entries.push(self.entry(seq, m.subject.as_str(), m.payload.clone()));
+                }
+                if entries.len() == before {
+                    break;
+                }
+            }
+            let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+        }
+        Ok(crate::hub::LogRead::new(Some(epoch), head, first, entries))
+    }
+
+    async fn feed(&self) -> Result<tokio::sync::mpsc::Receiver<crate::hub::LogFeed>> {
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull};
+        let (mut epoch, state) = self.state().await?;
+        let mut last = state.last_sequence;
+        let (tx, rx) = tokio::sync::mpsc::channel(4096);
+        let (js, config, prefix) = (self.js.clone(), self.config.clone(), self.prefix.clone());
+        let open = move |stream: async_nats::jetstream::stream::Stream, from: u64| async move {
+            let consumer = stream
+                .create_consumer(pull::OrderedConfig {
+                    deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from },
+                    ..Default::default()
+                })
+                .await
+                .map_err(map_err)?;
+            consumer.messages().await.map_err(map_err)
+        };
+        let mut messages = open(self.stream().await?, last + 1).await?;
+        tokio::spawn(async move {
+            loop {
+                loop {
+                    // Idle for a while: a stream deleted and made again leaves the
+                    // ordered consumer waiting on the old one, so the epoch is checked.
+                    let m = match tokio::time::timeout(IDLE_CHECK, messages.next()).await {
+                        Ok(Some(Ok(m))) => m,
+                        Ok(_) => break,
+                        Err(_) => match js.get_stream(&config.name).await {
+                            Ok(mut stream) => match stream.info().await {
+                                Ok(info) if format!("{:x}", info.created.unix_timestamp_nanos()) == epoch => continue,
+                                _ => break,
+                            },
+                            Err(_) => break,
+                        },
+                    };
+                    let Ok(info) = m.info() else { continue };
+                    let seq = info.stream_sequence;
+                    let channel = m.subject.as_str().strip_prefix(&prefix).unwrap_or(m.subject.as_str());
+                    let entry = crate::hub::LogEntry::new(seq, channel, m.payload.clone());
+                    if tx.send(crate::hub::LogFeed::Entry(epoch.as_str().into(), entry)).await.is_err() {
+                        return;
+                    }
+                    last = seq;
+                }
+                // The consumer or the stream is gone: open again where it stopped (from
+                // the start of a stream made again), and have the hub read what it missed.
+                let mut pause = Duration::from_millis(50);
+                messages = loop {
+                    if tx.is_closed() {
+                        return;
+                    }
+                    let reopened = async {
+                        let mut stream = js.get_or_create_stream(config.clone()).await.map_err(map_err)?;
+                        let info = stream.info().await.map_err(map_err)?;
+                        let now = format!("{:x}", info.created.unix_timestamp_nanos());
+                        if now != epoch {
+                            (epoch, last) = (now, 0);
+                        }
+                        open(stream, last + 1).await
+                    };
+                    match reopened.await {
+                        Ok(m) => break m,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "hub log feed lost; opening again");
+                            tokio::time::sleep(pause).await;
+                            pause = (pause * 2).min(Duration::from_secs(2));
+                        }
+                    }
+                };
+                if tx.send(crate::hub::LogFeed::Resync).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}

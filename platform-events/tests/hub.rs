@@ -486,6 +486,30 @@ async fn two_nodes_on_a_log(name: &str, server: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_on_another_node_over_nats() {
+    let Some(url) = platform_core::testkit::server_url("NATS") else { return };
+    a_client_resumes_on_another_node(&fresh_namespace(&url)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_on_a_nats_log() {
+    let Some(url) = platform_core::testkit::server_url("NATS") else { return };
+    two_nodes_on_a_log("nats log", &url).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_nats_log_is_not_recovered() {
+    let Some(url) = platform_core::testkit::server_url("NATS") else { return };
+    let namespace = platform_core::testkit::unique_ident("hub");
+    let log_url = format!("{url}?namespace={namespace}");
+    let delete = async {
+        let client = async_nats::connect(url.as_str()).await.unwrap();
+        async_nats::jetstream::new(client).delete_stream(format!("PLATFORM_HUB_{namespace}")).await.unwrap();
+    };
+    a_lost_log_is_not_recovered(&log_url, delete).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_on_a_redis_log() {
     let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
     two_nodes_on_a_log("redis log", &url).await;
@@ -530,6 +554,102 @@ async fn a_reset_postgres_log_is_not_recovered() {
             .unwrap();
     };
     a_lost_log_is_not_recovered(&log_url, reset).await;
+}
+
+/// A 10 s outage of the broadcast server (a private Redis, killed and started again):
+/// the node's own clients go on getting its publishes, its health check (readiness)
+/// fails until the server is back, then the node hears the other node again, in a new
+/// epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_outage_keeps_local_delivery_and_fails_readiness() {
+    use platform_core::HealthCheck as _;
+    let Some(mut server) = platform_core::testkit::server::PrivateServer::redis_aof().await else {
+        return platform_core::testkit::skip("redis-server not found");
+    };
+    let broadcast_url = format!("redis://127.0.0.1:{}", server.port());
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let hub = Hub::start(open_broadcast(&broadcast_url).await.unwrap(), HubConfig::new(KEY)).await.unwrap();
+        let (url, _) = serve(&hub).await;
+        nodes.push((hub, url));
+    }
+    let (a, b) = (&nodes[0].0, &nodes[1].0);
+    let mut ws = connect(&nodes[0].1).await;
+    send(&mut ws, json!({"op": "subscribe", "channel": "jobs.>"})).await;
+    let epoch = next(&mut ws).await["epoch"].clone();
+    b.publish("jobs.1.events", json!("before")).await.unwrap();
+    assert_eq!(next(&mut ws).await["data"], "before");
+    assert!(a.check().await.is_ok());
+
+    server.kill().await;
+    let down = std::time::Instant::now();
+    a.publish("jobs.1.events", json!("during")).await.expect("a publish during the outage");
+    assert_eq!(next(&mut ws).await["data"], "during", "this node's clients still get it");
+    platform_core::testkit::eventually(WAIT, || async { a.check().await.is_err().then_some(()) })
+        .await
+        .expect("readiness fails during the outage");
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(down.elapsed())).await; // the outage itself
+    server.restart().await;
+
+    platform_core::testkit::eventually(Duration::from_secs(30), || async { a.check().await.is_ok().then_some(()) })
+        .await
+        .expect("readiness back once the server is");
+    // b's publishes reach a's client again once both subscribed again.
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    'probe: for n in 0.. {
+        assert!(tokio::time::Instant::now() < until, "the node hears the other node again");
+        let probe = json!(format!("after-{n}"));
+        if b.publish("jobs.1.events", probe.clone()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        }
+        while let Ok(Some(Ok(msg))) = tokio::time::timeout(Duration::from_millis(300), ws.next()).await {
+            if let Message::Text(t) = msg
+                && serde_json::from_str::<Value>(&t).unwrap()["data"] == probe
+            {
+                break 'probe;
+            }
+        }
+    }
+    assert_ne!(json!(a.position().0), epoch, "a new epoch after the broadcast came back");
+}
+
+/// A reconnect storm: 5,000 clients that were cut at once come back together (500 at a
+/// time in flight), each resuming a wildcard subscription with `since`; every one gets
+/// `recovered: true` and exactly the five events it missed, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnect_storm_of_5000_clients_all_recover() {
+    use futures::stream::StreamExt as _;
+    let (hub, url) = start(HubConfig::new(KEY).with_queue(64)).await;
+    hub.publish("jobs.0.events", json!(0)).await.unwrap();
+    platform_core::testkit::eventually(WAIT, || async { (hub.position().1 >= 1).then_some(()) }).await.unwrap();
+    let (epoch, last) = hub.position();
+    // While they were away: five for the pattern, on five jobs.
+    for i in 1..=5 {
+        hub.publish(&format!("jobs.{i}.events"), json!(i)).await.unwrap();
+    }
+    platform_core::testkit::eventually(WAIT, || async { (hub.position().1 >= last + 5).then_some(()) }).await.unwrap();
+    let started = std::time::Instant::now();
+    let clients = 5000;
+    let recovered = futures::stream::iter(0..clients)
+        .map(|_| {
+            let (url, epoch) = (url.clone(), epoch.clone());
+            async move {
+                let mut ws = connect(&url).await;
+                let since = json!({"epoch": epoch, "offset": last});
+                send(&mut ws, json!({"op": "subscribe", "channel": "jobs.*.events", "since": since})).await;
+                let answer = next(&mut ws).await;
+                assert_eq!(answer["recovered"], true, "{answer}");
+                let (data, _) = events(&mut ws, 5).await;
+                assert_eq!(data, (1..=5).map(|i| json!(i)).collect::<Vec<_>>());
+                ws.close(None).await.ok();
+            }
+        })
+        .buffer_unordered(500)
+        .count()
+        .await;
+    assert_eq!(recovered, clients);
+    eprintln!("reconnect storm: {clients} clients resumed in {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
