@@ -42,6 +42,9 @@
 //!   reaches this node's clients, and the hub's health check (for `/readyz`) fails;
 //!   the broadcast subscribes again by itself, and the node starts a new epoch. Over a
 //!   shared log a publish needs the log (its offset comes from there) and fails.
+//! - **Presence** (optional, [`HubConfig::with_presence`]): joins and leaves are
+//!   events on `presence.<channel>`, so they travel, resume and are authorized like any
+//!   other; `{"op":"presence","channel":…}` answers with who is there.
 //! - **Close codes**: 4008 too slow, 1008 too many subscriptions, 1009 frame too large,
 //!   1003 binary frames.
 
@@ -99,6 +102,7 @@ pub struct HubConfig {
     max_queued_bytes: usize,
     max_node_bytes: usize,
     droppable: Vec<Pattern>,
+    presence: Vec<Pattern>,
     authorizer: Option<Authorizer>,
     hooks: Vec<(String, PublishHook)>,
 }
@@ -128,6 +132,7 @@ impl HubConfig {
             max_queued_bytes: 4 * 1024 * 1024,
             max_node_bytes: 256 * 1024 * 1024,
             droppable: vec![Pattern::parse("system.logs").expect("a pattern")],
+            presence: Vec::new(),
             authorizer: None,
             hooks: Vec::new(),
         }
@@ -149,6 +154,21 @@ impl HubConfig {
     pub fn with_droppable(mut self, patterns: &[&str]) -> Result<Self> {
         self.droppable = patterns.iter().map(|p| Pattern::parse(p)).collect::<Result<_>>()?;
         Ok(self)
+    }
+
+    /// Channels with presence (none by default): a client that subscribes to one of
+    /// them by name (not by a wildcard) joins it, with the `info` its `subscribe` frame
+    /// carries (up to 1 KiB of JSON), and leaves when it unsubscribes or goes. Joins and
+    /// leaves are events on `presence.<channel>` (`{"event": "join" | "leave", "client",
+    /// "info"}`), delivered and resumed like any other, through every node; a
+    /// `{"op": "presence", "channel"}` frame answers with who is there now.
+    pub fn with_presence(mut self, patterns: &[&str]) -> Result<Self> {
+        self.presence = patterns.iter().map(|p| Pattern::parse(p)).collect::<Result<_>>()?;
+        Ok(self)
+    }
+
+    fn has_presence(&self, channel: &str) -> bool {
+        !channel.starts_with("presence.") && self.presence.iter().any(|p| p.matches(channel))
     }
 
     /// Decides per channel and access (see [`Authorizer`]); refused frames get an
@@ -379,6 +399,10 @@ struct State_ {
 /// The hub: one per node.
 pub struct Hub {
     source: Source,
+    /// This node's name in client ids.
+    node: String,
+    /// Who is on each presence channel, over every node, as the presence events told.
+    members: Mutex<std::collections::HashMap<String, std::collections::BTreeMap<String, Value>>>,
     config: HubConfig,
     state: Mutex<State_>,
     next_conn: AtomicU64,
@@ -445,6 +469,8 @@ impl Hub {
     fn new(source: Source, config: HubConfig, epoch: String, last: u64) -> Arc<Self> {
         Arc::new(Self {
             source,
+            node: new_epoch()[..8].to_owned(),
+            members: Mutex::default(),
             config,
             state: Mutex::new(State_ { epoch, next_offset: last + 1, history: VecDeque::new(), conns: Vec::new() }),
             next_conn: AtomicU64::new(1),
@@ -575,6 +601,9 @@ impl Hub {
     /// Delivers an event: at `offset` (a log's), or at this node's next.
     fn deliver(&self, offset: Option<u64>, channel: &str, payload: &[u8]) {
         let data = event_data(payload);
+        if let Some(of) = channel.strip_prefix("presence.") {
+            self.note_presence(of, &data);
+        }
         let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let offset = offset.unwrap_or(s.next_offset);
         s.next_offset = offset + 1;
@@ -765,6 +794,40 @@ impl Hub {
         (id, rx, queued, kill)
     }
 
+    /// Keeps the members of `channel` as a presence event says.
+    fn note_presence(&self, channel: &str, event: &Value) {
+        let Some(client) = event["client"].as_str() else { return };
+        let mut members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        match event["event"].as_str() {
+            Some("join") => {
+                members.entry(channel.to_owned()).or_default().insert(client.to_owned(), event["info"].clone());
+            }
+            Some("leave") => {
+                if let Some(m) = members.get_mut(channel) {
+                    m.remove(client);
+                    if m.is_empty() {
+                        members.remove(channel);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Who is on presence channel `channel` now, over every node: client ids and infos.
+    pub fn presence(&self, channel: &str) -> Vec<(String, Value)> {
+        let members = self.members.lock().unwrap_or_else(PoisonError::into_inner);
+        members.get(channel).map(|m| m.iter().map(|(c, i)| (c.clone(), i.clone())).collect()).unwrap_or_default()
+    }
+
+    /// Announces a join or a leave of `client` on `channel`.
+    async fn announce(&self, channel: &str, client: &str, event: &str, info: &Value) {
+        let data = json!({"event": event, "client": client, "info": info});
+        if let Err(e) = self.publish(&format!("presence.{channel}"), data).await {
+            tracing::warn!(target: "platform::hub", error = %e, channel, event, "presence not announced");
+        }
+    }
+
     /// Bytes of frames queued over every connection now.
     pub fn queued_bytes(&self) -> usize {
         self.node_bytes.load(Ordering::Relaxed)
@@ -846,9 +909,16 @@ pub fn asyncapi() -> Value {
     let client = [
         message(
             "subscribe",
-            "Subscribe to a channel or pattern, resuming after `since`",
+            "Subscribe to a channel or pattern, resuming after `since`; on a presence channel, join it with `info`",
             &["op", "channel"],
-            json!({"op": {"const": "subscribe"}, "channel": channel, "since": since}),
+            json!({"op": {"const": "subscribe"}, "channel": channel, "since": since,
+                "info": {"description": "What others see of this client on a presence channel (JSON, up to 1 KiB)"}}),
+        ),
+        message(
+            "presence_query",
+            "Ask who is on a presence channel",
+            &["op", "channel"],
+            json!({"op": {"const": "presence"}, "channel": channel}),
         ),
         message(
             "unsubscribe",
@@ -892,6 +962,13 @@ pub fn asyncapi() -> Value {
         ),
         message("pong", "The answer to ping", &["type"], json!({"type": {"const": "pong"}})),
         message(
+            "presence",
+            "Who is on a presence channel now (joins and leaves are events on presence.<channel>)",
+            &["type", "channel", "clients"],
+            json!({"type": {"const": "presence"}, "channel": channel, "clients": {"type": "array", "items": {"type": "object",
+                "required": ["client"], "properties": {"client": {"type": "string"}, "info": {}}}}}),
+        ),
+        message(
             "error",
             "A frame was refused; the connection stays open",
             &["type", "code", "message"],
@@ -923,7 +1000,8 @@ struct Since {
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 enum ClientFrame {
-    Subscribe { channel: String, since: Option<Since> },
+    Subscribe { channel: String, since: Option<Since>, info: Option<Value> },
+    Presence { channel: String },
     Unsubscribe { channel: String },
     Publish { channel: String, data: Value },
     Ping,
@@ -988,8 +1066,15 @@ async fn upgrade(State(hub): State<Arc<Hub>>, uri: Uri, headers: HeaderMap, ws: 
     ws.max_message_size(backstop).on_upgrade(move |socket| serve(hub, socket))
 }
 
+/// What one connection is: its id for presence and the presence channels it joined.
+struct Session {
+    client: String,
+    joined: Vec<String>,
+}
+
 async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
     let (id, mut rx, queued, kill) = hub.register();
+    let mut session = Session { client: format!("{}-{id}", hub.node), joined: Vec::new() };
     let written = |len: usize| {
         queued.fetch_sub(len, Ordering::Relaxed);
         hub.node_bytes.fetch_sub(len, Ordering::Relaxed);
@@ -1025,7 +1110,7 @@ async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
                         break;
                     }
                     Message::Text(text) => {
-                        if let Some((code, why)) = handle(&hub, id, text.as_str(), &mut socket).await {
+                        if let Some((code, why)) = handle(&hub, id, &mut session, text.as_str(), &mut socket).await {
                             let _ = socket.send(Message::Close(Some(CloseFrame { code, reason: why.into() }))).await;
                             break;
                         }
@@ -1041,6 +1126,9 @@ async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
         }
     }
     hub.unregister(id);
+    for channel in std::mem::take(&mut session.joined) {
+        hub.announce(&channel, &session.client, "leave", &Value::Null).await;
+    }
     // What it still had queued is given back.
     rx.close();
     while let Ok(out) = rx.try_recv() {
@@ -1051,7 +1139,13 @@ async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
 }
 
 /// Handles one client frame; `Some` closes the connection with that code.
-async fn handle(hub: &Hub, id: u64, text: &str, socket: &mut WebSocket) -> Option<(u16, &'static str)> {
+async fn handle(
+    hub: &Hub,
+    id: u64,
+    session: &mut Session,
+    text: &str,
+    socket: &mut WebSocket,
+) -> Option<(u16, &'static str)> {
     let reply = |v: Value| Message::Text(v.to_string().into());
     let error = |code: &str, message: String| reply(json!({"type": "error", "code": code, "message": message}));
     let frame: ClientFrame = match serde_json::from_str(text) {
@@ -1062,7 +1156,9 @@ async fn handle(hub: &Hub, id: u64, text: &str, socket: &mut WebSocket) -> Optio
         }
     };
     let asked = match &frame {
-        ClientFrame::Subscribe { channel, .. } => Some((channel, Access::Subscribe)),
+        ClientFrame::Subscribe { channel, .. } | ClientFrame::Presence { channel } => {
+            Some((channel, Access::Subscribe))
+        }
         ClientFrame::Publish { channel, .. } => Some((channel, Access::Publish)),
         ClientFrame::Unsubscribe { .. } | ClientFrame::Ping => None,
     };
@@ -1076,17 +1172,41 @@ async fn handle(hub: &Hub, id: u64, text: &str, socket: &mut WebSocket) -> Optio
         ClientFrame::Ping => {
             let _ = socket.send(reply(json!({"type": "pong"}))).await;
         }
-        ClientFrame::Subscribe { channel, since } => match Pattern::parse(&channel) {
+        ClientFrame::Subscribe { channel, since, info } => match Pattern::parse(&channel) {
             Err(e) => {
                 let _ = socket.send(error("bad_channel", e.to_string())).await;
             }
-            Ok(pattern) => match hub.subscribe(id, pattern, since).await {
-                Ok(()) => {}
-                Err("too many subscriptions") => return Some((1008, "too many subscriptions")),
-                Err(_) => return Some((CLOSE_TOO_SLOW, "too slow: resubscribe with since")),
-            },
+            Ok(_) if info.as_ref().is_some_and(|i| i.to_string().len() > 1024) => {
+                let _ = socket.send(error("invalid_input", "info is over 1 KiB".to_owned())).await;
+            }
+            Ok(pattern) => {
+                let joins = !pattern.is_wildcard() && hub.config.has_presence(&channel);
+                match hub.subscribe(id, pattern, since).await {
+                    Ok(()) => {}
+                    Err("too many subscriptions") => return Some((1008, "too many subscriptions")),
+                    Err(_) => return Some((CLOSE_TOO_SLOW, "too slow: resubscribe with since")),
+                }
+                if joins && !session.joined.contains(&channel) {
+                    hub.announce(&channel, &session.client, "join", &info.unwrap_or(Value::Null)).await;
+                    session.joined.push(channel);
+                }
+            }
         },
+        ClientFrame::Presence { channel } => {
+            let answer = if hub.config.has_presence(&channel) {
+                let clients: Vec<Value> =
+                    hub.presence(&channel).into_iter().map(|(c, i)| json!({"client": c, "info": i})).collect();
+                reply(json!({"type": "presence", "channel": channel, "clients": clients}))
+            } else {
+                error("invalid_input", format!("presence is off for {channel:?}"))
+            };
+            let _ = socket.send(answer).await;
+        }
         ClientFrame::Unsubscribe { channel } => {
+            if let Some(at) = session.joined.iter().position(|c| *c == channel) {
+                session.joined.remove(at);
+                hub.announce(&channel, &session.client, "leave", &Value::Null).await;
+            }
             hub.unsubscribe(id, &channel);
             let _ = socket.send(reply(json!({"type": "unsubscribed", "channel": channel}))).await;
         }

@@ -652,6 +652,61 @@ async fn a_reconnect_storm_of_5000_clients_all_recover() {
     eprintln!("reconnect storm: {clients} clients resumed in {:?}", started.elapsed());
 }
 
+/// Presence across two nodes on one Redis: a client that subscribes to a presence
+/// channel by name joins it with its info, a watcher on the other node gets the join
+/// and the leave as events on `presence.<channel>`, and a `presence` frame on either
+/// node lists who is there; a wildcard subscription and a channel without presence
+/// join nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_joins_and_leaves_across_nodes() {
+    let Some(url) = platform_core::testkit::server_url("REDIS") else { return };
+    let room = platform_core::testkit::unique_ident("room");
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        let config = HubConfig::new(KEY).with_presence(&[&format!("{room}.*")]).unwrap();
+        let hub = Hub::start(open_broadcast(&url).await.unwrap(), config).await.unwrap();
+        let (ws_url, _) = serve(&hub).await;
+        nodes.push((hub, ws_url));
+    }
+    let mut watcher = connect(&nodes[0].1).await;
+    send(&mut watcher, json!({"op": "subscribe", "channel": format!("presence.{room}.1")})).await;
+    assert_eq!(next(&mut watcher).await["type"], "subscribed");
+
+    let mut bob = connect(&nodes[1].1).await;
+    send(&mut bob, json!({"op": "subscribe", "channel": format!("{room}.>")})).await; // a wildcard: no join
+    assert_eq!(next(&mut bob).await["type"], "subscribed");
+    let channel = format!("{room}.1");
+    send(&mut bob, json!({"op": "subscribe", "channel": channel, "info": {"name": "bob"}})).await;
+    assert_eq!(next(&mut bob).await["type"], "subscribed");
+    let join = next(&mut watcher).await;
+    assert_eq!(join["channel"], format!("presence.{room}.1"), "{join}");
+    assert_eq!(join["data"]["event"], "join");
+    assert_eq!(join["data"]["info"]["name"], "bob");
+    let client = join["data"]["client"].clone();
+
+    for (hub, ws_url) in &nodes {
+        platform_core::testkit::eventually(WAIT, || async { (hub.presence(&channel).len() == 1).then_some(()) })
+            .await
+            .unwrap();
+        let mut asker = connect(ws_url).await;
+        send(&mut asker, json!({"op": "presence", "channel": channel})).await;
+        let answer = next(&mut asker).await;
+        assert_eq!(answer["clients"], json!([{"client": client, "info": {"name": "bob"}}]), "{answer}");
+        send(&mut asker, json!({"op": "presence", "channel": "elsewhere.1"})).await;
+        assert_eq!(next(&mut asker).await["type"], "error", "no presence on that channel");
+    }
+
+    drop(bob); // the socket goes: a leave
+    let leave = next(&mut watcher).await;
+    assert_eq!(leave["data"]["event"], "leave", "{leave}");
+    assert_eq!(leave["data"]["client"], client);
+    for (hub, _) in &nodes {
+        platform_core::testkit::eventually(WAIT, || async { hub.presence(&channel).is_empty().then_some(()) })
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_log_urls_are_checked() {
     use platform_events::hub::open_log;
@@ -676,10 +731,12 @@ async fn the_frames_are_an_asyncapi_document() {
     let doc: Value = reqwest::get(&http).await.unwrap().json().await.unwrap();
     assert_eq!(doc["asyncapi"], "3.0.0");
     assert_eq!(doc["channels"]["ws"]["address"], "/ws");
-    for m in ["subscribe", "unsubscribe", "publish", "ping", "event", "subscribed", "published", "pong", "error"] {
+    let all =
+        ["subscribe", "unsubscribe", "publish", "ping", "presence_query", "event", "subscribed", "published", "pong"];
+    for m in all.iter().chain(&["presence", "error"]) {
         assert!(doc["channels"]["ws"]["messages"][m]["payload"].is_object(), "{m}");
     }
-    assert_eq!(doc["operations"]["clientFrames"]["messages"].as_array().unwrap().len(), 4);
+    assert_eq!(doc["operations"]["clientFrames"]["messages"].as_array().unwrap().len(), 5);
 }
 
 const PAGE: &str = r#"<!doctype html><html><head><title>hub page</title></head><body>
