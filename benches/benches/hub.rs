@@ -9,41 +9,17 @@
 //! `cargo bench -p platform-benches --bench hub -- [SUBSCRIBERS] [MESSAGES] [RATE]`
 //! (defaults 1000, 100, 10).
 
+mod floor_hub;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::extract::ws::{Message as AxMessage, WebSocket, WebSocketUpgrade};
-use axum::routing::get;
 use futures::{SinkExt as _, StreamExt as _};
 use platform_events::hub::{Hub, HubConfig};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
 const KEY: &str = "bench-key";
-
-/// The floor: every client gets every payload of one broadcast channel.
-async fn floor_ws(
-    State(tx): State<tokio::sync::broadcast::Sender<String>>,
-    ws: WebSocketUpgrade,
-) -> axum::response::Response {
-    ws.on_upgrade(move |socket: WebSocket| async move {
-        let mut rx = tx.subscribe();
-        let (mut sink, _stream) = socket.split();
-        while let Ok(text) = rx.recv().await {
-            if sink.send(AxMessage::Text(text.into())).await.is_err() {
-                break;
-            }
-        }
-    })
-}
-
-async fn serve(app: axum::Router) -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let url = format!("ws://{}/ws", listener.local_addr().expect("addr"));
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    url
-}
 
 /// Connects `n` clients (subscribing when `subscribe`), then returns their receive
 /// tasks: each collects the latency of `messages` deliveries.
@@ -81,7 +57,17 @@ async fn clients(
     tasks
 }
 
-fn report(name: &str, n: usize, messages: usize, lats: Vec<Vec<f64>>) {
+/// CPU seconds this process has used (clients and server: they share it), from
+/// `/proc/self/stat` in clock ticks of 10 ms.
+fn cpu_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    ticks as f64 / 100.0
+}
+
+fn report(name: &str, n: usize, messages: usize, lats: Vec<Vec<f64>>, cpu: f64) {
     let delivered: usize = lats.iter().map(Vec::len).sum();
     let mut all: Vec<f64> = lats.into_iter().flatten().collect();
     all.sort_by(f64::total_cmp);
@@ -89,7 +75,7 @@ fn report(name: &str, n: usize, messages: usize, lats: Vec<Vec<f64>>) {
         all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
     };
     println!(
-        "{name:<8} {n:>6} {:>9.1} % {:>9.3} {:>9.3} {:>9.3}",
+        "{name:<8} {n:>6} {:>9.1} % {:>9.3} {:>9.3} {:>9.3} {cpu:>9.2}",
         delivered as f64 * 100.0 / (n * messages) as f64,
         pick(0.5),
         pick(0.99),
@@ -105,30 +91,38 @@ fn main() {
         args.get(2).copied().unwrap_or(10),
     );
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
-    println!("{:<8} {:>6} {:>11} {:>9} {:>9} {:>9}", "hub", "subs", "delivered", "p50 ms", "p99 ms", "max ms");
+    println!(
+        "{:<8} {:>6} {:>11} {:>9} {:>9} {:>9} {:>9}",
+        "hub", "subs", "delivered", "p50 ms", "p99 ms", "max ms", "cpu s"
+    );
     rt.block_on(async {
         let started = Arc::new(Instant::now());
         let interval = Duration::from_secs_f64(1.0 / rate as f64);
         // The floor.
         let (tx, _) = tokio::sync::broadcast::channel::<String>(4096);
-        let url = serve(axum::Router::new().route("/ws", get(floor_ws)).with_state(tx.clone())).await;
+        let url = floor_hub::floor(&tx).await;
         let tasks = clients(&url, n, messages, false, Arc::clone(&started)).await;
+        let cpu = cpu_secs();
         for _ in 0..messages {
             let _ = tx.send(json!({"t": started.elapsed().as_secs_f64() * 1000.0}).to_string());
             tokio::time::sleep(interval).await;
         }
         let lats = futures::future::join_all(tasks).await.into_iter().map(|r| r.expect("client")).collect();
-        report("floor", n, messages, lats);
+        report("floor", n, messages, lats, cpu_secs() - cpu);
+        // The floor's connections end, so their sockets are not held through the next run.
+        let _ = tx.send(floor_hub::BYE.to_owned());
+        tokio::time::sleep(Duration::from_secs(2)).await;
         // Ours, over the memory broadcast.
         let broadcast = platform_events::open_broadcast("memory://bench-hub?buffer=4096").await.expect("broadcast");
         let hub = Hub::start(broadcast, HubConfig::new(KEY)).await.expect("hub");
-        let url = serve(hub.routes()).await;
+        let url = floor_hub::serve(hub.routes()).await;
         let tasks = clients(&url, n, messages, true, Arc::clone(&started)).await;
+        let cpu = cpu_secs();
         for _ in 0..messages {
             hub.publish("bench", json!({"t": started.elapsed().as_secs_f64() * 1000.0})).await.expect("publish");
             tokio::time::sleep(interval).await;
         }
         let lats = futures::future::join_all(tasks).await.into_iter().map(|r| r.expect("client")).collect();
-        report("platform", n, messages, lats);
+        report("platform", n, messages, lats, cpu_secs() - cpu);
     });
 }

@@ -69,6 +69,8 @@ use crate::channel::{Pattern, validate_channel};
 
 /// The subprotocol a browser offers beside `key.<key>`, echoed by the hub.
 pub const SUBPROTOCOL: &str = "platform-ws";
+/// Bytes a connection's read buffer starts from.
+const READ_BUFFER: usize = 4 * 1024;
 /// Close code for a client that fell behind its queue.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
 
@@ -1063,7 +1065,9 @@ async fn upgrade(State(hub): State<Arc<Hub>>, uri: Uri, headers: HeaderMap, ws: 
     let ws = if by_protocol { ws.protocols([SUBPROTOCOL]) } else { ws };
     // The library's own limit is a backstop; frames over `max_frame` get a close 1009.
     let backstop = hub.config.max_frame.saturating_mul(16).max(1 << 20);
-    ws.max_message_size(backstop).on_upgrade(move |socket| serve(hub, socket))
+    // A small read buffer (tungstenite's default is 128 KiB, taken on the first read):
+    // client frames are small, and idle connections are most of a hub's memory.
+    ws.max_message_size(backstop).read_buffer_size(READ_BUFFER).on_upgrade(move |socket| serve(hub, socket))
 }
 
 /// What one connection is: its id for presence and the presence channels it joined.
