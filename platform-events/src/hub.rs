@@ -42,10 +42,15 @@
 //!   reaches this node's clients, and the hub's health check (for `/readyz`) fails;
 //!   the broadcast subscribes again by itself, and the node starts a new epoch. Over a
 //!   shared log a publish needs the log (its offset comes from there) and fails.
+//! - **Jobs** (optional, [`HubConfig::with_jobs`]): a publish on `jobs.enqueue`
+//!   enqueues a job on platform-queue and answers with its id; the worker reports with
+//!   [`Hub::job_event`], which clients see on `jobs.<id>.events` and `jobs.events`.
 //! - **Presence** (optional, [`HubConfig::with_presence`]): joins and leaves are
 //!   events on `presence.<channel>`, so they travel, resume and are authorized like any
 //!   other; `{"op":"presence","channel":…}` answers with who is there.
-//! - **Close codes**: 4008 too slow, 1008 too many subscriptions, 1009 frame too large,
+//! - **Heartbeat**: the hub pings every 25 s and closes with 4009 a connection that
+//!   sent nothing, not even a pong, for 35 s ([`HubConfig::with_heartbeat`]).
+//! - **Close codes**: 4008 too slow, 4009 no pong, 1008 too many subscriptions, 1009 frame too large,
 //!   1003 binary frames.
 
 use std::collections::VecDeque;
@@ -73,6 +78,8 @@ pub const SUBPROTOCOL: &str = "platform-ws";
 const READ_BUFFER: usize = 4 * 1024;
 /// Close code for a client that fell behind its queue.
 pub const CLOSE_TOO_SLOW: u16 = 4008;
+/// Close code for a client that answered no ping in time.
+pub const CLOSE_NO_PONG: u16 = 4009;
 
 /// What a client asks to do on a channel, for the [`Authorizer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,12 +108,15 @@ pub struct HubConfig {
     queue: usize,
     max_subscriptions: usize,
     max_frame: usize,
+    ping_every: std::time::Duration,
+    pong_within: std::time::Duration,
     max_queued_bytes: usize,
     max_node_bytes: usize,
     droppable: Vec<Pattern>,
     presence: Vec<Pattern>,
     authorizer: Option<Authorizer>,
     hooks: Vec<(String, PublishHook)>,
+    jobs: Option<Arc<dyn platform_queue::Queue>>,
 }
 
 impl fmt::Debug for HubConfig {
@@ -131,12 +141,15 @@ impl HubConfig {
             queue: 1024,
             max_subscriptions: 100,
             max_frame: 64 * 1024,
+            ping_every: std::time::Duration::from_secs(25),
+            pong_within: std::time::Duration::from_secs(10),
             max_queued_bytes: 4 * 1024 * 1024,
             max_node_bytes: 256 * 1024 * 1024,
             droppable: vec![Pattern::parse("system.logs").expect("a pattern")],
             presence: Vec::new(),
             authorizer: None,
             hooks: Vec::new(),
+            jobs: None,
         }
     }
 
@@ -181,6 +194,15 @@ impl HubConfig {
         self
     }
 
+    /// Jobs over `queue`: a client's publish on `jobs.enqueue` enqueues its `data` as
+    /// a job (see [`Hub::enqueue_job`]) and is answered with the job's id; the job's
+    /// events follow on `jobs.<id>.events` and `jobs.events`.
+    #[must_use]
+    pub fn with_jobs(mut self, queue: Arc<dyn platform_queue::Queue>) -> Self {
+        self.jobs = Some(queue);
+        self
+    }
+
     /// Handles publishes on `channel` with `hook` instead of broadcasting them (see
     /// [`PublishHook`]).
     #[must_use]
@@ -197,6 +219,15 @@ impl HubConfig {
     #[must_use]
     pub fn with_history(mut self, events: usize) -> Self {
         self.history = events.max(1);
+        self
+    }
+
+    /// Pings every connection every `every` (default 25 s) and closes with 4009 one
+    /// that sent nothing, not even a pong, for `every + within` (default 10 s more).
+    #[must_use]
+    pub fn with_heartbeat(mut self, every: std::time::Duration, within: std::time::Duration) -> Self {
+        self.ping_every = every.max(std::time::Duration::from_millis(10));
+        self.pong_within = within;
         self
     }
 
@@ -830,6 +861,43 @@ impl Hub {
         }
     }
 
+    /// Enqueues `data` as a job on `queue` (a JSON body with the `job-id` header) and
+    /// announces it `queued` on `jobs.<id>.events` and `jobs.events`; returns its id.
+    /// The worker reads the id with [`job_id`] and reports with
+    /// [`job_event`](Self::job_event).
+    pub async fn enqueue_job(&self, queue: &dyn platform_queue::Queue, data: Value) -> Result<String> {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let message = platform_queue::Message::json(&data)?.with_header(JOB_ID_HEADER, id.clone());
+        queue.send(message).await?;
+        self.job_event(&id, JobEvent::Queued).await?;
+        Ok(id)
+    }
+
+    /// Publishes what happened to job `id` on `jobs.<id>.events` and `jobs.events`:
+    /// `{"job_id", "state", "progress"?, "result"?, "error"?}`.
+    pub async fn job_event(&self, id: &str, event: JobEvent) -> Result<()> {
+        let mut data = json!({"job_id": id});
+        let state = match event {
+            JobEvent::Queued => "queued",
+            JobEvent::Running => "running",
+            JobEvent::Progress(p) => {
+                data["progress"] = json!(p.min(100));
+                "progress"
+            }
+            JobEvent::Succeeded(result) => {
+                data["result"] = result;
+                "succeeded"
+            }
+            JobEvent::Failed(error) => {
+                data["error"] = json!(error);
+                "failed"
+            }
+        };
+        data["state"] = json!(state);
+        self.publish(&format!("jobs.{id}.events"), data.clone()).await?;
+        self.publish("jobs.events", data).await
+    }
+
     /// Bytes of frames queued over every connection now.
     pub fn queued_bytes(&self) -> usize {
         self.node_bytes.load(Ordering::Relaxed)
@@ -984,7 +1052,7 @@ pub fn asyncapi() -> Value {
     json!({
         "asyncapi": "3.0.0",
         "info": {"title": "The /ws contract", "version": "1",
-            "description": "Authenticated by the shared key: query key=, header X-Shared-Key, Authorization: Bearer, or the subprotocols platform-ws and key.<key>. Close codes: 4008 too slow, 1008 too many subscriptions, 1009 frame too large, 1003 binary frames."},
+            "description": "Authenticated by the shared key: query key=, header X-Shared-Key, Authorization: Bearer, or the subprotocols platform-ws and key.<key>. Close codes: 4008 too slow, 4009 no pong, 1008 too many subscriptions, 1009 frame too large, 1003 binary frames."},
         "channels": {"ws": {"address": "/ws", "messages": all}},
         "operations": {
             "clientFrames": {"action": "receive", "channel": {"$ref": "#/channels/ws"}, "messages": refs(&client)},
@@ -1070,6 +1138,32 @@ async fn upgrade(State(hub): State<Arc<Hub>>, uri: Uri, headers: HeaderMap, ws: 
     ws.max_message_size(backstop).read_buffer_size(READ_BUFFER).on_upgrade(move |socket| serve(hub, socket))
 }
 
+/// The channel whose publishes enqueue jobs (with [`HubConfig::with_jobs`]).
+pub const JOBS_ENQUEUE: &str = "jobs.enqueue";
+/// The queue message header carrying a job's id.
+pub const JOB_ID_HEADER: &str = "job-id";
+
+/// What happened to a job, for [`Hub::job_event`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum JobEvent {
+    /// Enqueued.
+    Queued,
+    /// A worker took it.
+    Running,
+    /// This far along, in percent.
+    Progress(u8),
+    /// Done, with its result (a download URL, a count).
+    Succeeded(Value),
+    /// Given up, with the reason.
+    Failed(String),
+}
+
+/// The id of the job a queue delivery carries (see [`Hub::enqueue_job`]).
+pub fn job_id(delivery: &platform_queue::Delivery) -> Option<&str> {
+    delivery.header(JOB_ID_HEADER)
+}
+
 /// What one connection is: its id for presence and the presence channels it joined.
 struct Session {
     client: String,
@@ -1083,9 +1177,23 @@ async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
         queued.fetch_sub(len, Ordering::Relaxed);
         hub.node_bytes.fetch_sub(len, Ordering::Relaxed);
     };
+    let (every, within) = (hub.config.ping_every, hub.config.pong_within);
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
             () = kill.cancelled() => break,
+            _ = heartbeat.tick() => {
+                if heard.elapsed() > every + within {
+                    let close = CloseFrame { code: CLOSE_NO_PONG, reason: "no pong".into() };
+                    let _ = tokio::time::timeout(within, socket.send(Message::Close(Some(close)))).await;
+                    break;
+                }
+                match tokio::time::timeout(within, socket.send(Message::Ping(Bytes::new()))).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+            }
             out = rx.recv() => match out {
                 Some(Outgoing::Frame(f)) => {
                     let len = f.len();
@@ -1107,6 +1215,7 @@ async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
             },
             incoming = socket.recv() => {
                 let Some(Ok(msg)) = incoming else { break };
+                heard = tokio::time::Instant::now();
                 match msg {
                     Message::Text(text) if text.len() > hub.config.max_frame => {
                         let close = CloseFrame { code: 1009, reason: "frame too large".into() };
@@ -1216,9 +1325,12 @@ async fn handle(
         }
         ClientFrame::Publish { channel, data } => {
             let hook = hub.config.hooks.iter().find(|(c, _)| *c == channel).map(|(_, h)| Arc::clone(h));
-            let done = match hook {
-                Some(hook) => hook(data).await.map(Some),
-                None => hub.publish(&channel, data).await.map(|()| None),
+            let done = match (hook, &hub.config.jobs) {
+                (Some(hook), _) => hook(data).await.map(Some),
+                (None, Some(queue)) if channel == JOBS_ENQUEUE => {
+                    hub.enqueue_job(&**queue, data).await.map(|id| Some(json!({"job_id": id})))
+                }
+                (None, _) => hub.publish(&channel, data).await.map(|()| None),
             };
             let answer = match done {
                 Ok(None) => reply(json!({"type": "published", "channel": channel})),

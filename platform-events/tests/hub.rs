@@ -707,6 +707,134 @@ async fn presence_joins_and_leaves_across_nodes() {
     }
 }
 
+/// A client enqueues a job by publishing on `jobs.enqueue` (answered with its id), a
+/// worker on platform-queue takes it and reports, and the client sees `queued`,
+/// `running`, progress and `succeeded` on `jobs.<id>.events`, in order, as does a
+/// watcher of `jobs.events`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_enqueued_over_ws_reports_on_its_channel() {
+    use platform_events::hub::{JobEvent, job_id};
+    let queue: Arc<dyn platform_queue::Queue> = Arc::new(
+        platform_queue::memory::MemoryQueue::from_url(&format!(
+            "memory://{}",
+            platform_core::testkit::unique_ident("jobs")
+        ))
+        .unwrap(),
+    );
+    let (hub, url) = start(HubConfig::new(KEY).with_jobs(Arc::clone(&queue))).await;
+    let mut watcher = connect(&url).await;
+    send(&mut watcher, json!({"op": "subscribe", "channel": "jobs.events"})).await;
+    assert_eq!(next(&mut watcher).await["type"], "subscribed");
+    let mut ws = connect(&url).await;
+    send(&mut ws, json!({"op": "subscribe", "channel": "jobs.*.events"})).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    send(&mut ws, json!({"op": "publish", "channel": "jobs.enqueue", "data": {"export": "todos"}})).await;
+    let answer = next(&mut ws).await;
+    assert_eq!(answer["type"], "published", "{answer}");
+    let id = answer["result"]["job_id"].as_str().unwrap().to_owned();
+
+    // The worker.
+    let job = queue.receive(platform_queue::ReceiveOptions::new(1, WAIT)).await.unwrap().pop().expect("the job");
+    assert_eq!(job_id(&job), Some(id.as_str()));
+    assert_eq!(serde_json::from_slice::<Value>(job.body()).unwrap(), json!({"export": "todos"}));
+    hub.job_event(&id, JobEvent::Running).await.unwrap();
+    hub.job_event(&id, JobEvent::Progress(50)).await.unwrap();
+    hub.job_event(&id, JobEvent::Succeeded(json!({"url": "/exports/1"}))).await.unwrap();
+    job.ack().await.unwrap();
+
+    for client in [&mut ws, &mut watcher] {
+        let mut states = Vec::new();
+        for _ in 0..4 {
+            let e = next(client).await;
+            assert_eq!(e["data"]["job_id"], id.as_str(), "{e}");
+            states.push(e["data"]["state"].as_str().unwrap().to_owned());
+            if e["data"]["state"] == "succeeded" {
+                assert_eq!(e["data"]["result"]["url"], "/exports/1");
+            }
+        }
+        assert_eq!(states, ["queued", "running", "progress", "succeeded"]);
+    }
+}
+
+/// A client that answers no ping is closed with 4009. It is a raw socket that never
+/// writes after the handshake (a WebSocket client library answers pings as it reads),
+/// and reads what the server sent until the server lets go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_answers_no_ping_is_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let config = HubConfig::new(KEY).with_heartbeat(Duration::from_millis(200), Duration::from_millis(300));
+    let (hub, url) = start(config).await;
+    let addr = url.trim_start_matches("ws://").trim_end_matches("/ws").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let upgrade = format!(
+        "GET /ws?key={KEY} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(upgrade.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(WAIT, tcp.read_to_end(&mut got)).await.expect("the server lets go").ok();
+    let head_end = got.windows(4).position(|w| w == b"\r\n\r\n").expect("a handshake answer") + 4;
+    assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got[..head_end]));
+    // Server frames: [opcode | FIN, length < 126, payload]; pings (0x89), then a close (0x88).
+    let (mut at, mut pings, mut code) = (head_end, 0, None);
+    while at + 2 <= got.len() {
+        let (op, len) = (got[at], usize::from(got[at + 1]));
+        match op {
+            0x89 => pings += 1,
+            0x88 => code = Some(u16::from_be_bytes([got[at + 2], got[at + 3]])),
+            other => panic!("unexpected frame {other:#x}"),
+        }
+        at += 2 + len;
+    }
+    assert!(pings >= 1, "pinged first");
+    assert_eq!(code, Some(platform_events::hub::CLOSE_NO_PONG));
+    assert_eq!(hub.connections(), 0);
+    // One that reads answers the pings and stays.
+    let mut ws = connect(&url).await;
+    send(&mut ws, json!({"op": "subscribe", "channel": "jobs.>"})).await;
+    assert_eq!(next(&mut ws).await["type"], "subscribed");
+    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    while let Ok(frame) = tokio::time::timeout_at(until, ws.next()).await {
+        assert!(matches!(frame, Some(Ok(Message::Ping(_)))), "{frame:?}");
+    }
+    assert_eq!(hub.connections(), 1, "a client that answers stays");
+}
+
+/// A resume in the middle of a stream of 5,000 events per second: from `since` on,
+/// every offset once and in order, across the switch from history to live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_mid_stream_at_5000_events_per_second_has_no_gap() {
+    let (hub, url) = start(HubConfig::new(KEY)).await;
+    let total = 10_000_u64;
+    let publisher = {
+        let hub = Arc::clone(&hub);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(10));
+            for batch in 0..total / 50 {
+                tick.tick().await;
+                for i in 0..50 {
+                    hub.publish("jobs.1.events", json!(batch * 50 + i)).await.unwrap();
+                }
+            }
+        })
+    };
+    platform_core::testkit::eventually(WAIT, || async { (hub.position().1 >= 2000).then_some(()) }).await.unwrap();
+    let (epoch, at) = hub.position();
+    let since = at - 1000;
+    let mut ws = connect(&url).await;
+    send(&mut ws, json!({"op": "subscribe", "channel": "jobs.>", "since": {"epoch": epoch, "offset": since}})).await;
+    let answer = next(&mut ws).await;
+    assert_eq!(answer["recovered"], true, "{answer}");
+    let mut expected = since + 1;
+    while expected <= total {
+        let e = next(&mut ws).await;
+        assert_eq!(e["offset"].as_u64().unwrap(), expected, "every offset once, in order");
+        assert_eq!(e["data"].as_u64().unwrap(), expected - 1);
+        expected += 1;
+    }
+    publisher.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hub_log_urls_are_checked() {
     use platform_events::hub::open_log;
