@@ -122,35 +122,10 @@ impl MysqlQueue {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await.map_err(map_err)?;
         }
-        add_order_key(&pool).await?;
         let (version,): (String,) = sqlx::query_as("SELECT VERSION()").fetch_one(&pool).await.map_err(map_err)?;
         let returning = takes_returning(&version);
         Self::new(MysqlStore { pool, location, notify: Notify::new(), returning }, u.options).map(QueueHandle::new)
     }
-}
-
-/// Adds the `order_key` column and its index to a table made before they existed
-/// (another process may add them at the same time).
-async fn add_order_key(pool: &sqlx::MySqlPool) -> Result<()> {
-    let has = || {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM information_schema.columns
-             WHERE table_schema = DATABASE() AND table_name = 'platform_queue_messages' AND column_name = 'order_key'",
-        )
-        .fetch_one(pool)
-    };
-    if has().await.map_err(map_err)? == 0
-        && let Err(e) = sqlx::query(
-            "ALTER TABLE platform_queue_messages ADD COLUMN order_key VARCHAR(128) NULL,
-             ADD INDEX platform_queue_order (queue, order_key, seq)",
-        )
-        .execute(pool)
-        .await
-        && has().await.map_err(map_err)? == 0
-    {
-        return Err(map_err(e));
-    }
-    Ok(())
 }
 
 /// Whether a server of `version` (as `SELECT VERSION()` gives it) takes

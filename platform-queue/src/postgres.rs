@@ -51,8 +51,6 @@ const SCHEMA: &[&str] = &[
         first_failure BIGINT,
         created_at BIGINT NOT NULL,
         order_key TEXT)",
-    // Tables made before order keys existed gain the column.
-    "ALTER TABLE platform_queue_messages ADD COLUMN IF NOT EXISTS order_key TEXT",
     "CREATE INDEX IF NOT EXISTS platform_queue_ready ON platform_queue_messages (queue, visible_at, seq)",
     "CREATE INDEX IF NOT EXISTS platform_queue_order ON platform_queue_messages (queue, order_key, seq)
         WHERE order_key IS NOT NULL",

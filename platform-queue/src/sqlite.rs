@@ -43,6 +43,8 @@ const SCHEMA: &[&str] = &[
         created_at INTEGER NOT NULL,
         order_key TEXT)",
     "CREATE INDEX IF NOT EXISTS platform_queue_ready ON platform_queue_messages (queue, visible_at, seq)",
+    "CREATE INDEX IF NOT EXISTS platform_queue_order ON platform_queue_messages (queue, order_key, seq)
+        WHERE order_key IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS platform_queue_dedup (
         queue TEXT NOT NULL,
         dedup_key TEXT NOT NULL,
@@ -114,34 +116,8 @@ impl SqliteQueue {
         for stmt in SCHEMA {
             sqlx::query(*stmt).execute(&pool).await.map_err(map_err)?;
         }
-        add_order_key(&pool).await?;
         Self::new(SqliteStore { pool, location, notify: Notify::new() }, u.options).map(QueueHandle::new)
     }
-}
-
-/// Adds the `order_key` column to a table made before it existed (another process
-/// may add it at the same time), and its index.
-async fn add_order_key(pool: &SqlitePool) -> Result<()> {
-    let has = || {
-        sqlx::query_scalar::<_, i64>(
-            "SELECT COUNT(*) FROM pragma_table_info('platform_queue_messages') WHERE name = 'order_key'",
-        )
-        .fetch_one(pool)
-    };
-    if has().await.map_err(map_err)? == 0
-        && let Err(e) = sqlx::query("ALTER TABLE platform_queue_messages ADD COLUMN order_key TEXT").execute(pool).await
-        && has().await.map_err(map_err)? == 0
-    {
-        return Err(map_err(e));
-    }
-    sqlx::query(
-        "CREATE INDEX IF NOT EXISTS platform_queue_order ON platform_queue_messages (queue, order_key, seq)
-         WHERE order_key IS NOT NULL",
-    )
-    .execute(pool)
-    .await
-    .map_err(map_err)?;
-    Ok(())
 }
 
 impl SqliteStore {
