@@ -1,0 +1,194 @@
+//! Signed ingest (`POST /v1/ingest/{endpoint_id}`): Standard Webhooks signatures.
+//!
+//! A request carries `webhook-id`, `webhook-timestamp` (seconds since the epoch) and
+//! `webhook-signature` (`v1,<base64 HMAC-SHA256>`, several separated by spaces while a
+//! sender rotates). The signed content is `{id}.{timestamp}.{body}` over the raw body
+//! bytes (not UTF-8 is fine). Each endpoint has one or more secrets (`whsec_<base64>`):
+//! several are active while one replaces another. A timestamp more than 5 minutes from
+//! now (either way) is refused, and so is an id seen before within 10 minutes (the
+//! [`ReplayGuard`]), so a captured request cannot be sent again.
+//!
+//! The endpoint is the request path's last segment. A request with none of the three
+//! headers is [`AuthOutcome::Absent`]; one with some of them is judged, and refused
+//! unless everything holds.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use base64::Engine as _;
+use hmac::{Hmac, Mac as _};
+use platform_core::{Error, Result, Secret};
+use sha2::Sha256;
+
+use crate::{AuthOutcome, Authenticator, Principal, RequestParts, unauthenticated};
+
+/// How far a timestamp may be from now, either way.
+pub const TOLERANCE: Duration = Duration::from_secs(300);
+
+/// An endpoint's secrets. Errors reaching the store are `Unavailable`.
+#[async_trait]
+pub trait IngestSecrets: std::fmt::Debug + Send + Sync {
+    /// The active secrets of `endpoint` (raw key bytes); none when it is unknown.
+    async fn secrets(&self, endpoint: &str) -> Result<Vec<Secret<Vec<u8>>>>;
+}
+
+/// Remembers message ids, so each is taken once.
+#[async_trait]
+pub trait ReplayGuard: std::fmt::Debug + Send + Sync {
+    /// `true` the first time `id` is seen in `scope` within `ttl`, `false` after.
+    async fn first_seen(&self, scope: &str, id: &str, ttl: Duration) -> Result<bool>;
+}
+
+/// Endpoint secrets in process.
+#[derive(Debug, Default)]
+pub struct MemorySecrets {
+    by_endpoint: Mutex<HashMap<String, Vec<Secret<Vec<u8>>>>>,
+}
+
+impl MemorySecrets {
+    /// Sets the active secrets of `endpoint` (`whsec_<base64>`, the Standard Webhooks
+    /// form, or the raw base64).
+    pub fn set(&self, endpoint: &str, secrets: &[&str]) -> Result<()> {
+        let decoded = secrets.iter().map(|s| decode_secret(s)).collect::<Result<Vec<_>>>()?;
+        self.by_endpoint.lock().unwrap_or_else(PoisonError::into_inner).insert(endpoint.to_owned(), decoded);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl IngestSecrets for MemorySecrets {
+    async fn secrets(&self, endpoint: &str) -> Result<Vec<Secret<Vec<u8>>>> {
+        let all = self.by_endpoint.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(all.get(endpoint).map(|s| s.iter().map(|k| Secret::new(k.expose().clone())).collect()).unwrap_or_default())
+    }
+}
+
+/// A secret's key bytes from `whsec_<base64>` (or bare base64).
+pub fn decode_secret(secret: &str) -> Result<Secret<Vec<u8>>> {
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .ok()
+        .filter(|k| k.len() >= 16)
+        .map(Secret::new)
+        .ok_or_else(|| Error::invalid_input("an ingest secret must be whsec_ and base64 of at least 16 bytes"))
+}
+
+/// Message ids in process, forgotten after their time.
+#[derive(Debug, Default)]
+pub struct MemoryReplayGuard {
+    seen: Mutex<HashMap<(String, String), i64>>,
+}
+
+#[async_trait]
+impl ReplayGuard for MemoryReplayGuard {
+    async fn first_seen(&self, scope: &str, id: &str, ttl: Duration) -> Result<bool> {
+        let now = platform_core::clock::now_ms();
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        if seen.len() > 10_000 {
+            seen.retain(|_, until| *until > now);
+        }
+        let until = now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        match seen.get_mut(&(scope.to_owned(), id.to_owned())) {
+            Some(held) if *held > now => Ok(false),
+            Some(held) => {
+                *held = until;
+                Ok(true)
+            }
+            None => {
+                seen.insert((scope.to_owned(), id.to_owned()), until);
+                Ok(true)
+            }
+        }
+    }
+}
+
+/// The signed-ingest method.
+#[derive(Debug, Clone)]
+pub struct SignedIngest {
+    secrets: Arc<dyn IngestSecrets>,
+    replay: Arc<dyn ReplayGuard>,
+}
+
+impl SignedIngest {
+    /// The method over `secrets`, remembering ids in `replay`.
+    pub fn new(secrets: Arc<dyn IngestSecrets>, replay: Arc<dyn ReplayGuard>) -> Self {
+        Self { secrets, replay }
+    }
+
+    /// Checks a delivery to `endpoint`: `id`, `timestamp` and `signatures` as their
+    /// headers carry them, `body` raw; `now` in seconds since the epoch.
+    pub async fn verify(
+        &self,
+        endpoint: &str,
+        id: &str,
+        timestamp: &str,
+        signatures: &str,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Principal> {
+        let refused = |why: &str| unauthenticated(&format!("ingest signature refused: {why}"));
+        let sent: i64 = timestamp.trim().parse().map_err(|_| refused("webhook-timestamp is not a number"))?;
+        let tolerance = i64::try_from(TOLERANCE.as_secs()).unwrap_or(300);
+        if (now - sent).abs() > tolerance {
+            return Err(refused("webhook-timestamp is more than 5 minutes from now"));
+        }
+        let secrets = self.secrets.secrets(endpoint).await?;
+        let signed_prefix = format!("{id}.{sent}.");
+        let given: Vec<Vec<u8>> = signatures
+            .split(' ')
+            .filter_map(|s| s.strip_prefix("v1,"))
+            .filter_map(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .collect();
+        let matches = secrets.iter().any(|secret| {
+            given.iter().any(|signature| {
+                let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.expose()) else { return false };
+                mac.update(signed_prefix.as_bytes());
+                mac.update(body);
+                // Constant time.
+                mac.verify_slice(signature).is_ok()
+            })
+        });
+        if !matches {
+            return Err(refused("no signature matches"));
+        }
+        if !self.replay.first_seen(endpoint, id, TOLERANCE * 2).await? {
+            return Err(refused("webhook-id was seen before (a replay)"));
+        }
+        Ok(Principal::new(format!("ingest:{endpoint}"), "hmac"))
+    }
+}
+
+/// The `v1,` signature of a delivery, as a sender makes it (for senders and tests).
+pub fn sign(secret: &Secret<Vec<u8>>, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose()).expect("HMAC takes keys of any length");
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!("v1,{}", base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes()))
+}
+
+#[async_trait]
+impl Authenticator for SignedIngest {
+    fn method(&self) -> &'static str {
+        "hmac"
+    }
+
+    async fn authenticate(&self, request: &RequestParts<'_>) -> Result<AuthOutcome> {
+        let headers =
+            [request.header("webhook-id"), request.header("webhook-timestamp"), request.header("webhook-signature")];
+        let (Some(id), Some(timestamp), Some(signatures)) = (headers[0], headers[1], headers[2]) else {
+            if headers.iter().all(Option::is_none) {
+                return Ok(AuthOutcome::Absent);
+            }
+            return Err(unauthenticated(
+                "ingest signature refused: webhook-id, webhook-timestamp and webhook-signature go together",
+            ));
+        };
+        let endpoint = request.uri.path().rsplit('/').next().unwrap_or_default();
+        let body = request.body.ok_or_else(|| Error::internal("signed ingest needs the request body"))?;
+        let now = platform_core::clock::now_ms() / 1000;
+        self.verify(endpoint, id, timestamp, signatures, body, now).await.map(AuthOutcome::Authenticated)
+    }
+}

@@ -1,0 +1,224 @@
+#![doc = include_str!("../README.md")]
+
+pub mod api_key;
+pub mod ingest;
+pub mod shared_key;
+
+use std::collections::BTreeSet;
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+pub use platform_core::{Error, ErrorKind, Result, Secret};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+/// How a request reached the service: some credentials may travel only on a WebSocket
+/// upgrade (the query string, the subprotocol), where a browser cannot set headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RequestKind {
+    /// A plain HTTP request.
+    Http,
+    /// The HTTP request that upgrades to a WebSocket.
+    WebSocketUpgrade,
+}
+
+/// What an authenticator sees of a request.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct RequestParts<'a> {
+    /// The method.
+    pub method: &'a http::Method,
+    /// The URI, with its query.
+    pub uri: &'a http::Uri,
+    /// The headers.
+    pub headers: &'a http::HeaderMap,
+    /// The raw body, for methods that sign it (signed ingest).
+    pub body: Option<&'a [u8]>,
+    /// Plain request or WebSocket upgrade.
+    pub kind: RequestKind,
+}
+
+impl<'a> RequestParts<'a> {
+    /// A request without its body.
+    pub fn new(method: &'a http::Method, uri: &'a http::Uri, headers: &'a http::HeaderMap, kind: RequestKind) -> Self {
+        Self { method, uri, headers, body: None, kind }
+    }
+
+    /// The same request with its raw body.
+    #[must_use]
+    pub fn with_body(mut self, body: &'a [u8]) -> Self {
+        self.body = Some(body);
+        self
+    }
+
+    /// A header as text, when it is there and is text.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The `Authorization: Bearer` token, when there is one.
+    pub fn bearer(&self) -> Option<&'a str> {
+        let value = self.header("authorization")?;
+        let (scheme, token) = value.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+    }
+
+    /// A query parameter, decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        let query = self.uri.query()?;
+        url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    }
+}
+
+/// Who made a request, as an authenticator established it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Principal {
+    /// Who: a user id, `api-key:<id>`, `ingest:<endpoint>`, `shared-key`.
+    pub subject: String,
+    /// The tenant the credential belongs to, when it belongs to one (for
+    /// `platform_db`'s tenant scope).
+    pub tenant: Option<String>,
+    /// What the credential allows.
+    pub scopes: BTreeSet<String>,
+    /// The method that established it (`api_key`, `hmac`, `shared_key`, …).
+    pub method: &'static str,
+}
+
+impl Principal {
+    /// A principal without tenant or scopes.
+    pub fn new(subject: impl Into<String>, method: &'static str) -> Self {
+        Self { subject: subject.into(), tenant: None, scopes: BTreeSet::new(), method }
+    }
+
+    /// With its tenant.
+    #[must_use]
+    pub fn with_tenant(mut self, tenant: Option<String>) -> Self {
+        self.tenant = tenant;
+        self
+    }
+
+    /// With its scopes.
+    #[must_use]
+    pub fn with_scopes(mut self, scopes: impl IntoIterator<Item = String>) -> Self {
+        self.scopes = scopes.into_iter().collect();
+        self
+    }
+
+    /// `PermissionDenied` (403) naming the scopes it lacks, unless it has them all.
+    pub fn require_scopes(&self, needed: &[&str]) -> Result<()> {
+        let missing: Vec<&str> = needed.iter().copied().filter(|s| !self.scopes.contains(*s)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let why = format!("missing scope {}", missing.join(", "));
+        Err(Error::new(ErrorKind::PermissionDenied, why.clone()).with_detail("scope", why))
+    }
+}
+
+/// What an authenticator made of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AuthOutcome {
+    /// Its credential is good.
+    Authenticated(Principal),
+    /// It carries no credential of this method: the chain asks the next one.
+    Absent,
+}
+
+/// One way of proving who made a request.
+///
+/// # Contract
+/// - A request without a credential of this method is [`AuthOutcome::Absent`], and only
+///   then: a credential of this method that is malformed, wrong, revoked, expired or
+///   replayed is `Unauthenticated` (401), so a chain never falls through to a weaker
+///   method (or to anonymous) past a bad credential.
+/// - A store or key source that cannot be reached is `Unavailable` (503), never
+///   `Unauthenticated`: an outage is not a bad credential.
+/// - Secrets are compared in constant time and never appear in errors or logs.
+#[async_trait]
+pub trait Authenticator: Debug + Send + Sync {
+    /// The method's name, as [`Principal::method`] says it.
+    fn method(&self) -> &'static str;
+
+    /// Establishes who made `request`.
+    async fn authenticate(&self, request: &RequestParts<'_>) -> Result<AuthOutcome>;
+}
+
+/// Authenticators tried in order: the first that finds its credential decides.
+#[derive(Debug, Clone, Default)]
+pub struct AuthChain {
+    methods: Vec<Arc<dyn Authenticator>>,
+}
+
+impl AuthChain {
+    /// An empty chain (it authenticates nobody).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds `method` after the others.
+    #[must_use]
+    pub fn with(mut self, method: Arc<dyn Authenticator>) -> Self {
+        self.methods.push(method);
+        self
+    }
+
+    /// The principal of the first method whose credential the request carries; that
+    /// method's error when the credential is bad; `Unauthenticated` when the request
+    /// carries none.
+    pub async fn authenticate(&self, request: &RequestParts<'_>) -> Result<Principal> {
+        for method in &self.methods {
+            match method.authenticate(request).await? {
+                AuthOutcome::Authenticated(p) => return Ok(p),
+                AuthOutcome::Absent => {}
+            }
+        }
+        let tried: Vec<&str> = self.methods.iter().map(|m| m.method()).collect();
+        Err(unauthenticated(&format!("no credential for any of: {}", tried.join(", "))))
+    }
+}
+
+/// A 401 with `why`.
+pub(crate) fn unauthenticated(why: &str) -> Error {
+    Error::new(ErrorKind::Unauthenticated, why.to_owned())
+}
+
+/// Whether two secrets are equal, in time that depends on neither: their SHA-256
+/// digests are compared in constant time, so lengths do not show either.
+pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
+    a.ct_eq(&b).into()
+}
+
+/// Random bytes from the operating system.
+pub(crate) fn random_bytes<const N: usize>() -> Result<[u8; N]> {
+    let mut out = [0_u8; N];
+    getrandom::fill(&mut out).map_err(|e| Error::internal(format!("the system's random source failed: {e}")))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_decode() {
+        let uri: http::Uri = "/ws?key=a%2Bb+c&x=%zz&empty=".parse().unwrap();
+        let (m, h) = (http::Method::GET, http::HeaderMap::new());
+        let r = RequestParts::new(&m, &uri, &h, RequestKind::Http);
+        assert_eq!(r.query("key").as_deref(), Some("a+b c"));
+        assert_eq!(r.query("x").as_deref(), Some("%zz"));
+        assert_eq!(r.query("empty").as_deref(), Some(""));
+        assert_eq!(r.query("none"), None);
+    }
+
+    #[test]
+    fn secrets_compare_whole() {
+        assert!(same_secret(b"s3cret", b"s3cret"));
+        assert!(!same_secret(b"s3cre", b"s3cret"));
+        assert!(!same_secret(b"", b"s3cret"));
+    }
+}
