@@ -2,6 +2,8 @@
 
 pub mod api_key;
 pub mod ingest;
+#[cfg(feature = "axum")]
+pub mod layer;
 pub mod shared_key;
 
 use std::collections::BTreeSet;
