@@ -19,7 +19,7 @@ use platform_events::hub::{Hub, HubConfig};
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
 
-const KEY: &str = "bench-key";
+const KEY: &str = "bench-key-of-16-chars";
 
 /// Connects `n` clients (subscribing when `subscribe`), then returns their receive
 /// tasks: each collects the latency of `messages` deliveries.
@@ -114,7 +114,7 @@ fn main() {
         tokio::time::sleep(Duration::from_secs(2)).await;
         // Ours, over the memory broadcast.
         let broadcast = platform_events::open_broadcast("memory://bench-hub?buffer=4096").await.expect("broadcast");
-        let hub = Hub::start(broadcast, HubConfig::new(KEY)).await.expect("hub");
+        let hub = Hub::start(broadcast, HubConfig::new(KEY).expect("config")).await.expect("hub");
         let url = floor_hub::serve(hub.routes()).await;
         let tasks = clients(&url, n, messages, true, Arc::clone(&started)).await;
         let cpu = cpu_secs();

@@ -24,7 +24,7 @@ use platform_events::hub::{Hub, HubConfig};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-const KEY: &str = "bench-key";
+const KEY: &str = "bench-key-of-16-chars";
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
@@ -142,7 +142,7 @@ async fn stalled(n: usize, messages: usize, rate: usize, bytes: usize) {
             tokio::time::sleep(interval).await;
         };
         stalled_run("floor", &url, false, n, stalled, messages, publish).await;
-        let (hub, url) = platform_hub(HubConfig::new(KEY).with_byte_bounds(4 << 20, 1 << 30)).await;
+        let (hub, url) = platform_hub(HubConfig::new(KEY).expect("config").with_byte_bounds(4 << 20, 1 << 30)).await;
         let publish = async |t: f64| {
             hub.publish("bench", json!({"t": t, "pad": filler})).await.expect("publish");
             tokio::time::sleep(interval).await;
@@ -167,7 +167,7 @@ async fn idle(which: &str, n: usize) {
         std::mem::forget(tx);
         (url, None)
     } else {
-        let (hub, url) = platform_hub(HubConfig::new(KEY)).await;
+        let (hub, url) = platform_hub(HubConfig::new(KEY).expect("config")).await;
         (url, Some(hub))
     };
     // Warm: one client through and gone.
@@ -215,7 +215,7 @@ async fn hold_clients(spec: &str) {
 }
 
 async fn jitter(n: usize, messages: usize, rate: usize, every: f64, down: f64) {
-    let (hub, url) = platform_hub(HubConfig::new(KEY)).await;
+    let (hub, url) = platform_hub(HubConfig::new(KEY).expect("config")).await;
     let got = Arc::new(AtomicU64::new(0));
     let reconnects = Arc::new(AtomicU64::new(0));
     let unrecovered = Arc::new(AtomicU64::new(0));

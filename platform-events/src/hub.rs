@@ -2,7 +2,7 @@
 //! any [`Broadcast`], resume with an offset and an epoch.
 //!
 //! ```rust,ignore
-//! let hub = Hub::start(open_broadcast("memory://app").await?, HubConfig::new(shared_key)).await?;
+//! let hub = Hub::start(open_broadcast("memory://app").await?, HubConfig::new(shared_key)?).await?;
 //! let app = contract.apply(Router::new().merge(hub.routes()));
 //! hub.publish("jobs.42.events", json!({"progress": 50})).await?;
 //! ```
@@ -73,7 +73,7 @@ use crate::broadcast::{Broadcast, Received};
 use crate::channel::{Pattern, validate_channel};
 
 /// The subprotocol a browser offers beside `key.<key>`, echoed by the hub.
-pub const SUBPROTOCOL: &str = "platform-ws";
+pub const SUBPROTOCOL: &str = platform_auth::shared_key::SUBPROTOCOL;
 /// Bytes a connection's read buffer starts from.
 const READ_BUFFER: usize = 4 * 1024;
 /// Close code for a client that fell behind its queue.
@@ -103,7 +103,7 @@ pub type PublishHook = Arc<dyn Fn(Value) -> futures::future::BoxFuture<'static, 
 /// How the hub behaves.
 #[derive(Clone)]
 pub struct HubConfig {
-    key: platform_core::Secret<String>,
+    key: Arc<platform_auth::shared_key::SharedKey>,
     history: usize,
     queue: usize,
     max_subscriptions: usize,
@@ -132,11 +132,12 @@ impl fmt::Debug for HubConfig {
 }
 
 impl HubConfig {
-    /// The shared key clients must present; history 10,000 events, 1,024 queued frames
+    /// The shared key clients must present (at least 16 characters; compared by
+    /// platform-auth's shared-key method); history 10,000 events, 1,024 queued frames
     /// per connection, 100 subscriptions per connection, client frames up to 64 KiB.
-    pub fn new(shared_key: impl Into<String>) -> Self {
-        Self {
-            key: platform_core::Secret::new(shared_key.into()),
+    pub fn new(shared_key: impl Into<String>) -> Result<Self> {
+        Ok(Self {
+            key: Arc::new(platform_auth::shared_key::SharedKey::new(shared_key)?),
             history: 10_000,
             queue: 1024,
             max_subscriptions: 100,
@@ -150,7 +151,7 @@ impl HubConfig {
             authorizer: None,
             hooks: Vec::new(),
             jobs: None,
-        }
+        })
     }
 
     /// Bytes of frames a connection may have queued (default 4 MiB) before it is
@@ -1087,49 +1088,20 @@ fn event_frame(offset: u64, epoch: &str, channel: &str, data: &Value) -> Utf8Byt
     json!({"type": "event", "channel": channel, "offset": offset, "epoch": epoch, "data": data}).to_string().into()
 }
 
-/// Equal in time that does not depend on where they differ.
-fn same_key(given: &str, key: &str) -> bool {
-    let (a, b) = (given.as_bytes(), key.as_bytes());
-    let mut diff = u8::from(a.len() != b.len());
-    for (i, x) in a.iter().enumerate() {
-        diff |= x ^ b.get(i).copied().unwrap_or(0);
-    }
-    diff == 0
-}
-
-/// The key the request presents, and whether it came as a subprotocol.
-fn presented(headers: &HeaderMap, uri: &Uri) -> (Option<String>, bool) {
-    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let query = url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes());
-    if let Some((_, k)) = query.into_iter().find(|(k, _)| k == "key") {
-        return (Some(k.into_owned()), false);
-    }
-    if let Some(k) = header("x-shared-key") {
-        return (Some(k.to_owned()), false);
-    }
-    if let Some(k) = header("authorization").and_then(|v| v.strip_prefix("Bearer ")) {
-        return (Some(k.trim().to_owned()), false);
-    }
-    let protocols: Vec<&str> =
-        header("sec-websocket-protocol").map(|v| v.split(',').map(str::trim).collect()).unwrap_or_default();
-    if protocols.contains(&SUBPROTOCOL)
-        && let Some(k) = protocols.iter().find_map(|p| p.strip_prefix("key."))
-    {
-        return (Some(k.to_owned()), true);
-    }
-    (None, false)
-}
-
 async fn upgrade(State(hub): State<Arc<Hub>>, uri: Uri, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    let (key, by_protocol) = presented(&headers, &uri);
-    let Some(key) = key.filter(|k| same_key(k, hub.config.key.expose())) else {
-        return Error::new(
-            platform_core::ErrorKind::Unauthenticated,
-            "a valid shared key is required: key=, X-Shared-Key, Bearer or the subprotocol",
-        )
-        .into_response();
-    };
-    drop(key);
+    use platform_auth::{AuthOutcome, Authenticator as _, RequestKind, RequestParts};
+    let request = RequestParts::new(&axum::http::Method::GET, &uri, &headers, RequestKind::WebSocketUpgrade);
+    match hub.config.key.authenticate(&request).await {
+        Ok(AuthOutcome::Authenticated(_)) => {}
+        Ok(_) => {
+            let why = "a valid shared key is required: key=, X-Shared-Key, Bearer or the subprotocol";
+            return Error::new(platform_core::ErrorKind::Unauthenticated, why).into_response();
+        }
+        Err(e) => return e.into_response(),
+    }
+    // A browser that offered the marker gets it back (never the key).
+    let offered = headers.get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let by_protocol = offered.split(',').any(|p| p.trim() == SUBPROTOCOL);
     let ws = if by_protocol { ws.protocols([SUBPROTOCOL]) } else { ws };
     // The library's own limit is a backstop; frames over `max_frame` get a close 1009.
     let backstop = hub.config.max_frame.saturating_mul(16).max(1 << 20);
@@ -1352,20 +1324,14 @@ mod tests {
     async fn readiness_fails_near_the_node_bound() {
         use platform_core::HealthCheck as _;
         let broadcast = crate::open_broadcast("memory://hub-health").await.unwrap();
-        let hub = Hub::start(broadcast, HubConfig::new("k").with_byte_bounds(100, 1000)).await.unwrap();
+        let hub = Hub::start(broadcast, HubConfig::new("a-key-of-16-chars").unwrap().with_byte_bounds(100, 1000))
+            .await
+            .unwrap();
         assert!(hub.check().await.is_ok());
         hub.node_bytes.store(950, Ordering::Relaxed);
         let err = hub.check().await.unwrap_err();
         assert!(err.to_string().contains("950 bytes queued"), "{err}");
         hub.node_bytes.store(800, Ordering::Relaxed);
         assert!(hub.check().await.is_ok());
-    }
-
-    #[test]
-    fn keys_compare_whole() {
-        assert!(same_key("s3cret", "s3cret"));
-        assert!(!same_key("s3cre", "s3cret"));
-        assert!(!same_key("s3cretx", "s3cret"));
-        assert!(!same_key("", "s3cret"));
     }
 }

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::{Message, http};
 
-const KEY: &str = "s3cret-ws-key";
+const KEY: &str = "s3cret-ws-key-for-tests";
 const WAIT: Duration = Duration::from_secs(10);
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -57,7 +57,7 @@ async fn close_code(ws: &mut Ws) -> u16 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_four_ways_in_and_a_wrong_key() {
-    let (_hub, url) = start(HubConfig::new(KEY)).await;
+    let (_hub, url) = start(HubConfig::new(KEY).unwrap()).await;
     let mut ws = tokio_tungstenite::connect_async(format!("{url}?key={KEY}")).await.unwrap().0;
     send(&mut ws, json!({"op": "ping"})).await;
     assert_eq!(next(&mut ws).await["type"], "pong");
@@ -90,7 +90,7 @@ async fn the_four_ways_in_and_a_wrong_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_get_what_their_patterns_match() {
-    let (hub, url) = start(HubConfig::new(KEY)).await;
+    let (hub, url) = start(HubConfig::new(KEY).unwrap()).await;
     let (mut jobs, mut all, mut publisher) = (connect(&url).await, connect(&url).await, connect(&url).await);
     send(&mut jobs, json!({"op": "subscribe", "channel": "jobs.*.events"})).await;
     let subscribed = next(&mut jobs).await;
@@ -126,7 +126,7 @@ async fn subscribers_get_what_their_patterns_match() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_gets_exactly_what_it_missed() {
-    let (hub, url) = start(HubConfig::new(KEY)).await;
+    let (hub, url) = start(HubConfig::new(KEY).unwrap()).await;
     let mut ws = connect(&url).await;
     send(&mut ws, json!({"op": "subscribe", "channel": "jobs.*.events"})).await;
     let epoch = next(&mut ws).await["epoch"].clone();
@@ -165,7 +165,7 @@ async fn a_resume_gets_exactly_what_it_missed() {
     assert_eq!(answer["recovered"], false);
     assert!(answer["reason"].as_str().unwrap().contains("epoch"), "{answer}");
 
-    let (small, url) = start(HubConfig::new(KEY).with_history(2)).await;
+    let (small, url) = start(HubConfig::new(KEY).unwrap().with_history(2)).await;
     for i in 0..5 {
         small.publish("jobs.1.events", json!(i)).await.unwrap();
     }
@@ -180,7 +180,7 @@ async fn a_resume_gets_exactly_what_it_missed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_client_does_not_hold_up_the_others() {
-    let (hub, url) = start(HubConfig::new(KEY).with_queue(64)).await;
+    let (hub, url) = start(HubConfig::new(KEY).unwrap().with_queue(64)).await;
     let mut stalled = connect(&url).await;
     send(&mut stalled, json!({"op": "subscribe", "channel": "feed"})).await;
     let mut fast = Vec::new();
@@ -227,7 +227,7 @@ async fn a_stalled_client_does_not_hold_up_the_others() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_frames_get_answers_or_documented_close_codes() {
-    let (_hub, url) = start(HubConfig::new(KEY)).await;
+    let (_hub, url) = start(HubConfig::new(KEY).unwrap()).await;
     let mut ws = connect(&url).await;
     ws.send(Message::Text("{not json".into())).await.unwrap();
     assert_eq!(next(&mut ws).await["code"], "bad_frame");
@@ -263,6 +263,7 @@ async fn bad_frames_get_answers_or_documented_close_codes() {
 async fn hooks_and_authorization() {
     use platform_events::hub::Access;
     let config = HubConfig::new(KEY)
+        .unwrap()
         .with_authorizer(Arc::new(|channel: &str, access: Access| {
             !(channel.starts_with("admin.") || (access == Access::Publish && channel == "system.events"))
         }))
@@ -292,7 +293,7 @@ async fn two_nodes_share_channels(name: &str, broadcast_url: &str) {
     let mut nodes = Vec::new();
     for _ in 0..2 {
         let broadcast = open_broadcast(broadcast_url).await.unwrap();
-        let hub = Hub::start(broadcast, HubConfig::new(KEY)).await.unwrap();
+        let hub = Hub::start(broadcast, HubConfig::new(KEY).unwrap()).await.unwrap();
         let (url, _) = serve(&hub).await;
         nodes.push((hub, url));
     }
@@ -372,7 +373,7 @@ async fn two_nodes_on_postgres() {
 /// A node over the shared log `log_url`, served on a port of its own.
 async fn shared_node(log_url: &str) -> (Arc<Hub>, String, tokio::task::JoinHandle<()>) {
     let log = platform_events::hub::open_log(log_url).await.unwrap();
-    let hub = Hub::start_shared(log, HubConfig::new(KEY)).await.unwrap();
+    let hub = Hub::start_shared(log, HubConfig::new(KEY).unwrap()).await.unwrap();
     let (url, task) = serve(&hub).await;
     (hub, url, task)
 }
@@ -569,7 +570,8 @@ async fn a_broadcast_outage_keeps_local_delivery_and_fails_readiness() {
     let broadcast_url = format!("redis://127.0.0.1:{}", server.port());
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let hub = Hub::start(open_broadcast(&broadcast_url).await.unwrap(), HubConfig::new(KEY)).await.unwrap();
+        let hub =
+            Hub::start(open_broadcast(&broadcast_url).await.unwrap(), HubConfig::new(KEY).unwrap()).await.unwrap();
         let (url, _) = serve(&hub).await;
         nodes.push((hub, url));
     }
@@ -620,7 +622,7 @@ async fn a_broadcast_outage_keeps_local_delivery_and_fails_readiness() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reconnect_storm_of_5000_clients_all_recover() {
     use futures::stream::StreamExt as _;
-    let (hub, url) = start(HubConfig::new(KEY).with_queue(64)).await;
+    let (hub, url) = start(HubConfig::new(KEY).unwrap().with_queue(64)).await;
     hub.publish("jobs.0.events", json!(0)).await.unwrap();
     platform_core::testkit::eventually(WAIT, || async { (hub.position().1 >= 1).then_some(()) }).await.unwrap();
     let (epoch, last) = hub.position();
@@ -663,7 +665,7 @@ async fn presence_joins_and_leaves_across_nodes() {
     let room = platform_core::testkit::unique_ident("room");
     let mut nodes = Vec::new();
     for _ in 0..2 {
-        let config = HubConfig::new(KEY).with_presence(&[&format!("{room}.*")]).unwrap();
+        let config = HubConfig::new(KEY).unwrap().with_presence(&[&format!("{room}.*")]).unwrap();
         let hub = Hub::start(open_broadcast(&url).await.unwrap(), config).await.unwrap();
         let (ws_url, _) = serve(&hub).await;
         nodes.push((hub, ws_url));
@@ -721,7 +723,7 @@ async fn a_job_enqueued_over_ws_reports_on_its_channel() {
         ))
         .unwrap(),
     );
-    let (hub, url) = start(HubConfig::new(KEY).with_jobs(Arc::clone(&queue))).await;
+    let (hub, url) = start(HubConfig::new(KEY).unwrap().with_jobs(Arc::clone(&queue))).await;
     let mut watcher = connect(&url).await;
     send(&mut watcher, json!({"op": "subscribe", "channel": "jobs.events"})).await;
     assert_eq!(next(&mut watcher).await["type"], "subscribed");
@@ -762,7 +764,7 @@ async fn a_job_enqueued_over_ws_reports_on_its_channel() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_answers_no_ping_is_closed() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let config = HubConfig::new(KEY).with_heartbeat(Duration::from_millis(200), Duration::from_millis(300));
+    let config = HubConfig::new(KEY).unwrap().with_heartbeat(Duration::from_millis(200), Duration::from_millis(300));
     let (hub, url) = start(config).await;
     let addr = url.trim_start_matches("ws://").trim_end_matches("/ws").to_owned();
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -804,7 +806,7 @@ async fn a_client_that_answers_no_ping_is_closed() {
 /// every offset once and in order, across the switch from history to live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_mid_stream_at_5000_events_per_second_has_no_gap() {
-    let (hub, url) = start(HubConfig::new(KEY)).await;
+    let (hub, url) = start(HubConfig::new(KEY).unwrap()).await;
     let total = 10_000_u64;
     let publisher = {
         let hub = Arc::clone(&hub);
@@ -854,7 +856,7 @@ async fn hub_log_urls_are_checked() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_frames_are_an_asyncapi_document() {
-    let (_hub, url) = start(HubConfig::new(KEY)).await;
+    let (_hub, url) = start(HubConfig::new(KEY).unwrap()).await;
     let http = url.replacen("ws://", "http://", 1).replace("/ws", "/asyncapi");
     let doc: Value = reqwest::get(&http).await.unwrap().json().await.unwrap();
     assert_eq!(doc["asyncapi"], "3.0.0");
@@ -894,7 +896,7 @@ async fn a_browser_page_subscribes_and_resumes() {
     let Some(chromium) = platform_core::testkit::tool("CHROMIUM") else { return };
     let broadcast =
         open_broadcast(&format!("memory://{}", platform_core::testkit::unique_ident("page"))).await.unwrap();
-    let hub = Hub::start(broadcast, HubConfig::new(KEY)).await.unwrap();
+    let hub = Hub::start(broadcast, HubConfig::new(KEY).unwrap()).await.unwrap();
     let reports: Arc<std::sync::Mutex<Vec<Value>>> = Arc::default();
     let sink = Arc::clone(&reports);
     let app = hub.routes().route("/page", get(|| async { axum::response::Html(PAGE.replace("KEY", KEY)) })).route(
@@ -960,7 +962,7 @@ async fn a_browser_page_subscribes_and_resumes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_sheds_logs_first_and_the_node_stays_bounded() {
     // 256 KiB per connection; loopback's socket buffers hold some MiB first.
-    let config = HubConfig::new(KEY).with_byte_bounds(256 * 1024, 64 * 1024 * 1024).with_queue(100_000);
+    let config = HubConfig::new(KEY).unwrap().with_byte_bounds(256 * 1024, 64 * 1024 * 1024).with_queue(100_000);
     let (hub, url) = start(config).await;
     let mut stalled = connect(&url).await;
     for channel in ["system.logs", "jobs.>"] {
@@ -988,7 +990,7 @@ async fn a_slow_client_sheds_logs_first_and_the_node_stays_bounded() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_node_bound_drops_the_slowest_client() {
-    let config = HubConfig::new(KEY).with_byte_bounds(8 * 1024 * 1024, 512 * 1024).with_queue(100_000);
+    let config = HubConfig::new(KEY).unwrap().with_byte_bounds(8 * 1024 * 1024, 512 * 1024).with_queue(100_000);
     let (hub, url) = start(config).await;
     let mut stalled = Vec::new();
     for _ in 0..2 {
