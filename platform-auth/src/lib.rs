@@ -4,6 +4,7 @@ pub mod api_key;
 pub mod ingest;
 #[cfg(feature = "axum")]
 pub mod layer;
+pub mod password;
 pub mod shared_key;
 
 use std::collections::BTreeSet;

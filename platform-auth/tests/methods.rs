@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use platform_auth::api_key::{ApiKeys, MemoryApiKeys};
 use platform_auth::ingest::{MemoryReplayGuard, MemorySecrets, SignedIngest, decode_secret, sign};
+use platform_auth::password::{BasicAuth, MemoryPasswords, PasswordCheck, PasswordUser, Passwords};
 use platform_auth::shared_key::SharedKey;
 use platform_auth::{AuthChain, AuthOutcome, Authenticator, ErrorKind, RequestKind, RequestParts};
 
@@ -218,4 +219,59 @@ async fn ingest_secrets_rotate_with_both_active() {
     let err = ingest.verify("ep_1", "r4", &t.to_string(), &sign(&old, "r4", t, body), body, now()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unauthenticated);
     assert!(decode_secret("whsec_c2hvcnQ=").is_err(), "a short secret is refused");
+}
+
+#[tokio::test]
+async fn passwords_are_argon2id_and_rehash_when_parameters_rise() {
+    let today = Passwords::new().unwrap();
+    let stored = today.hash("correct horse").unwrap();
+    assert!(stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{stored}");
+    assert_ne!(stored, today.hash("correct horse").unwrap(), "a fresh salt each time");
+    assert_eq!(today.verify("correct horse", &stored).unwrap(), PasswordCheck::Right);
+    assert_eq!(today.verify("wrong horse", &stored).unwrap(), PasswordCheck::Wrong);
+    assert_eq!(today.verify("correct horse", "not a hash").unwrap(), PasswordCheck::Wrong);
+    let raised = Passwords::with_params(19 * 1024, 3, 1).unwrap();
+    let PasswordCheck::RightRehash(new) = raised.verify("correct horse", &stored).unwrap() else {
+        panic!("a hash at lower parameters is due for a new one")
+    };
+    assert!(new.contains("m=19456,t=3,p=1"), "{new}");
+    assert_eq!(raised.verify("correct horse", &new).unwrap(), PasswordCheck::Right);
+    assert_eq!(raised.verify_unknown("anything"), PasswordCheck::Wrong);
+    assert!(Passwords::with_params(4096, 3, 1).is_err(), "below OWASP's minimum memory");
+    assert!(Passwords::with_params(19 * 1024, 1, 1).is_err(), "below OWASP's minimum passes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_logs_in_rehashes_and_answers_unknown_names_alike() {
+    let old = Passwords::new().unwrap();
+    let store = Arc::new(MemoryPasswords::default());
+    store
+        .insert("alice", PasswordUser::new("user-1", Some("acme"), &["todos:write"], old.hash("s3cret pass").unwrap()));
+    let basic = BasicAuth::new(Arc::clone(&store) as _, Arc::new(Passwords::with_params(19 * 1024, 3, 1).unwrap()));
+    let header = |user: &str, pass: &str| {
+        use base64::Engine as _;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}")))
+    };
+    let good = header("alice", "s3cret pass");
+    let AuthOutcome::Authenticated(p) =
+        check(&basic, "/login", &[("authorization", &good)], RequestKind::Http).await.unwrap()
+    else {
+        panic!("authenticated")
+    };
+    assert_eq!((p.subject.as_str(), p.tenant.as_deref(), p.method), ("user-1", Some("acme"), "password"));
+    use platform_auth::password::PasswordStore as _;
+    let rehashed = store.user("alice").await.unwrap().unwrap().hash;
+    assert!(rehashed.contains("t=3"), "the raised parameters were stored at login: {rehashed}");
+    let wrong =
+        check(&basic, "/login", &[("authorization", &header("alice", "nope"))], RequestKind::Http).await.unwrap_err();
+    let unknown =
+        check(&basic, "/login", &[("authorization", &header("mallory", "nope"))], RequestKind::Http).await.unwrap_err();
+    assert_eq!(wrong.kind(), ErrorKind::Unauthenticated);
+    assert_eq!(wrong.to_string(), unknown.to_string(), "an unknown name reads like a wrong password");
+    let err = check(&basic, "/login", &[("authorization", "Basic !!!")], RequestKind::Http).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Unauthenticated);
+    assert_eq!(
+        check(&basic, "/", &[("authorization", "Bearer x")], RequestKind::Http).await.unwrap(),
+        AuthOutcome::Absent
+    );
 }
