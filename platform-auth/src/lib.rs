@@ -6,6 +6,7 @@ pub mod ingest;
 pub mod layer;
 pub mod password;
 pub mod shared_key;
+pub mod totp;
 
 use std::collections::BTreeSet;
 use std::fmt::Debug;

@@ -275,3 +275,41 @@ async fn basic_auth_logs_in_rehashes_and_answers_unknown_names_alike() {
         AuthOutcome::Absent
     );
 }
+
+#[test]
+fn a_totp_code_is_taken_once_and_wrong_codes_are_limited() {
+    use platform_auth::totp::{STEP, Totp};
+    let totp = Totp::new("Todo");
+    let enrolment = totp.enrol("alice@example.com").unwrap();
+    assert_eq!(enrolment.secret.expose().len(), 20, "160 bits");
+    let uri = enrolment.uri.expose();
+    assert!(uri.starts_with("otpauth://totp/Todo:alice%40example.com?secret="), "{uri}");
+    assert!(uri.contains("issuer=Todo"), "{uri}");
+    let secret = &enrolment.secret;
+    let t = 1_900_000_020_u64;
+    let code = totp.code(secret, t).unwrap();
+    totp.check("alice", secret, &code, t).unwrap();
+    // The same code again, in its step or the next: refused.
+    assert_eq!(totp.check("alice", secret, &code, t + 1).unwrap_err().kind(), ErrorKind::Unauthenticated);
+    assert_eq!(totp.check("alice", secret, &code, t + STEP).unwrap_err().kind(), ErrorKind::Unauthenticated);
+    // The next step's code, a little early (clock skew): taken.
+    totp.check("alice", secret, &totp.code(secret, t + STEP).unwrap(), t + 5).unwrap();
+    // Five wrong codes, then even a right one waits.
+    let later = t + 10 * STEP;
+    let valid: Vec<String> =
+        [later - STEP, later, later + STEP].iter().map(|at| totp.code(secret, *at).unwrap()).collect();
+    let wrong = (0..).map(|n| format!("{n:06}")).find(|c| !valid.contains(c)).unwrap();
+    for _ in 0..5 {
+        let err = totp.check("alice", secret, &wrong, later).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Unauthenticated);
+    }
+    let err = totp.check("alice", secret, &totp.code(secret, later).unwrap(), later).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::RateLimited);
+    assert!(err.retry_after().is_some());
+    // Once the window passed: taken.
+    let after = later + 301;
+    totp.check("alice", secret, &totp.code(secret, after).unwrap(), after).unwrap();
+    // Another user's state is their own.
+    let bob = totp.enrol("bob").unwrap();
+    totp.check("bob", &bob.secret, &totp.code(&bob.secret, later).unwrap(), later).unwrap();
+}
