@@ -105,6 +105,48 @@ impl ReplayGuard for MemoryReplayGuard {
     }
 }
 
+/// Message ids on Redis or Valkey, shared by every instance of a service: one `SET NX
+/// PX` per check, so two instances given one delivery take it once between them.
+#[cfg(feature = "redis")]
+pub struct RedisReplayGuard {
+    conn: redis::aio::ConnectionManager,
+    prefix: String,
+}
+
+#[cfg(feature = "redis")]
+impl RedisReplayGuard {
+    /// Keeps ids under `platform:auth:replay:{namespace}:` on the server at `url`.
+    pub async fn open(url: &str, namespace: &str) -> Result<Self> {
+        let client = redis::Client::open(url).map_err(platform_core::redis::map_error)?;
+        let conn = client.get_connection_manager().await.map_err(platform_core::redis::map_error)?;
+        Ok(Self { conn, prefix: format!("platform:auth:replay:{namespace}:") })
+    }
+}
+
+#[cfg(feature = "redis")]
+impl std::fmt::Debug for RedisReplayGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisReplayGuard").field("prefix", &self.prefix).finish_non_exhaustive()
+    }
+}
+
+#[cfg(feature = "redis")]
+#[async_trait]
+impl ReplayGuard for RedisReplayGuard {
+    async fn first_seen(&self, scope: &str, id: &str, ttl: Duration) -> Result<bool> {
+        let set: Option<String> = redis::cmd("SET")
+            .arg(format!("{}{scope}:{id}", self.prefix))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(platform_core::redis::map_error)?;
+        Ok(set.is_some())
+    }
+}
+
 /// The signed-ingest method.
 #[derive(Debug, Clone)]
 pub struct SignedIngest {
