@@ -806,7 +806,10 @@ async fn a_client_that_answers_no_ping_is_closed() {
 /// every offset once and in order, across the switch from history to live.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_mid_stream_at_5000_events_per_second_has_no_gap() {
-    let (hub, url) = start(HubConfig::new(KEY).unwrap()).await;
+    // Room for the whole stream in the client's queue: this is about order and gaps, and
+    // a test runner under load must not read as a slow client.
+    let config = HubConfig::new(KEY).unwrap().with_queue(20_000).with_byte_bounds(64 << 20, 256 << 20);
+    let (hub, url) = start(config).await;
     let total = 10_000_u64;
     let publisher = {
         let hub = Arc::clone(&hub);
