@@ -202,13 +202,18 @@ impl Authenticator for ApiKeys {
     }
 
     async fn authenticate(&self, request: &RequestParts<'_>) -> Result<AuthOutcome> {
-        let Some(key) = request.header("x-api-key").or_else(|| request.bearer()) else {
-            return Ok(AuthOutcome::Absent);
+        let refused = || unauthenticated("the API key is not valid");
+        let (key, own_header) = match (request.header("x-api-key"), request.bearer_token()) {
+            (Some(key), _) => (std::borrow::Cow::Borrowed(key), true),
+            (None, Some(token)) => (token, false),
+            (None, None) => return Ok(AuthOutcome::Absent),
         };
         if !key.starts_with(&format!("{}_", self.prefix)) {
-            return Ok(AuthOutcome::Absent);
+            // In `X-API-Key` it can only be an API key; a bearer token may be another
+            // method's.
+            return if own_header { Err(refused()) } else { Ok(AuthOutcome::Absent) };
         }
-        let refused = || unauthenticated("the API key is not valid");
+        let key = key.as_ref();
         let id = self.key_id(key).ok_or_else(refused)?;
         let record = self.store.get(id).await?.ok_or_else(refused)?;
         let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();

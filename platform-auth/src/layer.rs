@@ -23,7 +23,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 use platform_core::{Error, ErrorKind};
 
-use crate::{AuthChain, Principal, RequestKind, RequestParts};
+use crate::{AuthChain, PeerCertificates, Principal, RequestKind, RequestParts};
 
 /// The largest body read for a signature check.
 pub const MAX_SIGNED_BODY: usize = 2 << 20;
@@ -66,6 +66,10 @@ pub async fn authenticate(State(chain): State<Arc<AuthChain>>, request: Request,
     let mut seen = RequestParts::new(&parts.method, &parts.uri, &parts.headers, kind);
     if let Some(bytes) = &signed {
         seen = seen.with_body(bytes);
+    }
+    let certs = parts.extensions.get::<PeerCertificates>().map(|c| Arc::clone(&c.0));
+    if let Some(certs) = &certs {
+        seen = seen.with_peer_certs(certs);
     }
     let principal = match chain.authenticate(&seen).await {
         Ok(p) => p,

@@ -2,10 +2,18 @@
 
 pub mod api_key;
 pub mod ingest;
+#[cfg(feature = "introspection")]
+pub mod introspection;
+#[cfg(feature = "jwt")]
+pub mod jwt;
 #[cfg(feature = "axum")]
 pub mod layer;
+#[cfg(feature = "mtls")]
+pub mod mtls;
 pub mod password;
 pub mod shared_key;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod totp;
 
 use std::collections::BTreeSet;
@@ -16,6 +24,9 @@ use async_trait::async_trait;
 pub use platform_core::{Error, ErrorKind, Result, Secret};
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
+
+/// The query parameter a bearer token may travel in, on a WebSocket upgrade only.
+pub const ACCESS_TOKEN_PARAM: &str = "access_token";
 
 /// How a request reached the service: some credentials may travel only on a WebSocket
 /// upgrade (the query string, the subprotocol), where a browser cannot set headers.
@@ -42,12 +53,27 @@ pub struct RequestParts<'a> {
     pub body: Option<&'a [u8]>,
     /// Plain request or WebSocket upgrade.
     pub kind: RequestKind,
+    /// The certificates the client proved in the TLS handshake (DER, leaf first), when
+    /// the server checks client certificates.
+    pub peer_certs: Option<&'a [Vec<u8>]>,
 }
+
+/// The certificates a client presented on its TLS connection (DER, leaf first), as a
+/// TLS server that checked them puts them in each request's extensions.
+#[derive(Debug, Clone, Default)]
+pub struct PeerCertificates(pub Arc<Vec<Vec<u8>>>);
 
 impl<'a> RequestParts<'a> {
     /// A request without its body.
     pub fn new(method: &'a http::Method, uri: &'a http::Uri, headers: &'a http::HeaderMap, kind: RequestKind) -> Self {
-        Self { method, uri, headers, body: None, kind }
+        Self { method, uri, headers, body: None, kind, peer_certs: None }
+    }
+
+    /// The same request with the certificates its client proved.
+    #[must_use]
+    pub fn with_peer_certs(mut self, certs: &'a [Vec<u8>]) -> Self {
+        self.peer_certs = Some(certs);
+        self
     }
 
     /// The same request with its raw body.
@@ -69,6 +95,20 @@ impl<'a> RequestParts<'a> {
         scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
     }
 
+    /// The bearer token wherever this request may carry one: `Authorization: Bearer`,
+    /// and on a WebSocket upgrade also `?access_token=` (RFC 6750 §2.3), where a
+    /// browser cannot set headers. [`AuthChain`] refuses `access_token` in the query of
+    /// a plain request before any method runs.
+    pub fn bearer_token(&self) -> Option<std::borrow::Cow<'a, str>> {
+        if let Some(token) = self.bearer() {
+            return Some(token.into());
+        }
+        if self.kind == RequestKind::WebSocketUpgrade {
+            return self.query(ACCESS_TOKEN_PARAM).filter(|t| !t.is_empty()).map(Into::into);
+        }
+        None
+    }
+
     /// A query parameter, decoded.
     pub fn query(&self, name: &str) -> Option<String> {
         let query = self.uri.query()?;
@@ -87,14 +127,25 @@ pub struct Principal {
     pub tenant: Option<String>,
     /// What the credential allows.
     pub scopes: BTreeSet<String>,
-    /// The method that established it (`api_key`, `hmac`, `shared_key`, …).
+    /// The method that established it (`api_key`, `hmac`, `shared_key`, `jwt`, …).
     pub method: &'static str,
+    /// When the credential stops being good, when it says (a token's `exp`).
+    pub expires_at: Option<std::time::SystemTime>,
+    /// The verified claims of a token (empty for methods without claims).
+    pub claims: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Principal {
     /// A principal without tenant or scopes.
     pub fn new(subject: impl Into<String>, method: &'static str) -> Self {
-        Self { subject: subject.into(), tenant: None, scopes: BTreeSet::new(), method }
+        Self {
+            subject: subject.into(),
+            tenant: None,
+            scopes: BTreeSet::new(),
+            method,
+            expires_at: None,
+            claims: serde_json::Map::new(),
+        }
     }
 
     /// With its tenant.
@@ -151,10 +202,69 @@ pub trait Authenticator: Debug + Send + Sync {
     async fn authenticate(&self, request: &RequestParts<'_>) -> Result<AuthOutcome>;
 }
 
+/// Where a route takes credentials from, beyond the headers every method reads.
+///
+/// The default is what a REST route wants: the query and the subprotocol count only on
+/// a WebSocket upgrade (bearer tokens in `?access_token=`, the shared key in `?key=`),
+/// and a bearer token in the query of a plain request is refused (401), never ignored.
+/// [`CredentialPolicy::methods`] narrows a route to some methods (an ingest route that
+/// takes signatures only).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialPolicy {
+    methods: Option<Vec<&'static str>>,
+    no_query: bool,
+}
+
+impl CredentialPolicy {
+    /// The default policy.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Only these methods (by [`Authenticator::method`]) may authenticate on the route;
+    /// the others are not asked.
+    #[must_use]
+    pub fn methods(mut self, methods: &[&'static str]) -> Self {
+        self.methods = Some(methods.to_vec());
+        self
+    }
+
+    /// No credential in the query, not even on a WebSocket upgrade: a token in
+    /// `?access_token=` or `?key=` is refused (401).
+    #[must_use]
+    pub fn no_query(mut self) -> Self {
+        self.no_query = true;
+        self
+    }
+
+    fn allows(&self, method: &str) -> bool {
+        self.methods.as_ref().is_none_or(|m| m.contains(&method))
+    }
+
+    /// A credential the request carries where this policy does not take it.
+    fn misplaced(&self, request: &RequestParts<'_>) -> Option<String> {
+        let query = request.uri.query().unwrap_or_default();
+        if query.is_empty() {
+            return None;
+        }
+        let in_query = |name: &str| request.query(name).is_some();
+        let upgrade = request.kind == RequestKind::WebSocketUpgrade;
+        if in_query(ACCESS_TOKEN_PARAM) && (!upgrade || self.no_query) {
+            let why = if upgrade { "this route" } else { "a plain request (only on the WebSocket upgrade)" };
+            return Some(format!("a bearer token in the query string is not taken on {why}"));
+        }
+        if self.no_query && in_query("key") {
+            return Some("a key in the query string is not taken on this route".into());
+        }
+        None
+    }
+}
+
 /// Authenticators tried in order: the first that finds its credential decides.
 #[derive(Debug, Clone, Default)]
 pub struct AuthChain {
     methods: Vec<Arc<dyn Authenticator>>,
+    policy: CredentialPolicy,
 }
 
 impl AuthChain {
@@ -170,17 +280,27 @@ impl AuthChain {
         self
     }
 
+    /// The same methods under `policy` (for one route: the chain is cheap to clone).
+    #[must_use]
+    pub fn with_policy(mut self, policy: CredentialPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
     /// The principal of the first method whose credential the request carries; that
     /// method's error when the credential is bad; `Unauthenticated` when the request
-    /// carries none.
+    /// carries none, or carries one where the policy does not take it.
     pub async fn authenticate(&self, request: &RequestParts<'_>) -> Result<Principal> {
-        for method in &self.methods {
+        if let Some(why) = self.policy.misplaced(request) {
+            return Err(unauthenticated(&why));
+        }
+        for method in self.methods.iter().filter(|m| self.policy.allows(m.method())) {
             match method.authenticate(request).await? {
                 AuthOutcome::Authenticated(p) => return Ok(p),
                 AuthOutcome::Absent => {}
             }
         }
-        let tried: Vec<&str> = self.methods.iter().map(|m| m.method()).collect();
+        let tried: Vec<&str> = self.methods.iter().map(|m| m.method()).filter(|m| self.policy.allows(m)).collect();
         Err(unauthenticated(&format!("no credential for any of: {}", tried.join(", "))))
     }
 }

@@ -74,7 +74,7 @@ impl Authenticator for SharedKey {
             }
             return Err(unauthenticated("the shared key does not match"));
         }
-        match request.bearer() {
+        match request.bearer_token() {
             Some(token) if same_secret(token.as_bytes(), self.key.expose().as_bytes()) => {
                 Ok(AuthOutcome::Authenticated(good))
             }
