@@ -183,6 +183,21 @@ impl ApiKeys {
         Ok(issued)
     }
 
+    /// The principal of `key`: malformed, unknown and revoked keys are all the same
+    /// 401; a store that cannot be reached is 503.
+    pub async fn verify(&self, key: &str) -> Result<Principal> {
+        let refused = || unauthenticated("the API key is not valid");
+        let id = self.key_id(key).ok_or_else(refused)?;
+        let record = self.store.get(id).await?.ok_or_else(refused)?;
+        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        if record.revoked || !bool::from(hash.ct_eq(&record.hash)) {
+            return Err(refused());
+        }
+        Ok(Principal::new(format!("api-key:{}", record.id), "api_key")
+            .with_tenant(record.tenant)
+            .with_scopes(record.scopes))
+    }
+
     /// The id of `key` when it has this prefix and its checksum holds: checked offline,
     /// before any lookup.
     pub fn key_id<'k>(&self, key: &'k str) -> Option<&'k str> {
@@ -213,17 +228,7 @@ impl Authenticator for ApiKeys {
             // method's.
             return if own_header { Err(refused()) } else { Ok(AuthOutcome::Absent) };
         }
-        let key = key.as_ref();
-        let id = self.key_id(key).ok_or_else(refused)?;
-        let record = self.store.get(id).await?.ok_or_else(refused)?;
-        let hash: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        if record.revoked || !bool::from(hash.ct_eq(&record.hash)) {
-            return Err(refused());
-        }
-        let principal = Principal::new(format!("api-key:{}", record.id), "api_key")
-            .with_tenant(record.tenant)
-            .with_scopes(record.scopes);
-        Ok(AuthOutcome::Authenticated(principal))
+        self.verify(&key).await.map(AuthOutcome::Authenticated)
     }
 }
 

@@ -12,6 +12,8 @@ pub mod layer;
 pub mod mtls;
 pub mod password;
 pub mod shared_key;
+#[cfg(feature = "sql")]
+pub mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod totp;
