@@ -22,8 +22,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use platform_core::{Error, Result, Secret};
 use sha2::{Digest as _, Sha256};
+use std::sync::{PoisonError, RwLock};
 use subtle::ConstantTimeEq as _;
-use tokio::sync::RwLock;
 
 use crate::{AuthOutcome, Authenticator, Principal, RequestParts, random_bytes, unauthenticated};
 
@@ -74,16 +74,16 @@ pub struct MemoryApiKeys {
 #[async_trait]
 impl ApiKeyStore for MemoryApiKeys {
     async fn insert(&self, record: ApiKeyRecord) -> Result<()> {
-        self.records.write().await.insert(record.id.clone(), record);
+        self.records.write().unwrap_or_else(PoisonError::into_inner).insert(record.id.clone(), record);
         Ok(())
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApiKeyRecord>> {
-        Ok(self.records.read().await.get(id).cloned())
+        Ok(self.records.read().unwrap_or_else(PoisonError::into_inner).get(id).cloned())
     }
 
     async fn list(&self, tenant: Option<&str>) -> Result<Vec<ApiKeyRecord>> {
-        let records = self.records.read().await;
+        let records = self.records.read().unwrap_or_else(PoisonError::into_inner);
         let mut out: Vec<ApiKeyRecord> =
             records.values().filter(|r| tenant.is_none() || r.tenant.as_deref() == tenant).cloned().collect();
         out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
@@ -91,7 +91,7 @@ impl ApiKeyStore for MemoryApiKeys {
     }
 
     async fn revoke(&self, id: &str) -> Result<bool> {
-        Ok(self.records.write().await.get_mut(id).map(|r| r.revoked = true).is_some())
+        Ok(self.records.write().unwrap_or_else(PoisonError::into_inner).get_mut(id).map(|r| r.revoked = true).is_some())
     }
 }
 

@@ -76,10 +76,21 @@ pub fn decode_secret(secret: &str) -> Result<Secret<Vec<u8>>> {
         .ok_or_else(|| Error::invalid_input("an ingest secret must be whsec_ and base64 of at least 16 bytes"))
 }
 
+/// The most ids a [`MemoryReplayGuard`] holds inside their windows; past it a new id is
+/// refused with `Unavailable` rather than an unexpired one forgotten (which would let
+/// its replay through).
+pub const MEMORY_REPLAY_CAP: usize = 1_000_000;
+
 /// Message ids in process, forgotten after their time.
 #[derive(Debug, Default)]
 pub struct MemoryReplayGuard {
-    seen: Mutex<HashMap<(String, String), i64>>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    until: HashMap<(String, String), i64>,
+    next_sweep: i64,
 }
 
 #[async_trait]
@@ -87,18 +98,24 @@ impl ReplayGuard for MemoryReplayGuard {
     async fn first_seen(&self, scope: &str, id: &str, ttl: Duration) -> Result<bool> {
         let now = platform_core::clock::now_ms();
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.len() > 10_000 {
-            seen.retain(|_, until| *until > now);
+        // Expired ids go at most once a second: a sweep per check would cost the whole
+        // map every time under load.
+        if now >= seen.next_sweep || seen.until.len() >= MEMORY_REPLAY_CAP {
+            seen.until.retain(|_, until| *until > now);
+            seen.next_sweep = now + 1000;
         }
         let until = now + i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        match seen.get_mut(&(scope.to_owned(), id.to_owned())) {
+        let key = (scope.to_owned(), id.to_owned());
+        let full = seen.until.len() >= MEMORY_REPLAY_CAP;
+        match seen.until.get_mut(&key) {
             Some(held) if *held > now => Ok(false),
             Some(held) => {
                 *held = until;
                 Ok(true)
             }
+            None if full => Err(Error::unavailable("the in-process replay store is full; use Redis or SQL")),
             None => {
-                seen.insert((scope.to_owned(), id.to_owned()), until);
+                seen.until.insert(key, until);
                 Ok(true)
             }
         }

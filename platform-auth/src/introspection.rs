@@ -124,7 +124,8 @@ impl Introspection {
         if !response.status().is_success() {
             return Err(down(&format!("the endpoint answered {}", response.status())));
         }
-        let body: Value = response.json().await.map_err(|e| down(&e))?;
+        let text = response.text().await.map_err(|e| down(&e))?;
+        let body: Value = serde_json::from_str(&text).map_err(|e| down(&format!("not JSON: {e}")))?;
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let exp = body.get("exp").and_then(Value::as_u64);
         let active = body.get("active").and_then(Value::as_bool) == Some(true) && exp.is_none_or(|exp| exp > now);
@@ -134,7 +135,7 @@ impl Introspection {
         }
         if let Some(want) = &self.audience {
             let named = match body.get("aud") {
-                Some(Value::String(a)) => a == want,
+                Some(Value::String(a)) => a == want.as_str(),
                 Some(Value::Array(list)) => list.iter().any(|a| a.as_str() == Some(want)),
                 _ => false,
             };

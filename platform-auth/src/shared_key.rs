@@ -15,7 +15,10 @@
 use async_trait::async_trait;
 use platform_core::{Result, Secret};
 
-use crate::{AuthOutcome, Authenticator, Principal, RequestKind, RequestParts, same_secret, unauthenticated};
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+
+use crate::{AuthOutcome, Authenticator, Principal, RequestKind, RequestParts, unauthenticated};
 
 /// The subprotocol a browser offers beside `key.<key>`; the server answers with it.
 pub const SUBPROTOCOL: &str = "platform-ws";
@@ -23,7 +26,9 @@ pub const SUBPROTOCOL: &str = "platform-ws";
 /// The shared-key method.
 #[derive(Debug)]
 pub struct SharedKey {
-    key: Secret<String>,
+    /// The key's SHA-256: a given key is hashed and the digests compared in constant
+    /// time, so neither its bytes nor its length show in the timing.
+    digest: Secret<[u8; 32]>,
 }
 
 impl SharedKey {
@@ -34,7 +39,11 @@ impl SharedKey {
             let why = "must be at least 16 characters";
             return Err(platform_core::Error::invalid_input(format!("the shared key {why}")).with_detail("key", why));
         }
-        Ok(Self { key: Secret::new(key) })
+        Ok(Self { digest: Secret::new(Sha256::digest(key.as_bytes()).into()) })
+    }
+
+    fn matches(&self, given: &str) -> bool {
+        Sha256::digest(given.as_bytes()).ct_eq(self.digest.expose()).into()
     }
 
     /// The method for `{PREFIX}_KEY` (`from_env("SHARED_WS")` reads `SHARED_WS_KEY`).
@@ -69,15 +78,13 @@ impl Authenticator for SharedKey {
         };
         let good = Principal::new("shared-key", "shared_key");
         if let Some(given) = own {
-            if same_secret(given.as_bytes(), self.key.expose().as_bytes()) {
+            if self.matches(&given) {
                 return Ok(AuthOutcome::Authenticated(good));
             }
             return Err(unauthenticated("the shared key does not match"));
         }
         match request.bearer_token() {
-            Some(token) if same_secret(token.as_bytes(), self.key.expose().as_bytes()) => {
-                Ok(AuthOutcome::Authenticated(good))
-            }
+            Some(token) if self.matches(&token) => Ok(AuthOutcome::Authenticated(good)),
             _ => Ok(AuthOutcome::Absent),
         }
     }

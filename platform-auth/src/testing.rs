@@ -232,3 +232,29 @@ impl Forge {
         self.token_with(json!({ "iss": iss }))
     }
 }
+
+/// What the fuzz targets check, callable from tests too: `input` as a bearer token
+/// (and as a JWKS document) never panics the verifier and is never accepted, since no
+/// input can carry a signature of `forge`'s keys unless it is one of its tokens.
+pub async fn token_parsing(jwt: &crate::jwt::Jwt, forge: &Forge, input: &[u8]) {
+    let text = String::from_utf8_lossy(input);
+    let _ = KeySet::parse(&text);
+    let _ = crate::jwt::looks_like_jwt(&text);
+    if let Ok(p) = jwt.verify(&text, None).await {
+        // Only possible for a token the forge signed: its claims say so.
+        assert_eq!(p.claims.get("iss").and_then(Value::as_str), Some(forge.issuer()), "accepted {text:?}");
+    }
+}
+
+/// What the fuzz targets check for Standard Webhooks headers: `input`, split at NUL
+/// bytes into id, timestamp, signature header and body, never panics the verifier and
+/// never passes without the endpoint's secret.
+pub async fn signature_parsing(ingest: &crate::ingest::SignedIngest, input: &[u8]) {
+    let mut parts = input.splitn(4, |b| *b == 0);
+    let mut next = || String::from_utf8_lossy(parts.next().unwrap_or_default()).into_owned();
+    let (id, timestamp, signature) = (next(), next(), next());
+    let body = input.splitn(4, |b| *b == 0).nth(3).unwrap_or_default();
+    let now = timestamp.trim().parse::<i64>().unwrap_or(0);
+    let verdict = ingest.verify("fuzz", &id, &timestamp, &signature, body, now).await;
+    assert!(verdict.is_err(), "a forged delivery passed: {input:?}");
+}

@@ -450,3 +450,40 @@ async fn an_oversized_or_odd_key_set_is_handled() {
     assert_eq!(KeySet::parse(&doc.to_string()).unwrap().len(), 2);
     assert!(KeySet::parse("[]").unwrap_err().is_invalid_input());
 }
+
+/// The fuzz targets' checks (`platform-auth/fuzz`) over mutations of real tokens and
+/// deliveries, so every test run covers them without `cargo fuzz`.
+#[tokio::test]
+async fn mutated_tokens_and_signature_headers_never_panic_or_pass() {
+    use platform_auth::testing::{signature_parsing, token_parsing};
+    let forge = Forge::new("https://id.test/acme", AUD).unwrap();
+    let jwt = jwt_for(&forge);
+    let secrets = Arc::new(MemorySecrets::default());
+    secrets.set("fuzz", &["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]).unwrap();
+    let ingest = SignedIngest::new(secrets, Arc::new(MemoryReplayGuard::default()));
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let seeds =
+        [forge.token(), forge.token_eddsa(), forge.alg_none(), forge.hs256_with_public_key(), forge.jwks_json()];
+    for round in 0..3000 {
+        let mut input = seeds[round % seeds.len()].clone().into_bytes();
+        for _ in 0..=(next() % 4) {
+            let at = (next() as usize) % input.len().max(1);
+            match next() % 4 {
+                0 if !input.is_empty() => input[at] ^= 1 << (next() % 8),
+                1 => input.truncate(at),
+                2 => input.insert(at.min(input.len()), (next() % 256) as u8),
+                _ => input.insert(at.min(input.len()), b'.'),
+            };
+        }
+        token_parsing(&jwt, &forge, &input).await;
+        let mut delivery = format!("msg_{round}\0{}\0v1,", 1_700_000_000 + round).into_bytes();
+        delivery.extend_from_slice(&input);
+        signature_parsing(&ingest, &delivery).await;
+    }
+}
