@@ -1,0 +1,216 @@
+//! Each driver against its vendor-faithful double: success with the request checked as
+//! the vendor documents it, each disposition the vendor can cause, a rate limit, and
+//! oversized text.
+
+use std::time::Duration;
+
+use platform_notify::testkit::{Doubles, Reply};
+use platform_notify::{Address, Disposition, Notification, NotifyError, Receipt, open};
+use serde_json::json;
+
+async fn send(url: &str, n: &Notification, to: &Address) -> Result<Receipt, NotifyError> {
+    open(url).unwrap().send(n, to).await
+}
+
+fn disposition(r: Result<Receipt, NotifyError>) -> Disposition {
+    r.expect_err("a failure").disposition
+}
+
+#[tokio::test]
+async fn slack_posts_text_and_maps_its_string_errors() {
+    let d = Doubles::start().await;
+    let url = format!("slack://T000/B000/XXXX?base_url={}/services", d.url());
+    let n = Notification::new("disk at 91%").title("db-1");
+    send(&url, &n, &Address::Configured).await.unwrap();
+    let got = d.received("slack");
+    assert_eq!(got[0].path, "/services/T000/B000/XXXX");
+    assert_eq!(got[0].json()["text"], "*db-1*\ndisk at 91%");
+
+    d.script(
+        "slack",
+        [
+            Reply::new(429).header("retry-after", "2"),
+            Reply::new(410).body("channel_is_archived"),
+            Reply::new(404).body("channel_not_found"),
+            Reply::new(403).body("action_prohibited"),
+            Reply::new(400).body("invalid_payload"),
+            Reply::new(500).body("rollup_error"),
+        ],
+    );
+    let c = &Address::Configured;
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::Retry { after: Some(Duration::from_secs(2)) });
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::RecipientGone);
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::RecipientGone);
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::FixConfig);
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::FixPayload);
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::Retry { after: None });
+    send(&url, &n, c).await.unwrap();
+    assert_eq!(d.violations(), Vec::<String>::new());
+    // The webhook's path is a secret: not in errors.
+    d.script("slack", [Reply::new(500)]);
+    let e = send(&url, &n, c).await.unwrap_err();
+    assert!(!e.to_string().contains("XXXX"), "{e}");
+    assert!(!format!("{:?}", open(&url).unwrap()).contains("XXXX"));
+}
+
+#[tokio::test]
+async fn discord_reports_its_bucket_and_retry_after() {
+    let d = Doubles::start().await;
+    let url = format!("discord://123456/tok-en?base_url={}", d.url());
+    let n = Notification::new("deployed v2").title("ci");
+    let r = send(&url, &n, &Address::Configured).await.unwrap();
+    assert!(r.vendor_id.is_some());
+    assert_eq!(r.pause, None);
+    let got = &d.received("discord")[0];
+    assert_eq!(got.json()["content"], "deployed v2");
+    assert_eq!(got.json()["embeds"][0]["title"], "ci");
+    assert_eq!(got.json()["allowed_mentions"], json!({"parse": []}), "no @everyone from a notification");
+    assert_eq!(got.query.as_deref(), Some("wait=true"));
+
+    d.discord_bucket_empty_for(0.25);
+    let r = send(&url, &n, &Address::Configured).await.unwrap();
+    assert_eq!(r.pause, Some(Duration::from_millis(250)));
+
+    let limited = json!({"message": "You are being rate limited.", "retry_after": 0.3, "global": false});
+    d.script(
+        "discord",
+        [
+            Reply::new(429).header("retry-after", "1").json(&limited),
+            Reply::new(404).json(&json!({"message": "Unknown Webhook", "code": 10015})),
+            Reply::new(401).json(&json!({"message": "Invalid Webhook Token", "code": 50027})),
+        ],
+    );
+    let c = &Address::Configured;
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::Retry { after: Some(Duration::from_millis(300)) });
+    let gone = send(&url, &n, c).await.unwrap_err();
+    assert_eq!((gone.disposition, gone.reason.as_str()), (Disposition::RecipientGone, "10015 Unknown Webhook"));
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::FixConfig);
+    // Over 2000 characters: refused before any request (the dispatcher shortens first).
+    let before = d.received("discord").len();
+    let long = Notification::new("x".repeat(2001));
+    assert_eq!(disposition(send(&url, &long, c).await), Disposition::FixPayload);
+    assert_eq!(d.received("discord").len(), before);
+    // A per-message address on a webhook is a configuration error, not a silent send.
+    assert_eq!(disposition(send(&url, &n, &Address::Chat("1".into())).await), Disposition::FixConfig);
+    assert_eq!(d.violations(), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn teams_posts_an_adaptive_card_to_the_workflow() {
+    let d = Doubles::start().await;
+    let flow = "prod-01.westus.logic.azure.com:443/workflows/abc/triggers/manual/paths/invoke";
+    let query = "api-version=2016-06-01&sp=%2Ftriggers%2Fmanual%2Frun&sv=1.0&sig=SeCrEt";
+    let url = format!("teams://{flow}?{query}&base_url={}", d.url());
+    let n = Notification::new("queue backed up").title("ops");
+    send(&url, &n, &Address::Configured).await.unwrap();
+    let got = &d.received("teams")[0];
+    let card = &got.json()["attachments"][0]["content"];
+    assert_eq!(card["body"][0]["text"], "ops");
+    assert_eq!(card["body"][1]["text"], "queue backed up");
+    assert!(got.query.as_deref().unwrap().contains("sig=SeCrEt"));
+
+    d.script("teams", [Reply::new(429).header("retry-after", "3"), Reply::new(401), Reply::new(404)]);
+    let c = &Address::Configured;
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::Retry { after: Some(Duration::from_secs(3)) });
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::FixConfig);
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::RecipientGone);
+    assert_eq!(d.violations(), Vec::<String>::new());
+    let e = open(&format!("teams://{flow}?api-version=1&base_url={}", d.url())).unwrap_err();
+    assert!(e.to_string().contains("sig"), "{e}");
+    assert!(open(&format!("teams://{flow}?{query}&colour=blue")).unwrap_err().to_string().contains("colour"));
+}
+
+#[tokio::test]
+async fn telegram_follows_retry_after_migrations_and_gone_chats() {
+    let d = Doubles::start().await;
+    let url = format!("tgram://123456:AAH-secret/-100200?base_url={}", d.url());
+    let n = Notification::new("build failed").title("ci");
+    let r = send(&url, &n, &Address::Configured).await.unwrap();
+    assert!(r.vendor_id.is_some());
+    let got = &d.received("telegram")[0];
+    assert_eq!(got.path, "/bot123456:AAH-secret/sendMessage");
+    assert_eq!(got.json()["chat_id"], -100_200);
+    assert_eq!(got.json()["text"], "ci\nbuild failed");
+    send(&url, &n, &Address::Chat("@ops".into())).await.unwrap();
+    assert_eq!(d.received("telegram")[1].json()["chat_id"], "@ops");
+
+    let err = |code: u16, description: &str, parameters: serde_json::Value| {
+        Reply::new(code)
+            .json(&json!({"ok": false, "error_code": code, "description": description, "parameters": parameters}))
+    };
+    d.script(
+        "telegram",
+        [
+            err(429, "Too Many Requests: retry after 7", json!({"retry_after": 7})),
+            err(
+                400,
+                "Bad Request: group chat was upgraded to a supergroup chat",
+                json!({"migrate_to_chat_id": -1_001_234}),
+            ),
+            err(403, "Forbidden: bot was blocked by the user", json!({})),
+            err(400, "Bad Request: chat not found", json!({})),
+            err(403, "Forbidden: bot can't send messages to the user", json!({})),
+            err(401, "Unauthorized", json!({})),
+        ],
+    );
+    let c = &Address::Configured;
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::Retry { after: Some(Duration::from_secs(7)) });
+    assert_eq!(
+        disposition(send(&url, &n, c).await),
+        Disposition::RecipientMoved { to: Address::Chat("-1001234".into()) }
+    );
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::RecipientGone);
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::RecipientGone);
+    assert_eq!(
+        disposition(send(&url, &n, c).await),
+        Disposition::Retry { after: None },
+        "an unknown 403 keeps the chat"
+    );
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::FixConfig);
+    // Oversized text is refused before any request.
+    let before = d.received("telegram").len();
+    assert_eq!(disposition(send(&url, &Notification::new("y".repeat(4097)), c).await), Disposition::FixPayload);
+    assert_eq!(d.received("telegram").len(), before);
+    assert_eq!(d.violations(), Vec::<String>::new());
+    let e = open("tgram://not-a-token/1").unwrap_err();
+    assert!(e.to_string().contains("token") && !e.to_string().contains("not-a-token"), "{e}");
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_as_standard_webhooks() {
+    let d = Doubles::start().await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    d.hook_secret("orders", secret);
+    let url = format!("webhook://hooks.example.com/hooks/orders?secret={secret}&base_url={}", d.url());
+    let n = Notification::new("order 42 shipped").tag("orders").data("order", "42");
+    send(&url, &n, &Address::Configured).await.unwrap();
+    let got = &d.received("webhook")[0];
+    assert_eq!(got.headers["webhook-id"], n.id.as_str());
+    assert_eq!(got.json()["data"]["order"], "42");
+    assert_eq!(d.violations(), Vec::<String>::new(), "the signature verified");
+
+    // The same id on a retry, so the receiver deduplicates.
+    d.script("webhook", [Reply::new(503).header("retry-after", "1"), Reply::new(410)]);
+    let c = &Address::Configured;
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::Retry { after: Some(Duration::from_secs(1)) });
+    assert_eq!(disposition(send(&url, &n, c).await), Disposition::RecipientGone);
+    assert!(d.received("webhook").iter().all(|r| r.headers["webhook-id"] == n.id.as_str()));
+
+    // A wrong secret fails the double's check, as a receiver would refuse it.
+    let wrong = format!("webhook://h/hooks/orders?secret=whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAA&base_url={}", d.url());
+    assert_eq!(disposition(send(&wrong, &n, c).await), Disposition::FixConfig);
+    assert_eq!(d.violations().len(), 1);
+}
+
+#[tokio::test]
+async fn unreachable_vendors_retry_and_bad_urls_name_their_part() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let url = format!("slack://T/B/X?base_url=http://{closed}/services&timeout=2s");
+    let e = send(&url, &Notification::new("hi"), &Address::Configured).await.unwrap_err();
+    assert_eq!(e.disposition, Disposition::Retry { after: None });
+    assert!(open("slack://T/B").unwrap_err().to_string().contains("three tokens"));
+    assert!(open("discord://123/tok?wait=false").unwrap_err().to_string().contains("wait"));
+    assert!(open("sms://x").unwrap_err().to_string().contains("unknown url scheme"));
+    let memory = open("memory://").unwrap();
+    memory.send(&Notification::new("kept"), &Address::Email("a@b.c".into())).await.unwrap();
+}
