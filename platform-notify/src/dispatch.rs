@@ -330,6 +330,19 @@ impl Dispatcher {
         report
     }
 
+    /// The names of the routes that take `notification`.
+    pub fn routes_for(&self, notification: &Notification) -> Vec<String> {
+        self.routes.iter().filter(|r| r.takes(notification)).map(|r| r.name.clone()).collect()
+    }
+
+    /// Sends `notification` on route `route` alone; `None` when there is no such route.
+    pub async fn notify_route(&self, route: &str, notification: &Notification, to: &Address) -> Option<Delivery> {
+        let route = self.routes.iter().find(|r| r.name == route)?;
+        let span = tracing::info_span!("notify", route = %route.name, id = %notification.id);
+        let delivery = self.deliver(route, notification, to).instrument(span).await;
+        Some(delivery)
+    }
+
     async fn deliver(&self, route: &Route, n: &Notification, to: &Address) -> Delivery {
         let mut errors = Vec::new();
         let mut attempts = 0;

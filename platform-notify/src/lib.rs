@@ -2,6 +2,8 @@
 
 pub mod dispatch;
 pub mod driver;
+#[cfg(feature = "durable")]
+pub mod durable;
 #[cfg(feature = "memory")]
 pub mod memory;
 #[cfg(feature = "testkit")]
