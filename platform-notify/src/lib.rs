@@ -19,6 +19,8 @@ pub mod teams;
 pub mod telegram;
 #[cfg(feature = "webhook")]
 pub mod webhook;
+#[cfg(feature = "webpush")]
+pub mod webpush;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -124,6 +126,26 @@ pub enum Address {
     Device(String),
     /// An email address.
     Email(String),
+    /// A browser's Web Push subscription.
+    WebPush(PushSubscription),
+}
+
+/// A browser's push subscription, as `PushSubscription.toJSON()` gives it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct PushSubscription {
+    /// The push resource URL (the push service's).
+    pub endpoint: String,
+    /// The keys.
+    pub keys: PushKeys,
+}
+
+/// A push subscription's keys, base64url.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct PushKeys {
+    /// The user agent's P-256 public key (65 bytes, uncompressed).
+    pub p256dh: String,
+    /// The authentication secret (16 bytes).
+    pub auth: String,
 }
 
 impl fmt::Display for Address {
@@ -133,6 +155,10 @@ impl fmt::Display for Address {
             Self::Chat(c) => write!(f, "chat {c}"),
             Self::Device(d) => write!(f, "device {}…", d.get(..8).unwrap_or(d)),
             Self::Email(e) => write!(f, "{e}"),
+            Self::WebPush(s) => {
+                let origin = url::Url::parse(&s.endpoint).map(|u| u.origin().ascii_serialization());
+                write!(f, "push subscription at {}", origin.unwrap_or_default())
+            }
         }
     }
 }
@@ -301,6 +327,7 @@ pub fn schemes() -> Vec<&'static str> {
         ("teams", cfg!(feature = "teams")),
         ("tgram", cfg!(feature = "telegram")),
         ("webhook", cfg!(feature = "webhook")),
+        ("webpush", cfg!(feature = "webpush")),
     ];
     all.into_iter().filter(|(_, on)| *on).map(|(scheme, _)| scheme).collect()
 }
@@ -313,6 +340,7 @@ fn feature_for(scheme: &str) -> Option<&'static str> {
         "teams" => "teams",
         "tgram" => "telegram",
         "webhook" | "webhook+http" => "webhook",
+        "webpush" => "webpush",
         _ => return None,
     })
 }
@@ -329,11 +357,18 @@ pub fn open(raw: &str) -> Result<Arc<dyn Notifier>> {
     let masked = mask_url(raw);
     let url = url::Url::parse(raw).map_err(|e| url_error("notify", "url", &format!("{masked:?} is not a URL: {e}")))?;
     #[cfg_attr(
-        not(any(feature = "slack", feature = "discord", feature = "teams", feature = "webhook")),
+        not(any(feature = "slack", feature = "discord", feature = "teams", feature = "webhook", feature = "webpush")),
         expect(unused_mut, reason = "only these drivers take parameters from the parsed URL")
     )]
     #[cfg_attr(
-        not(any(feature = "memory", feature = "slack", feature = "discord", feature = "teams", feature = "webhook")),
+        not(any(
+            feature = "memory",
+            feature = "slack",
+            feature = "discord",
+            feature = "teams",
+            feature = "webhook",
+            feature = "webpush"
+        )),
         expect(unused_variables, reason = "no driver of this build reads the parsed URL")
     )]
     let mut params = platform_core::config::UrlParams::parse("notify", url.query())?;
@@ -351,6 +386,8 @@ pub fn open(raw: &str) -> Result<Arc<dyn Notifier>> {
         "teams" => Ok(Arc::new(driver::Checked(teams::Teams::from_url(&url, &mut params)?))),
         #[cfg(feature = "webhook")]
         "webhook" | "webhook+http" => Ok(Arc::new(driver::Checked(webhook::Webhook::from_url(&url, &mut params)?))),
+        #[cfg(feature = "webpush")]
+        "webpush" => Ok(Arc::new(driver::Checked(webpush::WebPush::from_url(&mut params)?))),
         other => Err(scheme_error("platform-notify", other, feature_for(other), &schemes(), raw)),
     }
 }

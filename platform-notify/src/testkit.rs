@@ -107,6 +107,11 @@ struct Inner {
     hook_secrets: HashMap<String, String>,
     /// Discord: answers carry `X-RateLimit-Remaining: 0` and this reset (seconds).
     discord_reset_after: Option<f64>,
+    /// The doubles' origin (`http://127.0.0.1:port`), the VAPID `aud` expected.
+    #[cfg(feature = "webpush")]
+    origin: String,
+    #[cfg(feature = "webpush")]
+    push: HashMap<String, push::Subscriber>,
 }
 
 /// The doubles, serving on a port of their own.
@@ -119,16 +124,22 @@ pub struct Doubles {
 impl Doubles {
     /// Starts them on a free port on 127.0.0.1.
     pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a port for the doubles");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
         let inner = Arc::new(Mutex::new(Inner::default()));
+        #[cfg(feature = "webpush")]
+        {
+            inner.lock().unwrap_or_else(PoisonError::into_inner).origin.clone_from(&url);
+        }
         let app = Router::new()
             .route("/services/{t}/{b}/{x}", post(slack))
             .route("/api/webhooks/{id}/{token}", post(discord))
             .route("/workflows/{id}/triggers/manual/paths/invoke", post(teams))
             .route("/{bot}/sendMessage", post(telegram))
-            .route("/hooks/{name}", post(webhook))
-            .with_state(Arc::clone(&inner));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a port for the doubles");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
+            .route("/hooks/{name}", post(webhook));
+        #[cfg(feature = "webpush")]
+        let app = app.route("/push/{id}", post(push::receive));
+        let app = app.with_state(Arc::clone(&inner));
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { url, inner }
     }
@@ -165,6 +176,28 @@ impl Doubles {
         self.lock().hook_secrets.insert(name.to_owned(), secret.to_owned());
     }
 
+    /// A new browser subscription on the push double: its keys are made here, and what
+    /// is pushed to it is decrypted with them ([`Doubles::pushed`]).
+    #[cfg(feature = "webpush")]
+    pub fn push_subscription(&self, id: &str) -> crate::PushSubscription {
+        let subscriber = push::Subscriber::new();
+        let subscription = subscriber.subscription(&format!("{}/push/{id}", self.url));
+        self.lock().push.insert(id.to_owned(), subscriber);
+        subscription
+    }
+
+    /// The payloads pushed to subscription `id`, decrypted, oldest first.
+    #[cfg(feature = "webpush")]
+    pub fn pushed(&self, id: &str) -> Vec<Vec<u8>> {
+        self.lock().push.get(id).map(|s| s.received.clone()).unwrap_or_default()
+    }
+
+    /// Ends subscription `id`: the push double answers `410 Gone` for it.
+    #[cfg(feature = "webpush")]
+    pub fn unsubscribe(&self, id: &str) {
+        self.lock().push.remove(id);
+    }
+
     /// Discord's answers say the bucket is empty until `seconds` from now.
     pub fn discord_bucket_empty_for(&self, seconds: f64) {
         self.lock().discord_reset_after = Some(seconds);
@@ -178,6 +211,7 @@ fn vendor_key(vendor: &str) -> &'static str {
         "teams" => "teams",
         "telegram" => "telegram",
         "webhook" => "webhook",
+        "webpush" => "webpush",
         other => panic!("no double for {other:?}"),
     }
 }
@@ -381,4 +415,174 @@ async fn webhook(State(inner): State<Shared>, Path(name): Path<String>, headers:
     };
     let r = received(format!("/hooks/{name}"), None, headers, body);
     answer(&inner, "webhook", r, check, |_| StatusCode::NO_CONTENT.into_response())
+}
+
+/// The push service double: VAPID checked, the payload decrypted with the subscriber's
+/// keys.
+#[cfg(feature = "webpush")]
+mod push {
+    use aws_lc_rs::agreement::{self, ECDH_P256, UnparsedPublicKey};
+    use aws_lc_rs::rand::{SecureRandom as _, SystemRandom};
+    use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED, UnparsedPublicKey as SignatureKey};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+    use super::{Bytes, HeaderMap, IntoResponse, Path, Response, Shared, State, StatusCode, Value, answer, received};
+
+    /// A browser's side of a subscription.
+    #[derive(Debug)]
+    pub(super) struct Subscriber {
+        private: agreement::PrivateKey,
+        public: Vec<u8>,
+        auth: [u8; 16],
+        pub(super) received: Vec<Vec<u8>>,
+    }
+
+    impl Subscriber {
+        pub(super) fn new() -> Self {
+            let private = agreement::PrivateKey::generate(&ECDH_P256).expect("a P-256 key");
+            let public = private.compute_public_key().expect("its public key").as_ref().to_vec();
+            let mut auth = [0_u8; 16];
+            SystemRandom::new().fill(&mut auth).expect("random bytes");
+            Self { private, public, auth, received: Vec::new() }
+        }
+
+        pub(super) fn subscription(&self, endpoint: &str) -> crate::PushSubscription {
+            crate::PushSubscription {
+                endpoint: endpoint.to_owned(),
+                keys: crate::PushKeys {
+                    p256dh: URL_SAFE_NO_PAD.encode(&self.public),
+                    auth: URL_SAFE_NO_PAD.encode(self.auth),
+                },
+            }
+        }
+
+        /// RFC 8188 / RFC 8291 decryption of one record, as a browser does it.
+        fn decrypt(&self, body: &[u8]) -> Result<Vec<u8>, String> {
+            if body.len() < 21 {
+                return Err("body shorter than the aes128gcm header".into());
+            }
+            let salt = &body[..16];
+            let rs = u32::from_be_bytes([body[16], body[17], body[18], body[19]]);
+            let idlen = usize::from(body[20]);
+            if rs < 18 || idlen != 65 || body.len() < 21 + idlen + 17 {
+                return Err(format!("bad header: rs {rs}, idlen {idlen}"));
+            }
+            let as_public = &body[21..21 + idlen];
+            let ecdh =
+                agreement::agree(&self.private, UnparsedPublicKey::new(&ECDH_P256, as_public), (), |s| Ok(s.to_vec()))
+                    .map_err(|()| "the keyid is not a P-256 public key".to_owned())?;
+            let (cek, nonce) = crate::webpush::derive(&ecdh, &self.auth, &self.public, as_public, salt);
+            let key = aws_lc_rs::aead::LessSafeKey::new(
+                aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_128_GCM, &cek).map_err(|_| "key".to_owned())?,
+            );
+            let mut record = body[21 + idlen..].to_vec();
+            let plain = key
+                .open_in_place(
+                    aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                    aws_lc_rs::aead::Aad::empty(),
+                    &mut record,
+                )
+                .map_err(|_| "the record does not decrypt".to_owned())?;
+            let end = plain.iter().rposition(|b| *b != 0).ok_or("no delimiter")?;
+            if plain[end] != 2 {
+                return Err("the last record's delimiter is not 0x02".into());
+            }
+            Ok(plain[..end].to_vec())
+        }
+    }
+
+    /// Checks `Authorization: vapid t=…, k=…` as a push service does.
+    fn check_vapid(headers: &HeaderMap, origin: &str) -> Result<(), String> {
+        let auth = headers.get("authorization").and_then(|v| v.to_str().ok()).ok_or("no Authorization")?;
+        let rest = auth.strip_prefix("vapid ").ok_or("not the vapid scheme")?;
+        let mut t = None;
+        let mut k = None;
+        for part in rest.split(',') {
+            let (name, value) = part.trim().split_once('=').ok_or("a malformed parameter")?;
+            match name {
+                "t" => t = Some(value),
+                "k" => k = Some(value),
+                _ => {}
+            }
+        }
+        let (t, k) = (t.ok_or("no t")?, k.ok_or("no k")?);
+        let key = URL_SAFE_NO_PAD.decode(k).map_err(|_| "k is not base64url")?;
+        let (input, signature) = t.rsplit_once('.').ok_or("t is not a JWT")?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| "the signature is not base64url")?;
+        SignatureKey::new(&ECDSA_P256_SHA256_FIXED, &key)
+            .verify(input.as_bytes(), &signature)
+            .map_err(|_| "the JWT's ES256 signature does not verify with k")?;
+        let (header, claims) = input.split_once('.').ok_or("t is not a JWT")?;
+        let json = |part: &str| -> Result<Value, String> {
+            let bytes = URL_SAFE_NO_PAD.decode(part).map_err(|_| "a JWT part is not base64url")?;
+            serde_json::from_slice(&bytes).map_err(|_| "a JWT part is not JSON".to_owned())
+        };
+        let (header, claims) = (json(header)?, json(claims)?);
+        if header["alg"] != "ES256" {
+            return Err("alg is not ES256".into());
+        }
+        if claims["aud"].as_str() != Some(origin) {
+            return Err(format!("aud {} is not the push service's origin {origin}", claims["aud"]));
+        }
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let exp = claims["exp"].as_u64().ok_or("no exp")?;
+        if exp <= now || exp > now + 24 * 3600 {
+            return Err("exp is not within the next 24 hours".into());
+        }
+        let sub = claims["sub"].as_str().unwrap_or_default();
+        if !(sub.starts_with("mailto:") || sub.starts_with("https:")) {
+            return Err("sub is not a mailto: or https: contact".into());
+        }
+        Ok(())
+    }
+
+    pub(super) async fn receive(
+        State(inner): State<Shared>,
+        Path(id): Path<String>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let (origin, known) = {
+            let inner = inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            (inner.origin.clone(), inner.push.contains_key(&id))
+        };
+        if !known {
+            return StatusCode::GONE.into_response();
+        }
+        let refuse = |why: String, status: StatusCode| Err(Box::new((why, status.into_response())));
+        let mut plaintext = None;
+        let check = if header("ttl").parse::<u64>().is_err() {
+            refuse("no TTL".into(), StatusCode::BAD_REQUEST)
+        } else if header("content-encoding") != "aes128gcm" {
+            refuse("Content-Encoding is not aes128gcm".into(), StatusCode::UNSUPPORTED_MEDIA_TYPE)
+        } else if body.len() > 4096 {
+            refuse(format!("body of {} bytes", body.len()), StatusCode::PAYLOAD_TOO_LARGE)
+        } else if let Err(why) = check_vapid(&headers, &origin) {
+            refuse(format!("VAPID: {why}"), StatusCode::UNAUTHORIZED)
+        } else {
+            let decrypted = {
+                let inner = inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                inner.push.get(&id).map(|s| s.decrypt(&body))
+            };
+            match decrypted {
+                Some(Ok(p)) => {
+                    plaintext = Some(p);
+                    Ok(())
+                }
+                Some(Err(why)) => refuse(why, StatusCode::BAD_REQUEST),
+                None => refuse("unsubscribed meanwhile".into(), StatusCode::GONE),
+            }
+        };
+        let r = received(format!("/push/{id}"), None, headers, body);
+        answer(&inner, "webpush", r, check, |inner| {
+            let n = inner.received.get("webpush").map_or(0, Vec::len);
+            if let (Some(s), Some(p)) = (inner.push.get_mut(&id), plaintext) {
+                s.received.push(p);
+            }
+            let location = format!("{}/messages/{n}", inner.origin);
+            (StatusCode::CREATED, [("location", location)]).into_response()
+        })
+    }
 }

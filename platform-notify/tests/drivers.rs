@@ -214,3 +214,39 @@ async fn unreachable_vendors_retry_and_bad_urls_name_their_part() {
     let memory = open("memory://").unwrap();
     memory.send(&Notification::new("kept"), &Address::Email("a@b.c".into())).await.unwrap();
 }
+
+/// A valid P-256 private key (RFC 8291's example sender key), as a VAPID key.
+const VAPID_KEY: &str = "yfWPiYE-n46HLnH0KqZOF1fJJU3MYrct3AELtAQ-oRw";
+
+#[tokio::test]
+async fn web_push_is_encrypted_for_the_subscriber_and_signed_with_vapid() {
+    let d = Doubles::start().await;
+    let url = format!("webpush://?vapid_key={VAPID_KEY}&subject=mailto:ops@example.com&ttl=1h");
+    let alice = Address::WebPush(d.push_subscription("alice"));
+    let n = Notification::new("your order shipped").title("Orders").data("order", "42");
+    let r = send(&url, &n, &alice).await.unwrap();
+    assert!(r.vendor_id.unwrap().contains("/messages/"), "the Location is the receipt");
+    let pushed: serde_json::Value = serde_json::from_slice(&d.pushed("alice")[0]).unwrap();
+    assert_eq!((pushed["title"].as_str(), pushed["body"].as_str()), (Some("Orders"), Some("your order shipped")));
+    assert_eq!(pushed["data"]["order"], "42");
+    let got = &d.received("webpush")[0];
+    assert_eq!((got.headers["ttl"].to_str().unwrap(), got.headers["urgency"].to_str().unwrap()), ("3600", "normal"));
+    // Two sends of one text differ on the wire: a fresh key and salt each.
+    send(&url, &n, &alice).await.unwrap();
+    assert_ne!(d.received("webpush")[0].body, d.received("webpush")[1].body);
+
+    d.script("webpush", [Reply::new(429).header("retry-after", "5"), Reply::new(413), Reply::new(403)]);
+    assert_eq!(disposition(send(&url, &n, &alice).await), Disposition::Retry { after: Some(Duration::from_secs(5)) });
+    assert_eq!(disposition(send(&url, &n, &alice).await), Disposition::FixPayload);
+    assert_eq!(disposition(send(&url, &n, &alice).await), Disposition::FixConfig);
+    d.unsubscribe("alice");
+    assert_eq!(disposition(send(&url, &n, &alice).await), Disposition::RecipientGone);
+    let bob = Address::WebPush(d.push_subscription("bob"));
+    assert_eq!(disposition(send(&url, &Notification::new("z".repeat(3500)), &bob).await), Disposition::FixPayload);
+    assert_eq!(disposition(send(&url, &n, &Address::Configured).await), Disposition::FixConfig);
+    assert_eq!(d.violations(), Vec::<String>::new());
+
+    let e = open("webpush://?vapid_key=AAAA&subject=mailto:a@b.c").unwrap_err();
+    assert!(e.to_string().contains("vapid_key") && !e.to_string().contains("AAAA"), "{e}");
+    assert!(open(&format!("webpush://?vapid_key={VAPID_KEY}")).unwrap_err().to_string().contains("subject"));
+}
