@@ -5,7 +5,8 @@
 //! goes to the subscription's own endpoint (that is the push service: there is no
 //! vendor base URL to override), with `TTL` (`ttl=`, 1 day by default), `Urgency` from
 //! the severity, `Content-Encoding: aes128gcm` and `Authorization: vapid t=<ES256 JWT>,
-//! k=<public key>`, whose `aud` is the endpoint's origin and `exp` 12 hours ahead. The
+//! k=<public key>`, whose `aud` is the endpoint's origin and `exp` 12 hours ahead (one
+//! token per push service, signed again when it has less than an hour left). The
 //! payload is the notification as JSON (`id`, `title`, `body`, `severity`, `data`),
 //! at most 3993 bytes, encrypted with a fresh key and salt per message.
 //!
@@ -43,6 +44,9 @@ pub struct WebPush {
     vapid_public: String,
     subject: String,
     ttl: Duration,
+    /// Signed `Authorization` values by endpoint origin, with their `exp`: a VAPID token
+    /// is good for 12 hours, so it is signed once per push service, not per message.
+    signed: std::sync::Mutex<std::collections::HashMap<String, (String, u64)>>,
 }
 
 impl std::fmt::Debug for WebPush {
@@ -85,7 +89,7 @@ impl WebPush {
             .timeout(timeout)
             .build()
             .map_err(|e| Error::internal(format!("the HTTP client could not be built: {e}")))?;
-        Ok(Self { client, vapid, vapid_public, subject, ttl })
+        Ok(Self { client, vapid, vapid_public, subject, ttl, signed: std::sync::Mutex::default() })
     }
 
     /// The VAPID public key (base64url), for the browser's `applicationServerKey`.
@@ -93,10 +97,26 @@ impl WebPush {
         &self.vapid_public
     }
 
-    /// `vapid t=<JWT>, k=<key>` for `endpoint`'s origin.
+    /// `vapid t=<JWT>, k=<key>` for `endpoint`'s origin: signed anew when none is held
+    /// for it or the one held has less than an hour left.
     fn authorization(&self, endpoint: &url::Url) -> std::result::Result<String, NotifyError> {
         let origin = endpoint.origin().ascii_serialization();
-        let exp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs() + 12 * 3600;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let mut signed = self.signed.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((value, exp)) = signed.get(&origin)
+            && *exp > now + 3600
+        {
+            return Ok(value.clone());
+        }
+        let value = self.sign(&origin, now + 12 * 3600)?;
+        if signed.len() >= 1024 {
+            signed.clear();
+        }
+        signed.insert(origin, (value.clone(), now + 12 * 3600));
+        Ok(value)
+    }
+
+    fn sign(&self, origin: &str, exp: u64) -> std::result::Result<String, NotifyError> {
         let header = b64(br#"{"typ":"JWT","alg":"ES256"}"#);
         let claims = b64(json!({ "aud": origin, "exp": exp, "sub": self.subject }).to_string().as_bytes());
         let input = format!("{header}.{claims}");
