@@ -25,8 +25,9 @@
 //!   notification goes to the new address at once.
 //! - Text longer than a notifier takes is shortened by [`crate::driver::shorten`]'s rule.
 //! - A notifier that fails [`Breaker::failures`] times running (retryable failures and
-//!   configuration errors) is skipped for [`Breaker::open_for`]; then one send is let
-//!   through, whose success closes the breaker and whose failure opens it again.
+//!   configuration errors) is skipped for [`Breaker::open_for`]; then one send at a
+//!   time is let through, whose answer closes the breaker (a success, or a failure that
+//!   is the recipient's or the payload's) and whose failure opens it again.
 //! - In dry-run mode nothing is sent; the report names the notifier that would have.
 
 use std::collections::{BTreeSet, HashMap};
@@ -217,6 +218,9 @@ struct Health {
     failures: u32,
     open_until: Option<Instant>,
     paused_until: Option<Instant>,
+    /// A send let through a breaker whose time is up is under way: the others wait
+    /// for its verdict (skipped as if open).
+    probing: bool,
 }
 
 #[derive(Debug, Default)]
@@ -348,7 +352,7 @@ impl Dispatcher {
         let mut attempts = 0;
         for name in &route.chain {
             let Some(notifier) = self.notifiers.get(name) else { continue };
-            if self.is_open(name) {
+            if !self.admit(name) {
                 errors.push((
                     name.clone(),
                     NotifyError::new(notifier.driver(), Disposition::Retry { after: None }, "breaker open"),
@@ -417,7 +421,7 @@ impl Dispatcher {
                 Ok(receipt) => {
                     let pause = receipt.pause.map(|p| Instant::now() + p);
                     self.with_health(name, |h| {
-                        *h = Health { failures: 0, open_until: None, paused_until: pause };
+                        *h = Health { failures: 0, open_until: None, paused_until: pause, probing: false };
                     });
                     return Tried::Sent(receipt);
                 }
@@ -437,7 +441,13 @@ impl Dispatcher {
                         tokio::time::sleep(wait).await;
                     }
                 }
+                Disposition::FixConfig => {
+                    self.failed(name);
+                    return Tried::Failed(e);
+                }
+                // The notifier answered: its breaker has no quarrel with it.
                 Disposition::RecipientMoved { to } if !moved => {
+                    self.healthy(name);
                     if let Some(hook) = &self.hook {
                         hook.moved(name, &address, to).await;
                     }
@@ -445,26 +455,47 @@ impl Dispatcher {
                     moved = true;
                 }
                 Disposition::RecipientGone => {
+                    self.healthy(name);
                     if let Some(hook) = &self.hook {
                         hook.gone(name, &address, &e).await;
                     }
                     return Tried::Failed(e);
                 }
-                Disposition::FixConfig => {
-                    self.failed(name);
+                _ => {
+                    self.healthy(name);
                     return Tried::Failed(e);
                 }
-                _ => return Tried::Failed(e),
             }
         }
     }
 
     /// One more failure in a row; the breaker opens at the threshold (again at once
     /// when it was half open).
+    /// Marks `name` as answering: its breaker closes.
+    fn healthy(&self, name: &str) {
+        self.with_health(name, |h| {
+            h.failures = 0;
+            h.open_until = None;
+            h.probing = false;
+        });
+    }
+
+    /// Whether a send may go to `name`: not while its breaker is open; once its time
+    /// is up, one send at a time until one succeeds (half open).
+    fn admit(&self, name: &str) -> bool {
+        let threshold = self.breaker.failures;
+        self.with_health(name, |h| match h.open_until {
+            Some(until) if until > Instant::now() => false,
+            Some(_) if h.failures >= threshold => !std::mem::replace(&mut h.probing, true),
+            _ => true,
+        })
+    }
+
     fn failed(&self, name: &str) {
         let breaker = self.breaker;
         self.with_health(name, |h| {
             h.failures += 1;
+            h.probing = false;
             if h.failures >= breaker.failures {
                 h.open_until = Some(Instant::now() + breaker.open_for);
                 tracing::warn!(notifier = %name, open_for = ?breaker.open_for, "breaker opened");

@@ -11,6 +11,8 @@ pub mod testkit;
 
 #[cfg(feature = "discord")]
 pub mod discord;
+#[cfg(feature = "fcm")]
+pub mod fcm;
 #[cfg(feature = "slack")]
 pub mod slack;
 #[cfg(feature = "teams")]
@@ -328,6 +330,7 @@ pub fn schemes() -> Vec<&'static str> {
         ("tgram", cfg!(feature = "telegram")),
         ("webhook", cfg!(feature = "webhook")),
         ("webpush", cfg!(feature = "webpush")),
+        ("fcm", cfg!(feature = "fcm")),
     ];
     all.into_iter().filter(|(_, on)| *on).map(|(scheme, _)| scheme).collect()
 }
@@ -341,6 +344,7 @@ fn feature_for(scheme: &str) -> Option<&'static str> {
         "tgram" => "telegram",
         "webhook" | "webhook+http" => "webhook",
         "webpush" => "webpush",
+        "fcm" => "fcm",
         _ => return None,
     })
 }
@@ -356,19 +360,9 @@ pub fn open(raw: &str) -> Result<Arc<dyn Notifier>> {
     }
     let masked = mask_url(raw);
     let url = url::Url::parse(raw).map_err(|e| url_error("notify", "url", &format!("{masked:?} is not a URL: {e}")))?;
+    #[cfg_attr(not(feature = "_url"), expect(unused_mut, reason = "only these drivers take parameters from the URL"))]
     #[cfg_attr(
-        not(any(feature = "slack", feature = "discord", feature = "teams", feature = "webhook", feature = "webpush")),
-        expect(unused_mut, reason = "only these drivers take parameters from the parsed URL")
-    )]
-    #[cfg_attr(
-        not(any(
-            feature = "memory",
-            feature = "slack",
-            feature = "discord",
-            feature = "teams",
-            feature = "webhook",
-            feature = "webpush"
-        )),
+        not(any(feature = "memory", feature = "_url")),
         expect(unused_variables, reason = "no driver of this build reads the parsed URL")
     )]
     let mut params = platform_core::config::UrlParams::parse("notify", url.query())?;
@@ -386,6 +380,8 @@ pub fn open(raw: &str) -> Result<Arc<dyn Notifier>> {
         "teams" => Ok(Arc::new(driver::Checked(teams::Teams::from_url(&url, &mut params)?))),
         #[cfg(feature = "webhook")]
         "webhook" | "webhook+http" => Ok(Arc::new(driver::Checked(webhook::Webhook::from_url(&url, &mut params)?))),
+        #[cfg(feature = "fcm")]
+        "fcm" => Ok(Arc::new(driver::Checked(fcm::Fcm::from_url(&url, &mut params)?))),
         #[cfg(feature = "webpush")]
         "webpush" => Ok(Arc::new(driver::Checked(webpush::WebPush::from_url(&mut params)?))),
         other => Err(scheme_error("platform-notify", other, feature_for(other), &schemes(), raw)),

@@ -108,10 +108,12 @@ struct Inner {
     /// Discord: answers carry `X-RateLimit-Remaining: 0` and this reset (seconds).
     discord_reset_after: Option<f64>,
     /// The doubles' origin (`http://127.0.0.1:port`), the VAPID `aud` expected.
-    #[cfg(feature = "webpush")]
+    #[cfg(any(feature = "webpush", feature = "fcm"))]
     origin: String,
     #[cfg(feature = "webpush")]
     push: HashMap<String, push::Subscriber>,
+    #[cfg(feature = "fcm")]
+    fcm: Option<fcm::Account>,
 }
 
 /// The doubles, serving on a port of their own.
@@ -127,7 +129,7 @@ impl Doubles {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a port for the doubles");
         let url = format!("http://{}", listener.local_addr().expect("address"));
         let inner = Arc::new(Mutex::new(Inner::default()));
-        #[cfg(feature = "webpush")]
+        #[cfg(any(feature = "webpush", feature = "fcm"))]
         {
             inner.lock().unwrap_or_else(PoisonError::into_inner).origin.clone_from(&url);
         }
@@ -139,6 +141,8 @@ impl Doubles {
             .route("/hooks/{name}", post(webhook));
         #[cfg(feature = "webpush")]
         let app = app.route("/push/{id}", post(push::receive));
+        #[cfg(feature = "fcm")]
+        let app = app.route("/token", post(fcm::token)).route("/v1/projects/{project}/messages:send", post(fcm::send));
         let app = app.with_state(Arc::clone(&inner));
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { url, inner }
@@ -198,6 +202,21 @@ impl Doubles {
         self.lock().push.remove(id);
     }
 
+    /// A service account the FCM double trusts (a fresh RSA key), as its JSON, with
+    /// `token_uri` pointing at the double.
+    #[cfg(feature = "fcm")]
+    pub fn fcm_service_account(&self) -> String {
+        let (account, json) = fcm::Account::new(&format!("{}/token", self.url));
+        self.lock().fcm = Some(account);
+        json
+    }
+
+    /// How many access tokens the FCM double issued.
+    #[cfg(feature = "fcm")]
+    pub fn fcm_tokens_issued(&self) -> usize {
+        self.lock().fcm.as_ref().map_or(0, |a| a.issued.len())
+    }
+
     /// Discord's answers say the bucket is empty until `seconds` from now.
     pub fn discord_bucket_empty_for(&self, seconds: f64) {
         self.lock().discord_reset_after = Some(seconds);
@@ -212,6 +231,8 @@ fn vendor_key(vendor: &str) -> &'static str {
         "telegram" => "telegram",
         "webhook" => "webhook",
         "webpush" => "webpush",
+        "fcm" => "fcm",
+        "fcm-token" => "fcm-token",
         other => panic!("no double for {other:?}"),
     }
 }
@@ -583,6 +604,165 @@ mod push {
             }
             let location = format!("{}/messages/{n}", inner.origin);
             (StatusCode::CREATED, [("location", location)]).into_response()
+        })
+    }
+}
+
+/// An FCM error as FCM sends it: a google.rpc status with an `FcmError` detail.
+#[cfg(feature = "fcm")]
+pub fn fcm_error(status: u16, error_code: &str) -> Reply {
+    let rpc = match status {
+        400 => "INVALID_ARGUMENT",
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        503 => "UNAVAILABLE",
+        _ => "INTERNAL",
+    };
+    Reply::new(status).json(&json!({"error": {
+        "code": status, "message": error_code, "status": rpc,
+        "details": [{"@type": "type.googleapis.com/google.firebase.fcm.v1.FcmError", "errorCode": error_code}],
+    }}))
+}
+
+/// The FCM double: the OAuth2 token exchange (the RS256 assertion verified with the
+/// service account's public key) and `messages:send` (the bearer one it issued).
+#[cfg(feature = "fcm")]
+mod fcm {
+    use aws_lc_rs::encoding::AsDer as _;
+    use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+    use base64::Engine as _;
+    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+
+    use super::{
+        Bytes, HeaderMap, IntoResponse, Path, Response, Shared, State, StatusCode, Value, answer, json, received,
+    };
+
+    #[derive(Debug)]
+    pub(super) struct Account {
+        public: Vec<u8>,
+        token_uri: String,
+        pub(super) issued: Vec<String>,
+    }
+
+    const EMAIL: &str = "notify@double.iam.gserviceaccount.com";
+
+    impl Account {
+        pub(super) fn new(token_uri: &str) -> (Self, String) {
+            let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("an RSA key");
+            let der = key.as_der().expect("PKCS#8");
+            let b64 = STANDARD.encode(der.as_ref());
+            let lines: Vec<&str> =
+                b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
+            let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
+            let json = json!({
+                "type": "service_account", "project_id": "double", "private_key_id": "k1", "private_key": pem,
+                "client_email": EMAIL, "token_uri": token_uri,
+            });
+            let account = Self {
+                public: key.public_key().as_ref().to_vec(),
+                token_uri: token_uri.to_owned(),
+                issued: Vec::new(),
+            };
+            (account, json.to_string())
+        }
+
+        fn check(&self, assertion: &str) -> Result<(), String> {
+            let (input, signature) = assertion.rsplit_once('.').ok_or("not a JWT")?;
+            let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| "signature not base64url")?;
+            UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, &self.public)
+                .verify(input.as_bytes(), &signature)
+                .map_err(|_| "the RS256 signature does not verify")?;
+            let (header, claims) = input.split_once('.').ok_or("not a JWT")?;
+            let part = |p: &str| -> Result<Value, String> {
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(p).map_err(|_| "not base64url")?)
+                    .map_err(|_| "not JSON".into())
+            };
+            let (header, claims) = (part(header)?, part(claims)?);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let (iat, exp) = (claims["iat"].as_u64().unwrap_or(0), claims["exp"].as_u64().unwrap_or(0));
+            if header["alg"] != "RS256" {
+                Err("alg is not RS256".into())
+            } else if claims["iss"] != EMAIL {
+                Err("iss is not the client email".into())
+            } else if claims["scope"] != crate::fcm::SCOPE {
+                Err("scope is not firebase.messaging".into())
+            } else if claims["aud"].as_str() != Some(self.token_uri.as_str()) {
+                Err("aud is not the token URI".into())
+            } else if exp <= now || iat > now + 60 || exp.saturating_sub(iat) > 3600 {
+                Err("iat/exp are not a valid hour".into())
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    pub(super) async fn token(State(inner): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+        let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(&body).into_owned().collect();
+        let verdict = {
+            let inner = inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            match (&inner.fcm, form.get("grant_type").map(String::as_str), form.get("assertion")) {
+                (None, ..) => Err("no service account set".to_owned()),
+                (_, g, _) if g != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") => Err("wrong grant_type".into()),
+                (Some(account), _, Some(assertion)) => account.check(assertion),
+                (Some(_), _, None) => Err("no assertion".into()),
+            }
+        };
+        let check = verdict.map_err(|why| {
+            let body = json!({"error": "invalid_grant", "error_description": why});
+            Box::new((why, (StatusCode::BAD_REQUEST, axum::Json(body)).into_response()))
+        });
+        let r = received("/token".into(), None, headers, body);
+        answer(&inner, "fcm-token", r, check, |inner| {
+            let Some(account) = inner.fcm.as_mut() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+            let token = format!("ya29.double-{}", account.issued.len() + 1);
+            account.issued.push(token.clone());
+            axum::Json(json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"})).into_response()
+        })
+    }
+
+    pub(super) async fn send(
+        State(inner): State<Shared>,
+        Path(project): Path<String>,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let bearer = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        let known = {
+            let inner = inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            bearer.is_some_and(|b| inner.fcm.as_ref().is_some_and(|a| a.issued.iter().any(|t| t == b)))
+        };
+        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let message = &json["message"];
+        let targets = ["token", "topic", "condition"].iter().filter(|k| message.get(**k).is_some()).count();
+        let data_ok =
+            message.get("data").is_none_or(|d| d.as_object().is_some_and(|m| m.values().all(Value::is_string)));
+        let refuse = |why: &str| {
+            let reply = super::fcm_error(400, "INVALID_ARGUMENT").respond();
+            Err(Box::new((why.to_owned(), reply)))
+        };
+        let check = if !known {
+            let body = json!({"error": {"code": 401, "message": "Request had invalid authentication credentials.", "status": "UNAUTHENTICATED"}});
+            Err(Box::new((
+                "not a token the double issued".to_owned(),
+                (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response(),
+            )))
+        } else if !message.is_object() || targets != 1 {
+            refuse("not a message with exactly one of token, topic, condition")
+        } else if message["token"].as_str().is_some_and(str::is_empty) {
+            refuse("an empty token")
+        } else if !data_ok {
+            refuse("data values that are not strings")
+        } else if body.len() > 4096 + 64 {
+            refuse("a message over 4096 bytes")
+        } else {
+            Ok(())
+        };
+        let r = received(format!("/v1/projects/{project}/messages:send"), None, headers, body);
+        answer(&inner, "fcm", r, check, |inner| {
+            let n = inner.received.get("fcm").map_or(0, Vec::len);
+            axum::Json(json!({"name": format!("projects/{project}/messages/{n}")})).into_response()
         })
     }
 }

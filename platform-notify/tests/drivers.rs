@@ -250,3 +250,74 @@ async fn web_push_is_encrypted_for_the_subscriber_and_signed_with_vapid() {
     assert!(e.to_string().contains("vapid_key") && !e.to_string().contains("AAAA"), "{e}");
     assert!(open(&format!("webpush://?vapid_key={VAPID_KEY}")).unwrap_err().to_string().contains("subject"));
 }
+
+#[tokio::test]
+async fn fcm_exchanges_one_token_and_reads_fcm_error_codes() {
+    use platform_notify::testkit::fcm_error;
+    let d = Doubles::start().await;
+    let dir = platform_core::testkit::server::temp_dir("notify-fcm");
+    let account = dir.join("sa.json");
+    std::fs::write(&account, d.fcm_service_account()).unwrap();
+    let url = format!("fcm://my-project?service_account={}&base_url={}", account.display(), d.url());
+    let fcm = open(&url).unwrap();
+    let phone = Address::Device("device-token-1".into());
+    let n = Notification::new("your order shipped")
+        .title("Orders")
+        .data("order", "42")
+        .severity(platform_notify::Severity::Critical);
+    let r = fcm.send(&n, &phone).await.unwrap();
+    assert_eq!(r.vendor_id.as_deref(), Some("projects/my-project/messages/1"));
+    fcm.send(&n, &phone).await.unwrap();
+    assert_eq!(d.fcm_tokens_issued(), 1, "the access token is cached");
+    let sent = d.received("fcm")[0].json();
+    assert_eq!(sent["message"]["token"], "device-token-1");
+    assert_eq!(sent["message"]["notification"]["title"], "Orders");
+    assert_eq!(sent["message"]["data"]["order"], "42");
+    assert_eq!(sent["message"]["android"]["priority"], "high");
+
+    let unauthenticated =
+        Reply::new(401).json(&json!({"error": {"code": 401, "status": "UNAUTHENTICATED", "message": "expired"}}));
+    d.script(
+        "fcm",
+        [
+            fcm_error(404, "UNREGISTERED"),
+            fcm_error(403, "SENDER_ID_MISMATCH"),
+            fcm_error(400, "INVALID_ARGUMENT"),
+            fcm_error(429, "QUOTA_EXCEEDED").header("retry-after", "10"),
+            fcm_error(401, "THIRD_PARTY_AUTH_ERROR"),
+            unauthenticated,
+        ],
+    );
+    let mut got = Vec::new();
+    for _ in 0..6 {
+        got.push(fcm.send(&n, &phone).await.unwrap_err().disposition);
+    }
+    assert_eq!(
+        got,
+        [
+            Disposition::RecipientGone,
+            Disposition::RecipientGone,
+            Disposition::FixPayload,
+            Disposition::Retry { after: Some(Duration::from_secs(10)) },
+            Disposition::FixConfig,
+            Disposition::Retry { after: None },
+        ]
+    );
+    fcm.send(&n, &phone).await.unwrap();
+    assert_eq!(d.fcm_tokens_issued(), 2, "a 401 drops the token; the next send gets a new one");
+    assert_eq!(fcm.send(&n, &Address::Chat("1".into())).await.unwrap_err().disposition, Disposition::FixConfig);
+    assert_eq!(d.violations(), Vec::<String>::new());
+
+    // A key the double does not trust: the exchange is refused, a configuration error.
+    let other = Doubles::start().await;
+    let mut stranger: serde_json::Value = serde_json::from_str(&other.fcm_service_account()).unwrap();
+    stranger["token_uri"] = json!(format!("{}/token", d.url()));
+    let stranger_path = dir.join("stranger.json");
+    std::fs::write(&stranger_path, stranger.to_string()).unwrap();
+    let bad =
+        open(&format!("fcm://my-project?service_account={}&base_url={}", stranger_path.display(), d.url())).unwrap();
+    assert_eq!(bad.send(&n, &phone).await.unwrap_err().disposition, Disposition::FixConfig);
+    assert_eq!(d.violations().len(), 1);
+    assert!(open("fcm://p").unwrap_err().to_string().contains("service_account"));
+    platform_core::testkit::server::remove_dir(&dir);
+}
