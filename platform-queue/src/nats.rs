@@ -3,7 +3,10 @@
 //! - [x] a work-queue stream per queue (`PQ_<NAME>`, subject `platform.queue.<NAME>`,
 //!   file storage) and one durable pull consumer (`worker`), shared by every receiver
 //! - [x] leases are the consumer's `ack_wait` (the visibility timeout); `extend` sends
-//!   `+WPI`, which renews for one more visibility timeout whatever length is asked
+//!   `+WPI`, which renews for one more visibility timeout whatever length is asked. The
+//!   client keeps the deadline too (the server cannot tell a stale ack from a live one),
+//!   and a newer delivery of the same message to this handle ends the older lease at
+//!   once, since the client's clock may have started after the server's
 //! - [x] attempts from the server's delivery count; `nack(delay)` is `-NAK` with delay
 //! - [x] dead letters in a second stream (`PQ_<DLQ>`, limits retention), readable
 //!   without removing them; redrive republishes and deletes
@@ -19,8 +22,9 @@
 //! URL: `nats://[user:password@]host:port`, plus the common
 //! parameters and `consumer` (the durable consumer's name, default `worker`).
 
+use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use std::time::{Duration, Instant};
 
@@ -141,7 +145,8 @@ impl NatsQueue {
             )
             .await
             .map_err(map_err)?;
-        let shared = Arc::new(NatsRef { js: js.clone(), options: u.options.clone(), max_payload });
+        let shared =
+            Arc::new(NatsRef { js: js.clone(), options: u.options.clone(), max_payload, leases: Mutex::default() });
         Ok(QueueHandle::new(Self { client, js, consumer, dlq, options: u.options, max_payload, shared }))
     }
 
@@ -334,13 +339,23 @@ impl NatsQueue {
         let base: u32 = nh.and_then(|h| h.get(ATTEMPTS_BASE)).and_then(|v| v.as_str().parse().ok()).unwrap_or(0);
         let attempt = base + delivered;
         let headers = nh.and_then(|h| h.get(HEADERS)).map(|v| decode_headers(v.as_str())).unwrap_or_default();
+        let lease = Arc::new(LeaseClock::until(Instant::now() + self.options.visibility_timeout));
+        {
+            let mut leases = self.shared.leases.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(older) = leases.insert(stream_seq, Arc::downgrade(&lease)).and_then(|w| w.upgrade()) {
+                older.expire();
+            }
+            if leases.len() > 4096 {
+                leases.retain(|_, w| w.strong_count() > 0);
+            }
+        }
         let acker = NatsAcker {
             queue: Arc::clone(&self.shared),
             message: m,
             attempt,
             headers: headers.clone(),
             published: OffsetDateTime::from_unix_timestamp_nanos(published.unix_timestamp_nanos()).ok(),
-            lease: LeaseClock::until(Instant::now() + self.options.visibility_timeout),
+            lease,
         };
         if attempt > self.options.max_attempts {
             let reason = format!("lease expired on each of {} attempts", attempt - 1);
@@ -358,6 +373,10 @@ struct NatsRef {
     js: js::Context,
     options: QueueOptions,
     max_payload: usize,
+    /// The lease of the latest delivery of each stream sequence this handle holds. The
+    /// lease clock starts when the client sees a message, which can be later than the
+    /// server's; a newer delivery of the same message proves the older lease lost.
+    leases: Mutex<HashMap<u64, Weak<LeaseClock>>>,
 }
 
 struct NatsAcker {
@@ -366,7 +385,7 @@ struct NatsAcker {
     attempt: u32,
     headers: Headers,
     published: Option<OffsetDateTime>,
-    lease: LeaseClock,
+    lease: Arc<LeaseClock>,
 }
 
 impl fmt::Debug for NatsAcker {

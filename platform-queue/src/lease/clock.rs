@@ -26,6 +26,11 @@ impl LeaseClock {
         Ok(())
     }
 
+    /// Ends the lease now: the message was handed out again.
+    pub(crate) fn expire(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
     pub(crate) fn renew(&self, deadline: Instant) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = deadline;
     }
