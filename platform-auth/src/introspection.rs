@@ -47,11 +47,7 @@ impl Introspection {
             Error::invalid_input(format!("the introspection endpoint is not a URL: {e}"))
                 .with_detail("endpoint", e.to_string())
         })?;
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| Error::internal(format!("the HTTP client could not be built: {e}")))?;
+        let client = crate::http_client()?;
         Ok(Self {
             client,
             endpoint,
@@ -143,24 +139,8 @@ impl Introspection {
                 return Err(unauthenticated("the token is for another audience (aud)"));
             }
         }
-        let subject = ["sub", "client_id"]
-            .iter()
-            .find_map(|c| body.get(*c).and_then(Value::as_str))
-            .ok_or_else(|| unauthenticated("the token has no subject"))?
-            .to_owned();
-        let scopes: Vec<String> = body
-            .get("scope")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .split_whitespace()
-            .map(str::to_owned)
-            .collect();
-        let mut principal =
-            Principal::new(subject, "introspection").with_tenant(self.tenant.clone()).with_scopes(scopes);
-        principal.expires_at = exp.map(|s| UNIX_EPOCH + Duration::from_secs(s));
-        if let Value::Object(claims) = body {
-            principal.claims = claims;
-        }
+        let Value::Object(claims) = body else { return Err(down(&"the answer is not a JSON object")) };
+        let principal = Principal::from_claims("introspection", claims, self.tenant.clone())?;
         let left = exp.map_or(self.cache_for, |exp| Duration::from_secs(exp.saturating_sub(now)));
         let keep = left.min(self.cache_for);
         if !keep.is_zero() {

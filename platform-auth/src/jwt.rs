@@ -356,26 +356,18 @@ pub struct HttpKeys {
 
 #[cfg(feature = "jwks")]
 impl HttpKeys {
-    fn client() -> Result<reqwest::Client> {
-        reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| Error::internal(format!("the HTTP client could not be built: {e}")))
-    }
-
     /// Keys at `jwks_url`.
     pub fn new(jwks_url: &str) -> Result<Self> {
         let url = url::Url::parse(jwks_url).map_err(|e| {
             Error::invalid_input(format!("the JWKS URL is not a URL: {e}")).with_detail("jwks_url", e.to_string())
         })?;
-        Ok(Self { client: Self::client()?, url })
+        Ok(Self { client: crate::http_client()?, url })
     }
 
     /// Keys at the `jwks_uri` of `issuer`'s OpenID discovery document
     /// (`{issuer}/.well-known/openid-configuration`), whose `issuer` must be `issuer`.
     pub async fn discover(issuer: &str) -> Result<Self> {
-        let client = Self::client()?;
+        let client = crate::http_client()?;
         let at = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
         let doc: Value = get_json(&client, &at).await?.0;
         if doc.get("issuer").and_then(Value::as_str) != Some(issuer) {
@@ -572,7 +564,7 @@ impl Jwt {
         if claims.get("iat").and_then(Value::as_u64).is_some_and(|iat| iat > now + self.leeway) {
             return Err(unauthenticated("the token was issued in the future (iat)"));
         }
-        principal(claims, issuer)
+        Principal::from_claims("jwt", claims, issuer.tenant.clone())
     }
 }
 
@@ -600,24 +592,6 @@ fn unverified_issuer(token: &str) -> Option<String> {
         iss: String,
     }
     serde_json::from_slice::<Iss>(&bytes).ok().map(|c| c.iss)
-}
-
-fn principal(claims: Map<String, Value>, issuer: &Issuer) -> Result<Principal> {
-    let subject = ["sub", "client_id"]
-        .iter()
-        .find_map(|c| claims.get(*c).and_then(Value::as_str))
-        .ok_or_else(|| unauthenticated("the token has no subject (sub)"))?
-        .to_owned();
-    let scopes: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
-        (Some(Value::String(s)), _) => s.split_whitespace().map(str::to_owned).collect(),
-        (_, Some(Value::Array(list))) => list.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-        (_, Some(Value::String(s))) => s.split_whitespace().map(str::to_owned).collect(),
-        _ => Vec::new(),
-    };
-    let mut p = Principal::new(subject, "jwt").with_tenant(issuer.tenant.clone()).with_scopes(scopes);
-    p.expires_at = claims.get("exp").and_then(Value::as_u64).map(|s| UNIX_EPOCH + Duration::from_secs(s));
-    p.claims = claims;
-    Ok(p)
 }
 
 /// Signs and verifies one token with a fresh key, so a crypto backend that is missing

@@ -164,6 +164,36 @@ impl Principal {
         self
     }
 
+    /// The principal of a verified token's claims (a JWT's, an introspection answer):
+    /// the subject from `sub`, else `client_id`; scopes from `scope` (space-separated)
+    /// or `scp`; `expires_at` from `exp`; the claims kept. No subject is 401.
+    pub fn from_claims(
+        method: &'static str,
+        claims: serde_json::Map<String, serde_json::Value>,
+        tenant: Option<String>,
+    ) -> Result<Self> {
+        use serde_json::Value;
+        let subject = ["sub", "client_id"]
+            .iter()
+            .find_map(|c| claims.get(*c).and_then(Value::as_str))
+            .ok_or_else(|| unauthenticated("the token has no subject (sub)"))?
+            .to_owned();
+        let scopes: Vec<String> = match (claims.get("scope"), claims.get("scp")) {
+            (Some(Value::String(s)), _) | (_, Some(Value::String(s))) => {
+                s.split_whitespace().map(str::to_owned).collect()
+            }
+            (_, Some(Value::Array(list))) => list.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            _ => Vec::new(),
+        };
+        let mut p = Self::new(subject, method).with_tenant(tenant).with_scopes(scopes);
+        p.expires_at = claims
+            .get("exp")
+            .and_then(Value::as_u64)
+            .map(|s| std::time::UNIX_EPOCH + std::time::Duration::from_secs(s));
+        p.claims = claims;
+        Ok(p)
+    }
+
     /// `PermissionDenied` (403) naming the scopes it lacks, unless it has them all.
     pub fn require_scopes(&self, needed: &[&str]) -> Result<()> {
         let missing: Vec<&str> = needed.iter().copied().filter(|s| !self.scopes.contains(*s)).collect();
@@ -317,6 +347,17 @@ pub(crate) fn unauthenticated(why: &str) -> Error {
 pub fn same_secret(given: &[u8], expected: &[u8]) -> bool {
     let (a, b) = (Sha256::digest(given), Sha256::digest(expected));
     a.ct_eq(&b).into()
+}
+
+/// The HTTP client of the methods that fetch (key sets, introspection): no redirects
+/// followed (a redirect could carry credentials elsewhere), 5 s per request.
+#[cfg(any(feature = "jwks", feature = "introspection"))]
+pub(crate) fn http_client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .map_err(|e| Error::internal(format!("the HTTP client could not be built: {e}")))
 }
 
 /// Random bytes from the operating system.

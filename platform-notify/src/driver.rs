@@ -110,12 +110,7 @@ mod http {
             let base = params.take("base_url").unwrap_or_else(|| default_base.to_owned());
             let base = url::Url::parse(&base).map_err(|e| params.error("base_url", &format!("is not a URL: {e}")))?;
             let timeout = params.take_duration("timeout")?.unwrap_or(Duration::from_secs(10));
-            let client = reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(timeout)
-                .build()
-                .map_err(|e| platform_core::Error::internal(format!("the HTTP client could not be built: {e}")))?;
-            Ok(Self { client, base })
+            Ok(Self { client: client(timeout)?, base })
         }
 
         /// `path` under the base URL (whose own path is kept as a prefix).
@@ -125,6 +120,15 @@ mod http {
             url.set_path(&format!("{prefix}/{}", path.trim_start_matches('/')));
             url
         }
+    }
+
+    /// The client every driver sends with: no redirects followed, `timeout` per request.
+    pub fn client(timeout: Duration) -> Result<reqwest::Client> {
+        reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(timeout)
+            .build()
+            .map_err(|e| platform_core::Error::internal(format!("the HTTP client could not be built: {e}")))
     }
 
     /// An answer: status, headers, body.

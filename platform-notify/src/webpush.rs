@@ -84,12 +84,14 @@ impl WebPush {
             EcdsaKeyPair::from_private_key_and_public_key(&ECDSA_P256_SHA256_FIXED_SIGNING, &scalar, public.as_ref())
                 .map_err(|_| not_a_key())?;
         let vapid_public = b64(vapid.public_key().as_ref());
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .build()
-            .map_err(|e| Error::internal(format!("the HTTP client could not be built: {e}")))?;
-        Ok(Self { client, vapid, vapid_public, subject, ttl, signed: std::sync::Mutex::default() })
+        Ok(Self {
+            client: crate::driver::client(timeout)?,
+            vapid,
+            vapid_public,
+            subject,
+            ttl,
+            signed: std::sync::Mutex::default(),
+        })
     }
 
     /// The VAPID public key (base64url), for the browser's `applicationServerKey`.
