@@ -82,6 +82,23 @@ impl<N: crate::Notifier> crate::Notifier for Checked<N> {
     }
 }
 
+/// The DER inside a PEM block (`-----BEGIN …-----` lines dropped).
+#[cfg(any(feature = "fcm", feature = "apns"))]
+pub fn pem_der(pem: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
+    base64::engine::general_purpose::STANDARD.decode(body).ok()
+}
+
+/// `der` as a PEM block labelled `label` (`PRIVATE KEY`, `CERTIFICATE`).
+#[cfg(any(feature = "fcm", feature = "apns"))]
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
 #[cfg(feature = "_http")]
 pub use http::*;
 

@@ -17,7 +17,7 @@ use async_trait::async_trait;
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::RSA_PKCS1_SHA256;
 use base64::Engine as _;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use platform_core::config::UrlParams;
 use platform_core::{Error, Result, Secret};
 use serde_json::{Value, json};
@@ -50,12 +50,6 @@ impl std::fmt::Debug for Fcm {
     }
 }
 
-/// The DER inside a PEM block.
-fn pem_der(pem: &str) -> Option<Vec<u8>> {
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).map(str::trim).collect();
-    STANDARD.decode(body).ok()
-}
-
 impl Fcm {
     /// From `fcm://{project}?service_account=/path.json`.
     pub fn from_url(url: &url::Url, params: &mut UrlParams) -> Result<Self> {
@@ -78,7 +72,7 @@ impl Fcm {
         let client_email = field("client_email").ok_or_else(|| Error::invalid_input("has no client_email"))?;
         let token_uri = field("token_uri").unwrap_or_else(|| "https://oauth2.googleapis.com/token".to_owned());
         let pem = field("private_key").ok_or_else(|| Error::invalid_input("has no private_key"))?;
-        let key = pem_der(&pem)
+        let key = crate::driver::pem_der(&pem)
             .and_then(|der| aws_lc_rs::rsa::KeyPair::from_pkcs8(&der).ok())
             .ok_or_else(|| Error::invalid_input("has a private_key that is not an RSA PKCS#8 key"))?;
         Ok(Self {

@@ -9,12 +9,18 @@ pub mod memory;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
+#[cfg(feature = "apns")]
+pub mod apns;
 #[cfg(feature = "discord")]
 pub mod discord;
+#[cfg(feature = "email")]
+pub mod email;
 #[cfg(feature = "fcm")]
 pub mod fcm;
 #[cfg(feature = "slack")]
 pub mod slack;
+#[cfg(feature = "sns")]
+pub mod sns;
 #[cfg(feature = "teams")]
 pub mod teams;
 #[cfg(feature = "telegram")]
@@ -128,6 +134,8 @@ pub enum Address {
     Device(String),
     /// An email address.
     Email(String),
+    /// A phone number in E.164 form (`+15555550100`), for SMS.
+    Phone(String),
     /// A browser's Web Push subscription.
     WebPush(PushSubscription),
 }
@@ -157,6 +165,7 @@ impl fmt::Display for Address {
             Self::Chat(c) => write!(f, "chat {c}"),
             Self::Device(d) => write!(f, "device {}…", d.get(..8).unwrap_or(d)),
             Self::Email(e) => write!(f, "{e}"),
+            Self::Phone(p) => write!(f, "phone {}…", p.get(..5).unwrap_or(p)),
             Self::WebPush(s) => {
                 let origin = url::Url::parse(&s.endpoint).map(|u| u.origin().ascii_serialization());
                 write!(f, "push subscription at {}", origin.unwrap_or_default())
@@ -331,6 +340,10 @@ pub fn schemes() -> Vec<&'static str> {
         ("webhook", cfg!(feature = "webhook")),
         ("webpush", cfg!(feature = "webpush")),
         ("fcm", cfg!(feature = "fcm")),
+        ("apns", cfg!(feature = "apns")),
+        ("sns", cfg!(feature = "sns")),
+        ("smtp", cfg!(feature = "email")),
+        ("smtps", cfg!(feature = "email")),
     ];
     all.into_iter().filter(|(_, on)| *on).map(|(scheme, _)| scheme).collect()
 }
@@ -345,14 +358,20 @@ fn feature_for(scheme: &str) -> Option<&'static str> {
         "webhook" | "webhook+http" => "webhook",
         "webpush" => "webpush",
         "fcm" => "fcm",
+        "apns" => "apns",
+        "sns" => "sns",
+        "smtp" | "smtps" => "email",
         _ => return None,
     })
 }
 
 /// Opens a notifier from a URL: `slack://T…/B…/X…`, `discord://id/token`,
 /// `teams://host/path?query`, `tgram://token/chat`, `webhook://host/path?secret=…`,
-/// `memory://`. Every driver takes `base_url=` to send to another server (a local double,
-/// a proxy) and `timeout=` (10 s by default). An unknown parameter is an error naming it.
+/// `webpush://?vapid_key=…`, `fcm://{project}?service_account=…`,
+/// `apns://{bundle_id}?team_id=…&key_id=…&key_file=…`, `sns://?topic_arn=…`,
+/// `smtp://user:password@host?from=…`, `memory://`. Every driver takes `timeout=` (10 s by default) and a way to send to
+/// another server (a local double, a proxy): `base_url=`, or `endpoint=` for SNS. An
+/// unknown parameter is an error naming it.
 pub fn open(raw: &str) -> Result<Arc<dyn Notifier>> {
     #[cfg(feature = "telegram")]
     if raw.starts_with("tgram://") {
@@ -382,6 +401,12 @@ pub fn open(raw: &str) -> Result<Arc<dyn Notifier>> {
         "webhook" | "webhook+http" => Ok(Arc::new(driver::Checked(webhook::Webhook::from_url(&url, &mut params)?))),
         #[cfg(feature = "fcm")]
         "fcm" => Ok(Arc::new(driver::Checked(fcm::Fcm::from_url(&url, &mut params)?))),
+        #[cfg(feature = "apns")]
+        "apns" => Ok(Arc::new(driver::Checked(apns::Apns::from_url(&url, &mut params)?))),
+        #[cfg(feature = "sns")]
+        "sns" => Ok(Arc::new(driver::Checked(sns::Sns::from_url(&mut params)?))),
+        #[cfg(feature = "email")]
+        "smtp" | "smtps" => Ok(Arc::new(driver::Checked(email::Email::from_url(&url, &mut params)?))),
         #[cfg(feature = "webpush")]
         "webpush" => Ok(Arc::new(driver::Checked(webpush::WebPush::from_url(&mut params)?))),
         other => Err(scheme_error("platform-notify", other, feature_for(other), &schemes(), raw)),

@@ -9,6 +9,9 @@
 //! | Teams | `POST /workflows/{id}/triggers/manual/paths/invoke` | `api-version`, `sig`; one attachment of type `application/vnd.microsoft.card.adaptive` | `202` |
 //! | Telegram | `POST /bot{token}/sendMessage` | token `digits:secret`, `chat_id`, `text` 1..=4096 characters | `200 {"ok":true,"result":{…}}` |
 //! | webhook | `POST /hooks/{name}` | Standard Webhooks headers and signature with the secret set for `name` | `204` |
+//! | Web Push | `POST /push/{id}` | `TTL`, `aes128gcm` decrypted with the subscriber's keys, the VAPID JWT | `201` + `Location` |
+//! | FCM | `POST /token`, `POST /v1/projects/{p}/messages:send` | the RS256 assertion; a bearer it issued; one target | `200 {"name"}` |
+//! | APNs ([`Doubles::apns`], its own port) | `POST /3/device/{hex}` over HTTP/2 and TLS | the ES256 provider token (signature, `kid`, `iss`, age, reuse), `apns-topic`, `apns-push-type`, `apns-priority`, `apns-id`, `aps`, 4096 bytes | `200` + `apns-id` |
 //!
 //! A request the vendor would refuse is answered as the vendor would (400 with its
 //! error) and recorded as a violation: a test asserts [`Doubles::violations`] is empty.
@@ -114,6 +117,8 @@ struct Inner {
     push: HashMap<String, push::Subscriber>,
     #[cfg(feature = "fcm")]
     fcm: Option<fcm::Account>,
+    #[cfg(feature = "apns")]
+    apns: Option<apns::Server>,
 }
 
 /// The doubles, serving on a port of their own.
@@ -217,6 +222,33 @@ impl Doubles {
         self.lock().fcm.as_ref().map_or(0, |a| a.issued.len())
     }
 
+    /// Starts the APNs double (once; HTTP/2 over TLS on a port of its own) and gives the
+    /// `apns://` URL that sends to it: its CA and the provider key it trusts are files it
+    /// wrote, named in the URL.
+    #[cfg(feature = "apns")]
+    pub async fn apns(&self) -> String {
+        if let Some(server) = self.lock().apns.as_ref() {
+            return server.url.clone();
+        }
+        let url = apns::start(Arc::clone(&self.inner)).await;
+        if let Some(server) = self.lock().apns.as_mut() {
+            server.url.clone_from(&url);
+        }
+        url
+    }
+
+    /// How many TLS connections the APNs double accepted.
+    #[cfg(feature = "apns")]
+    pub fn apns_connections(&self) -> usize {
+        self.lock().apns.as_ref().map_or(0, |s| s.connections)
+    }
+
+    /// How many different provider tokens the APNs double took.
+    #[cfg(feature = "apns")]
+    pub fn apns_provider_tokens(&self) -> usize {
+        self.lock().apns.as_ref().map_or(0, |s| s.tokens.len())
+    }
+
     /// Discord's answers say the bucket is empty until `seconds` from now.
     pub fn discord_bucket_empty_for(&self, seconds: f64) {
         self.lock().discord_reset_after = Some(seconds);
@@ -233,6 +265,7 @@ fn vendor_key(vendor: &str) -> &'static str {
         "webpush" => "webpush",
         "fcm" => "fcm",
         "fcm-token" => "fcm-token",
+        "apns" => "apns",
         other => panic!("no double for {other:?}"),
     }
 }
@@ -633,7 +666,7 @@ mod fcm {
     use aws_lc_rs::encoding::AsDer as _;
     use aws_lc_rs::signature::{KeyPair as _, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
     use base64::Engine as _;
-    use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
     use super::{
         Bytes, HeaderMap, IntoResponse, Path, Response, Shared, State, StatusCode, Value, answer, json, received,
@@ -652,10 +685,7 @@ mod fcm {
         pub(super) fn new(token_uri: &str) -> (Self, String) {
             let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).expect("an RSA key");
             let der = key.as_der().expect("PKCS#8");
-            let b64 = STANDARD.encode(der.as_ref());
-            let lines: Vec<&str> =
-                b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
-            let pem = format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"));
+            let pem = crate::driver::pem("PRIVATE KEY", der.as_ref());
             let json = json!({
                 "type": "service_account", "project_id": "double", "private_key_id": "k1", "private_key": pem,
                 "client_email": EMAIL, "token_uri": token_uri,
@@ -764,5 +794,227 @@ mod fcm {
             let n = inner.received.get("fcm").map_or(0, Vec::len);
             axum::Json(json!({"name": format!("projects/{project}/messages/{n}")})).into_response()
         })
+    }
+}
+
+/// An APNs error as APNs sends it: the status and `{"reason": …}` (with a `timestamp`
+/// on 410).
+#[cfg(feature = "apns")]
+pub fn apns_error(status: u16, reason: &str) -> Reply {
+    let mut body = json!({ "reason": reason });
+    if status == 410 {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        body["timestamp"] = json!(now.as_millis() as u64);
+    }
+    Reply::new(status).json(&body)
+}
+
+/// The APNs double: HTTP/2 only over TLS (its own CA, written beside the provider key it
+/// trusts), the provider token's ES256 signature, `kid`, `iss` and age checked, its
+/// reuse enforced as Apple does (`TooManyProviderTokenUpdates` for a new token within 20
+/// minutes of the last), then the headers and payload.
+#[cfg(feature = "apns")]
+mod apns {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use aws_lc_rs::signature::{
+        ECDSA_P256_SHA256_FIXED, ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _, UnparsedPublicKey,
+    };
+    use axum::Router;
+    use axum::http::Version;
+    use axum::routing::post;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, SanType};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+
+    use super::{Bytes, HeaderMap, IntoResponse, Path, Response, Shared, State, StatusCode, Value, answer, received};
+
+    pub(super) const TEAM: &str = "TEAM123456";
+    pub(super) const KEY_ID: &str = "KEY1234567";
+    pub(super) const TOPIC: &str = "com.example.notify";
+
+    #[derive(Debug)]
+    pub(super) struct Server {
+        pub(super) url: String,
+        public: Vec<u8>,
+        /// Provider tokens seen, each with when it was first seen.
+        pub(super) tokens: Vec<(String, Instant)>,
+        /// A token answered `ExpiredProviderToken`: the next may be new at once.
+        expired: bool,
+        pub(super) connections: usize,
+    }
+
+    /// Starts the double: (its `apns://` URL, the state).
+    pub(super) async fn start(inner: Shared) -> String {
+        let dir = std::env::temp_dir().join(format!("platform-notify-apns-{}", uuid::Uuid::now_v7()));
+        std::fs::create_dir_all(&dir).expect("a directory for the APNs double's files");
+        // The provider key, as Apple hands it out (AuthKey_{key id}.p8).
+        let key = EcdsaKeyPair::generate(&ECDSA_P256_SHA256_FIXED_SIGNING).expect("a P-256 key");
+        let der = key.to_pkcs8v1().expect("PKCS#8");
+        let key_file = dir.join(format!("AuthKey_{KEY_ID}.p8"));
+        std::fs::write(&key_file, crate::driver::pem("PRIVATE KEY", der.as_ref())).expect("write the .p8");
+        // A CA of its own and a certificate for 127.0.0.1 and localhost.
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, "APNs double CA");
+        let ca_key = KeyPair::generate().expect("a CA key");
+        let ca_pem = ca.self_signed(&ca_key).expect("the CA certificate").pem();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).expect("leaf params");
+        leaf.subject_alt_names.push(SanType::IpAddress([127, 0, 0, 1].into()));
+        let leaf_key = KeyPair::generate().expect("a leaf key");
+        let leaf_cert = leaf.signed_by(&leaf_key, &issuer).expect("the leaf certificate");
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca_pem).expect("write the CA");
+
+        let chain = vec![CertificateDer::from(leaf_cert.der().to_vec())];
+        let private = PrivateKeyDer::from_pem_slice(leaf_key.serialize_pem().as_bytes()).expect("the leaf key");
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_single_cert(chain, private)
+            .expect("the server certificate");
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a port for APNs");
+        let base = format!("https://localhost:{}", listener.local_addr().expect("address").port());
+        {
+            let mut state = inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            state.apns = Some(Server {
+                url: base.clone(),
+                public: key.public_key().as_ref().to_vec(),
+                tokens: Vec::new(),
+                expired: false,
+                connections: 0,
+            });
+        }
+        let app = Router::new().route("/3/device/{token}", post(send)).with_state(Arc::clone(&inner));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                if let Some(server) = inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apns.as_mut() {
+                    server.connections += 1;
+                }
+                let (acceptor, app) = (acceptor.clone(), app.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let service = hyper_util::service::TowerToHyperService::new(app);
+                    let io = hyper_util::rt::TokioIo::new(tls);
+                    let server = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                    let _ = server.http2_only().serve_connection(io, service).await;
+                });
+            }
+        });
+        format!(
+            "apns://{TOPIC}?team_id={TEAM}&key_id={KEY_ID}&key_file={}&base_url={base}&ca_file={}",
+            key_file.display(),
+            ca_file.display()
+        )
+    }
+
+    /// The provider token: signed by the key, `kid`, `iss`, an `iat` within the hour.
+    fn check_token(server: &Server, token: &str) -> Result<(), (&'static str, String)> {
+        let invalid = |why: &str| ("InvalidProviderToken", why.to_owned());
+        let (input, signature) = token.rsplit_once('.').ok_or_else(|| invalid("not a JWT"))?;
+        let signature = URL_SAFE_NO_PAD.decode(signature).map_err(|_| invalid("signature not base64url"))?;
+        UnparsedPublicKey::new(&ECDSA_P256_SHA256_FIXED, &server.public)
+            .verify(input.as_bytes(), &signature)
+            .map_err(|_| invalid("the ES256 signature does not verify"))?;
+        let (header, claims) = input.split_once('.').ok_or_else(|| invalid("not a JWT"))?;
+        let part = |p: &str| -> Value {
+            URL_SAFE_NO_PAD.decode(p).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null)
+        };
+        let (header, claims) = (part(header), part(claims));
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let iat = claims["iat"].as_u64().unwrap_or(0);
+        if header["alg"] != "ES256" || header["kid"] != KEY_ID {
+            Err(invalid("alg is not ES256 or kid is not the key id"))
+        } else if claims["iss"] != TEAM {
+            Err(invalid("iss is not the team id"))
+        } else if iat > now + 60 {
+            Err(invalid("iat is in the future"))
+        } else if now.saturating_sub(iat) > 3600 {
+            Err(("ExpiredProviderToken", "older than an hour".to_owned()))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn send(
+        State(inner): State<Shared>,
+        Path(device): Path<String>,
+        version: Version,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Response {
+        let header = |k: &str| headers.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let refuse = |status: u16, reason: &str, why: String| {
+            Err(Box::new((format!("{reason}: {why}"), super::apns_error(status, reason).respond())))
+        };
+        let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let bearer = header("authorization").and_then(|v| v.strip_prefix("bearer ").map(str::to_owned));
+        let check = {
+            let mut state = inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let Some(server) = state.apns.as_mut() else { return StatusCode::INTERNAL_SERVER_ERROR.into_response() };
+            let last = server.tokens.last().map(|(t, at)| (t.clone(), *at));
+            if version != Version::HTTP_2 {
+                refuse(400, "BadRequest", format!("{version:?}, not HTTP/2"))
+            } else if bearer.is_none() {
+                refuse(403, "MissingProviderToken", "no bearer provider token".into())
+            } else if let Err((reason, why)) = check_token(server, bearer.as_deref().unwrap_or_default()) {
+                refuse(403, reason, why)
+            } else if let Some((_, at)) = last.as_ref().filter(|(t, _)| Some(t) != bearer.as_ref())
+                && at.elapsed() < Duration::from_secs(20 * 60)
+                && !server.expired
+            {
+                refuse(429, "TooManyProviderTokenUpdates", "a new provider token within 20 minutes".into())
+            } else if header("apns-topic").as_deref() != Some(TOPIC) {
+                refuse(400, "TopicDisallowed", format!("apns-topic {:?}", header("apns-topic")))
+            } else if !matches!(
+                header("apns-push-type").as_deref(),
+                Some("alert" | "background" | "location" | "voip" | "complication" | "fileprovider" | "mdm")
+            ) {
+                refuse(400, "InvalidPushType", format!("apns-push-type {:?}", header("apns-push-type")))
+            } else if !matches!(header("apns-priority").as_deref(), None | Some("10" | "5" | "1")) {
+                refuse(400, "BadPriority", format!("apns-priority {:?}", header("apns-priority")))
+            } else if header("apns-id").is_some_and(|id| uuid::Uuid::parse_str(&id).is_err()) {
+                refuse(400, "BadMessageId", "apns-id is not a UUID".into())
+            } else if device.is_empty() || device.len() % 2 == 1 || !device.bytes().all(|b| b.is_ascii_hexdigit()) {
+                refuse(400, "BadDeviceToken", "not a hex device token".into())
+            } else if body.len() > crate::apns::MAX_PAYLOAD {
+                refuse(413, "PayloadTooLarge", format!("{} bytes", body.len()))
+            } else if !json["aps"].is_object() {
+                refuse(400, "PayloadEmpty", "no aps dictionary".into())
+            } else {
+                let token = bearer.clone().unwrap_or_default();
+                if last.is_none_or(|(t, _)| t != token) {
+                    server.tokens.push((token, Instant::now()));
+                    server.expired = false;
+                }
+                Ok(())
+            }
+        };
+        let id = header("apns-id").unwrap_or_else(|| uuid::Uuid::new_v4().to_string().to_uppercase());
+        let r = received(format!("/3/device/{device}"), None, headers, body);
+        let response =
+            answer(&inner, "apns", r, check, |_| (StatusCode::OK, [("apns-id", id.clone())]).into_response());
+        // After a 403 (a scripted ExpiredProviderToken) the next token may be new at once.
+        if response.status() == StatusCode::FORBIDDEN
+            && let Some(server) = inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner).apns.as_mut()
+        {
+            server.expired = true;
+        }
+        // APNs echoes the message's id on every answer.
+        let mut response = response;
+        if !response.headers().contains_key("apns-id")
+            && let Ok(v) = id.parse()
+        {
+            response.headers_mut().insert("apns-id", v);
+        }
+        response
     }
 }

@@ -321,3 +321,85 @@ async fn fcm_exchanges_one_token_and_reads_fcm_error_codes() {
     assert!(open("fcm://p").unwrap_err().to_string().contains("service_account"));
     platform_core::testkit::server::remove_dir(&dir);
 }
+
+#[tokio::test]
+async fn apns_sends_over_one_http2_connection_with_one_provider_token() {
+    use platform_notify::testkit::apns_error;
+    let d = Doubles::start().await;
+    let url = d.apns().await;
+    let apns = open(&url).unwrap();
+    let device = Address::Device("a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90".into());
+    let n = Notification::new("your order shipped").title("Orders").data("order", "42");
+    let r = apns.send(&n, &device).await.unwrap();
+    assert_eq!(r.vendor_id.as_deref(), Some(n.id.as_str()), "apns-id is the notification's id, echoed");
+    for _ in 0..5 {
+        apns.send(&Notification::new("again").severity(platform_notify::Severity::Info), &device).await.unwrap();
+    }
+    assert_eq!(d.violations(), Vec::<String>::new());
+    assert_eq!(d.apns_connections(), 1, "one long-lived HTTP/2 connection");
+    assert_eq!(d.apns_provider_tokens(), 1, "one provider token, reused");
+    let got = d.received("apns");
+    assert_eq!(got[0].path, "/3/device/a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90");
+    assert_eq!(
+        got[0].json(),
+        json!({"aps": {"alert": {"title": "Orders", "body": "your order shipped"}}, "order": "42"})
+    );
+    assert_eq!(got[0].headers["apns-push-type"], "alert");
+    assert_eq!(got[0].headers["apns-priority"], "10");
+    assert_eq!(got[1].headers["apns-priority"], "5", "info is power-considerate");
+
+    d.script(
+        "apns",
+        [
+            apns_error(410, "Unregistered"),
+            apns_error(400, "BadDeviceToken"),
+            apns_error(400, "DeviceTokenNotForTopic"),
+            apns_error(400, "TopicDisallowed"),
+            apns_error(403, "InvalidProviderToken"),
+            apns_error(413, "PayloadTooLarge"),
+            apns_error(503, "ServiceUnavailable"),
+            apns_error(429, "TooManyRequests"),
+        ],
+    );
+    let mut got = Vec::new();
+    for _ in 0..8 {
+        got.push(apns.send(&n, &device).await.unwrap_err().disposition);
+    }
+    let retry = Disposition::Retry { after: None };
+    let gone = Disposition::RecipientGone;
+    let want = [gone.clone(), gone.clone(), gone, Disposition::FixConfig, Disposition::FixConfig];
+    assert_eq!(got[..5], want);
+    assert_eq!(got[5..], [Disposition::FixPayload, retry.clone(), retry.clone()]);
+    // The rate limit passed: the same message goes.
+    apns.send(&n, &device).await.unwrap();
+
+    // An expired provider token: retried with a new one, which APNs takes at once.
+    d.script("apns", [apns_error(403, "ExpiredProviderToken")]);
+    assert_eq!(apns.send(&n, &device).await.unwrap_err().disposition, retry);
+    apns.send(&n, &device).await.unwrap();
+    assert_eq!(d.apns_provider_tokens(), 2);
+
+    // Oversized: refused before any request, by characters and by payload bytes.
+    let before = d.received("apns").len();
+    let long = Notification::new("x".repeat(2001));
+    assert_eq!(apns.send(&long, &device).await.unwrap_err().disposition, Disposition::FixPayload);
+    let heavy = Notification::new("short").data("blob", "y".repeat(4100));
+    assert_eq!(apns.send(&heavy, &device).await.unwrap_err().disposition, Disposition::FixPayload);
+    assert_eq!(
+        apns.send(&n, &Address::Device("not-hex".into())).await.unwrap_err().disposition,
+        Disposition::RecipientGone
+    );
+    assert_eq!(d.received("apns").len(), before);
+    assert_eq!(d.violations(), Vec::<String>::new());
+    assert_eq!(d.apns_connections(), 1);
+
+    // Bad configuration names its part.
+    let e = open("apns://com.example.app?team_id=T&key_id=K").unwrap_err().to_string();
+    assert!(e.contains("key_file"), "{e}");
+    let e = open(&url.replace("key_file=", "key_file=/nonexistent")).unwrap_err().to_string();
+    assert!(e.contains("key_file"), "{e}");
+    // A client that does not trust the double's CA cannot connect: a retry, not a send.
+    let untrusted = url.split("&ca_file=").next().unwrap().to_owned();
+    let e = open(&untrusted).unwrap().send(&n, &device).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+}
