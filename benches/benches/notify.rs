@@ -7,6 +7,9 @@
 //! - Web Push: the dispatcher (a fresh ECDH key, salt and AES-128-GCM record, and a
 //!   VAPID ES256 signature per message) beside `reqwest` posting one body encrypted
 //!   and signed once, so the ratio is the cost of per-message cryptography;
+//! - APNs: the dispatcher (the provider token reused, the payload's JSON, the `reason`
+//!   parsing) beside a bare `reqwest` HTTP/2 client posting the same payload with the
+//!   same token, both over one TLS connection to the HTTP/2 double;
 //! - the encryption and the VAPID signature alone, per message.
 //!
 //! Each row runs sequentially (one in flight) and with 16 in flight; the doubles run
@@ -121,6 +124,53 @@ async fn main() {
         })
         .await;
         row("Web Push", inflight, platform, raw);
+    }
+    let apns_url = doubles.apns().await;
+    let apns = platform_notify::open(&apns_url).expect("apns");
+    let dispatcher =
+        Arc::new(Dispatcher::new().notifier("apns", apns).route(Route::new("all", &["apns"])).expect("route"));
+    let device = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
+    let to = Address::Device(device.to_owned());
+    let base = apns_url.split("base_url=").nth(1).and_then(|s| s.split('&').next()).expect("base_url").to_owned();
+    let ca = apns_url.split("ca_file=").nth(1).and_then(|s| s.split('&').next()).expect("ca_file").to_owned();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca).expect("the CA")).expect("PEM");
+    let bare_h2 = reqwest::Client::builder().http2_prior_knowledge().add_root_certificate(ca).build().expect("client");
+    let token = {
+        // The provider token, taken from a request the driver made.
+        assert!(dispatcher.notify(&Notification::new("warm up"), &to).await.delivered());
+        let got = doubles.received("apns");
+        got[0].headers["authorization"].to_str().expect("header").to_owned()
+    };
+    let apns_endpoint = format!("{base}/3/device/{device}");
+    for inflight in [1, 16] {
+        let platform = rate(n, inflight, |i| {
+            let (d, to) = (Arc::clone(&dispatcher), to.clone());
+            async move {
+                let n = Notification::new(format!("order {i} shipped")).title("Orders");
+                assert!(d.notify(&n, &to).await.delivered());
+            }
+        })
+        .await;
+        let raw = rate(n, inflight, |i| {
+            let (bare, url, token) = (bare_h2.clone(), apns_endpoint.clone(), token.clone());
+            async move {
+                let body =
+                    serde_json::json!({"aps": {"alert": {"title": "Orders", "body": format!("order {i} shipped")}}});
+                let r = bare
+                    .post(url)
+                    .header("authorization", token)
+                    .header("apns-topic", "com.example.notify")
+                    .header("apns-push-type", "alert")
+                    .header("apns-priority", "10")
+                    .json(&body)
+                    .send()
+                    .await
+                    .expect("send");
+                assert_eq!(r.status(), 200);
+            }
+        })
+        .await;
+        row("APNs (HTTP/2)", inflight, platform, raw);
     }
     assert!(doubles.violations().is_empty(), "{:?}", doubles.violations());
 

@@ -1,1 +1,3 @@
 //! Runnable examples of the platform crates; see `src/bin`.
+
+pub mod todo;

@@ -53,6 +53,29 @@ impl Db {
     }
 }
 
+impl Tx {
+    /// Scopes this transaction to `tenant` from here on, as [`Db::with_tenant`] does
+    /// at its start: for work that another helper opened the transaction for (an
+    /// idempotent request's). A transaction already scoped to another tenant is
+    /// `InvalidInput`: one transaction, one tenant.
+    pub async fn enter_tenant(&mut self, tenant: &str) -> Result<()> {
+        validate(tenant)?;
+        match self.tenant.as_deref() {
+            Some(t) if t == tenant => return Ok(()),
+            Some(t) => {
+                return Err(Error::invalid_input(format!("the transaction is scoped to tenant {t:?} already"))
+                    .with_op("enter_tenant"));
+            }
+            None => {}
+        }
+        if self.dialect() == Dialect::Postgres {
+            self.execute(&Sql::new("SELECT set_config(?, ?, true)").bind(SETTING).bind(tenant)).await?;
+        }
+        self.tenant = Some(tenant.to_owned());
+        Ok(())
+    }
+}
+
 /// `column = <the transaction's tenant>`, for `and_where`; `InvalidInput` outside
 /// [`Db::with_tenant`], so an unscoped query fails instead of reading every tenant.
 pub fn filter(tx: &Tx, column: impl IntoColumnRef) -> Result<Expr> {

@@ -72,6 +72,8 @@ use tokio::sync::mpsc;
 use crate::broadcast::{Broadcast, Received};
 use crate::channel::{Pattern, validate_channel};
 
+pub use platform_auth::Principal;
+
 /// The subprotocol a browser offers beside `key.<key>`, echoed by the hub.
 pub const SUBPROTOCOL: &str = platform_auth::shared_key::SUBPROTOCOL;
 /// Bytes a connection's read buffer starts from.
@@ -91,9 +93,13 @@ pub enum Access {
     Publish,
 }
 
-/// Decides per channel (or pattern) and access whether a connection may go on; the
-/// default lets the shared key grant everything.
-pub type Authorizer = Arc<dyn Fn(&str, Access) -> bool + Send + Sync>;
+/// Decides per connection's principal, channel (or pattern) and access whether a
+/// frame may go on; the default lets every authenticated connection do everything. A
+/// connection that came with the shared key is the principal `shared-key`; one that
+/// came with a credential of [`HubConfig::with_authenticator`] is that method's
+/// principal (a user, with its tenant), so a service can keep each client to its own
+/// channels.
+pub type Authorizer = Arc<dyn Fn(&Principal, &str, Access) -> bool + Send + Sync>;
 
 /// Handles a client's publish on one channel instead of broadcasting it (a publish on
 /// `jobs.enqueue` enqueues a job): given the frame's `data`, returns what the
@@ -103,7 +109,7 @@ pub type PublishHook = Arc<dyn Fn(Value) -> futures::future::BoxFuture<'static, 
 /// How the hub behaves.
 #[derive(Clone)]
 pub struct HubConfig {
-    key: Arc<platform_auth::shared_key::SharedKey>,
+    auth: platform_auth::AuthChain,
     history: usize,
     queue: usize,
     max_subscriptions: usize,
@@ -137,7 +143,8 @@ impl HubConfig {
     /// per connection, 100 subscriptions per connection, client frames up to 64 KiB.
     pub fn new(shared_key: impl Into<String>) -> Result<Self> {
         Ok(Self {
-            key: Arc::new(platform_auth::shared_key::SharedKey::new(shared_key)?),
+            auth: platform_auth::AuthChain::new()
+                .with(Arc::new(platform_auth::shared_key::SharedKey::new(shared_key)?)),
             history: 10_000,
             queue: 1024,
             max_subscriptions: 100,
@@ -195,6 +202,15 @@ impl HubConfig {
         self
     }
 
+    /// Also takes connections that prove who they are with `method` (a JWT access
+    /// token as `Authorization: Bearer`, or as `?access_token=` from a browser, …),
+    /// tried after the shared key; the [`Authorizer`] sees the principal.
+    #[must_use]
+    pub fn with_authenticator(mut self, method: Arc<dyn platform_auth::Authenticator>) -> Self {
+        self.auth = self.auth.with(method);
+        self
+    }
+
     /// Jobs over `queue`: a client's publish on `jobs.enqueue` enqueues its `data` as
     /// a job (see [`Hub::enqueue_job`]) and is answered with the job's id; the job's
     /// events follow on `jobs.<id>.events` and `jobs.events`.
@@ -212,8 +228,8 @@ impl HubConfig {
         self
     }
 
-    fn allows(&self, channel: &str, access: Access) -> bool {
-        self.authorizer.as_ref().is_none_or(|a| a(channel, access))
+    fn allows(&self, who: &platform_auth::Principal, channel: &str, access: Access) -> bool {
+        self.authorizer.as_ref().is_none_or(|a| a(who, channel, access))
     }
 
     /// Events kept for resumes (across channels).
@@ -1089,16 +1105,19 @@ fn event_frame(offset: u64, epoch: &str, channel: &str, data: &Value) -> Utf8Byt
 }
 
 async fn upgrade(State(hub): State<Arc<Hub>>, uri: Uri, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
-    use platform_auth::{AuthOutcome, Authenticator as _, RequestKind, RequestParts};
+    use platform_auth::{RequestKind, RequestParts};
     let request = RequestParts::new(&axum::http::Method::GET, &uri, &headers, RequestKind::WebSocketUpgrade);
-    match hub.config.key.authenticate(&request).await {
-        Ok(AuthOutcome::Authenticated(_)) => {}
-        Ok(_) => {
-            let why = "a valid shared key is required: key=, X-Shared-Key, Bearer or the subprotocol";
+    let principal = match hub.config.auth.authenticate(&request).await {
+        Ok(principal) => principal,
+        Err(e) if e.kind() == platform_core::ErrorKind::Unauthenticated => {
+            let why = format!(
+                "a valid credential is required (the shared key as key=, X-Shared-Key, Bearer or the subprotocol): {}",
+                e.message()
+            );
             return Error::new(platform_core::ErrorKind::Unauthenticated, why).into_response();
         }
         Err(e) => return e.into_response(),
-    }
+    };
     // A browser that offered the marker gets it back (never the key).
     let offered = headers.get("sec-websocket-protocol").and_then(|v| v.to_str().ok()).unwrap_or_default();
     let by_protocol = offered.split(',').any(|p| p.trim() == SUBPROTOCOL);
@@ -1107,7 +1126,7 @@ async fn upgrade(State(hub): State<Arc<Hub>>, uri: Uri, headers: HeaderMap, ws: 
     let backstop = hub.config.max_frame.saturating_mul(16).max(1 << 20);
     // A small read buffer (tungstenite's default is 128 KiB, taken on the first read):
     // client frames are small, and idle connections are most of a hub's memory.
-    ws.max_message_size(backstop).read_buffer_size(READ_BUFFER).on_upgrade(move |socket| serve(hub, socket))
+    ws.max_message_size(backstop).read_buffer_size(READ_BUFFER).on_upgrade(move |socket| serve(hub, socket, principal))
 }
 
 /// The channel whose publishes enqueue jobs (with [`HubConfig::with_jobs`]).
@@ -1140,11 +1159,12 @@ pub fn job_id(delivery: &platform_queue::Delivery) -> Option<&str> {
 struct Session {
     client: String,
     joined: Vec<String>,
+    principal: platform_auth::Principal,
 }
 
-async fn serve(hub: Arc<Hub>, mut socket: WebSocket) {
+async fn serve(hub: Arc<Hub>, mut socket: WebSocket, principal: platform_auth::Principal) {
     let (id, mut rx, queued, kill) = hub.register();
-    let mut session = Session { client: format!("{}-{id}", hub.node), joined: Vec::new() };
+    let mut session = Session { client: format!("{}-{id}", hub.node), joined: Vec::new(), principal };
     let written = |len: usize| {
         queued.fetch_sub(len, Ordering::Relaxed);
         hub.node_bytes.fetch_sub(len, Ordering::Relaxed);
@@ -1248,7 +1268,7 @@ async fn handle(
         ClientFrame::Unsubscribe { .. } | ClientFrame::Ping => None,
     };
     if let Some((channel, access)) = asked
-        && !hub.config.allows(channel, access)
+        && !hub.config.allows(&session.principal, channel, access)
     {
         let _ = socket.send(error("permission_denied", format!("not allowed on {channel:?}"))).await;
         return None;

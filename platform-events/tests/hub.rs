@@ -264,7 +264,7 @@ async fn hooks_and_authorization() {
     use platform_events::hub::Access;
     let config = HubConfig::new(KEY)
         .unwrap()
-        .with_authorizer(Arc::new(|channel: &str, access: Access| {
+        .with_authorizer(Arc::new(|_who: &platform_events::hub::Principal, channel: &str, access: Access| {
             !(channel.starts_with("admin.") || (access == Access::Publish && channel == "system.events"))
         }))
         .on_publish(
@@ -284,6 +284,64 @@ async fn hooks_and_authorization() {
     assert_eq!(next(&mut ws).await["code"], "permission_denied");
     send(&mut ws, json!({"op": "subscribe", "channel": "system.events"})).await;
     assert_eq!(next(&mut ws).await["type"], "subscribed", "reading is allowed");
+}
+
+/// An authenticator of the service's own (here: `X-User: alice@acme`), tried after the
+/// shared key; the authorizer keeps each user to its tenant's channels.
+#[derive(Debug)]
+struct HeaderUser;
+
+#[async_trait::async_trait]
+impl platform_auth::Authenticator for HeaderUser {
+    fn method(&self) -> &'static str {
+        "header_user"
+    }
+
+    async fn authenticate(
+        &self,
+        r: &platform_auth::RequestParts<'_>,
+    ) -> platform_core::Result<platform_auth::AuthOutcome> {
+        use platform_auth::{AuthOutcome, Principal};
+        let Some(user) = r.header("x-user") else { return Ok(AuthOutcome::Absent) };
+        let (name, tenant) = user
+            .split_once('@')
+            .ok_or_else(|| platform_core::Error::new(platform_core::ErrorKind::Unauthenticated, "bad user"))?;
+        Ok(AuthOutcome::Authenticated(Principal::new(name, "header_user").with_tenant(Some(tenant.to_owned()))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_see_only_their_tenants_channels() {
+    use platform_events::hub::{Access, Principal};
+    let config = HubConfig::new(KEY).unwrap().with_authenticator(Arc::new(HeaderUser)).with_authorizer(Arc::new(
+        |who: &Principal, channel: &str, _: Access| match &who.tenant {
+            Some(t) => channel.strip_prefix("tenants.").is_some_and(|rest| rest.split('.').next() == Some(t.as_str())),
+            None => who.subject == "shared-key",
+        },
+    ));
+    let (hub, url) = start(config).await;
+    let user = |who: &str| {
+        let mut request = url.as_str().into_client_request().unwrap();
+        request.headers_mut().insert("x-user", who.parse().unwrap());
+        request
+    };
+    let (mut alice, _) = tokio_tungstenite::connect_async(user("alice@acme")).await.unwrap();
+    send(&mut alice, json!({"op": "subscribe", "channel": "tenants.acme.>"})).await;
+    assert_eq!(next(&mut alice).await["type"], "subscribed");
+    send(&mut alice, json!({"op": "subscribe", "channel": "tenants.globex.>"})).await;
+    assert_eq!(next(&mut alice).await["code"], "permission_denied");
+    send(&mut alice, json!({"op": "subscribe", "channel": "tenants.>"})).await;
+    assert_eq!(next(&mut alice).await["code"], "permission_denied", "a wildcard over other tenants");
+    hub.publish("tenants.globex.todos", json!({"secret": true})).await.unwrap();
+    hub.publish("tenants.acme.todos", json!({"n": 1})).await.unwrap();
+    assert_eq!(next(&mut alice).await["data"], json!({"n": 1}), "only its own tenant's event");
+    // No credential at all: 401 before the upgrade.
+    let refused = tokio_tungstenite::connect_async(url.split('?').next().unwrap()).await.unwrap_err();
+    assert!(refused.to_string().contains("401"), "{refused}");
+    // The shared key still works.
+    let mut service = connect(&url).await;
+    send(&mut service, json!({"op": "subscribe", "channel": "system.events"})).await;
+    assert_eq!(next(&mut service).await["type"], "subscribed");
 }
 
 /// Two nodes on one broadcast server: 20 subscribers on each, each node publishing 250
