@@ -49,6 +49,10 @@ pub const ISSUER: &str = "urn:platform:todo";
 pub const AUDIENCE: &str = "todo";
 /// How long an access token is good for.
 pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// Registrations and logins per client address per minute.
+pub const LOGIN_LIMIT: u32 = 30;
+/// Requests per user per minute on the authenticated routes.
+pub const REQUEST_LIMIT: u32 = 600;
 
 /// Where the parts are.
 #[derive(Clone)]
@@ -63,6 +67,18 @@ pub struct Settings {
     pub shared_ws_key: platform_core::Secret<String>,
     /// Where to listen (`TODO_ADDR`).
     pub addr: String,
+    /// The queue export jobs run on (`QUEUE_URL`).
+    pub queue_url: String,
+    /// Where exports are written (`STORE_URL`).
+    pub store_url: String,
+    /// Where notifications about exports go (`NOTIFY_URLS`, comma-separated).
+    pub notify_urls: Vec<String>,
+    /// The URL clients reach the service at (`TODO_PUBLIC_URL`), for download links.
+    pub public_url: String,
+    /// The Ed25519 key access tokens are signed with, PKCS#8 DER in base64
+    /// (`JWT_SIGNING_KEY`): every instance needs the same one, and tokens outlive a
+    /// restart only with it. Unset: a key made up per start.
+    pub jwt_signing_key: Option<platform_core::Secret<String>>,
 }
 
 impl std::fmt::Debug for Settings {
@@ -72,6 +88,13 @@ impl std::fmt::Debug for Settings {
             .field("events_url", &platform_core::config::mask_url(&self.events_url))
             .field("broadcast_url", &platform_core::config::mask_url(&self.broadcast_url))
             .field("addr", &self.addr)
+            .field("queue_url", &platform_core::config::mask_url(&self.queue_url))
+            .field("store_url", &platform_core::config::mask_url(&self.store_url))
+            .field(
+                "notify_urls",
+                &self.notify_urls.iter().map(|u| platform_core::config::mask_url(u)).collect::<Vec<_>>(),
+            )
+            .field("public_url", &self.public_url)
             .finish_non_exhaustive()
     }
 }
@@ -85,12 +108,29 @@ impl Settings {
             Some(k) => k,
             None => uuid::Uuid::new_v4().simple().to_string(),
         };
+        let addr = var("TODO_ADDR", "127.0.0.1:8080");
+        let cwd = std::env::current_dir().map_err(|e| Error::internal(format!("no working directory: {e}")))?;
+        let files = url::Url::from_directory_path(cwd.join("todo-files"))
+            .map_err(|()| Error::internal("the working directory is not an absolute path"))?;
         Ok(Self {
             database_url: var("DATABASE_URL", "sqlite://todo.db"),
             events_url: var("EVENTS_URL", "memory://todo"),
             broadcast_url: var("BROADCAST_URL", "memory://todo"),
             shared_ws_key: platform_core::Secret::new(key),
-            addr: var("TODO_ADDR", "127.0.0.1:8080"),
+            queue_url: var("QUEUE_URL", "sqlite://todo-jobs.db?queue=exports"),
+            store_url: var("STORE_URL", files.as_str()),
+            notify_urls: var("NOTIFY_URLS", "memory://")
+                .split(',')
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            public_url: var("TODO_PUBLIC_URL", &format!("http://{addr}")),
+            jwt_signing_key: std::env::var("JWT_SIGNING_KEY")
+                .ok()
+                .filter(|v| !v.is_empty())
+                .map(platform_core::Secret::new),
+            addr,
         })
     }
 
@@ -102,6 +142,14 @@ impl Settings {
             ("BROADCAST_URL", platform_core::config::mask_url(&self.broadcast_url)),
             ("SHARED_WS_KEY", "****".to_owned()),
             ("TODO_ADDR", self.addr.clone()),
+            ("QUEUE_URL", platform_core::config::mask_url(&self.queue_url)),
+            ("STORE_URL", platform_core::config::mask_url(&self.store_url)),
+            (
+                "NOTIFY_URLS",
+                self.notify_urls.iter().map(|u| platform_core::config::mask_url(u)).collect::<Vec<_>>().join(","),
+            ),
+            ("TODO_PUBLIC_URL", self.public_url.clone()),
+            ("JWT_SIGNING_KEY", if self.jwt_signing_key.is_some() { "****" } else { "(made up per start)" }.to_owned()),
         ]
     }
 }
@@ -250,6 +298,8 @@ struct AppState {
     db: Db,
     passwords: Arc<Passwords>,
     minter: Arc<TokenMinter>,
+    hub: Arc<Hub>,
+    jobs: Arc<dyn platform_queue::Queue>,
 }
 
 fn now_ms() -> i64 {
@@ -626,8 +676,9 @@ impl utoipa::Modify for BearerSecurity {
 #[openapi(
     info(title = "todo", description = "The example service of the platform crates"),
     paths(register, login, create_workspace, list_workspaces, create_todo, list_todos, get_todo, update_todo,
-        complete_todo, delete_todo),
-    components(schemas(Todo, Workspace, Credentials, User, Token, NewWorkspace, NewTodo, TodoPatch)),
+        complete_todo, delete_todo, start_export),
+    components(schemas(Todo, Workspace, Credentials, User, Token, NewWorkspace, NewTodo, TodoPatch, ExportStarted,
+        Since)),
     modifiers(&BearerSecurity)
 )]
 pub struct TodoApi;
@@ -661,14 +712,21 @@ impl Authenticator for WsUser {
 }
 
 /// Who may do what on `/ws`: the shared key anything; a user subscribes to
-/// `workspaces.{ws}.…` of its own workspaces, and publishes nowhere.
+/// `workspaces.{ws}.…` of its own workspaces and to `jobs.{id}.events` of a job whose id
+/// it was given, with no wildcard, and publishes nowhere.
 fn ws_authorizer(who: &Principal, channel: &str, access: Access) -> bool {
     if who.method == "shared_key" {
         return true;
     }
+    if access != Access::Subscribe || channel.contains(['*', '>']) {
+        return false;
+    }
+    // A job's channel: its id is the capability, handed only to who started it.
+    if let Some(job) = channel.strip_prefix("jobs.").and_then(|rest| rest.strip_suffix(".events")) {
+        return !job.is_empty() && !job.contains('.');
+    }
     let ws = channel.strip_prefix("workspaces.").and_then(|rest| rest.split('.').next());
-    access == Access::Subscribe
-        && ws.is_some_and(|ws| !ws.contains(['*', '>']) && who.scopes.contains(&format!("workspace:{ws}")))
+    ws.is_some_and(|ws| who.scopes.contains(&format!("workspace:{ws}")))
 }
 
 /// The hub channel of a workspace's todo events.
@@ -727,6 +785,165 @@ async fn forward(bus: Arc<dyn EventBus>, hub: Arc<Hub>, stop: CancellationToken)
     }
 }
 
+/// What an export job carries.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ExportJob {
+    workspace_id: String,
+    requested_by: String,
+}
+
+/// An export under way: its job id, the channel its progress goes to, and where in the
+/// hub's history to start following it so that nothing is missed.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExportStarted {
+    /// The job's id.
+    pub job_id: String,
+    /// Subscribe here on `/ws` for `queued`, `running`, `progress`, `succeeded` (with
+    /// `result.url`, a download link) or `failed`.
+    pub channel: String,
+    /// Give this as `since` when subscribing: the events from the job's start on.
+    pub since: Since,
+}
+
+/// A position in the hub's history.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Since {
+    /// The history's epoch.
+    pub epoch: String,
+    /// The offset.
+    pub offset: u64,
+}
+
+/// Starts an export of the workspace's todos: a job on the queue, its progress on
+/// `/ws`, a download link and a notification when it is done.
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/exports", tag = "exports",
+    params(("ws" = String, Path, description = "The workspace"),
+        ("Idempotency-Key" = String, Header, description = "Makes a retry safe")),
+    responses((status = 202, description = "Started", body = ExportStarted),
+        (status = 404, description = "No such workspace", body = platform_core::Problem)),
+    security(("bearer" = [])))]
+async fn start_export(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(ws): Path<String>,
+    idem: Idempotent,
+) -> Response {
+    let (hub, queue) = (Arc::clone(&st.hub), Arc::clone(&st.jobs));
+    idem.run(&st.db, move |tx| {
+        Box::pin(async move {
+            require_member(tx, &ws, &who.subject).await?;
+            let (epoch, offset) = hub.position();
+            let job = ExportJob { workspace_id: ws, requested_by: who.subject };
+            let job_id = hub.enqueue_job(queue.as_ref(), serde_json::to_value(&job)?).await?;
+            let started =
+                ExportStarted { channel: format!("jobs.{job_id}.events"), job_id, since: Since { epoch, offset } };
+            stored(StatusCode::ACCEPTED, &started)
+        })
+    })
+    .await
+}
+
+/// What the export worker needs.
+#[derive(Clone)]
+struct Exporter {
+    db: Db,
+    hub: Arc<Hub>,
+    store: Arc<dyn platform_store::BlobStore>,
+    notify: Arc<platform_notify::Dispatcher>,
+}
+
+impl Exporter {
+    async fn run(&self, delivery: Arc<platform_queue::Delivery>) -> Result<()> {
+        use platform_events::hub::JobEvent;
+        use platform_store::BlobStoreExt as _;
+        let id = platform_events::hub::job_id(&delivery).unwrap_or_default().to_owned();
+        let job: ExportJob = delivery.json()?;
+        self.hub.job_event(&id, JobEvent::Running).await?;
+        let outcome = async {
+            let ws = job.workspace_id.clone();
+            let todos = self
+                .db
+                .with_tenant(&ws.clone(), move |tx| {
+                    Box::pin(async move {
+                        let sql =
+                            format!("SELECT {TODO_COLUMNS} FROM todos WHERE workspace_id = ? ORDER BY created_at, id");
+                        let rows = tx.fetch_all(&Sql::new(sql).bind(ws)).await?;
+                        rows.iter().map(todo_of).collect::<Result<Vec<_>>>()
+                    })
+                })
+                .await?;
+            self.hub.job_event(&id, JobEvent::Progress(50)).await?;
+            let body = serde_json::to_vec(&json!({
+                "workspace_id": job.workspace_id, "exported_at": now_ms(), "todos": todos,
+            }))?;
+            let key = format!("exports/{}/{id}.json", job.workspace_id);
+            self.store.as_ref().put_bytes(&key, body).await?;
+            let url = self.store.presign(platform_store::PresignMethod::Get, &key, Duration::from_secs(3600)).await?;
+            Ok::<_, Error>((url, todos.len()))
+        }
+        .await;
+        let (url, count) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                let last = delivery.attempt() >= 3;
+                if last {
+                    self.hub.job_event(&id, JobEvent::Failed(e.message().to_owned())).await?;
+                }
+                return Err(e);
+            }
+        };
+        self.hub.job_event(&id, JobEvent::Succeeded(json!({"url": url.as_str(), "count": count}))).await?;
+        let note = platform_notify::Notification::new(format!("{count} todos exported: {url}"))
+            .title("Export ready")
+            .tag("exports")
+            .data("workspace_id", job.workspace_id.clone())
+            .data("url", url.as_str())
+            .with_id(id.clone());
+        let report = self.notify.notify(&note, &platform_notify::Address::Configured).await;
+        if !report.delivered() {
+            tracing::warn!(target: "todo", job = %id, "the export notification was not delivered: {report:?}");
+        }
+        Ok(())
+    }
+}
+
+/// Serves what the local store's presigned URLs point at (`/files/{key}?X-Platform-…`).
+async fn download(
+    State(files): State<Files>,
+    Path(key): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> Result<Response> {
+    use platform_store::BlobStoreExt as _;
+    let Some(verifier) = &files.verifier else { return Err(Error::not_found("no such file")) };
+    let encoded: String = url::form_urlencoded::byte_serialize(key.as_bytes()).collect();
+    let key = verifier.verify("GET", &encoded.replace("%2F", "/"), query.as_deref().unwrap_or_default())?;
+    let bytes = files.store.as_ref().get_bytes(&key).await?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], bytes).into_response())
+}
+
+#[derive(Clone)]
+struct Files {
+    store: Arc<dyn platform_store::BlobStore>,
+    verifier: Option<Arc<platform_store::presign::Verifier>>,
+}
+
+/// The store URL with a presigning secret and base for the local stores (which have no
+/// HTTP server of their own: the service serves `/files/`), and that secret.
+fn with_presigning(store_url: &str, public_url: &str) -> Result<(String, Option<String>)> {
+    let mut url =
+        url::Url::parse(store_url).map_err(|e| Error::invalid_input(format!("STORE_URL is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "file" | "memory") {
+        return Ok((store_url.to_owned(), None));
+    }
+    if let Some((_, secret)) = url.query_pairs().find(|(k, _)| k == "presign_secret") {
+        return Ok((store_url.to_owned(), Some(secret.into_owned())));
+    }
+    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let base = format!("{}/files/", public_url.trim_end_matches('/'));
+    url.query_pairs_mut().append_pair("presign_secret", &secret).append_pair("presign_base", &base);
+    Ok((url.to_string(), Some(secret)))
+}
+
 /// The service, built: its router (contract applied) and the contract (for the startup
 /// log and shutdown). Its background work (the relay, the event forwarder) runs until
 /// `stop`.
@@ -748,7 +965,20 @@ pub async fn build(settings: &Settings, stop: CancellationToken) -> Result<Servi
     let bus = platform_events::open_bus(&settings.events_url).await?;
     let broadcast = platform_events::open_broadcast(&settings.broadcast_url).await?;
 
-    let minter = Arc::new(TokenMinter::new(ISSUER, SigningKey::generate(Algorithm::EdDSA)?).ttl(TOKEN_TTL)?);
+    let signing_key = match &settings.jwt_signing_key {
+        Some(b64) => {
+            use base64::Engine as _;
+            let der = base64::engine::general_purpose::STANDARD.decode(b64.expose().trim()).map_err(|_| {
+                Error::invalid_input("JWT_SIGNING_KEY is not base64").with_detail("JWT_SIGNING_KEY", "not base64")
+            })?;
+            SigningKey::from_pkcs8_der(&der, Algorithm::EdDSA).map_err(|_| {
+                Error::invalid_input("JWT_SIGNING_KEY is not an Ed25519 private key in PKCS#8 DER")
+                    .with_detail("JWT_SIGNING_KEY", "not an Ed25519 PKCS#8 key")
+            })?
+        }
+        None => SigningKey::generate(Algorithm::EdDSA)?,
+    };
+    let minter = Arc::new(TokenMinter::new(ISSUER, signing_key).ttl(TOKEN_TTL)?);
     let keys = Arc::new(StaticKeys(minter.key_set()));
     let jwt = Arc::new(Jwt::new().issuer(Issuer::new(ISSUER, AUDIENCE, keys)));
     let chain = Arc::new(AuthChain::new().with(Arc::clone(&jwt) as Arc<dyn Authenticator>));
@@ -758,24 +988,80 @@ pub async fn build(settings: &Settings, stop: CancellationToken) -> Result<Servi
         .with_authorizer(Arc::new(ws_authorizer));
     let hub = Hub::start(broadcast, hub_config).await?;
 
+    let jobs = platform_queue::open(&settings.queue_url).await?;
+    let (store_url, secret) = with_presigning(&settings.store_url, &settings.public_url)?;
+    let store = platform_store::open(&store_url).await?;
+    let mut notify = platform_notify::Dispatcher::new();
+    let mut names = Vec::new();
+    for (i, url) in settings.notify_urls.iter().enumerate() {
+        let name = format!("notify-{i}");
+        notify = notify.notifier(name.clone(), platform_notify::open(url)?);
+        names.push(name);
+    }
+    if !names.is_empty() {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        notify = notify.route(platform_notify::Route::new("exports", &names).tag("exports"))?;
+    }
+    let exporter =
+        Exporter { db: db.clone(), hub: Arc::clone(&hub), store: Arc::clone(&store), notify: Arc::new(notify) };
+    let worker = platform_queue::Worker::new(Arc::clone(&jobs), move |d: Arc<platform_queue::Delivery>| {
+        let exporter = exporter.clone();
+        async move { exporter.run(d).await }
+    });
+    let s = stop.clone();
+    tokio::spawn(async move {
+        if let Err(e) = worker.run(s).await {
+            tracing::error!(target: "todo", error = %e, "the export worker stopped");
+        }
+    });
+
     let relay = Arc::new(Relay::new(db.clone(), Arc::clone(&bus), RelayConfig::default()));
     let r = Arc::clone(&relay);
     let s = stop.clone();
     tokio::spawn(async move { r.run(s).await });
     tokio::spawn(forward(Arc::clone(&bus), Arc::clone(&hub), stop.clone()));
 
-    let state = AppState { db: db.clone(), passwords: Arc::new(Passwords::new()?), minter };
+    let state = AppState {
+        db: db.clone(),
+        passwords: Arc::new(Passwords::new()?),
+        minter,
+        hub: Arc::clone(&hub),
+        jobs: Arc::clone(&jobs),
+    };
+    // Password guessing is slowed per client address; each user's requests per user.
+    let limiter: Arc<dyn platform_core::http::RateLimiter> = Arc::new(platform_core::http::LocalLimiter::new());
+    let login_limit = platform_core::http::RateLimit::new(
+        Arc::clone(&limiter),
+        platform_core::http::Policy::new("login", LOGIN_LIMIT, Duration::from_secs(60))?,
+        platform_core::http::KeyBy::ClientIp,
+    );
+    let by_user: platform_core::http::KeyFn =
+        Arc::new(|r: &axum::extract::Request| r.extensions().get::<Principal>().map(|p| p.subject.clone()));
+    let write_limit = platform_core::http::RateLimit::new(
+        limiter,
+        platform_core::http::Policy::new("requests", REQUEST_LIMIT, Duration::from_secs(60))?,
+        platform_core::http::KeyBy::With(by_user),
+    );
+    let files = Files {
+        store: Arc::clone(&store),
+        verifier: secret.map(|s| Arc::new(platform_store::presign::Verifier::new(s.into_bytes()))),
+    };
     let authenticated = Router::new()
         .route("/v1/workspaces", post(create_workspace).get(list_workspaces))
         .route("/v1/workspaces/{ws}/todos", post(create_todo).get(list_todos))
         .route("/v1/workspaces/{ws}/todos/{id}", get(get_todo).patch(update_todo).delete(delete_todo))
         .route("/v1/workspaces/{ws}/todos/{id}/complete", post(complete_todo))
+        .route("/v1/workspaces/{ws}/exports", post(start_export))
+        // Counted per user, so it runs inside the authentication.
+        .route_layer(axum::middleware::from_fn_with_state(write_limit, platform_core::http::rate_limit))
         .layer(axum::middleware::from_fn_with_state(chain, platform_auth::layer::authenticate));
     let app = Router::new()
         .route("/v1/auth/register", post(register))
         .route("/v1/auth/login", post(login))
+        .route_layer(axum::middleware::from_fn_with_state(login_limit, platform_core::http::rate_limit))
         .merge(authenticated)
         .with_state(state)
+        .merge(Router::new().route("/files/{*key}", get(download)).with_state(files))
         .merge(hub.routes());
 
     let mut contract = Contract::new("todo", env!("CARGO_PKG_VERSION"))
@@ -785,7 +1071,9 @@ pub async fn build(settings: &Settings, stop: CancellationToken) -> Result<Servi
         .with_check(Arc::new(db) as Arc<dyn HealthCheck>)
         .with_check(Arc::clone(&bus) as Arc<dyn HealthCheck>)
         .with_check(relay as Arc<dyn HealthCheck>)
-        .with_check(Arc::clone(&hub) as Arc<dyn HealthCheck>);
+        .with_check(Arc::clone(&hub) as Arc<dyn HealthCheck>)
+        .with_check(Arc::clone(&jobs) as Arc<dyn HealthCheck>)
+        .with_check(Arc::clone(&store) as Arc<dyn HealthCheck>);
     if let platform_db::schema::MigrationState::UpToDate(version) = report.state {
         contract = contract.with_migration_version(version);
     }

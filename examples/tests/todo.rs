@@ -21,23 +21,46 @@ struct Running {
     _dir: std::path::PathBuf,
 }
 
-async fn start() -> Running {
+async fn start(notify_urls: Vec<String>) -> Running {
     let name = platform_core::testkit::unique_ident("todo");
-    let dir = std::env::temp_dir().join(&name);
-    std::fs::create_dir_all(&dir).unwrap();
+    start_in(&std::env::temp_dir().join(&name), &name, notify_urls, None).await
+}
+
+/// A service on the files in `dir` (two may share them), with `jwt_signing_key`.
+async fn start_in(
+    dir: &std::path::Path,
+    name: &str,
+    notify_urls: Vec<String>,
+    jwt_signing_key: Option<String>,
+) -> Running {
+    let dir = dir.to_owned();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
     let settings = Settings {
+        notify_urls,
+        jwt_signing_key: jwt_signing_key.map(platform_core::Secret::new),
+        ..settings_in(&dir, name, &base)
+    };
+    let stop = CancellationToken::new();
+    let service = build(&settings, stop.clone()).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, service.router).await });
+    Running { base, http: reqwest::Client::new(), _stop: stop.drop_guard(), _dir: dir }
+}
+
+fn settings_in(dir: &std::path::Path, name: &str, base: &str) -> Settings {
+    std::fs::create_dir_all(dir).unwrap();
+    Settings {
         database_url: format!("sqlite://{}", dir.join("todo.db").display()),
         events_url: format!("memory://{name}"),
         broadcast_url: format!("memory://{name}"),
         shared_ws_key: platform_core::Secret::new("a-shared-key-for-the-tests".to_owned()),
         addr: "127.0.0.1:0".into(),
-    };
-    let stop = CancellationToken::new();
-    let service = build(&settings, stop.clone()).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, service.router).await });
-    Running { base, http: reqwest::Client::new(), _stop: stop.drop_guard(), _dir: dir }
+        queue_url: format!("sqlite://{}?queue=exports", dir.join("jobs.db").display()),
+        store_url: format!("file://{}/", dir.join("files").display()),
+        notify_urls: vec![],
+        public_url: base.to_owned(),
+        jwt_signing_key: None,
+    }
 }
 
 impl Running {
@@ -90,7 +113,7 @@ async fn next(ws: &mut Ws) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_flow_on_embedded_defaults() {
-    let app = start().await;
+    let app = start(vec!["memory://".into()]).await;
     let alice = app.user("alice@example.com").await;
     let bob = app.user("bob@example.com").await;
 
@@ -158,4 +181,140 @@ async fn the_flow_on_embedded_defaults() {
     assert_eq!(up["status"], "up", "{up}");
     let spec: Value = app.get(None, "/openapi").await.json().await.unwrap();
     assert!(spec["paths"]["/v1/workspaces/{ws}/todos"]["post"].is_object());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_runs_as_a_job_reports_on_ws_and_notifies() {
+    use platform_notify::testkit::Doubles;
+    let doubles = Doubles::start().await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    doubles.hook_secret("exports", secret);
+    let hook = format!("webhook://hooks.example.com/hooks/exports?secret={secret}&base_url={}", doubles.url());
+    let app = start(vec![hook]).await;
+    let alice = app.user("alice@example.com").await;
+    let ws: Value =
+        app.post(Some(&alice), "/v1/workspaces", Some("w"), json!({"name": "home"})).await.json().await.unwrap();
+    let todos = format!("/v1/workspaces/{}/todos", ws["id"].as_str().unwrap());
+    for (i, title) in ["milk", "bread", "eggs"].iter().enumerate() {
+        let r = app.post(Some(&alice), &todos, Some(&format!("t{i}")), json!({"title": title})).await;
+        assert_eq!(r.status(), 201);
+    }
+
+    let exports = format!("/v1/workspaces/{}/exports", ws["id"].as_str().unwrap());
+    let r = app.post(Some(&alice), &exports, Some("export-1"), json!({})).await;
+    assert_eq!(r.status(), 202);
+    let started: Value = r.json().await.unwrap();
+    // Followed from the job's start: nothing is missed however fast it runs.
+    let mut listener = app.ws(&alice).await;
+    send(&mut listener, json!({"op": "subscribe", "channel": started["channel"], "since": started["since"]})).await;
+    assert_eq!(next(&mut listener).await["type"], "subscribed");
+    let mut states = Vec::new();
+    let result = loop {
+        let frame = next(&mut listener).await;
+        let state = frame["data"]["state"].as_str().unwrap().to_owned();
+        states.push(state.clone());
+        if state == "succeeded" {
+            break frame["data"]["result"].clone();
+        }
+        assert_ne!(state, "failed", "{frame}");
+    };
+    assert_eq!(states, ["queued", "running", "progress", "succeeded"]);
+    assert_eq!(result["count"], 3);
+
+    // The download link works with a plain client, and only as signed.
+    let url = result["url"].as_str().unwrap();
+    let file: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    let titles: Vec<&str> = file["todos"].as_array().unwrap().iter().map(|t| t["title"].as_str().unwrap()).collect();
+    assert_eq!(titles, ["milk", "bread", "eggs"]);
+    let forged = url.replace("X-Platform-Signature=", "X-Platform-Signature=00");
+    assert_ne!(reqwest::get(forged).await.unwrap().status(), 200);
+
+    // The notification went out, signed, with the job's id as its webhook id.
+    let deadline = std::time::Instant::now() + WAIT;
+    while doubles.received("webhook").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no notification");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let got = &doubles.received("webhook")[0];
+    assert_eq!(got.headers["webhook-id"], started["job_id"].as_str().unwrap());
+    assert_eq!(got.json()["data"]["url"], url);
+    assert_eq!(doubles.violations(), Vec::<String>::new());
+
+    // A retry of the same request is the same job.
+    let again: Value = app.post(Some(&alice), &exports, Some("export-1"), json!({})).await.json().await.unwrap();
+    assert_eq!(again["job_id"], started["job_id"]);
+    // Someone else's job channel by wildcard: refused.
+    send(&mut listener, json!({"op": "subscribe", "channel": "jobs.*.events"})).await;
+    assert_eq!(next(&mut listener).await["code"], "permission_denied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_guessing_is_rate_limited() {
+    let app = start(vec![]).await;
+    let guess = json!({"email": "alice@example.com", "password": "not the password"});
+    let mut statuses = Vec::new();
+    for _ in 0..=platform_examples::todo::LOGIN_LIMIT {
+        statuses.push(app.post(None, "/v1/auth/login", None, guess.clone()).await);
+    }
+    let last = statuses.pop().unwrap();
+    assert!(statuses.iter().all(|r| r.status() == 401));
+    assert_eq!(last.status(), 429);
+    assert!(last.headers().contains_key("retry-after"));
+    assert_eq!(last.headers()["content-type"], "application/problem+json");
+}
+
+/// `scripts/example-flow`, the README's second look at the service, run as a user would
+/// run it (curl and Python's standard library) against the service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_flow_script_passes() {
+    let app = start(vec![]).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/example-flow");
+    let base = app.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("bash").arg(script).env("TODO_URL", base).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{text}");
+    for seen in [
+        "ws event: todo.created.v1",
+        "ws event: todo.completed.v1",
+        "ws event: succeeded",
+        "buy milk",
+        "the whole flow worked",
+    ] {
+        assert!(text.contains(seen), "{seen:?} missing from:\n{text}");
+    }
+}
+
+/// Two instances with one `JWT_SIGNING_KEY` on one database: a token the first issued
+/// is good on the second, and the workspace made on one is there on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_sharing_a_signing_key_take_each_others_tokens() {
+    let der = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-outform", "DER"])
+        .output()
+        .expect("openssl");
+    assert!(der.status.success());
+    let key = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&der.stdout)
+    };
+    let name = platform_core::testkit::unique_ident("todo2");
+    let dir = std::env::temp_dir().join(&name);
+    let one = start_in(&dir, &format!("{name}-1"), vec![], Some(key.clone())).await;
+    let two = start_in(&dir, &format!("{name}-2"), vec![], Some(key)).await;
+    let token = one.user("carol@example.com").await;
+    let r = one.post(Some(&token), "/v1/workspaces", Some("w"), json!({"name": "shared"})).await;
+    assert_eq!(r.status(), 201);
+    let on_two: Value = two.get(Some(&token), "/v1/workspaces").await.json().await.unwrap();
+    assert_eq!(on_two[0]["name"], "shared");
+    // A key that is not one is refused at start, naming the setting.
+    let bad = platform_examples::todo::Settings {
+        jwt_signing_key: Some(platform_core::Secret::new("nope".into())),
+        ..settings_in(&dir, "bad", "http://x")
+    };
+    let e = build(&bad, CancellationToken::new()).await.unwrap_err();
+    assert!(e.to_string().contains("JWT_SIGNING_KEY"), "{e}");
 }
