@@ -79,6 +79,10 @@ pub struct Settings {
     /// (`JWT_SIGNING_KEY`): every instance needs the same one, and tokens outlive a
     /// restart only with it. Unset: a key made up per start.
     pub jwt_signing_key: Option<platform_core::Secret<String>>,
+    /// Whether to apply pending migrations at start (`MIGRATE_ON_START`, default
+    /// true). Off, as when the service runs as a role that may not change the schema,
+    /// it only checks them: pending ones or a drifted schema stop it.
+    pub migrate_on_start: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -130,6 +134,7 @@ impl Settings {
                 .ok()
                 .filter(|v| !v.is_empty())
                 .map(platform_core::Secret::new),
+            migrate_on_start: platform_core::config::parse_bool(&var("MIGRATE_ON_START", "true"))?,
             addr,
         })
     }
@@ -149,6 +154,7 @@ impl Settings {
                 self.notify_urls.iter().map(|u| platform_core::config::mask_url(u)).collect::<Vec<_>>().join(","),
             ),
             ("TODO_PUBLIC_URL", self.public_url.clone()),
+            ("MIGRATE_ON_START", self.migrate_on_start.to_string()),
             ("JWT_SIGNING_KEY", if self.jwt_signing_key.is_some() { "****" } else { "(made up per start)" }.to_owned()),
         ]
     }
@@ -189,6 +195,19 @@ pub fn migrations() -> Vec<Migration> {
         ),
         platform_db::idempotency::migration(3),
         platform_db::outbox::migration(4),
+        Migration::new(
+            5,
+            "ingest endpoints",
+            "CREATE TABLE ingest_endpoints (id VARCHAR(36) PRIMARY KEY, workspace_id VARCHAR(36) NOT NULL, \
+             secret VARCHAR(100) NOT NULL, created_at BIGINT NOT NULL)",
+        ),
+        platform_db::inbox::migration(6),
+        Migration::new(
+            7,
+            "totp",
+            "ALTER TABLE users ADD COLUMN totp_secret VARCHAR(64);\n\
+             ALTER TABLE users ADD COLUMN totp_on BOOLEAN NOT NULL DEFAULT FALSE",
+        ),
     ]
 }
 
@@ -218,13 +237,30 @@ pub struct Workspace {
     pub name: String,
 }
 
-/// An email and a password.
+/// An email and a password (and, once TOTP is on, the code of the user's app).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
     /// The email address.
     pub email: String,
     /// The password (8 to 256 characters).
     pub password: String,
+    /// The 6-digit code of the user's authenticator app, when TOTP is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub totp: Option<String>,
+}
+
+/// TOTP being turned on: the URI the user's app scans.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TotpEnrolment {
+    /// `otpauth://totp/…`, for a QR code.
+    pub otpauth_uri: String,
+}
+
+/// A code of the user's app.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TotpCode {
+    /// The 6-digit code.
+    pub code: String,
 }
 
 /// A registered user.
@@ -297,6 +333,7 @@ todo_event!(TodoDeleted, "todo.deleted");
 struct AppState {
     db: Db,
     passwords: Arc<Passwords>,
+    totp: Arc<platform_auth::totp::Totp>,
     minter: Arc<TokenMinter>,
     hub: Arc<Hub>,
     jobs: Arc<dyn platform_queue::Queue>,
@@ -363,9 +400,16 @@ async fn register(State(st): State<AppState>, Json(c): Json<Credentials>) -> Res
 async fn login(State(st): State<AppState>, Json(c): Json<Credentials>) -> Result<Json<Token>> {
     let row = st
         .db
-        .fetch_optional(&Sql::new("SELECT id, password_hash FROM users WHERE email = ?").bind(c.email.to_lowercase()))
+        .fetch_optional(
+            &Sql::new("SELECT id, password_hash, totp_secret, totp_on FROM users WHERE email = ?")
+                .bind(c.email.to_lowercase()),
+        )
         .await?;
     let passwords = Arc::clone(&st.passwords);
+    let totp_secret = match &row {
+        Some(r) if r.get::<bool>("totp_on")? => r.get::<Option<String>>("totp_secret")?,
+        _ => None,
+    };
     let found = row.map(|r| Ok::<_, Error>((r.get::<String>("id")?, r.get::<String>("password_hash")?))).transpose()?;
     let password = c.password.clone();
     let (user, check) = tokio::task::spawn_blocking(move || match found {
@@ -379,8 +423,61 @@ async fn login(State(st): State<AppState>, Json(c): Json<Credentials>) -> Result
         (Some(user), PasswordCheck::Right | PasswordCheck::RightRehash(_)) => user,
         _ => return Err(Error::new(ErrorKind::Unauthenticated, "wrong email or password")),
     };
+    // The second factor, once the user turned it on: each code taken once.
+    if let Some(secret) = totp_secret {
+        let code = c.totp.as_deref().ok_or_else(|| {
+            Error::new(ErrorKind::Unauthenticated, "this account needs the code of its authenticator app")
+                .with_detail("totp", "required")
+        })?;
+        st.totp.check(&user, &decode_totp(&secret)?, code, unix_secs())?;
+    }
     let access_token = st.minter.mint(&user, AUDIENCE, &[])?;
     Ok(Json(Token { access_token, token_type: "Bearer".into(), expires_in: TOKEN_TTL.as_secs() }))
+}
+
+fn unix_secs() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn decode_totp(secret: &str) -> Result<platform_core::Secret<Vec<u8>>> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(secret)
+        .map_err(|_| Error::internal("a stored TOTP secret is not base64"))?;
+    Ok(platform_core::Secret::new(bytes))
+}
+
+/// Starts turning TOTP on: a new secret, kept until a code of it confirms it.
+#[utoipa::path(post, path = "/v1/auth/totp", tag = "auth",
+    responses((status = 200, description = "Scan this, then confirm with a code", body = TotpEnrolment)),
+    security(("bearer" = [])))]
+async fn enrol_totp(State(st): State<AppState>, who: Principal) -> Result<Json<TotpEnrolment>> {
+    use base64::Engine as _;
+    let row =
+        st.db.fetch_one(&Sql::new("SELECT email, totp_on FROM users WHERE id = ?").bind(who.subject.clone())).await?;
+    if row.get::<bool>("totp_on")? {
+        return Err(Error::new(ErrorKind::Conflict, "TOTP is on already"));
+    }
+    let enrolment = st.totp.enrol(&row.get::<String>("email")?)?;
+    let secret = base64::engine::general_purpose::STANDARD.encode(enrolment.secret.expose());
+    st.db.execute(&Sql::new("UPDATE users SET totp_secret = ? WHERE id = ?").bind(secret).bind(who.subject)).await?;
+    Ok(Json(TotpEnrolment { otpauth_uri: enrolment.uri.expose().clone() }))
+}
+
+/// Turns TOTP on with a code of the new secret: from then on, logins need a code.
+#[utoipa::path(post, path = "/v1/auth/totp/confirm", request_body = TotpCode, tag = "auth",
+    responses((status = 204, description = "On"),
+        (status = 401, description = "Wrong code", body = platform_core::Problem)),
+    security(("bearer" = [])))]
+async fn confirm_totp(State(st): State<AppState>, who: Principal, Json(code): Json<TotpCode>) -> Result<StatusCode> {
+    let row =
+        st.db.fetch_one(&Sql::new("SELECT totp_secret FROM users WHERE id = ?").bind(who.subject.clone())).await?;
+    let secret = row
+        .get::<Option<String>>("totp_secret")?
+        .ok_or_else(|| Error::new(ErrorKind::Conflict, "start with POST /v1/auth/totp"))?;
+    st.totp.check(&who.subject, &decode_totp(&secret)?, &code.code, unix_secs())?;
+    st.db.execute(&Sql::new("UPDATE users SET totp_on = ? WHERE id = ?").bind(true).bind(who.subject)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Refuses unless `user` is a member of `ws` (a workspace one is not in does not exist
@@ -465,6 +562,17 @@ async fn find_todo(tx: &mut Tx, id: &str) -> Result<Todo> {
     row.as_ref().map(todo_of).transpose()?.ok_or_else(|| Error::not_found(format!("todo {id} does not exist")))
 }
 
+async fn insert_todo(tx: &mut Tx, todo: &Todo) -> Result<()> {
+    let insert = Sql::new(format!("INSERT INTO todos ({TODO_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"))
+        .bind(todo.id.clone())
+        .bind(todo.workspace_id.clone())
+        .bind(todo.title.clone())
+        .bind(todo.done)
+        .bind(todo.created_at)
+        .bind(todo.updated_at);
+    tx.execute(&insert).await.map(|_| ())
+}
+
 /// Writes `event` about `todo` to the outbox, in the change's transaction.
 async fn stage<E: Event>(tx: &mut Tx, event: E, ws: &str) -> Result<()> {
     let envelope = Envelope::new(event).with_tenant(ws).into_json()?;
@@ -496,14 +604,7 @@ async fn create_todo(State(st): State<AppState>, who: Principal, Path(ws): Path<
                 created_at: now,
                 updated_at: now,
             };
-            let insert = Sql::new(format!("INSERT INTO todos ({TODO_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)"))
-                .bind(todo.id.clone())
-                .bind(ws.clone())
-                .bind(todo.title.clone())
-                .bind(false)
-                .bind(now)
-                .bind(now);
-            tx.execute(&insert).await?;
+            insert_todo(tx, &todo).await?;
             stage(tx, TodoCreated { todo: todo.clone() }, &ws).await?;
             stored(StatusCode::CREATED, &todo)
         })
@@ -675,10 +776,10 @@ impl utoipa::Modify for BearerSecurity {
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
     info(title = "todo", description = "The example service of the platform crates"),
-    paths(register, login, create_workspace, list_workspaces, create_todo, list_todos, get_todo, update_todo,
-        complete_todo, delete_todo, start_export),
+    paths(register, login, enrol_totp, confirm_totp, create_workspace, list_workspaces, create_todo, list_todos, get_todo, update_todo,
+        complete_todo, delete_todo, start_export, create_ingest_endpoint, ingest),
     components(schemas(Todo, Workspace, Credentials, User, Token, NewWorkspace, NewTodo, TodoPatch, ExportStarted,
-        Since)),
+        Since, IngestEndpoint, ImportBatch, Imported, TotpEnrolment, TotpCode)),
     modifiers(&BearerSecurity)
 )]
 pub struct TodoApi;
@@ -713,12 +814,16 @@ impl Authenticator for WsUser {
 
 /// Who may do what on `/ws`: the shared key anything; a user subscribes to
 /// `workspaces.{ws}.…` of its own workspaces and to `jobs.{id}.events` of a job whose id
-/// it was given, with no wildcard, and publishes nowhere.
+/// it was given, with no wildcard, and publishes on `jobs.enqueue` only.
 fn ws_authorizer(who: &Principal, channel: &str, access: Access) -> bool {
     if who.method == "shared_key" {
         return true;
     }
-    if access != Access::Subscribe || channel.contains(['*', '>']) {
+    if access == Access::Publish {
+        // Checked by the hook against the user's workspaces.
+        return channel == platform_events::hub::JOBS_ENQUEUE;
+    }
+    if channel.contains(['*', '>']) {
         return false;
     }
     // A job's channel: its id is the capability, handed only to who started it.
@@ -832,15 +937,43 @@ async fn start_export(
     idem.run(&st.db, move |tx| {
         Box::pin(async move {
             require_member(tx, &ws, &who.subject).await?;
-            let (epoch, offset) = hub.position();
             let job = ExportJob { workspace_id: ws, requested_by: who.subject };
-            let job_id = hub.enqueue_job(queue.as_ref(), serde_json::to_value(&job)?).await?;
-            let started =
-                ExportStarted { channel: format!("jobs.{job_id}.events"), job_id, since: Since { epoch, offset } };
+            let started = enqueue_export(&hub, queue.as_ref(), job).await?;
             stored(StatusCode::ACCEPTED, &started)
         })
     })
     .await
+}
+
+/// Enqueues `job`: where to follow it from is taken before, so nothing is missed.
+async fn enqueue_export(hub: &Hub, queue: &dyn platform_queue::Queue, job: ExportJob) -> Result<ExportStarted> {
+    let (epoch, offset) = hub.position();
+    let job_id = hub.enqueue_job(queue, serde_json::to_value(&job)?).await?;
+    Ok(ExportStarted { channel: format!("jobs.{job_id}.events"), job_id, since: Since { epoch, offset } })
+}
+
+/// `{"op":"publish","channel":"jobs.enqueue","data":{"workspace_id":…}}` on `/ws`: an
+/// export of a workspace the connection's user is a member of (as its token said when
+/// it connected); answered with what `POST …/exports` answers.
+fn ws_enqueue(
+    hub: Arc<std::sync::OnceLock<Arc<Hub>>>,
+    queue: Arc<dyn platform_queue::Queue>,
+) -> platform_events::hub::PublishHook {
+    Arc::new(move |who: &Principal, data: serde_json::Value| {
+        let (hub, queue) = (Arc::clone(&hub), Arc::clone(&queue));
+        let ws = data.get("workspace_id").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
+        let member = who.method == "shared_key" || who.scopes.contains(&format!("workspace:{ws}"));
+        let requested_by = who.subject.clone();
+        Box::pin(async move {
+            if ws.is_empty() || !member {
+                return Err(Error::not_found(format!("workspace {ws:?} does not exist")));
+            }
+            let hub = hub.get().ok_or_else(|| Error::new(ErrorKind::Unavailable, "starting"))?;
+            let job = ExportJob { workspace_id: ws, requested_by };
+            let started = enqueue_export(hub, queue.as_ref(), job).await?;
+            Ok(serde_json::to_value(started)?)
+        })
+    })
 }
 
 /// What the export worker needs.
@@ -944,6 +1077,156 @@ fn with_presigning(store_url: &str, public_url: &str) -> Result<(String, Option<
     Ok((url.to_string(), Some(secret)))
 }
 
+/// A signed-import endpoint of a workspace: another system posts todos to `url`,
+/// signed as Standard Webhooks with `secret`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct IngestEndpoint {
+    /// Its id (the last segment of `url`).
+    pub endpoint_id: String,
+    /// Where to post: `/v1/ingest/{endpoint_id}`.
+    pub url: String,
+    /// The signing secret (`whsec_…`), shown once.
+    pub secret: String,
+}
+
+/// What a signed import carries.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ImportBatch {
+    /// The todos to create (at most 500).
+    pub todos: Vec<NewTodo>,
+}
+
+/// What a signed import did.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Imported {
+    /// Todos created by this delivery (0 for a repeated one).
+    pub imported: usize,
+    /// Whether this `webhook-id` was imported before (a sender's retry): nothing was
+    /// done again.
+    pub duplicate: bool,
+}
+
+/// Makes a signed-import endpoint for the workspace.
+#[utoipa::path(post, path = "/v1/workspaces/{ws}/ingest-endpoints", tag = "ingest",
+    params(("ws" = String, Path, description = "The workspace"),
+        ("Idempotency-Key" = String, Header, description = "Makes a retry safe")),
+    responses((status = 201, description = "Made", body = IngestEndpoint),
+        (status = 404, description = "No such workspace", body = platform_core::Problem)),
+    security(("bearer" = [])))]
+async fn create_ingest_endpoint(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(ws): Path<String>,
+    idem: Idempotent,
+) -> Response {
+    idem.run(&st.db, move |tx| {
+        Box::pin(async move {
+            require_member(tx, &ws, &who.subject).await?;
+            let key: Vec<u8> =
+                uuid::Uuid::new_v4().as_bytes().iter().chain(uuid::Uuid::new_v4().as_bytes()).copied().collect();
+            let secret = {
+                use base64::Engine as _;
+                format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
+            };
+            let id = uuid::Uuid::now_v7().to_string();
+            let insert =
+                Sql::new("INSERT INTO ingest_endpoints (id, workspace_id, secret, created_at) VALUES (?, ?, ?, ?)")
+                    .bind(id.clone())
+                    .bind(ws)
+                    .bind(secret.clone())
+                    .bind(now_ms());
+            tx.execute(&insert).await?;
+            stored(StatusCode::CREATED, &IngestEndpoint { url: format!("/v1/ingest/{id}"), endpoint_id: id, secret })
+        })
+    })
+    .await
+}
+
+/// Imports todos another system sends, signed (`webhook-id`, `webhook-timestamp`,
+/// `webhook-signature`); each `webhook-id` is imported once, however often it comes.
+#[utoipa::path(post, path = "/v1/ingest/{endpoint}", request_body = ImportBatch, tag = "ingest",
+    params(("endpoint" = String, Path, description = "The endpoint"),
+        ("webhook-id" = String, Header, description = "The delivery's id"),
+        ("webhook-timestamp" = String, Header, description = "Seconds since the epoch"),
+        ("webhook-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256>`")),
+    responses((status = 200, description = "Imported", body = Imported),
+        (status = 401, description = "Not signed with the endpoint's secret", body = platform_core::Problem)))]
+async fn ingest(
+    State(st): State<AppState>,
+    who: Principal,
+    Path(endpoint): Path<String>,
+    headers: axum::http::HeaderMap,
+    Json(batch): Json<ImportBatch>,
+) -> Result<Json<Imported>> {
+    if who.method != "hmac" || who.subject != format!("ingest:{endpoint}") {
+        return Err(Error::new(ErrorKind::Unauthenticated, "sign the delivery with the endpoint's secret"));
+    }
+    if batch.todos.len() > 500 {
+        return Err(Error::invalid_input("at most 500 todos a delivery").with_detail("todos", "over 500"));
+    }
+    for t in &batch.todos {
+        check_len("title", &t.title, 500)?;
+    }
+    let delivery = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let row = st
+        .db
+        .fetch_optional(&Sql::new("SELECT workspace_id FROM ingest_endpoints WHERE id = ?").bind(endpoint.clone()))
+        .await?;
+    let ws: String = row.ok_or_else(|| Error::not_found("no such endpoint"))?.get("workspace_id")?;
+    let done = st
+        .db
+        .with_tenant(&ws.clone(), move |tx| {
+            Box::pin(async move {
+                if !platform_db::inbox::record(tx, &format!("ingest:{endpoint}"), &delivery).await? {
+                    return Ok(Imported { imported: 0, duplicate: true });
+                }
+                let imported = batch.todos.len();
+                for new in batch.todos {
+                    let now = now_ms();
+                    let todo = Todo {
+                        id: uuid::Uuid::now_v7().to_string(),
+                        workspace_id: ws.clone(),
+                        title: new.title,
+                        done: false,
+                        created_at: now,
+                        updated_at: now,
+                    };
+                    insert_todo(tx, &todo).await?;
+                    stage(tx, TodoCreated { todo }, &ws).await?;
+                }
+                Ok(Imported { imported, duplicate: false })
+            })
+        })
+        .await?;
+    Ok(Json(done))
+}
+
+/// Endpoint secrets, from the database.
+#[derive(Debug)]
+struct DbIngestSecrets(Db);
+
+#[async_trait::async_trait]
+impl platform_auth::ingest::IngestSecrets for DbIngestSecrets {
+    async fn secrets(&self, endpoint: &str) -> Result<Vec<platform_core::Secret<Vec<u8>>>> {
+        let row =
+            self.0.fetch_optional(&Sql::new("SELECT secret FROM ingest_endpoints WHERE id = ?").bind(endpoint)).await?;
+        row.map(|r| platform_auth::ingest::decode_secret(&r.get::<String>("secret")?)).into_iter().collect()
+    }
+}
+
+/// Repeated `webhook-id`s pass the signature check: the inbox (in the import's own
+/// transaction) makes each one count once, so a sender's retry gets a 200 and a replayed
+/// capture changes nothing.
+#[derive(Debug)]
+struct InboxDeduplicates;
+
+#[async_trait::async_trait]
+impl platform_auth::ingest::ReplayGuard for InboxDeduplicates {
+    async fn first_seen(&self, _scope: &str, _id: &str, _ttl: Duration) -> Result<bool> {
+        Ok(true)
+    }
+}
+
 /// The service, built: its router (contract applied) and the contract (for the startup
 /// log and shutdown). Its background work (the relay, the event forwarder) runs until
 /// `stop`.
@@ -961,7 +1244,20 @@ pub struct Service {
 /// schema stops it here), starts the relay and the forwarder.
 pub async fn build(settings: &Settings, stop: CancellationToken) -> Result<Service> {
     let db = platform_db::open(&settings.database_url).await?;
-    let report = Migrator::new(migrations()).run(&db).await?;
+    let migrator = Migrator::new(migrations());
+    let report = if settings.migrate_on_start { migrator.run(&db).await? } else { migrator.check(&db).await? };
+    if let platform_db::schema::MigrationState::Pending(n) = report.state {
+        return Err(Error::new(
+            ErrorKind::Conflict,
+            format!("{n} migrations are pending: apply them as the schema's owner (MIGRATE_ON_START=true)"),
+        ));
+    }
+    if db.dialect() == Dialect::Postgres
+        && let Err(e) = platform_db::tenant::check_row_level_security(&db, &["todos"]).await
+    {
+        // A superuser (or BYPASSRLS) role reads every workspace: run as a plain role.
+        tracing::warn!(target: "todo", "row-level security is not in force: {e}");
+    }
     let bus = platform_events::open_bus(&settings.events_url).await?;
     let broadcast = platform_events::open_broadcast(&settings.broadcast_url).await?;
 
@@ -983,12 +1279,15 @@ pub async fn build(settings: &Settings, stop: CancellationToken) -> Result<Servi
     let jwt = Arc::new(Jwt::new().issuer(Issuer::new(ISSUER, AUDIENCE, keys)));
     let chain = Arc::new(AuthChain::new().with(Arc::clone(&jwt) as Arc<dyn Authenticator>));
 
+    let jobs = platform_queue::open(&settings.queue_url).await?;
+    let hub_cell = Arc::new(std::sync::OnceLock::new());
     let hub_config = HubConfig::new(settings.shared_ws_key.expose().clone())?
         .with_authenticator(Arc::new(WsUser { jwt, db: db.clone() }))
-        .with_authorizer(Arc::new(ws_authorizer));
+        .with_authorizer(Arc::new(ws_authorizer))
+        .on_publish(platform_events::hub::JOBS_ENQUEUE, ws_enqueue(Arc::clone(&hub_cell), Arc::clone(&jobs)));
     let hub = Hub::start(broadcast, hub_config).await?;
+    let _ = hub_cell.set(Arc::clone(&hub));
 
-    let jobs = platform_queue::open(&settings.queue_url).await?;
     let (store_url, secret) = with_presigning(&settings.store_url, &settings.public_url)?;
     let store = platform_store::open(&store_url).await?;
     let mut notify = platform_notify::Dispatcher::new();
@@ -1024,6 +1323,7 @@ pub async fn build(settings: &Settings, stop: CancellationToken) -> Result<Servi
     let state = AppState {
         db: db.clone(),
         passwords: Arc::new(Passwords::new()?),
+        totp: Arc::new(platform_auth::totp::Totp::new("todo")),
         minter,
         hub: Arc::clone(&hub),
         jobs: Arc::clone(&jobs),
@@ -1047,19 +1347,29 @@ pub async fn build(settings: &Settings, stop: CancellationToken) -> Result<Servi
         verifier: secret.map(|s| Arc::new(platform_store::presign::Verifier::new(s.into_bytes()))),
     };
     let authenticated = Router::new()
+        .route("/v1/auth/totp", post(enrol_totp))
+        .route("/v1/auth/totp/confirm", post(confirm_totp))
         .route("/v1/workspaces", post(create_workspace).get(list_workspaces))
         .route("/v1/workspaces/{ws}/todos", post(create_todo).get(list_todos))
         .route("/v1/workspaces/{ws}/todos/{id}", get(get_todo).patch(update_todo).delete(delete_todo))
         .route("/v1/workspaces/{ws}/todos/{id}/complete", post(complete_todo))
         .route("/v1/workspaces/{ws}/exports", post(start_export))
+        .route("/v1/workspaces/{ws}/ingest-endpoints", post(create_ingest_endpoint))
         // Counted per user, so it runs inside the authentication.
         .route_layer(axum::middleware::from_fn_with_state(write_limit, platform_core::http::rate_limit))
         .layer(axum::middleware::from_fn_with_state(chain, platform_auth::layer::authenticate));
+    let signed =
+        platform_auth::ingest::SignedIngest::new(Arc::new(DbIngestSecrets(db.clone())), Arc::new(InboxDeduplicates));
+    let ingest_chain = Arc::new(AuthChain::new().with(Arc::new(signed)));
+    let signed_routes = Router::new()
+        .route("/v1/ingest/{endpoint}", post(ingest))
+        .layer(axum::middleware::from_fn_with_state(ingest_chain, platform_auth::layer::authenticate));
     let app = Router::new()
         .route("/v1/auth/register", post(register))
         .route("/v1/auth/login", post(login))
         .route_layer(axum::middleware::from_fn_with_state(login_limit, platform_core::http::rate_limit))
         .merge(authenticated)
+        .merge(signed_routes)
         .with_state(state)
         .merge(Router::new().route("/files/{*key}", get(download)).with_state(files))
         .merge(hub.routes());

@@ -60,6 +60,7 @@ fn settings_in(dir: &std::path::Path, name: &str, base: &str) -> Settings {
         notify_urls: vec![],
         public_url: base.to_owned(),
         jwt_signing_key: None,
+        migrate_on_start: true,
     }
 }
 
@@ -246,6 +247,29 @@ async fn an_export_runs_as_a_job_reports_on_ws_and_notifies() {
     // Someone else's job channel by wildcard: refused.
     send(&mut listener, json!({"op": "subscribe", "channel": "jobs.*.events"})).await;
     assert_eq!(next(&mut listener).await["code"], "permission_denied");
+
+    // The same over /ws: `jobs.enqueue` for a workspace of one's own; not for another's.
+    let ws_id = ws["id"].as_str().unwrap();
+    send(&mut listener, json!({"op": "publish", "channel": "jobs.enqueue", "data": {"workspace_id": ws_id}})).await;
+    let published = next(&mut listener).await;
+    assert_eq!(published["type"], "published", "{published}");
+    let started = &published["result"];
+    send(&mut listener, json!({"op": "subscribe", "channel": started["channel"], "since": started["since"]})).await;
+    assert_eq!(next(&mut listener).await["type"], "subscribed");
+    loop {
+        let frame = next(&mut listener).await;
+        assert_ne!(frame["data"]["state"], "failed", "{frame}");
+        if frame["data"]["state"] == "succeeded" {
+            assert_eq!(frame["data"]["job_id"], started["job_id"]);
+            break;
+        }
+    }
+    let bob = app.user("bob@example.com").await;
+    let mut intruder = app.ws(&bob).await;
+    send(&mut intruder, json!({"op": "publish", "channel": "jobs.enqueue", "data": {"workspace_id": ws_id}})).await;
+    assert_eq!(next(&mut intruder).await["code"], "not_found");
+    send(&mut intruder, json!({"op": "publish", "channel": channel_of(ws_id), "data": {"fake": true}})).await;
+    assert_eq!(next(&mut intruder).await["code"], "permission_denied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,4 +341,190 @@ async fn instances_sharing_a_signing_key_take_each_others_tokens() {
     };
     let e = build(&bad, CancellationToken::new()).await.unwrap_err();
     assert!(e.to_string().contains("JWT_SIGNING_KEY"), "{e}");
+}
+
+/// Another system imports todos through a signed endpoint: each delivery once, however
+/// often it is sent; unsigned or wrongly signed ones are refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_imports_are_taken_once() {
+    let app = start(vec![]).await;
+    let alice = app.user("alice@example.com").await;
+    let ws: Value =
+        app.post(Some(&alice), "/v1/workspaces", Some("w"), json!({"name": "home"})).await.json().await.unwrap();
+    let ws = ws["id"].as_str().unwrap().to_owned();
+    let r = app.post(Some(&alice), &format!("/v1/workspaces/{ws}/ingest-endpoints"), Some("e"), json!({})).await;
+    assert_eq!(r.status(), 201);
+    let endpoint: Value = r.json().await.unwrap();
+    let secret = platform_auth::ingest::decode_secret(endpoint["secret"].as_str().unwrap()).unwrap();
+    let url = format!("{}{}", app.base, endpoint["url"].as_str().unwrap());
+    let mut listener = app.ws(&alice).await;
+    send(&mut listener, json!({"op": "subscribe", "channel": channel_of(&ws)})).await;
+    assert_eq!(next(&mut listener).await["type"], "subscribed");
+
+    let body = serde_json::to_vec(&json!({"todos": [{"title": "from the CRM"}, {"title": "call back"}]})).unwrap();
+    let deliver = |id: &str, signature: Option<String>, timestamp: i64| {
+        let signature = signature.unwrap_or_else(|| platform_auth::ingest::sign(&secret, id, timestamp, &body));
+        app.http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("webhook-id", id)
+            .header("webhook-timestamp", timestamp.to_string())
+            .header("webhook-signature", signature)
+            .body(body.clone())
+            .send()
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let first: Value = deliver("msg_1", None, now).await.unwrap().json().await.unwrap();
+    assert_eq!(first, json!({"imported": 2, "duplicate": false}));
+    for _ in 0..2 {
+        assert_eq!(next(&mut listener).await["data"]["type"], "todo.created.v1");
+    }
+    // The sender's retry: a 200, nothing imported twice.
+    let again = deliver("msg_1", None, now).await.unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(again.json::<Value>().await.unwrap(), json!({"imported": 0, "duplicate": true}));
+    let list: Value = app.get(Some(&alice), &format!("/v1/workspaces/{ws}/todos")).await.json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    // Refused: a wrong signature, a stale timestamp, no signature at all, a user's token.
+    assert_eq!(deliver("msg_2", Some("v1,AAAA".into()), now).await.unwrap().status(), 401);
+    assert_eq!(deliver("msg_3", None, now - 3600).await.unwrap().status(), 401);
+    let unsigned = app.http.post(&url).json(&json!({"todos": []})).send().await.unwrap();
+    assert_eq!(unsigned.status(), 401);
+    let with_token = app.http.post(&url).bearer_auth(&alice).json(&json!({"todos": []})).send().await.unwrap();
+    assert_eq!(with_token.status(), 401);
+}
+
+/// The same flow on servers: PostgreSQL (as a plain role, so row-level security holds),
+/// the event bus on NATS JetStream, the hub's broadcast and the job queue on Redis, the
+/// store on S3 (moto); two instances, a client of one seeing what is done on the other.
+#[cfg(feature = "full")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgres_nats_redis_and_s3() {
+    use platform_core::testkit::server_url;
+    use platform_db::testkit::Harness as _;
+    let (Some(pg), Some(redis), Some(nats), Some(s3)) =
+        (server_url("POSTGRES"), server_url("REDIS"), server_url("NATS"), server_url("S3"))
+    else {
+        return;
+    };
+    let harness = platform_db::testkit::UrlHarness::new(pg);
+    let admin_url = harness.fresh_url().await.unwrap();
+    let admin = platform_db::open(&admin_url).await.unwrap();
+    platform_db::migrate::Migrator::new(platform_examples::todo::migrations()).run(&admin).await.unwrap();
+    let app_url = harness.restricted_url(&admin_url).await.unwrap().expect("a plain role");
+
+    let name = platform_core::testkit::unique_ident("todo");
+    let bucket = name.replace(['-', '_'], "");
+    let created = reqwest::Client::new().put(format!("{}/{bucket}", s3.trim_end_matches('/'))).send().await.unwrap();
+    assert!(created.status().is_success());
+    let der = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-outform", "DER"])
+        .output()
+        .unwrap();
+    let key = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&der.stdout)
+    };
+    let mut nodes = Vec::new();
+    for i in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let settings = Settings {
+            database_url: app_url.clone(),
+            events_url: format!("{nats}?namespace={}", name.replace('-', "_")),
+            broadcast_url: redis.clone(),
+            queue_url: format!("{redis}?queue={name}-exports"),
+            store_url: format!(
+                "s3://{bucket}?endpoint={}&region=us-east-1&access_key_id=test&secret_access_key=test",
+                s3.trim_end_matches('/')
+            ),
+            jwt_signing_key: Some(platform_core::Secret::new(key.clone())),
+            // A plain role: the schema is the owner's to change, checked here.
+            migrate_on_start: false,
+            ..settings_in(&std::env::temp_dir().join(format!("{name}-{i}")), &name, &base)
+        };
+        let stop = CancellationToken::new();
+        let service = build(&settings, stop.clone()).await.unwrap();
+        tokio::spawn(async move { axum::serve(listener, service.router).await });
+        nodes.push(Running {
+            base,
+            http: reqwest::Client::new(),
+            _stop: stop.drop_guard(),
+            _dir: std::env::temp_dir(),
+        });
+    }
+    let (one, two) = (&nodes[0], &nodes[1]);
+    let token = one.user(&format!("{name}@example.com")).await;
+    let ws: Value =
+        one.post(Some(&token), "/v1/workspaces", Some("w"), json!({"name": "home"})).await.json().await.unwrap();
+    let ws = ws["id"].as_str().unwrap().to_owned();
+
+    // A client of the second instance sees what is done through the first.
+    let mut listener = two.ws(&token).await;
+    send(&mut listener, json!({"op": "subscribe", "channel": channel_of(&ws)})).await;
+    assert_eq!(next(&mut listener).await["type"], "subscribed");
+    let todos = format!("/v1/workspaces/{ws}/todos");
+    let todo: Value =
+        one.post(Some(&token), &todos, Some("t"), json!({"title": "buy milk"})).await.json().await.unwrap();
+    let tid = todo["id"].as_str().unwrap();
+    assert_eq!(next(&mut listener).await["data"]["type"], "todo.created.v1");
+    let r = two.post(Some(&token), &format!("{todos}/{tid}/complete"), Some("c"), json!({})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(next(&mut listener).await["data"]["type"], "todo.completed.v1");
+
+    // Row-level security: the plain role outside a workspace's scope sees no todo.
+    let plain = platform_db::open(&app_url).await.unwrap();
+    let unscoped = plain.fetch_all(&platform_db::Sql::new("SELECT id FROM todos")).await.unwrap();
+    assert!(unscoped.is_empty(), "RLS let an unscoped query read todos");
+
+    // An export runs on whichever instance takes the job; its link is S3's own.
+    let started: Value = one
+        .post(Some(&token), &format!("/v1/workspaces/{ws}/exports"), Some("e"), json!({}))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let mut follower = one.ws(&token).await;
+    send(&mut follower, json!({"op": "subscribe", "channel": started["channel"], "since": started["since"]})).await;
+    assert_eq!(next(&mut follower).await["type"], "subscribed");
+    let result = loop {
+        let frame = next(&mut follower).await;
+        assert_ne!(frame["data"]["state"], "failed", "{frame}");
+        if frame["data"]["state"] == "succeeded" {
+            break frame["data"]["result"].clone();
+        }
+    };
+    let url = result["url"].as_str().unwrap();
+    assert!(url.contains(&bucket), "{url}");
+    let file: Value = reqwest::get(url).await.unwrap().json().await.unwrap();
+    assert_eq!(file["todos"][0]["title"], "buy milk");
+    let up: Value = two.get(None, "/up").await.json().await.unwrap();
+    assert_eq!(up["status"], "up", "{up}");
+}
+
+/// TOTP, once on, is needed at every login; each code is taken once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn totp_once_on_is_needed_to_log_in() {
+    let app = start(vec![]).await;
+    let token = app.user("dave@example.com").await;
+    let r = app.post(Some(&token), "/v1/auth/totp", None, json!({})).await;
+    assert_eq!(r.status(), 200);
+    let uri = r.json::<Value>().await.unwrap()["otpauth_uri"].as_str().unwrap().to_owned();
+    let app_totp = totp_rs::TOTP::from_url(&uri).unwrap();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    // A wrong code does not turn it on; the app's code does.
+    let r = app.post(Some(&token), "/v1/auth/totp/confirm", None, json!({"code": "000000"})).await;
+    assert_eq!(r.status(), 401);
+    let r = app.post(Some(&token), "/v1/auth/totp/confirm", None, json!({"code": app_totp.generate(now)})).await;
+    assert_eq!(r.status(), 204);
+
+    let password = json!({"email": "dave@example.com", "password": "correct horse battery"});
+    let r = app.post(None, "/v1/auth/login", None, password.clone()).await;
+    assert_eq!(r.status(), 401, "the password alone no longer does");
+    // The next step's code (a clock a little ahead): taken once.
+    let mut with_code = password.clone();
+    with_code["totp"] = json!(app_totp.generate(now + 30));
+    assert_eq!(app.post(None, "/v1/auth/login", None, with_code.clone()).await.status(), 200);
+    assert_eq!(app.post(None, "/v1/auth/login", None, with_code).await.status(), 401, "a code is taken once");
 }

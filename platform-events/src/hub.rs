@@ -102,9 +102,11 @@ pub enum Access {
 pub type Authorizer = Arc<dyn Fn(&Principal, &str, Access) -> bool + Send + Sync>;
 
 /// Handles a client's publish on one channel instead of broadcasting it (a publish on
-/// `jobs.enqueue` enqueues a job): given the frame's `data`, returns what the
-/// `published` answer carries as `result` (the job's id).
-pub type PublishHook = Arc<dyn Fn(Value) -> futures::future::BoxFuture<'static, Result<Value>> + Send + Sync>;
+/// `jobs.enqueue` enqueues a job): given the connection's principal (to check what the
+/// data asks for against who asks) and the frame's `data`, returns what the `published`
+/// answer carries as `result` (the job's id), or the error the client gets.
+pub type PublishHook =
+    Arc<dyn Fn(&Principal, Value) -> futures::future::BoxFuture<'static, Result<Value>> + Send + Sync>;
 
 /// How the hub behaves.
 #[derive(Clone)]
@@ -1318,7 +1320,7 @@ async fn handle(
         ClientFrame::Publish { channel, data } => {
             let hook = hub.config.hooks.iter().find(|(c, _)| *c == channel).map(|(_, h)| Arc::clone(h));
             let done = match (hook, &hub.config.jobs) {
-                (Some(hook), _) => hook(data).await.map(Some),
+                (Some(hook), _) => hook(&session.principal, data).await.map(Some),
                 (None, Some(queue)) if channel == JOBS_ENQUEUE => {
                     hub.enqueue_job(&**queue, data).await.map(|id| Some(json!({"job_id": id})))
                 }

@@ -269,14 +269,17 @@ async fn hooks_and_authorization() {
         }))
         .on_publish(
             "jobs.enqueue",
-            Arc::new(|data: Value| Box::pin(async move { Ok(json!({ "job_id": format!("job-{}", data["n"]) })) })),
+            Arc::new(|who: &platform_events::hub::Principal, data: Value| {
+                let by = who.subject.clone();
+                Box::pin(async move { Ok(json!({ "job_id": format!("job-{}", data["n"]), "by": by })) })
+            }),
         );
     let (_hub, url) = start(config).await;
     let mut ws = connect(&url).await;
     send(&mut ws, json!({"op": "publish", "channel": "jobs.enqueue", "data": {"n": 7}})).await;
     assert_eq!(
         next(&mut ws).await,
-        json!({"type": "published", "channel": "jobs.enqueue", "result": {"job_id": "job-7"}})
+        json!({"type": "published", "channel": "jobs.enqueue", "result": {"job_id": "job-7", "by": "shared-key"}})
     );
     send(&mut ws, json!({"op": "subscribe", "channel": "admin.>"})).await;
     assert_eq!(next(&mut ws).await["code"], "permission_denied");
