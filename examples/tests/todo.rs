@@ -47,6 +47,18 @@ async fn start_in(
     Running { base, http: reqwest::Client::new(), _stop: stop.drop_guard(), _dir: dir }
 }
 
+/// A fresh Ed25519 key as `JWT_SIGNING_KEY` takes it (PKCS#8 DER, base64), made by
+/// openssl as an operator would make one.
+fn signing_key() -> String {
+    use base64::Engine as _;
+    let der = std::process::Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-outform", "DER"])
+        .output()
+        .expect("openssl");
+    assert!(der.status.success());
+    base64::engine::general_purpose::STANDARD.encode(&der.stdout)
+}
+
 fn settings_in(dir: &std::path::Path, name: &str, base: &str) -> Settings {
     std::fs::create_dir_all(dir).unwrap();
     Settings {
@@ -316,15 +328,7 @@ async fn the_example_flow_script_passes() {
 /// is good on the second, and the workspace made on one is there on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_sharing_a_signing_key_take_each_others_tokens() {
-    let der = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-outform", "DER"])
-        .output()
-        .expect("openssl");
-    assert!(der.status.success());
-    let key = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(&der.stdout)
-    };
+    let key = signing_key();
     let name = platform_core::testkit::unique_ident("todo2");
     let dir = std::env::temp_dir().join(&name);
     let one = start_in(&dir, &format!("{name}-1"), vec![], Some(key.clone())).await;
@@ -418,14 +422,7 @@ async fn two_instances_on_postgres_nats_redis_and_s3() {
     let bucket = name.replace(['-', '_'], "");
     let created = reqwest::Client::new().put(format!("{}/{bucket}", s3.trim_end_matches('/'))).send().await.unwrap();
     assert!(created.status().is_success());
-    let der = std::process::Command::new("openssl")
-        .args(["genpkey", "-algorithm", "ed25519", "-outform", "DER"])
-        .output()
-        .unwrap();
-    let key = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode(&der.stdout)
-    };
+    let key = signing_key();
     let mut nodes = Vec::new();
     for i in 0..2 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -527,4 +524,112 @@ async fn totp_once_on_is_needed_to_log_in() {
     with_code["totp"] = json!(app_totp.generate(now + 30));
     assert_eq!(app.post(None, "/v1/auth/login", None, with_code.clone()).await.status(), 200);
     assert_eq!(app.post(None, "/v1/auth/login", None, with_code).await.status(), 401, "a code is taken once");
+}
+
+/// The service as its own process, killed with SIGKILL right after ten exports were
+/// started (queued or running), then started again: every export finishes (a leased job
+/// comes back when its lease runs out) and every todo event reaches the bus (a consumer
+/// group of the test's own on the service's SQLite bus counts them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_service_loses_no_export_and_no_event() {
+    let name = platform_core::testkit::unique_ident("todokill");
+    let dir = std::env::temp_dir().join(&name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let events_url = format!("sqlite://{}?namespace=todo&visibility_timeout=2s", dir.join("events.db").display());
+    // The test's own group, made before the service publishes anything.
+    let bus = platform_events::open_bus(&events_url).await.unwrap();
+    let audit = bus.subscribe("todo.>", "audit").await.unwrap();
+    let key = signing_key();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let spawn = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_todo"))
+            .current_dir(&dir)
+            .env("DATABASE_URL", format!("sqlite://{}", dir.join("todo.db").display()))
+            .env("EVENTS_URL", &events_url)
+            .env("BROADCAST_URL", "memory://todo")
+            .env("QUEUE_URL", format!("sqlite://{}?queue=exports&visibility_timeout=2s", dir.join("jobs.db").display()))
+            .env("STORE_URL", format!("file://{}/", dir.join("files").display()))
+            .env("NOTIFY_URLS", "memory://")
+            .env("TODO_ADDR", format!("127.0.0.1:{port}"))
+            .env("JWT_SIGNING_KEY", &key)
+            .env("RUST_LOG", "error")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the todo binary starts")
+    };
+    let http = reqwest::Client::new();
+    let wait_up = || async {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while http.get(format!("{base}/livez")).send().await.is_err() {
+            assert!(std::time::Instant::now() < deadline, "the service did not come up");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let mut child = spawn();
+    wait_up().await;
+    let app = Running {
+        base: base.clone(),
+        http: http.clone(),
+        _stop: CancellationToken::new().drop_guard(),
+        _dir: dir.clone(),
+    };
+    let token = app.user("erin@example.com").await;
+    let ws: Value =
+        app.post(Some(&token), "/v1/workspaces", Some("w"), json!({"name": "home"})).await.json().await.unwrap();
+    let ws = ws["id"].as_str().unwrap().to_owned();
+    let mut created = std::collections::BTreeSet::new();
+    for i in 0..40 {
+        let r = app
+            .post(
+                Some(&token),
+                &format!("/v1/workspaces/{ws}/todos"),
+                Some(&format!("t{i}")),
+                json!({"title": format!("todo {i}")}),
+            )
+            .await;
+        assert_eq!(r.status(), 201);
+        created.insert(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+    }
+    let mut jobs = Vec::new();
+    for i in 0..10 {
+        let r =
+            app.post(Some(&token), &format!("/v1/workspaces/{ws}/exports"), Some(&format!("e{i}")), json!({})).await;
+        assert_eq!(r.status(), 202);
+        jobs.push(r.json::<Value>().await.unwrap()["job_id"].as_str().unwrap().to_owned());
+    }
+    // SIGKILL: no shutdown, no drain.
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let mut child = spawn();
+    wait_up().await;
+    // Every export's file is written.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    for job in &jobs {
+        let file = dir.join("files").join("exports").join(&ws).join(format!("{job}.json"));
+        while !file.exists() {
+            assert!(std::time::Instant::now() < deadline, "export {job} never finished");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Every todo.created event reaches the bus, once or more (at least once).
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while seen.len() < created.len() {
+        assert!(std::time::Instant::now() < deadline, "{} of {} events arrived", seen.len(), created.len());
+        for d in audit.receive(100, Duration::from_millis(500)).await.unwrap() {
+            if d.envelope().event_type == "todo.created" {
+                seen.insert(d.envelope().payload["todo"]["id"].as_str().unwrap().to_owned());
+            }
+            d.ack().await.unwrap();
+        }
+    }
+    assert_eq!(seen, created);
+    child.kill().unwrap();
+    child.wait().unwrap();
 }
