@@ -4,15 +4,10 @@
 
 use std::time::Duration;
 
-use futures::{SinkExt as _, StreamExt as _};
+use platform_events::testkit::ws::{WAIT, Ws, connect, next, send};
 use platform_examples::todo::{Settings, build, channel_of};
 use serde_json::{Value, json};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
-
-const WAIT: Duration = Duration::from_secs(10);
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 struct Running {
     base: String,
@@ -106,21 +101,7 @@ impl Running {
     }
 
     async fn ws(&self, token: &str) -> Ws {
-        let url = format!("{}/ws?access_token={token}", self.base.replacen("http", "ws", 1));
-        tokio_tungstenite::connect_async(url).await.expect("connect").0
-    }
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into())).await.unwrap();
-}
-
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next()).await.expect("a frame in time").expect("open").unwrap();
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(&t).unwrap();
-        }
+        connect(&format!("{}/ws?access_token={token}", self.base.replacen("http", "ws", 1))).await
     }
 }
 

@@ -11,9 +11,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::{Message, http};
 
 const KEY: &str = "s3cret-ws-key-for-tests";
-const WAIT: Duration = Duration::from_secs(10);
-
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+use platform_events::testkit::ws::{WAIT, Ws, next, send};
 
 async fn start(config: HubConfig) -> (Arc<Hub>, String) {
     let name = platform_core::testkit::unique_ident("hub");
@@ -28,20 +26,6 @@ async fn start(config: HubConfig) -> (Arc<Hub>, String) {
 
 async fn connect(url: &str) -> Ws {
     tokio_tungstenite::connect_async(format!("{url}?key={KEY}")).await.expect("connect").0
-}
-
-async fn send(ws: &mut Ws, frame: Value) {
-    ws.send(Message::Text(frame.to_string().into())).await.unwrap();
-}
-
-/// The next text frame as JSON.
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        let msg = tokio::time::timeout(WAIT, ws.next()).await.expect("a frame in time").expect("open").unwrap();
-        if let Message::Text(t) = msg {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
 }
 
 /// The close code the server sent, reading past any frames before it.

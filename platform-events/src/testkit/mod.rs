@@ -275,3 +275,4 @@ macro_rules! broadcast_behaviours {
 }
 
 pub mod bus;
+pub mod ws;
