@@ -17,8 +17,21 @@ struct Running {
 }
 
 async fn start(notify_urls: Vec<String>) -> Running {
+    start_with(|s| s.notify_urls = notify_urls).await
+}
+
+/// A service on embedded defaults in a fresh directory, its settings changed by `adjust`.
+async fn start_with(adjust: impl FnOnce(&mut Settings)) -> Running {
     let name = platform_core::testkit::unique_ident("todo");
-    start_in(&std::env::temp_dir().join(&name), &name, notify_urls, None).await
+    let dir = std::env::temp_dir().join(&name);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let mut settings = settings_in(&dir, &name, &base);
+    adjust(&mut settings);
+    let stop = CancellationToken::new();
+    let service = build(&settings, stop.clone()).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, service.router).await });
+    Running { base, http: reqwest::Client::new(), _stop: stop.drop_guard(), _dir: dir }
 }
 
 /// A service on the files in `dir` (two may share them), with `jwt_signing_key`.
@@ -68,6 +81,9 @@ fn settings_in(dir: &std::path::Path, name: &str, base: &str) -> Settings {
         public_url: base.to_owned(),
         jwt_signing_key: None,
         migrate_on_start: true,
+        login_limit: platform_examples::todo::LOGIN_LIMIT,
+        request_limit: platform_examples::todo::REQUEST_LIMIT,
+        events: true,
     }
 }
 
@@ -613,4 +629,218 @@ async fn a_killed_service_loses_no_export_and_no_event() {
     assert_eq!(seen, created);
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+/// What the tools in `tests/tools/` need.
+fn tools_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("tools")
+}
+
+/// Where screenshots are kept, for a person to look at: beside the build.
+fn artifacts() -> std::path::PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(|_| std::path::PathBuf::from("target"), Into::into);
+    target.join("artifacts")
+}
+
+/// A child process whose stdout is read line by line as JSON.
+struct Child {
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    what: &'static str,
+}
+
+impl Child {
+    fn spawn(what: &'static str, cmd: &mut tokio::process::Command) -> Self {
+        use tokio::io::AsyncBufReadExt as _;
+        let mut child = cmd
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{what}: {e}"));
+        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Self { child, lines, what }
+    }
+
+    /// The next line, which must be JSON with `"stage": stage`, within `limit`.
+    async fn stage(&mut self, stage: &str, limit: Duration) -> Value {
+        let line = tokio::time::timeout(limit, self.lines.next_line()).await;
+        match line {
+            Ok(Ok(Some(line))) => {
+                let v: Value = serde_json::from_str(&line).unwrap_or_else(|_| panic!("{}: {line}", self.what));
+                assert_eq!(v["stage"], stage, "{}: {v}", self.what);
+                v
+            }
+            _ => {
+                let _ = self.child.start_kill();
+                let mut err = String::new();
+                if let Some(mut stderr) = self.child.stderr.take() {
+                    use tokio::io::AsyncReadExt as _;
+                    let _ = tokio::time::timeout(Duration::from_secs(5), stderr.read_to_string(&mut err)).await;
+                }
+                panic!("{} never reached {stage}:\n{err}", self.what)
+            }
+        }
+    }
+
+    async fn say(&mut self, line: &str) {
+        use tokio::io::AsyncWriteExt as _;
+        let stdin = self.child.stdin.as_mut().unwrap();
+        stdin.write_all(format!("{line}\n").as_bytes()).await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    async fn finished(mut self) {
+        let status = tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await;
+        assert!(matches!(status, Ok(Ok(s)) if s.success()), "{} failed: {status:?}", self.what);
+    }
+}
+
+/// schemathesis with every check against the service's `/openapi`, as a signed-in user
+/// (its bearer token in `tests/tools/schemathesis.toml`, so that leaving it out is
+/// checked too) with a fresh `Idempotency-Key` per change (`schemathesis_hooks.py`):
+/// every operation tested, positive and negative data, links followed, no failure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn schemathesis_finds_no_failure_in_the_api() {
+    let Some(st) = platform_core::testkit::tool("SCHEMATHESIS") else { return };
+    // It sends about 1,200 requests in seconds: the per-minute limits would answer most
+    // of them with 429, which it accepts, and test nothing behind them.
+    let app = start_with(|s| {
+        s.login_limit = 100_000;
+        s.request_limit = 100_000;
+    })
+    .await;
+    let token = app.user("schemathesis@example.com").await;
+    let tools = tools_dir();
+    let scratch = std::env::temp_dir().join(platform_core::testkit::unique_ident("st"));
+    std::fs::create_dir_all(&scratch).unwrap();
+    let run = tokio::process::Command::new(st)
+        .arg("--config-file")
+        .arg(tools.join("schemathesis.toml"))
+        .args(["run", &format!("{}/openapi", app.base), "--checks", "all", "--max-examples", "30", "--seed", "1"])
+        .env("TODO_ACCESS_TOKEN", &token)
+        .env("SCHEMATHESIS_HOOKS", tools.join("schemathesis_hooks.py"))
+        .current_dir(&scratch)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(600), run).await.expect("schemathesis finished").unwrap();
+    let report = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "schemathesis found failures:\n{report}");
+    // Every operation: the contract's five and the service's fifteen.
+    assert!(report.contains("Tested: 20"), "not every operation was tested:\n{report}");
+    assert!(!report.contains("failures"), "{report}");
+    let _ = std::fs::remove_dir_all(scratch);
+}
+
+/// A client generated from `/openapi` by openapi-python-client drives the flow with its
+/// typed models: register, log in, a workspace (idempotently), a todo created and
+/// completed, an export. Its events arrive on `/ws` and the export's file downloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generated_client_drives_the_flow() {
+    let Some(generator) = platform_core::testkit::tool("OPENAPI_CLIENT") else { return };
+    let app = start(vec![]).await;
+    let dir = std::env::temp_dir().join(platform_core::testkit::unique_ident("pyclient"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let generate = tokio::process::Command::new(&generator)
+        .args(["generate", "--url", &format!("{}/openapi", app.base), "--meta", "none"])
+        .current_dir(&dir)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), generate).await.expect("generated in time").unwrap();
+    assert!(out.status.success(), "generate:\n{}", String::from_utf8_lossy(&out.stderr));
+    let package = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.path().join("client.py").is_file())
+        .expect("a generated package")
+        .file_name()
+        .into_string()
+        .unwrap();
+
+    // The generator's own interpreter has the client's dependencies (httpx, attrs).
+    let mut flow = Child::spawn(
+        "the generated client's flow",
+        tokio::process::Command::new(generator.with_file_name("python"))
+            .arg(tools_dir().join("generated_client_flow.py"))
+            .args([&package, &app.base, "generated@example.com"])
+            .env("PYTHONPATH", &dir),
+    );
+    let ready = flow.stage("workspace", Duration::from_secs(60)).await;
+    let token = ready["token"].as_str().unwrap();
+    let mut listener = app.ws(token).await;
+    send(&mut listener, json!({"op": "subscribe", "channel": channel_of(ready["workspace"].as_str().unwrap())})).await;
+    assert_eq!(next(&mut listener).await["type"], "subscribed");
+    flow.say("go").await;
+    let done = flow.stage("done", Duration::from_secs(60)).await;
+    flow.finished().await;
+
+    let created = next(&mut listener).await;
+    assert_eq!(created["data"]["type"], "todo.created.v1");
+    assert_eq!(created["data"]["data"]["todo"]["title"], "typed milk");
+    let completed = next(&mut listener).await;
+    assert_eq!(completed["data"]["type"], "todo.completed.v1");
+    assert_eq!(completed["data"]["data"]["todo"]["id"], done["todo"]);
+
+    send(&mut listener, json!({"op": "subscribe", "channel": done["channel"], "since": done["since"]})).await;
+    assert_eq!(next(&mut listener).await["type"], "subscribed");
+    let result = loop {
+        let frame = next(&mut listener).await;
+        assert_ne!(frame["data"]["state"], "failed", "{frame}");
+        if frame["data"]["state"] == "succeeded" {
+            break frame["data"]["result"].clone();
+        }
+    };
+    let file: Value = reqwest::get(result["url"].as_str().unwrap()).await.unwrap().json().await.unwrap();
+    assert_eq!(file["todos"][0]["title"], "typed milk");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// In headless Chromium (driven by playwright-core, `scripts/todo-browser.mjs`):
+/// Swagger UI's "Try it out" registers a user, and after "Authorize" with a bearer token
+/// lists its workspaces; the service's page at `/` signs in, adds a todo through its
+/// form and shows, live from `/ws`, a todo made elsewhere and its own todo completed.
+/// Both screenshots are kept in `$CARGO_TARGET_DIR/artifacts/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swagger_and_the_live_page_work_in_a_browser() {
+    let (Some(_chromium), Some(_playwright)) =
+        (platform_core::testkit::tool("CHROMIUM"), platform_core::testkit::tool("PLAYWRIGHT"))
+    else {
+        return;
+    };
+    let app = start(vec![]).await;
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/todo-browser.mjs");
+    let shots = artifacts();
+    let mut browser = Child::spawn(
+        "scripts/todo-browser.mjs",
+        tokio::process::Command::new("node").arg(script).arg(&app.base).arg(&shots),
+    );
+    assert_eq!(browser.stage("swagger-register", Duration::from_secs(90)).await["status"], 201);
+    assert_eq!(browser.stage("swagger-authorized", Duration::from_secs(60)).await["status"], 200);
+    let live = browser.stage("live", Duration::from_secs(60)).await;
+    let (token, ws) = (live["token"].as_str().unwrap(), live["workspace"].as_str().unwrap());
+
+    // Changes made elsewhere than the page: it shows them as they happen.
+    let todos = format!("/v1/workspaces/{ws}/todos");
+    let r = app.post(Some(token), &todos, Some("elsewhere"), json!({"title": "made elsewhere"})).await;
+    assert_eq!(r.status(), 201);
+    let list: Value = app.get(Some(token), &todos).await.json().await.unwrap();
+    let mine = list.as_array().unwrap().iter().find(|t| t["title"] == "written in the page").expect("the page's todo");
+    let done = format!("{todos}/{}/complete", mine["id"].as_str().unwrap());
+    assert_eq!(app.post(Some(token), &done, Some("complete"), json!({})).await.status(), 200);
+
+    let finished = browser.stage("done", Duration::from_secs(60)).await;
+    let events: Vec<&str> = finished["events"].as_array().unwrap().iter().map(|e| e.as_str().unwrap()).collect();
+    assert_eq!(
+        events,
+        [
+            "todo.completed.v1 written in the page",
+            "todo.created.v1 made elsewhere",
+            "todo.created.v1 written in the page"
+        ],
+        "newest first"
+    );
+    browser.finished().await;
+    for shot in ["todo-swagger-try-it-out.png", "todo-live-page.png"] {
+        assert!(shots.join(shot).is_file(), "no {shot}");
+    }
 }

@@ -38,7 +38,9 @@ type Items = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 /// Reads item `id`.
 #[utoipa::path(get, path = "/v1/items/{id}", params(("id" = u32, Path, description = "The item's id")),
-    responses((status = 200, description = "The item", body = Item)))]
+    responses((status = 200, description = "The item", body = Item),
+        // Served as application/problem+json, which the document says (schemathesis checks).
+        (status = 404, description = "No such item", body = platform_core::Problem)))]
 async fn get_item(State(items): State<Items>, UrlPath(id): UrlPath<u32>) -> Result<Json<Item>, Error> {
     let items = items.lock().unwrap();
     let title = id.checked_sub(1).and_then(|i| items.get(i as usize)).cloned();

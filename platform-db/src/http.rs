@@ -26,6 +26,8 @@
 //! - The same key with another request: 422. The same key while the first request runs:
 //!   409 with `Retry-After: 1` (the only answer the client may retry unchanged).
 //! - Work that fails stores nothing: its error is answered and a retry runs afresh.
+//! - [`IdempotencyKeyHeader`] documents the header in a route's OpenAPI (utoipa's
+//!   `params(IdempotencyKeyHeader, …)`), with the rule above as its schema.
 //! - Keys expire after [`Idempotent::with_ttl`] (24 hours by default), published in the
 //!   `Idempotency-Key-Expires` response header (seconds).
 
@@ -56,6 +58,38 @@ pub const EXPIRES_HEADER: &str = "idempotency-key-expires";
 pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// The longest key accepted.
 pub const MAX_KEY_LEN: usize = 200;
+/// The `Idempotency-Key` request header as an OpenAPI parameter, for utoipa's
+/// `#[utoipa::path(params(IdempotencyKeyHeader, …))]`: required, 1 to [`MAX_KEY_LEN`]
+/// printable ASCII characters (the pattern `^[!-~]+$`), as the extractor checks it.
+#[derive(Debug, Clone, Copy)]
+pub struct IdempotencyKeyHeader;
+
+impl utoipa::IntoParams for IdempotencyKeyHeader {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+        use utoipa::openapi::{ObjectBuilder, Required, schema::Type};
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_KEY_LEN))
+            .pattern(Some("^[!-~]+$"));
+        vec![
+            ParameterBuilder::new()
+                .name("Idempotency-Key")
+                .parameter_in(ParameterIn::Header)
+                .required(Required::True)
+                .description(Some(
+                    "A key unique to this change (a UUID, say): a retry with the same key and request \
+                     gets the first answer again, with `Idempotency-Replayed: true`.",
+                ))
+                .schema(Some(schema))
+                .build(),
+        ]
+    }
+}
+
 /// The largest request body the extractor reads.
 const MAX_BODY: usize = 16 * 1024 * 1024;
 

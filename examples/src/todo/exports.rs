@@ -35,8 +35,7 @@ pub struct Since {
 /// Starts an export of the workspace's todos: a job on the queue, its progress on
 /// `/ws`, a download link and a notification when it is done.
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/exports", tag = "exports",
-    params(("ws" = String, Path, description = "The workspace"),
-        ("Idempotency-Key" = String, Header, description = "Makes a retry safe")),
+    params(("ws" = String, Path, format = Uuid, description = "The workspace"), IdempotencyKeyHeader),
     responses((status = 202, description = "Started", body = ExportStarted),
         (status = 404, description = "No such workspace", body = platform_core::Problem)),
     security(("bearer" = [])))]

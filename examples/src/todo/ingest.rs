@@ -19,6 +19,7 @@ pub struct IngestEndpoint {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ImportBatch {
     /// The todos to create (at most 500).
+    #[schema(max_items = 500)]
     pub todos: Vec<NewTodo>,
 }
 
@@ -34,8 +35,7 @@ pub struct Imported {
 
 /// Makes a signed-import endpoint for the workspace.
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/ingest-endpoints", tag = "ingest",
-    params(("ws" = String, Path, description = "The workspace"),
-        ("Idempotency-Key" = String, Header, description = "Makes a retry safe")),
+    params(("ws" = String, Path, format = Uuid, description = "The workspace"), IdempotencyKeyHeader),
     responses((status = 201, description = "Made", body = IngestEndpoint),
         (status = 404, description = "No such workspace", body = platform_core::Problem)),
     security(("bearer" = [])))]
@@ -71,7 +71,7 @@ pub(super) async fn create_ingest_endpoint(
 /// Imports todos another system sends, signed (`webhook-id`, `webhook-timestamp`,
 /// `webhook-signature`); each `webhook-id` is imported once, however often it comes.
 #[utoipa::path(post, path = "/v1/ingest/{endpoint}", request_body = ImportBatch, tag = "ingest",
-    params(("endpoint" = String, Path, description = "The endpoint"),
+    params(("endpoint" = String, Path, format = Uuid, description = "The endpoint"),
         ("webhook-id" = String, Header, description = "The delivery's id"),
         ("webhook-timestamp" = String, Header, description = "Seconds since the epoch"),
         ("webhook-signature" = String, Header, description = "`v1,<base64 HMAC-SHA256>`")),
@@ -99,6 +99,7 @@ pub(super) async fn ingest(
         .fetch_optional(&Sql::new("SELECT workspace_id FROM ingest_endpoints WHERE id = ?").bind(endpoint.clone()))
         .await?;
     let ws: String = row.ok_or_else(|| Error::not_found("no such endpoint"))?.get("workspace_id")?;
+    let events = st.events;
     let done = st
         .db
         .with_tenant(&ws.clone(), move |tx| {
@@ -110,7 +111,7 @@ pub(super) async fn ingest(
                 for new in batch.todos {
                     let todo = Todo::new(&ws, new.title);
                     insert_todo(tx, &todo).await?;
-                    stage(tx, TodoCreated { todo }, &ws).await?;
+                    stage(tx, events, TodoCreated { todo }, &ws).await?;
                 }
                 Ok(Imported { imported, duplicate: false })
             })

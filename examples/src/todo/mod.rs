@@ -14,6 +14,7 @@
 //! - Exports as jobs on platform-queue, followed on `/ws`, written to platform-store
 //!   with a presigned link, announced through platform-notify; signed imports from
 //!   other systems, each delivery once.
+//! - `GET /`: a page that signs in and shows the workspace's todos live.
 //! - The contract: `/up`, `/livez`, `/readyz`, `/v1/contract`, `/openapi`, `/swagger/`,
 //!   problem+json errors with a correlation id.
 //!
@@ -24,7 +25,8 @@
 //! `EVENTS_URL` (`memory://todo`), `BROADCAST_URL` (`memory://todo`), `QUEUE_URL`
 //! (`sqlite://todo-jobs.db?queue=exports`), `STORE_URL` (`./todo-files`), `NOTIFY_URLS`
 //! (`memory://`), `SHARED_WS_KEY` and `JWT_SIGNING_KEY` (made up per start when unset),
-//! `MIGRATE_ON_START` (`true`), `TODO_ADDR` (`127.0.0.1:8080`), `TODO_PUBLIC_URL`.
+//! `MIGRATE_ON_START` (`true`), `TODO_ADDR` (`127.0.0.1:8080`), `TODO_PUBLIC_URL`,
+//! `TODO_LOGIN_LIMIT` and `TODO_REQUEST_LIMIT` (per minute), `TODO_EVENTS` (`true`).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -40,7 +42,7 @@ use platform_auth::password::{PasswordCheck, Passwords};
 use platform_auth::{AuthChain, AuthOutcome, Authenticator, Principal, RequestParts};
 use platform_core::http::Contract;
 use platform_core::{Envelope, Error, ErrorKind, Event, HealthCheck, Result};
-use platform_db::http::{Idempotent, StoredResponse};
+use platform_db::http::{IdempotencyKeyHeader, Idempotent, StoredResponse};
 use platform_db::migrate::{Migration, Migrator};
 use platform_db::{Db, Dialect, Sql, Tx};
 use platform_events::EventBus;
@@ -108,6 +110,16 @@ pub struct Settings {
     /// true). Off, as when the service runs as a role that may not change the schema,
     /// it only checks them: pending ones or a drifted schema stop it.
     pub migrate_on_start: bool,
+    /// Registrations and logins per client address per minute (`TODO_LOGIN_LIMIT`,
+    /// default [`LOGIN_LIMIT`]).
+    pub login_limit: u32,
+    /// Requests per user per minute on the authenticated routes (`TODO_REQUEST_LIMIT`,
+    /// default [`REQUEST_LIMIT`]).
+    pub request_limit: u32,
+    /// Whether each change stages its event in the outbox, for the relay, the bus and
+    /// `/ws` (`TODO_EVENTS`, default true). Off, the todo routes do the same work without
+    /// the events and no relay runs: what the load test compares with, to price them.
+    pub events: bool,
 }
 
 impl std::fmt::Debug for Settings {
@@ -124,6 +136,9 @@ impl std::fmt::Debug for Settings {
                 &self.notify_urls.iter().map(|u| platform_core::config::mask_url(u)).collect::<Vec<_>>(),
             )
             .field("public_url", &self.public_url)
+            .field("login_limit", &self.login_limit)
+            .field("request_limit", &self.request_limit)
+            .field("events", &self.events)
             .finish_non_exhaustive()
     }
 }
@@ -160,6 +175,9 @@ impl Settings {
                 .filter(|v| !v.is_empty())
                 .map(platform_core::Secret::new),
             migrate_on_start: platform_core::config::parse_bool(&var("MIGRATE_ON_START", "true"))?,
+            login_limit: limit("TODO_LOGIN_LIMIT", &var("TODO_LOGIN_LIMIT", &LOGIN_LIMIT.to_string()))?,
+            request_limit: limit("TODO_REQUEST_LIMIT", &var("TODO_REQUEST_LIMIT", &REQUEST_LIMIT.to_string()))?,
+            events: platform_core::config::parse_bool(&var("TODO_EVENTS", "true"))?,
             addr,
         })
     }
@@ -180,9 +198,20 @@ impl Settings {
             ),
             ("TODO_PUBLIC_URL", self.public_url.clone()),
             ("MIGRATE_ON_START", self.migrate_on_start.to_string()),
+            ("TODO_LOGIN_LIMIT", self.login_limit.to_string()),
+            ("TODO_REQUEST_LIMIT", self.request_limit.to_string()),
+            ("TODO_EVENTS", self.events.to_string()),
             ("JWT_SIGNING_KEY", if self.jwt_signing_key.is_some() { "****" } else { "(made up per start)" }.to_owned()),
         ]
     }
+}
+
+/// A per-minute limit: a positive whole number.
+fn limit(var: &str, value: &str) -> Result<u32> {
+    value.trim().parse::<u32>().ok().filter(|n| *n > 0).ok_or_else(|| {
+        Error::invalid_input(format!("{var} must be a positive whole number of requests a minute, not {value:?}"))
+            .with_detail(var, "not a positive whole number")
+    })
 }
 
 /// The schema.
@@ -244,6 +273,8 @@ struct AppState {
     minter: Arc<TokenMinter>,
     hub: Arc<Hub>,
     jobs: Arc<dyn platform_queue::Queue>,
+    /// Whether changes stage their events ([`Settings::events`]).
+    events: bool,
 }
 
 fn now_ms() -> i64 {
@@ -259,9 +290,19 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<()> {
     Ok(())
 }
 
+/// The rule `Credentials::email` documents: up to 254 characters, one `@` with something
+/// before it, a dot inside the domain, no spaces or control characters.
 fn check_email(email: &str) -> Result<()> {
-    check_len("email", email, 254)?;
-    let ok = email.split_once('@').is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'));
+    let allowed = |c: &char| *c != '@' && *c != ' ' && !c.is_control();
+    let ok = email.chars().count() <= 254
+        && email.split_once('@').is_some_and(|(local, domain)| {
+            let domain: Vec<char> = domain.chars().collect();
+            !local.is_empty()
+                && local.chars().all(|c| allowed(&c))
+                && domain.iter().all(allowed)
+                && domain.len() >= 3
+                && domain[1..domain.len() - 1].contains(&'.')
+        });
     if !ok {
         return Err(Error::invalid_input("email is not an address").with_detail("email", "not an address"));
     }
@@ -277,6 +318,21 @@ async fn require_member(tx: &mut Tx, ws: &str, user: &str) -> Result<()> {
         )
         .await?;
     found.map(|_| ()).ok_or_else(|| Error::not_found(format!("workspace {ws} does not exist")))
+}
+
+/// Every id in a path (workspace, todo, endpoint) is a UUID, as the API documents: any
+/// other names nothing, so it is a 404 before any work.
+async fn ids_are_uuids(
+    params: axum::extract::RawPathParams,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    for (name, value) in &params {
+        if uuid::Uuid::try_parse(value).is_err() {
+            return Error::not_found(format!("no {name} {value:?}")).into_response();
+        }
+    }
+    next.run(request).await
 }
 
 fn stored<T: Serialize>(status: StatusCode, value: &T) -> Result<StoredResponse> {
@@ -394,10 +450,12 @@ pub async fn build(settings: &Settings, stop: CancellationToken) -> Result<Servi
     });
 
     let relay = Arc::new(Relay::new(db.clone(), Arc::clone(&bus), RelayConfig::default()));
-    let r = Arc::clone(&relay);
-    let s = stop.clone();
-    tokio::spawn(async move { r.run(s).await });
-    tokio::spawn(forward(Arc::clone(&bus), Arc::clone(&hub), stop.clone()));
+    if settings.events {
+        let r = Arc::clone(&relay);
+        let s = stop.clone();
+        tokio::spawn(async move { r.run(s).await });
+        tokio::spawn(forward(Arc::clone(&bus), Arc::clone(&hub), stop.clone()));
+    }
 
     let state = AppState {
         db: db.clone(),
@@ -406,51 +464,64 @@ pub async fn build(settings: &Settings, stop: CancellationToken) -> Result<Servi
         minter,
         hub: Arc::clone(&hub),
         jobs: Arc::clone(&jobs),
+        events: settings.events,
     };
     // Password guessing is slowed per client address; each user's requests per user.
     let limiter: Arc<dyn platform_core::http::RateLimiter> = Arc::new(platform_core::http::LocalLimiter::new());
-    let login_limit = platform_core::http::RateLimit::new(
-        Arc::clone(&limiter),
-        platform_core::http::Policy::new("login", LOGIN_LIMIT, Duration::from_secs(60))?,
-        platform_core::http::KeyBy::ClientIp,
+    let login_limit = axum::middleware::from_fn_with_state(
+        platform_core::http::RateLimit::new(
+            Arc::clone(&limiter),
+            platform_core::http::Policy::new("login", settings.login_limit, Duration::from_secs(60))?,
+            platform_core::http::KeyBy::ClientIp,
+        ),
+        platform_core::http::rate_limit,
     );
     let by_user: platform_core::http::KeyFn =
         Arc::new(|r: &axum::extract::Request| r.extensions().get::<Principal>().map(|p| p.subject.clone()));
     let write_limit = platform_core::http::RateLimit::new(
         limiter,
-        platform_core::http::Policy::new("requests", REQUEST_LIMIT, Duration::from_secs(60))?,
+        platform_core::http::Policy::new("requests", settings.request_limit, Duration::from_secs(60))?,
         platform_core::http::KeyBy::With(by_user),
     );
     let files = Files {
         store: Arc::clone(&store),
         verifier: secret.map(|s| Arc::new(platform_store::presign::Verifier::new(s.into_bytes()))),
     };
+    // Each route's own layers (not the router's), so that a method a path does not
+    // take is a 405 for anyone, before any authentication.
+    let ids = axum::middleware::from_fn(ids_are_uuids);
+    let limit = axum::middleware::from_fn_with_state(write_limit, platform_core::http::rate_limit);
+    let auth = axum::middleware::from_fn_with_state(chain, platform_auth::layer::authenticate);
+    // Counted per user, so the limit runs inside the authentication.
+    let user = move |route: axum::routing::MethodRouter<AppState>| {
+        route.route_layer(ids.clone()).route_layer(limit.clone()).route_layer(auth.clone())
+    };
     let authenticated = Router::new()
-        .route("/v1/auth/totp", post(enrol_totp))
-        .route("/v1/auth/totp/confirm", post(confirm_totp))
-        .route("/v1/workspaces", post(create_workspace).get(list_workspaces))
-        .route("/v1/workspaces/{ws}/todos", post(create_todo).get(list_todos))
-        .route("/v1/workspaces/{ws}/todos/{id}", get(get_todo).patch(update_todo).delete(delete_todo))
-        .route("/v1/workspaces/{ws}/todos/{id}/complete", post(complete_todo))
-        .route("/v1/workspaces/{ws}/exports", post(start_export))
-        .route("/v1/workspaces/{ws}/ingest-endpoints", post(create_ingest_endpoint))
-        // Counted per user, so it runs inside the authentication.
-        .route_layer(axum::middleware::from_fn_with_state(write_limit, platform_core::http::rate_limit))
-        .layer(axum::middleware::from_fn_with_state(chain, platform_auth::layer::authenticate));
+        .route("/v1/auth/totp", user(post(enrol_totp)))
+        .route("/v1/auth/totp/confirm", user(post(confirm_totp)))
+        .route("/v1/workspaces", user(post(create_workspace).get(list_workspaces)))
+        .route("/v1/workspaces/{ws}/todos", user(post(create_todo).get(list_todos)))
+        .route("/v1/workspaces/{ws}/todos/{id}", user(get(get_todo).patch(update_todo).delete(delete_todo)))
+        .route("/v1/workspaces/{ws}/todos/{id}/complete", user(post(complete_todo)))
+        .route("/v1/workspaces/{ws}/exports", user(post(start_export)))
+        .route("/v1/workspaces/{ws}/ingest-endpoints", user(post(create_ingest_endpoint)));
     let signed =
         platform_auth::ingest::SignedIngest::new(Arc::new(DbIngestSecrets(db.clone())), Arc::new(InboxDeduplicates));
     let ingest_chain = Arc::new(AuthChain::new().with(Arc::new(signed)));
-    let signed_routes = Router::new()
-        .route("/v1/ingest/{endpoint}", post(ingest))
-        .layer(axum::middleware::from_fn_with_state(ingest_chain, platform_auth::layer::authenticate));
+    let signed_routes = Router::new().route(
+        "/v1/ingest/{endpoint}",
+        post(ingest)
+            .route_layer(axum::middleware::from_fn(ids_are_uuids))
+            .route_layer(axum::middleware::from_fn_with_state(ingest_chain, platform_auth::layer::authenticate)),
+    );
     let app = Router::new()
-        .route("/v1/auth/register", post(register))
-        .route("/v1/auth/login", post(login))
-        .route_layer(axum::middleware::from_fn_with_state(login_limit, platform_core::http::rate_limit))
+        .route("/v1/auth/register", post(register).route_layer(login_limit.clone()))
+        .route("/v1/auth/login", post(login).route_layer(login_limit))
         .merge(authenticated)
         .merge(signed_routes)
         .with_state(state)
         .merge(Router::new().route("/files/{*key}", get(download)).with_state(files))
+        .route("/", get(page))
         .merge(hub.routes());
 
     let mut contract = Contract::new("todo", env!("CARGO_PKG_VERSION"))
@@ -459,15 +530,23 @@ pub async fn build(settings: &Settings, stop: CancellationToken) -> Result<Servi
         .with_openapi(TodoApi::openapi())
         .with_check(Arc::new(db) as Arc<dyn HealthCheck>)
         .with_check(Arc::clone(&bus) as Arc<dyn HealthCheck>)
-        .with_check(relay as Arc<dyn HealthCheck>)
         .with_check(Arc::clone(&hub) as Arc<dyn HealthCheck>)
         .with_check(Arc::clone(&jobs) as Arc<dyn HealthCheck>)
         .with_check(Arc::clone(&store) as Arc<dyn HealthCheck>);
+    if settings.events {
+        contract = contract.with_check(relay as Arc<dyn HealthCheck>);
+    }
     if let platform_db::schema::MigrationState::UpToDate(version) = report.state {
         contract = contract.with_migration_version(version);
     }
     let router = contract.apply(app);
     Ok(Service { router, contract, hub })
+}
+
+/// `GET /`: a page that signs in, adds and completes todos, and shows the workspace's
+/// events live from `/ws`.
+async fn page() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("page.html"))
 }
 
 /// Runs the service until SIGTERM or Ctrl-C: the effective configuration and every
@@ -483,7 +562,10 @@ pub async fn run(settings: Settings) -> Result<()> {
         .await
         .map_err(|e| Error::new(ErrorKind::Unavailable, format!("cannot listen on {}: {e}", settings.addr)))?;
     let addr = listener.local_addr().map_err(|e| Error::internal(e.to_string()))?;
-    println!("todo is up: open http://{addr}/swagger/ (health at http://{addr}/up, events at ws://{addr}/ws)");
+    println!(
+        "todo is up: open http://{addr}/ (the API at http://{addr}/swagger/, health at http://{addr}/up, \
+         events at ws://{addr}/ws)"
+    );
     let shutdown = service.contract.shutdown();
     let served = platform_core::http::serve(listener, service.router, shutdown).await;
     stop.cancel();

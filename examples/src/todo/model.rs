@@ -46,9 +46,15 @@ pub struct Workspace {
 /// An email and a password (and, once TOTP is on, the code of the user's app).
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
-    /// The email address.
+    /// The email address: up to 254 characters, one `@`, a dot in the domain, no
+    /// spaces or control characters.
+    #[schema(
+        max_length = 254,
+        pattern = r"^[^@ \u0000-\u001F\u007F-\u009F]+@[^@ \u0000-\u001F\u007F-\u009F]+\.[^@ \u0000-\u001F\u007F-\u009F]+$"
+    )]
     pub email: String,
     /// The password (8 to 256 characters).
+    #[schema(min_length = 8, max_length = 256)]
     pub password: String,
     /// The 6-digit code of the user's authenticator app, when TOTP is on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,6 +72,7 @@ pub struct TotpEnrolment {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TotpCode {
     /// The 6-digit code.
+    #[schema(pattern = "^[0-9]{6}$")]
     pub code: String,
 }
 
@@ -92,22 +99,25 @@ pub struct Token {
 /// What creating a workspace takes.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewWorkspace {
-    /// Its name (1 to 200 characters).
+    /// Its name (1 to 200 characters, no control characters).
+    #[schema(min_length = 1, max_length = 200, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     pub name: String,
 }
 
 /// What creating a todo takes.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewTodo {
-    /// What to do (1 to 500 characters).
+    /// What to do (1 to 500 characters, no control characters).
+    #[schema(min_length = 1, max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     pub title: String,
 }
 
 /// What changing a todo takes; absent fields stay.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TodoPatch {
-    /// A new title.
+    /// A new title (1 to 500 characters, no control characters).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 500, pattern = r"^[^\u0000-\u001F\u007F-\u009F]+$")]
     pub title: Option<String>,
     /// Done or not.
     #[serde(default)]

@@ -5,8 +5,12 @@ use super::*;
 
 /// Creates a workspace; its creator is its first member.
 #[utoipa::path(post, path = "/v1/workspaces", request_body = NewWorkspace, tag = "workspaces",
-    params(("Idempotency-Key" = String, Header, description = "Makes a retry safe")),
-    responses((status = 201, description = "Created", body = Workspace)),
+    params(IdempotencyKeyHeader),
+    responses((status = 201, description = "Created", body = Workspace, links(
+        ("CreateTodo" = (operation_id = "create_todo", parameters(("ws" = "$response.body#/id")))),
+        ("ListTodos" = (operation_id = "list_todos", parameters(("ws" = "$response.body#/id")))),
+        ("StartExport" = (operation_id = "start_export", parameters(("ws" = "$response.body#/id")))),
+        ("CreateIngestEndpoint" = (operation_id = "create_ingest_endpoint", parameters(("ws" = "$response.body#/id"))))))),
     security(("bearer" = [])))]
 pub(super) async fn create_workspace(State(st): State<AppState>, who: Principal, idem: Idempotent) -> Response {
     let new: NewWorkspace = match idem.json().and_then(|n: NewWorkspace| check_len("name", &n.name, 200).map(|()| n)) {
@@ -81,17 +85,28 @@ pub(super) async fn insert_todo(tx: &mut Tx, todo: &Todo) -> Result<()> {
     tx.execute(&insert).await.map(|_| ())
 }
 
-/// Writes `event` about `todo` to the outbox, in the change's transaction.
-pub(super) async fn stage<E: Event>(tx: &mut Tx, event: E, ws: &str) -> Result<()> {
+/// Writes `event` about `todo` to the outbox, in the change's transaction (unless the
+/// service runs without events).
+pub(super) async fn stage<E: Event>(tx: &mut Tx, events: bool, event: E, ws: &str) -> Result<()> {
+    if !events {
+        return Ok(());
+    }
     let envelope = Envelope::new(event).with_tenant(ws).into_json()?;
     relay::stage(tx, &envelope.event_type.clone(), &envelope).await
 }
 
 /// Creates a todo.
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/todos", request_body = NewTodo, tag = "todos",
-    params(("ws" = String, Path, description = "The workspace"),
-        ("Idempotency-Key" = String, Header, description = "Makes a retry safe")),
-    responses((status = 201, description = "Created", body = Todo),
+    params(("ws" = String, Path, format = Uuid, description = "The workspace"), IdempotencyKeyHeader),
+    responses((status = 201, description = "Created", body = Todo, links(
+        ("GetTodo" = (operation_id = "get_todo",
+            parameters(("ws" = "$response.body#/workspace_id"), ("id" = "$response.body#/id")))),
+        ("UpdateTodo" = (operation_id = "update_todo",
+            parameters(("ws" = "$response.body#/workspace_id"), ("id" = "$response.body#/id")))),
+        ("CompleteTodo" = (operation_id = "complete_todo",
+            parameters(("ws" = "$response.body#/workspace_id"), ("id" = "$response.body#/id")))),
+        ("DeleteTodo" = (operation_id = "delete_todo",
+            parameters(("ws" = "$response.body#/workspace_id"), ("id" = "$response.body#/id")))))),
         (status = 404, description = "No such workspace", body = platform_core::Problem)),
     security(("bearer" = [])))]
 pub(super) async fn create_todo(
@@ -104,13 +119,14 @@ pub(super) async fn create_todo(
         Ok(n) => n,
         Err(e) => return e.into_response(),
     };
+    let events = st.events;
     idem.run(&st.db, move |tx| {
         Box::pin(async move {
             tx.enter_tenant(&ws).await?;
             require_member(tx, &ws, &who.subject).await?;
             let todo = Todo::new(&ws, new.title);
             insert_todo(tx, &todo).await?;
-            stage(tx, TodoCreated { todo: todo.clone() }, &ws).await?;
+            stage(tx, events, TodoCreated { todo: todo.clone() }, &ws).await?;
             stored(StatusCode::CREATED, &todo)
         })
     })
@@ -119,7 +135,7 @@ pub(super) async fn create_todo(
 
 /// The workspace's todos, oldest first.
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/todos", tag = "todos",
-    params(("ws" = String, Path, description = "The workspace")),
+    params(("ws" = String, Path, format = Uuid, description = "The workspace")),
     responses((status = 200, description = "Its todos", body = [Todo]),
         (status = 404, description = "No such workspace", body = platform_core::Problem)),
     security(("bearer" = [])))]
@@ -144,7 +160,7 @@ pub(super) async fn list_todos(
 
 /// One todo.
 #[utoipa::path(get, path = "/v1/workspaces/{ws}/todos/{id}", tag = "todos",
-    params(("ws" = String, Path, description = "The workspace"), ("id" = String, Path, description = "The todo")),
+    params(("ws" = String, Path, format = Uuid, description = "The workspace"), ("id" = String, Path, format = Uuid, description = "The todo")),
     responses((status = 200, description = "The todo", body = Todo),
         (status = 404, description = "No such todo", body = platform_core::Problem)),
     security(("bearer" = [])))]
@@ -180,6 +196,7 @@ pub(super) async fn change(
     idem: Idempotent,
     what: Change,
 ) -> Response {
+    let events = st.events;
     idem.run(&st.db, move |tx| {
         Box::pin(async move {
             tx.enter_tenant(&ws).await?;
@@ -191,7 +208,7 @@ pub(super) async fn change(
                     let delete =
                         Sql::new("DELETE FROM todos WHERE id = ? AND workspace_id = ?").bind(id).bind(ws.clone());
                     tx.execute(&delete).await?;
-                    stage(tx, TodoDeleted { todo }, &ws).await?;
+                    stage(tx, events, TodoDeleted { todo }, &ws).await?;
                     return Ok(StoredResponse::empty(StatusCode::NO_CONTENT));
                 }
                 Change::Complete => todo.done = true,
@@ -216,9 +233,9 @@ pub(super) async fn change(
             tx.execute(&update).await?;
             // Done now and not before: completed; anything else: updated.
             if todo.done && !was_done {
-                stage(tx, TodoCompleted { todo: todo.clone() }, &ws).await?;
+                stage(tx, events, TodoCompleted { todo: todo.clone() }, &ws).await?;
             } else {
-                stage(tx, TodoUpdated { todo: todo.clone() }, &ws).await?;
+                stage(tx, events, TodoUpdated { todo: todo.clone() }, &ws).await?;
             }
             stored(StatusCode::OK, &todo)
         })
@@ -228,8 +245,7 @@ pub(super) async fn change(
 
 /// Changes a todo's title or state.
 #[utoipa::path(patch, path = "/v1/workspaces/{ws}/todos/{id}", request_body = TodoPatch, tag = "todos",
-    params(("ws" = String, Path, description = "The workspace"), ("id" = String, Path, description = "The todo"),
-        ("Idempotency-Key" = String, Header, description = "Makes a retry safe")),
+    params(("ws" = String, Path, format = Uuid, description = "The workspace"), ("id" = String, Path, format = Uuid, description = "The todo"), IdempotencyKeyHeader),
     responses((status = 200, description = "Changed", body = Todo),
         (status = 404, description = "No such todo", body = platform_core::Problem)),
     security(("bearer" = [])))]
@@ -247,8 +263,7 @@ pub(super) async fn update_todo(
 
 /// Marks a todo done.
 #[utoipa::path(post, path = "/v1/workspaces/{ws}/todos/{id}/complete", tag = "todos",
-    params(("ws" = String, Path, description = "The workspace"), ("id" = String, Path, description = "The todo"),
-        ("Idempotency-Key" = String, Header, description = "Makes a retry safe")),
+    params(("ws" = String, Path, format = Uuid, description = "The workspace"), ("id" = String, Path, format = Uuid, description = "The todo"), IdempotencyKeyHeader),
     responses((status = 200, description = "Done", body = Todo),
         (status = 404, description = "No such todo", body = platform_core::Problem)),
     security(("bearer" = [])))]
@@ -263,8 +278,7 @@ pub(super) async fn complete_todo(
 
 /// Deletes a todo.
 #[utoipa::path(delete, path = "/v1/workspaces/{ws}/todos/{id}", tag = "todos",
-    params(("ws" = String, Path, description = "The workspace"), ("id" = String, Path, description = "The todo"),
-        ("Idempotency-Key" = String, Header, description = "Makes a retry safe")),
+    params(("ws" = String, Path, format = Uuid, description = "The workspace"), ("id" = String, Path, format = Uuid, description = "The todo"), IdempotencyKeyHeader),
     responses((status = 204, description = "Deleted"),
         (status = 404, description = "No such todo", body = platform_core::Problem)),
     security(("bearer" = [])))]

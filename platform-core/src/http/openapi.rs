@@ -81,10 +81,32 @@ pub(super) fn document(info: &ServiceInfo, own: Option<OpenApi>) -> OpenApi {
         .build();
     for item in doc.paths.paths.values_mut() {
         for op in operations(item) {
+            for response in op.responses.responses.values_mut() {
+                if let openapi::RefOr::T(response) = response {
+                    problems_as_problem_json(response);
+                }
+            }
             op.responses.responses.entry("default".into()).or_insert_with(|| problem.clone().into());
         }
     }
     doc
+}
+
+/// A response documented as `body = Problem` is served as `application/problem+json`
+/// (the problem layer makes it so), whatever media type the route's annotation
+/// defaulted to: the document says what the wire carries.
+fn problems_as_problem_json(response: &mut openapi::Response) {
+    let problem_ref = openapi::Ref::from_schema_name("Problem").ref_location;
+    let is_problem = |content: &openapi::RefOr<openapi::Content>| {
+        matches!(content, openapi::RefOr::T(c)
+            if matches!(&c.schema, Some(openapi::RefOr::Ref(r)) if r.ref_location == problem_ref))
+    };
+    if response.content.len() == 1
+        && response.content.get("application/json").is_some_and(is_problem)
+        && let Some(content) = response.content.shift_remove("application/json")
+    {
+        response.content.insert(PROBLEM_CONTENT_TYPE.to_owned(), content);
+    }
 }
 
 fn operations(item: &mut openapi::PathItem) -> impl Iterator<Item = &mut openapi::path::Operation> {
