@@ -116,6 +116,23 @@ impl Running {
         r.json::<Value>().await.unwrap()["access_token"].as_str().unwrap().to_owned()
     }
 
+    /// Starts an export of `ws` (idempotency key `key`), follows it on `/ws` from its
+    /// start, and returns its result once it succeeds.
+    async fn export(&self, token: &str, ws: &str, key: &str) -> Value {
+        let path = format!("/v1/workspaces/{ws}/exports");
+        let started: Value = self.post(Some(token), &path, Some(key), json!({})).await.json().await.unwrap();
+        let mut follower = self.ws(token).await;
+        send(&mut follower, json!({"op": "subscribe", "channel": started["channel"], "since": started["since"]})).await;
+        assert_eq!(next(&mut follower).await["type"], "subscribed");
+        loop {
+            let frame = next(&mut follower).await;
+            assert_ne!(frame["data"]["state"], "failed", "{frame}");
+            if frame["data"]["state"] == "succeeded" {
+                return frame["data"]["result"].clone();
+            }
+        }
+    }
+
     async fn ws(&self, token: &str) -> Ws {
         connect(&format!("{}/ws?access_token={token}", self.base.replacen("http", "ws", 1))).await
     }
@@ -328,13 +345,28 @@ async fn instances_sharing_a_signing_key_take_each_others_tokens() {
     let key = signing_key();
     let name = platform_core::testkit::unique_ident("todo2");
     let dir = std::env::temp_dir().join(&name);
-    let one = start_in(&dir, &format!("{name}-1"), vec![], Some(key.clone())).await;
-    let two = start_in(&dir, &format!("{name}-2"), vec![], Some(key)).await;
+    // The same files, bus and broadcast (in-process, by name): two nodes of one service.
+    let one = start_in(&dir, &name, vec![], Some(key.clone())).await;
+    let two = start_in(&dir, &name, vec![], Some(key)).await;
     let token = one.user("carol@example.com").await;
     let r = one.post(Some(&token), "/v1/workspaces", Some("w"), json!({"name": "shared"})).await;
     assert_eq!(r.status(), 201);
     let on_two: Value = two.get(Some(&token), "/v1/workspaces").await.json().await.unwrap();
     assert_eq!(on_two[0]["name"], "shared");
+
+    // A download link either node made works on both: the local store's presigning
+    // secret comes from the shared key, not from the start.
+    let ws = on_two[0]["id"].as_str().unwrap();
+    let r = two.post(Some(&token), &format!("/v1/workspaces/{ws}/todos"), Some("t"), json!({"title": "x"})).await;
+    assert_eq!(r.status(), 201);
+    let result = one.export(&token, ws, "e").await;
+    let url = result["url"].as_str().unwrap().to_owned();
+    let path = url.split_once("/files/").unwrap().1;
+    for node in [&one, &two] {
+        let r = reqwest::get(format!("{}/files/{path}", node.base)).await.unwrap();
+        assert_eq!(r.status(), 200, "{}", node.base);
+        assert_eq!(r.json::<Value>().await.unwrap()["todos"][0]["title"], "x");
+    }
     // A key that is not one is refused at start, naming the setting.
     let bad = platform_examples::todo::Settings {
         jwt_signing_key: Some(platform_core::Secret::new("nope".into())),
@@ -473,22 +505,7 @@ async fn two_instances_on_postgres_nats_redis_and_s3() {
     assert!(unscoped.is_empty(), "RLS let an unscoped query read todos");
 
     // An export runs on whichever instance takes the job; its link is S3's own.
-    let started: Value = one
-        .post(Some(&token), &format!("/v1/workspaces/{ws}/exports"), Some("e"), json!({}))
-        .await
-        .json()
-        .await
-        .unwrap();
-    let mut follower = one.ws(&token).await;
-    send(&mut follower, json!({"op": "subscribe", "channel": started["channel"], "since": started["since"]})).await;
-    assert_eq!(next(&mut follower).await["type"], "subscribed");
-    let result = loop {
-        let frame = next(&mut follower).await;
-        assert_ne!(frame["data"]["state"], "failed", "{frame}");
-        if frame["data"]["state"] == "succeeded" {
-            break frame["data"]["result"].clone();
-        }
-    };
+    let result = one.export(&token, &ws, "e").await;
     let url = result["url"].as_str().unwrap();
     assert!(url.contains(&bucket), "{url}");
     let file: Value = reqwest::get(url).await.unwrap().json().await.unwrap();

@@ -99,6 +99,8 @@ pub(super) struct Exporter {
     pub(super) hub: Arc<Hub>,
     pub(super) store: Arc<dyn platform_store::BlobStore>,
     pub(super) notify: Arc<platform_notify::Dispatcher>,
+    /// The queue's `max_attempts`: the delivery that fails on it is the last.
+    pub(super) max_attempts: u32,
 }
 
 impl Exporter {
@@ -134,7 +136,8 @@ impl Exporter {
         let (url, count) = match outcome {
             Ok(done) => done,
             Err(e) => {
-                let last = delivery.attempt() >= 3;
+                // The worker dead-letters bad input at once, and anything on its last try.
+                let last = delivery.attempt() >= self.max_attempts || e.kind() == ErrorKind::InvalidInput;
                 if last {
                     self.hub.job_event(&id, JobEvent::Failed(e.message().to_owned())).await?;
                 }
@@ -177,8 +180,16 @@ pub(super) struct Files {
 }
 
 /// The store URL with a presigning secret and base for the local stores (which have no
-/// HTTP server of their own: the service serves `/files/`), and that secret.
-pub(super) fn with_presigning(store_url: &str, public_url: &str) -> Result<(String, Option<String>)> {
+/// HTTP server of their own: the service serves `/files/`), and that secret. The secret
+/// is `presign_secret=` when the URL has one, else derived from `JWT_SIGNING_KEY` when
+/// that is set (so links outlive a restart and work on every instance sharing the key),
+/// else made up for this start.
+pub(super) fn with_presigning(
+    store_url: &str,
+    public_url: &str,
+    signing_key: Option<&platform_core::Secret<String>>,
+) -> Result<(String, Option<String>)> {
+    use sha2::Digest as _;
     let mut url =
         url::Url::parse(store_url).map_err(|e| Error::invalid_input(format!("STORE_URL is not a URL: {e}")))?;
     if !matches!(url.scheme(), "file" | "memory") {
@@ -187,7 +198,16 @@ pub(super) fn with_presigning(store_url: &str, public_url: &str) -> Result<(Stri
     if let Some((_, secret)) = url.query_pairs().find(|(k, _)| k == "presign_secret") {
         return Ok((store_url.to_owned(), Some(secret.into_owned())));
     }
-    let secret = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    let secret = match signing_key {
+        Some(key) => {
+            let digest = sha2::Sha256::new()
+                .chain_update(b"platform todo: presigned downloads\0")
+                .chain_update(key.expose().trim().as_bytes())
+                .finalize();
+            digest.iter().map(|b| format!("{b:02x}")).collect()
+        }
+        None => format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()),
+    };
     let base = format!("{}/files/", public_url.trim_end_matches('/'));
     url.query_pairs_mut().append_pair("presign_secret", &secret).append_pair("presign_base", &base);
     Ok((url.to_string(), Some(secret)))

@@ -423,7 +423,8 @@ pub async fn build(settings: &Settings, stop: CancellationToken) -> Result<Servi
     let hub = Hub::start(broadcast, hub_config).await?;
     let _ = hub_cell.set(Arc::clone(&hub));
 
-    let (store_url, secret) = with_presigning(&settings.store_url, &settings.public_url)?;
+    let (store_url, secret) =
+        with_presigning(&settings.store_url, &settings.public_url, settings.jwt_signing_key.as_ref())?;
     let store = platform_store::open(&store_url).await?;
     let mut notify = platform_notify::Dispatcher::new();
     let mut names = Vec::new();
@@ -436,8 +437,14 @@ pub async fn build(settings: &Settings, stop: CancellationToken) -> Result<Servi
         let names: Vec<&str> = names.iter().map(String::as_str).collect();
         notify = notify.route(platform_notify::Route::new("exports", &names).tag("exports"))?;
     }
-    let exporter =
-        Exporter { db: db.clone(), hub: Arc::clone(&hub), store: Arc::clone(&store), notify: Arc::new(notify) };
+    let max_attempts = platform_queue::driver::QueueUrl::parse(&settings.queue_url)?.options.max_attempts;
+    let exporter = Exporter {
+        db: db.clone(),
+        hub: Arc::clone(&hub),
+        store: Arc::clone(&store),
+        notify: Arc::new(notify),
+        max_attempts,
+    };
     let worker = platform_queue::Worker::new(Arc::clone(&jobs), move |d: Arc<platform_queue::Delivery>| {
         let exporter = exporter.clone();
         async move { exporter.run(d).await }

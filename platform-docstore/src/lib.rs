@@ -1,0 +1,157 @@
+#![doc = include_str!("../README.md")]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod collection;
+pub mod driver;
+#[cfg(feature = "memory")]
+mod memory;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+mod types;
+
+use std::sync::Arc;
+
+pub use collection::{Collection, CollectionExt, CollectionHandle};
+#[cfg(feature = "memory")]
+pub use memory::MemoryCollection;
+pub use platform_core::{Error, ErrorKind, Result};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use sql::SqlCollection;
+pub use types::{
+    Action, AtomicWrites, Capabilities, DEFAULT_REVISION_FIELD, Direction, Document, FieldPath, Filter, Key, KeyPart,
+    KeySpec, Mod, Op, Outcome, Plan, Query,
+};
+
+/// Every scheme this build can open.
+pub fn schemes() -> Vec<&'static str> {
+    let all = [
+        ("memory", cfg!(feature = "memory")),
+        ("sqlite", cfg!(feature = "sqlite")),
+        ("postgres", cfg!(feature = "postgres")),
+        ("postgresql", cfg!(feature = "postgres")),
+    ];
+    all.into_iter().filter(|(_, on)| *on).map(|(scheme, _)| scheme).collect()
+}
+
+fn feature_for(scheme: &str) -> Option<&'static str> {
+    Some(match scheme {
+        "memory" => "memory",
+        "sqlite" => "sqlite",
+        "postgres" | "postgresql" => "postgres",
+        _ => return None,
+    })
+}
+
+fn bad(key: &str, why: &str) -> Error {
+    platform_core::config::url_error("docstore", key, why)
+}
+
+/// The collection parameters of a URL (`collection`, `key`, `sort_key`, `revision`),
+/// and the URL without them (what the database itself is opened with).
+#[cfg_attr(
+    not(any(feature = "memory", feature = "sqlite", feature = "postgres")),
+    expect(dead_code, reason = "no backend")
+)]
+struct Parts {
+    collection: Option<String>,
+    spec: KeySpec,
+    rest: url::Url,
+}
+
+fn parts(url: &url::Url) -> Result<Parts> {
+    let mut collection = None;
+    let mut spec = KeySpec::new("id");
+    let mut rest = Vec::new();
+    for (k, v) in url.query_pairs() {
+        match k.as_ref() {
+            "collection" => collection = Some(v.into_owned()),
+            "key" => spec.partition = v.into_owned(),
+            "sort_key" => spec.sort = Some(v.into_owned()),
+            "revision" => spec.revision = v.into_owned(),
+            _ => rest.push((k.into_owned(), v.into_owned())),
+        }
+    }
+    spec.validate().map_err(|e| bad("key", e.message()))?;
+    let mut rest_url = url.clone();
+    if rest.is_empty() {
+        rest_url.set_query(None);
+    } else {
+        rest_url.query_pairs_mut().clear().extend_pairs(rest);
+    }
+    Ok(Parts { collection, spec, rest: rest_url })
+}
+
+/// Opens a collection from a URL:
+///
+/// | URL | backend | atomic writes |
+/// |---|---|---|
+/// | `memory://users?key=id` | in-process, empty at each open (feature `memory`) | any |
+/// | `sqlite:///path/docs.db?collection=users&key=id` | SQLite, JSON text (`sqlite`) | any (one transaction) |
+/// | `postgres://user@host/db?collection=users&key=id` | PostgreSQL, JSONB (`postgres`) | any (one transaction) |
+///
+/// Every scheme takes `key` (the partition key field, `id` by default), `sort_key`
+/// (for two-part keys) and `revision` (`_rev` by default). The SQL schemes keep the
+/// collection in table `docstore_{collection}`, made when missing; their other
+/// parameters are platform-db's. Unknown parameters are errors naming them; passwords
+/// are masked in every error.
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres")),
+    expect(clippy::unused_async, reason = "only SQL awaits")
+)]
+pub async fn open(raw: &str) -> Result<Arc<dyn Collection>> {
+    let masked = platform_core::mask_url(raw);
+    let url = url::Url::parse(raw).map_err(|e| bad("url", &format!("{masked:?} is not a URL: {e}")))?;
+    let parts = parts(&url)?;
+    let scheme = url.scheme().to_owned();
+    let collection: Arc<dyn Collection> = match scheme.as_str() {
+        #[cfg(feature = "memory")]
+        "memory" => {
+            let name = memory::name_of(&url)?;
+            if parts.collection.is_some() {
+                return Err(bad("collection", "memory:// names its collection as the host (memory://users)"));
+            }
+            let leftover: Vec<String> = parts.rest.query_pairs().map(|(k, _)| k.into_owned()).collect();
+            if let Some(k) = leftover.first() {
+                return Err(bad(k, "is not a parameter of memory://"));
+            }
+            let driver = MemoryCollection::new(parts.spec.clone());
+            Arc::new(CollectionHandle::new(driver, name, parts.spec)?)
+        }
+        #[cfg(any(feature = "sqlite", feature = "postgres"))]
+        s if sql_scheme(s) => {
+            let name = parts.collection.ok_or_else(|| bad("collection", "is required (…?collection=users)"))?;
+            sql::check_name(&name).map_err(|e| bad("collection", e.message()))?;
+            let db = platform_db::open(parts.rest.as_str()).await?;
+            let driver = SqlCollection::open(db, &name, parts.spec.clone()).await?;
+            Arc::new(CollectionHandle::new(driver, name, parts.spec)?)
+        }
+        other => {
+            return Err(match feature_for(other) {
+                Some(feature) => Error::new(
+                    ErrorKind::Unsupported,
+                    format!("{other}:// needs the `{feature}` feature of platform-docstore"),
+                ),
+                None => bad("scheme", &format!("{other}:// is not a docstore ({})", schemes().join(", "))),
+            });
+        }
+    };
+    Ok(collection)
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn sql_scheme(scheme: &str) -> bool {
+    (scheme == "sqlite" && cfg!(feature = "sqlite"))
+        || (matches!(scheme, "postgres" | "postgresql") && cfg!(feature = "postgres"))
+}
+
+/// Opens the collection `{PREFIX}_URL` names (`DOCSTORE_URL` for prefix `DOCSTORE`).
+pub async fn open_from_env(prefix: &str) -> Result<Arc<dyn Collection>> {
+    let var = format!("{prefix}_URL");
+    let url = std::env::var(&var).map_err(|_| {
+        Error::invalid_input(format!("{var} is not set (a docstore URL, e.g. memory://users?key=id)"))
+            .with_detail(var.clone(), "not set")
+    })?;
+    open(&url).await
+}
