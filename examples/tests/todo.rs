@@ -861,3 +861,62 @@ async fn swagger_and_the_live_page_work_in_a_browser() {
         assert!(shots.join(shot).is_file(), "no {shot}");
     }
 }
+
+/// The schema is checked at every start: a table changed by hand stops the service
+/// (the drift check), and so do pending migrations when it may not apply them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drifted_schema_or_pending_migrations_stop_it() {
+    let name = platform_core::testkit::unique_ident("drift");
+    let dir = std::env::temp_dir().join(&name);
+    let settings = settings_in(&dir, &name, "http://127.0.0.1:1");
+    build(&settings, CancellationToken::new()).await.expect("the first start migrates");
+    build(&settings, CancellationToken::new()).await.expect("a second start finds nothing to do");
+    let db = platform_db::open(&settings.database_url).await.unwrap();
+    db.execute(&platform_db::Sql::new("ALTER TABLE todos ADD COLUMN added_by_hand TEXT")).await.unwrap();
+    let e = build(&settings, CancellationToken::new()).await.expect_err("a drifted schema stops it");
+    assert!(e.to_string().contains("drifted"), "{e}");
+
+    // A database two migrations behind, and a service that may only check.
+    let behind = std::env::temp_dir().join(format!("{name}-behind"));
+    let settings =
+        Settings { migrate_on_start: false, ..settings_in(&behind, &format!("{name}-b"), "http://127.0.0.1:1") };
+    let db = platform_db::open(&settings.database_url).await.unwrap();
+    let mut older = platform_examples::todo::migrations();
+    older.truncate(older.len() - 2);
+    platform_db::migrate::Migrator::new(older).run(&db).await.unwrap();
+    let e = build(&settings, CancellationToken::new()).await.expect_err("pending migrations stop it");
+    assert!(e.to_string().contains("2 migrations are pending"), "{e}");
+    let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_dir_all(behind);
+}
+
+/// The flow on MariaDB (`DATABASE_URL=mysql://…`, a fresh database): the same routes,
+/// the same tenant scope, the same events on `/ws`.
+#[cfg(feature = "full")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flow_on_mariadb() {
+    use platform_db::testkit::Harness as _;
+    let Some(mysql) = platform_core::testkit::server_url("MYSQL") else { return };
+    let url = platform_db::testkit::UrlHarness::new(mysql).fresh_url().await.unwrap();
+    let app = start_with(|s| s.database_url = url).await;
+    let alice = app.user("alice@example.com").await;
+    let bob = app.user("bob@example.com").await;
+    let ws: Value =
+        app.post(Some(&alice), "/v1/workspaces", Some("w"), json!({"name": "home"})).await.json().await.unwrap();
+    let id = ws["id"].as_str().unwrap();
+    let mut listener = app.ws(&alice).await;
+    send(&mut listener, json!({"op": "subscribe", "channel": channel_of(id)})).await;
+    assert_eq!(next(&mut listener).await["type"], "subscribed");
+    let todos = format!("/v1/workspaces/{id}/todos");
+    let r = app.post(Some(&alice), &todos, Some("t"), json!({"title": "on mariadb"})).await;
+    assert_eq!(r.status(), 201);
+    let again = app.post(Some(&alice), &todos, Some("t"), json!({"title": "on mariadb"})).await;
+    assert_eq!(again.headers()["idempotency-replayed"], "true");
+    assert_eq!(next(&mut listener).await["data"]["data"]["todo"]["title"], "on mariadb");
+    assert_eq!(app.get(Some(&bob), &todos).await.status(), 404, "another user's workspace does not exist");
+    let list: Value = app.get(Some(&alice), &todos).await.json().await.unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1);
+    let up: Value = app.get(None, "/up").await.json().await.unwrap();
+    assert_eq!(up["status"], "up", "{up}");
+    assert!(up.to_string().contains("MariaDB"), "{up}");
+}
