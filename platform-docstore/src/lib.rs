@@ -3,6 +3,8 @@
 
 mod collection;
 pub mod driver;
+#[cfg(feature = "dynamodb")]
+mod dynamodb;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -14,6 +16,8 @@ mod types;
 use std::sync::Arc;
 
 pub use collection::{Collection, CollectionExt, CollectionHandle};
+#[cfg(feature = "dynamodb")]
+pub use dynamodb::DynamoCollection;
 #[cfg(feature = "memory")]
 pub use memory::MemoryCollection;
 pub use platform_core::{Error, ErrorKind, Result};
@@ -31,6 +35,7 @@ pub fn schemes() -> Vec<&'static str> {
         ("sqlite", cfg!(feature = "sqlite")),
         ("postgres", cfg!(feature = "postgres")),
         ("postgresql", cfg!(feature = "postgres")),
+        ("dynamodb", cfg!(feature = "dynamodb")),
     ];
     all.into_iter().filter(|(_, on)| *on).map(|(scheme, _)| scheme).collect()
 }
@@ -40,6 +45,7 @@ fn feature_for(scheme: &str) -> Option<&'static str> {
         "memory" => "memory",
         "sqlite" => "sqlite",
         "postgres" | "postgresql" => "postgres",
+        "dynamodb" => "dynamodb",
         _ => return None,
     })
 }
@@ -51,7 +57,7 @@ fn bad(key: &str, why: &str) -> Error {
 /// The collection parameters of a URL (`collection`, `key`, `sort_key`, `revision`),
 /// and the URL without them (what the database itself is opened with).
 #[cfg_attr(
-    not(any(feature = "memory", feature = "sqlite", feature = "postgres")),
+    not(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "dynamodb")),
     expect(dead_code, reason = "no backend")
 )]
 struct Parts {
@@ -90,6 +96,7 @@ fn parts(url: &url::Url) -> Result<Parts> {
 /// | `memory://users?key=id` | in-process, empty at each open (feature `memory`) | any |
 /// | `sqlite:///path/docs.db?collection=users&key=id` | SQLite, JSON text (`sqlite`) | any (one transaction) |
 /// | `postgres://user@host/db?collection=users&key=id` | PostgreSQL, JSONB (`postgres`) | any (one transaction) |
+/// | `dynamodb://table?key=id` | DynamoDB (`dynamodb`): `endpoint`, `region`, `access_key_id`, `secret_access_key`, `session_token`, `allow_scans`, `create_table`, `transactions`, `timeout` | any (`TransactWriteItems`, 100 items); none with `transactions=false` |
 ///
 /// Every scheme takes `key` (the partition key field, `id` by default), `sort_key`
 /// (for two-part keys) and `revision` (`_rev` by default). The SQL schemes keep the
@@ -97,8 +104,8 @@ fn parts(url: &url::Url) -> Result<Parts> {
 /// parameters are platform-db's. Unknown parameters are errors naming them; passwords
 /// are masked in every error.
 #[cfg_attr(
-    not(any(feature = "sqlite", feature = "postgres")),
-    expect(clippy::unused_async, reason = "only SQL awaits")
+    not(any(feature = "sqlite", feature = "postgres", feature = "dynamodb")),
+    expect(clippy::unused_async, reason = "only the network backends await")
 )]
 pub async fn open(raw: &str) -> Result<Arc<dyn Collection>> {
     let masked = platform_core::mask_url(raw);
@@ -118,6 +125,19 @@ pub async fn open(raw: &str) -> Result<Arc<dyn Collection>> {
             }
             let driver = MemoryCollection::new(parts.spec.clone());
             Arc::new(CollectionHandle::new(driver, name, parts.spec)?)
+        }
+        #[cfg(feature = "dynamodb")]
+        "dynamodb" => {
+            let table = url.host_str().unwrap_or_default().to_owned();
+            if table.is_empty() {
+                return Err(bad("table", "dynamodb:// names its table as the host (dynamodb://people)"));
+            }
+            if parts.collection.is_some() {
+                return Err(bad("collection", "dynamodb:// names its table as the host (dynamodb://people)"));
+            }
+            let mut params = platform_core::config::UrlParams::parse("docstore", parts.rest.query())?;
+            let driver = DynamoCollection::open(&table, parts.spec.clone(), &mut params).await?;
+            Arc::new(CollectionHandle::new(driver, table, parts.spec)?)
         }
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
         s if sql_scheme(s) => {

@@ -31,12 +31,26 @@ pub enum UrlHarness {
     Sqlite,
     /// A uniquely named collection (table) in the PostgreSQL database of this URL.
     Postgres(String),
+    /// A new table (`create_table=true`, `allow_scans=true`) on the DynamoDB endpoint of
+    /// this URL (`dynamodb://?endpoint=…&region=…&access_key_id=…&secret_access_key=…`).
+    Dynamodb(String),
 }
 
 impl UrlHarness {
     /// PostgreSQL from `PLATFORM_TEST_POSTGRES_URL`; `None` (a skip) when unset.
     pub fn postgres_from_env() -> Option<Self> {
         platform_core::testkit::server_url("POSTGRES").map(Self::Postgres)
+    }
+
+    /// DynamoDB from `PLATFORM_TEST_DYNAMODB_URL` (moto); `None` (a skip) when unset.
+    pub fn dynamodb_from_env() -> Option<Self> {
+        platform_core::testkit::server_url("DYNAMODB").map(Self::Dynamodb)
+    }
+
+    /// DynamoDB from `PLATFORM_TEST_DYNALITE_URL` (dynalite, which validates requests as
+    /// AWS does); `None` (a skip) when unset.
+    pub fn dynalite_from_env() -> Option<Self> {
+        platform_core::testkit::server_url("DYNALITE").map(Self::Dynamodb)
     }
 }
 
@@ -53,6 +67,10 @@ impl Harness for UrlHarness {
             Self::Postgres(base) => {
                 let sep = if base.contains('?') { '&' } else { '?' };
                 format!("{base}{sep}collection={name}&{keys}")
+            }
+            Self::Dynamodb(base) => {
+                let query = base.split_once('?').map_or("", |(_, q)| q);
+                format!("dynamodb://{name}?{query}&create_table=true&allow_scans=true&{keys}")
             }
         })
     }
