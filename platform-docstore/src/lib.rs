@@ -7,6 +7,8 @@ pub mod driver;
 mod dynamodb;
 #[cfg(feature = "memory")]
 mod memory;
+#[cfg(feature = "mongodb")]
+mod mongodb;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 #[cfg(feature = "testkit")]
@@ -20,6 +22,8 @@ pub use collection::{Collection, CollectionExt, CollectionHandle};
 pub use dynamodb::DynamoCollection;
 #[cfg(feature = "memory")]
 pub use memory::MemoryCollection;
+#[cfg(feature = "mongodb")]
+pub use mongodb::MongoCollection;
 pub use platform_core::{Error, ErrorKind, Result};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::SqlCollection;
@@ -36,6 +40,7 @@ pub fn schemes() -> Vec<&'static str> {
         ("postgres", cfg!(feature = "postgres")),
         ("postgresql", cfg!(feature = "postgres")),
         ("dynamodb", cfg!(feature = "dynamodb")),
+        ("mongodb", cfg!(feature = "mongodb")),
     ];
     all.into_iter().filter(|(_, on)| *on).map(|(scheme, _)| scheme).collect()
 }
@@ -46,6 +51,7 @@ fn feature_for(scheme: &str) -> Option<&'static str> {
         "sqlite" => "sqlite",
         "postgres" | "postgresql" => "postgres",
         "dynamodb" => "dynamodb",
+        "mongodb" => "mongodb",
         _ => return None,
     })
 }
@@ -57,7 +63,7 @@ fn bad(key: &str, why: &str) -> Error {
 /// The collection parameters of a URL (`collection`, `key`, `sort_key`, `revision`),
 /// and the URL without them (what the database itself is opened with).
 #[cfg_attr(
-    not(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "dynamodb")),
+    not(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "dynamodb", feature = "mongodb")),
     expect(dead_code, reason = "no backend")
 )]
 struct Parts {
@@ -96,6 +102,7 @@ fn parts(url: &url::Url) -> Result<Parts> {
 /// | `memory://users?key=id` | in-process, empty at each open (feature `memory`) | any |
 /// | `sqlite:///path/docs.db?collection=users&key=id` | SQLite, JSON text (`sqlite`) | any (one transaction) |
 /// | `postgres://user@host/db?collection=users&key=id` | PostgreSQL, JSONB (`postgres`) | any (one transaction) |
+/// | `mongodb://host/db?collection=users&key=id` | MongoDB (`mongodb`); its other parameters are the driver's (`directConnection=true`, `replicaSet=…`) | any (a transaction; needs a replica set) |
 /// | `dynamodb://table?key=id` | DynamoDB (`dynamodb`): `endpoint`, `region`, `access_key_id`, `secret_access_key`, `session_token`, `allow_scans`, `create_table`, `transactions`, `timeout` | any (`TransactWriteItems`, 100 items); none with `transactions=false` |
 ///
 /// Every scheme takes `key` (the partition key field, `id` by default), `sort_key`
@@ -104,7 +111,7 @@ fn parts(url: &url::Url) -> Result<Parts> {
 /// parameters are platform-db's. Unknown parameters are errors naming them; passwords
 /// are masked in every error.
 #[cfg_attr(
-    not(any(feature = "sqlite", feature = "postgres", feature = "dynamodb")),
+    not(any(feature = "sqlite", feature = "postgres", feature = "dynamodb", feature = "mongodb")),
     expect(clippy::unused_async, reason = "only the network backends await")
 )]
 pub async fn open(raw: &str) -> Result<Arc<dyn Collection>> {
@@ -138,6 +145,12 @@ pub async fn open(raw: &str) -> Result<Arc<dyn Collection>> {
             let mut params = platform_core::config::UrlParams::parse("docstore", parts.rest.query())?;
             let driver = DynamoCollection::open(&table, parts.spec.clone(), &mut params).await?;
             Arc::new(CollectionHandle::new(driver, table, parts.spec)?)
+        }
+        #[cfg(feature = "mongodb")]
+        "mongodb" => {
+            let name = parts.collection.ok_or_else(|| bad("collection", "is required (…?collection=people)"))?;
+            let driver = MongoCollection::open(parts.rest.as_str(), &name, parts.spec.clone()).await?;
+            Arc::new(CollectionHandle::new(driver, name, parts.spec)?)
         }
         #[cfg(any(feature = "sqlite", feature = "postgres"))]
         s if sql_scheme(s) => {

@@ -34,12 +34,19 @@ pub enum UrlHarness {
     /// A new table (`create_table=true`, `allow_scans=true`) on the DynamoDB endpoint of
     /// this URL (`dynamodb://?endpoint=…&region=…&access_key_id=…&secret_access_key=…`).
     Dynamodb(String),
+    /// A uniquely named collection in the MongoDB database of this URL.
+    Mongodb(String),
 }
 
 impl UrlHarness {
     /// PostgreSQL from `PLATFORM_TEST_POSTGRES_URL`; `None` (a skip) when unset.
     pub fn postgres_from_env() -> Option<Self> {
         platform_core::testkit::server_url("POSTGRES").map(Self::Postgres)
+    }
+
+    /// MongoDB from `PLATFORM_TEST_MONGODB_URL`; `None` (a skip) when unset.
+    pub fn mongodb_from_env() -> Option<Self> {
+        platform_core::testkit::server_url("MONGODB").map(Self::Mongodb)
     }
 
     /// DynamoDB from `PLATFORM_TEST_DYNAMODB_URL` (moto); `None` (a skip) when unset.
@@ -64,7 +71,7 @@ impl Harness for UrlHarness {
                 let path = std::env::temp_dir().join(format!("{name}.db"));
                 format!("sqlite://{}?collection={name}&{keys}", path.display())
             }
-            Self::Postgres(base) => {
+            Self::Postgres(base) | Self::Mongodb(base) => {
                 let sep = if base.contains('?') { '&' } else { '?' };
                 format!("{base}{sep}collection={name}&{keys}")
             }
@@ -112,6 +119,7 @@ macro_rules! docstore_behaviours {
             two_part_keys_tell_documents_apart,
             documents_round_trip_as_json,
             concurrent_writers_over_one_revision_one_wins,
+            concurrent_atomic_lists_lose_no_update,
             a_closed_collection_refuses
         }
     };
@@ -495,6 +503,50 @@ pub async fn concurrent_writers_over_one_revision_one_wins(h: &dyn Harness) {
     }
     assert_eq!(won.len(), 1, "one winner: {won:?}");
     assert_eq!(c.get(doc(json!({"id": "a"}))).await.unwrap()["by"], json!(won[0]));
+}
+
+/// Atomic lists racing over one document lose no update: each either commits (its
+/// increment counts) or fails whole with a retryable error (a write conflict), and
+/// retried it commits.
+pub async fn concurrent_atomic_lists_lose_no_update(h: &dyn Harness) {
+    let c = fresh(h, "key=id").await;
+    if c.capabilities().atomic_writes == AtomicWrites::None {
+        return;
+    }
+    c.create(doc(json!({"id": "counter", "n": 0}))).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let c = Arc::clone(&c);
+        tasks.push(tokio::spawn(async move {
+            let list = || {
+                vec![
+                    Action::Update {
+                        key: doc(json!({"id": "counter"})),
+                        mods: vec![Mod::Increment(FieldPath::parse("n").unwrap(), 1.into())],
+                    },
+                    Action::Put(doc(json!({"id": format!("by-{i}")}))),
+                ]
+            };
+            let mut conflicts = 0;
+            loop {
+                match c.run_atomic(list()).await {
+                    Ok(_) => return conflicts,
+                    Err(e) => {
+                        assert!(e.is_retryable(), "a failed atomic list is retryable: {e}");
+                        conflicts += 1;
+                        assert!(conflicts < 200, "no progress: {e}");
+                    }
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("task");
+    }
+    assert_eq!(c.get(doc(json!({"id": "counter"}))).await.unwrap()["n"], 8, "every committed increment counted once");
+    for i in 0..8 {
+        assert!(c.get(doc(json!({"id": format!("by-{i}")}))).await.is_ok(), "list {i}'s other write");
+    }
 }
 
 /// After `close`, every call is `Unavailable`, stamped with the backend.

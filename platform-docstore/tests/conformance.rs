@@ -16,6 +16,9 @@ conformance_tests!(sqlite, Some(UrlHarness::Sqlite));
 #[cfg(feature = "postgres")]
 conformance_tests!(postgres, UrlHarness::postgres_from_env());
 
+#[cfg(feature = "mongodb")]
+conformance_tests!(mongodb, UrlHarness::mongodb_from_env());
+
 #[cfg(feature = "dynamodb")]
 conformance_tests!(dynamodb, UrlHarness::dynamodb_from_env());
 
