@@ -25,6 +25,13 @@ impl CheckOutcome {
         Self { latency, version: None }
     }
 
+    /// Times `round_trip`, a real round trip to the server that answers its version.
+    pub async fn measure(round_trip: impl std::future::Future<Output = Result<String>>) -> Result<Self> {
+        let started = std::time::Instant::now();
+        let version = round_trip.await?;
+        Ok(Self::new(started.elapsed()).with_version(version))
+    }
+
     /// Sets the server version.
     #[must_use]
     pub fn with_version(mut self, version: impl Into<String>) -> Self {

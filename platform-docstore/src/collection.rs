@@ -131,10 +131,7 @@ impl<D: Driver> CollectionHandle<D> {
     }
 
     fn stamp(&self, op: &'static str) -> impl Fn(Error) -> Error + '_ {
-        move |e| {
-            let e = if e.backend().is_empty() { e.with_backend(self.driver.backend()) } else { e };
-            if e.op().is_empty() { e.with_op(op) } else { e }
-        }
+        move |e| e.in_context(self.driver.backend(), op)
     }
 
     fn closed(&self, op: &'static str) -> Error {
@@ -308,8 +305,6 @@ impl<D: Driver> platform_core::HealthCheck for CollectionHandle<D> {
 
     async fn check(&self) -> Result<platform_core::CheckOutcome> {
         self.open_or_err("ping")?;
-        let started = std::time::Instant::now();
-        let version = self.driver.ping().await.map_err(self.stamp("ping"))?;
-        Ok(platform_core::CheckOutcome::new(started.elapsed()).with_version(version))
+        platform_core::CheckOutcome::measure(self.driver.ping()).await.map_err(self.stamp("ping"))
     }
 }
