@@ -104,6 +104,24 @@ impl ErrorKind {
     pub fn from_code(code: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.code() == code)
     }
+
+    /// The kind of an HTTP error status a server answered (a 2xx or 3xx is `Internal`:
+    /// the caller asked about an error): what HTTP-speaking backends map their answers
+    /// with.
+    pub const fn from_http_status(status: u16) -> Self {
+        match status {
+            400 | 413 | 414 | 415 | 422 => Self::InvalidInput,
+            401 => Self::Unauthenticated,
+            403 => Self::PermissionDenied,
+            404 | 410 => Self::NotFound,
+            409 | 412 => Self::Conflict,
+            408 | 504 => Self::Timeout,
+            429 => Self::RateLimited,
+            501 => Self::Unsupported,
+            500 | 502 | 503 => Self::Unavailable,
+            _ => Self::Internal,
+        }
+    }
 }
 
 impl fmt::Display for ErrorKind {
@@ -448,6 +466,23 @@ mod tests {
             assert!(s.contains(part), "{part} missing from {s}");
         }
         assert!(s.lines().count() > 4);
+    }
+
+    #[test]
+    fn http_statuses_map_to_kinds() {
+        for (status, kind) in [
+            (400, ErrorKind::InvalidInput),
+            (401, ErrorKind::Unauthenticated),
+            (403, ErrorKind::PermissionDenied),
+            (404, ErrorKind::NotFound),
+            (409, ErrorKind::Conflict),
+            (429, ErrorKind::RateLimited),
+            (503, ErrorKind::Unavailable),
+            (504, ErrorKind::Timeout),
+            (200, ErrorKind::Internal),
+        ] {
+            assert_eq!(ErrorKind::from_http_status(status), kind, "{status}");
+        }
     }
 
     #[test]

@@ -35,18 +35,9 @@ async fn answer(res: reqwest::Response) -> Result<Value> {
         return Ok(body);
     }
     let message = body["message"].as_str().or_else(|| body["error"].as_str()).unwrap_or("").to_owned();
-    let kind = match status.as_u16() {
-        400 | 422 => ErrorKind::InvalidInput,
-        401 => ErrorKind::Unauthenticated,
-        403 => ErrorKind::PermissionDenied,
-        404 => ErrorKind::NotFound,
-        409 => ErrorKind::Conflict,
-        429 => ErrorKind::RateLimited,
-        500..=599 => ErrorKind::Unavailable,
-        _ => ErrorKind::Internal,
-    };
+    let kind = ErrorKind::from_http_status(status.as_u16());
     Err(Error::new(kind, format!("chroma answered {status}: {message}"))
-        .with_retryable(matches!(kind, ErrorKind::Unavailable | ErrorKind::RateLimited))
+        .with_retryable(kind.is_retryable())
         .with_backend(BACKEND))
 }
 

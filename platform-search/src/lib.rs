@@ -5,10 +5,15 @@
 mod chroma;
 #[cfg(feature = "memory")]
 mod memory;
+#[cfg(feature = "memory")]
+mod memory_text;
+#[cfg(feature = "opensearch")]
+mod opensearch;
 #[cfg(feature = "pgvector")]
 mod pgvector;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod text;
 pub mod vector;
 
 use std::sync::Arc;
@@ -17,9 +22,17 @@ use std::sync::Arc;
 pub use chroma::ChromaVectors;
 #[cfg(feature = "memory")]
 pub use memory::MemoryVectors;
+#[cfg(feature = "memory")]
+pub use memory_text::MemorySearch;
+#[cfg(feature = "opensearch")]
+pub use opensearch::OpenSearch;
 #[cfg(feature = "pgvector")]
 pub use pgvector::PgVectors;
 pub use platform_core::{Error, ErrorKind, Result};
+pub use text::{
+    Aggregation, AggregationResult, Bucket, FieldType, MAX_SIZE, Mapping, SearchFilter, SearchHandle, SearchHit,
+    SearchIndex, SearchIndexExt, SearchQuery, SearchResults, SortOrder, Version, Write,
+};
 pub use vector::{Capabilities, Filter, Hit, MAX_K, Metric, Record, VectorHandle, VectorIndex, VectorQuery};
 
 /// The largest number of dimensions an index may have.
@@ -66,7 +79,9 @@ pub async fn open_vector(raw: &str) -> Result<Arc<dyn VectorIndex>> {
         Some(m) => Metric::parse(&m)?,
         None => Metric::Cosine,
     };
-    let index: Arc<dyn VectorIndex> = match url.scheme() {
+    // Used by the backends this build has, whichever they are.
+    let _ = (&mut params, dimensions, metric);
+    let index: Result<Arc<dyn VectorIndex>> = match url.scheme() {
         #[cfg(feature = "memory")]
         "memory" => {
             let name = url.host_str().unwrap_or_default().to_owned();
@@ -74,7 +89,7 @@ pub async fn open_vector(raw: &str) -> Result<Arc<dyn VectorIndex>> {
                 return Err(bad("index", "memory:// names its index as the host (memory://docs)"));
             }
             params.finish("memory")?;
-            Arc::new(VectorHandle::new(MemoryVectors::new(metric), name, dimensions, metric))
+            Ok(Arc::new(VectorHandle::new(MemoryVectors::new(metric), name, dimensions, metric)))
         }
         #[cfg(feature = "pgvector")]
         "pgvector" => {
@@ -101,14 +116,14 @@ pub async fn open_vector(raw: &str) -> Result<Arc<dyn VectorIndex>> {
             let db_url = format!("postgres{}", &db_url.as_str()["pgvector".len()..]);
             let db = platform_db::open(&db_url).await?;
             let driver = PgVectors::open(db, &name, dimensions, metric).await?;
-            Arc::new(VectorHandle::new(driver, name, dimensions, metric))
+            Ok(Arc::new(VectorHandle::new(driver, name, dimensions, metric)))
         }
         #[cfg(feature = "chroma")]
         "chroma" => {
             let name = url.path().trim_start_matches('/').to_owned();
             chroma::check_name(&name)?;
             let driver = ChromaVectors::open(&url, &name, metric, &mut params).await?;
-            Arc::new(VectorHandle::new(driver, name, dimensions, metric))
+            Ok(Arc::new(VectorHandle::new(driver, name, dimensions, metric)))
         }
         other => {
             let feature = match other {
@@ -117,15 +132,15 @@ pub async fn open_vector(raw: &str) -> Result<Arc<dyn VectorIndex>> {
                 "chroma" => Some("chroma"),
                 _ => None,
             };
-            return Err(match feature {
+            Err(match feature {
                 Some(f) => {
                     Error::new(ErrorKind::Unsupported, format!("{other}:// needs the `{f}` feature of platform-search"))
                 }
                 None => bad("scheme", &format!("{other}:// is not a vector index ({})", schemes().join(", "))),
-            });
+            })
         }
     };
-    Ok(index)
+    index
 }
 
 /// Opens the vector index `{PREFIX}_URL` names (`VECTORS_URL` for prefix `VECTORS`).
@@ -136,4 +151,70 @@ pub async fn open_vector_from_env(prefix: &str) -> Result<Arc<dyn VectorIndex>> 
             .with_detail(var.clone(), "not set")
     })?;
     open_vector(&url).await
+}
+
+/// Every search index scheme this build can open.
+pub fn search_schemes() -> Vec<&'static str> {
+    let all = [
+        ("memory", cfg!(feature = "memory")),
+        ("opensearch", cfg!(feature = "opensearch")),
+        ("elasticsearch", cfg!(feature = "opensearch")),
+    ];
+    all.into_iter().filter(|(_, on)| *on).map(|(scheme, _)| scheme).collect()
+}
+
+/// Opens a search index from a URL, making it with `mapping` when missing:
+///
+/// | URL | backend |
+/// |---|---|
+/// | `memory://products` | in-process (feature `memory`) |
+/// | `opensearch://host:9200/products` | OpenSearch (`opensearch`): `tls`, `timeout`, a user and password as HTTP Basic |
+/// | `elasticsearch://host:9200/products` | Elasticsearch, the API it shares with OpenSearch (`opensearch`) |
+///
+/// Unknown parameters are errors naming them; passwords are masked in every error.
+#[cfg_attr(not(feature = "opensearch"), expect(clippy::unused_async, reason = "only the network backends await"))]
+pub async fn open_search(raw: &str, mapping: &Mapping) -> Result<Arc<dyn SearchIndex>> {
+    let masked = platform_core::mask_url(raw);
+    let url = url::Url::parse(raw).map_err(|e| {
+        platform_core::config::url_error("search index", "url", &format!("{masked:?} is not a URL: {e}"))
+    })?;
+    let mut params = platform_core::config::UrlParams::parse("search index", url.query())?;
+    // Used by the backends this build has, whichever they are.
+    let _ = (&mut params, mapping);
+    let index: Result<Arc<dyn SearchIndex>> = match url.scheme() {
+        #[cfg(feature = "memory")]
+        "memory" => {
+            let name = url.host_str().unwrap_or_default().to_owned();
+            if name.is_empty() {
+                return Err(platform_core::config::url_error(
+                    "search index",
+                    "index",
+                    "memory:// names its index as the host",
+                ));
+            }
+            params.finish("memory")?;
+            Ok(Arc::new(SearchHandle::new(MemorySearch::new(mapping.clone()), name, mapping.clone())?))
+        }
+        #[cfg(feature = "opensearch")]
+        "opensearch" | "elasticsearch" => {
+            let driver = OpenSearch::open(&url, mapping, &mut params).await?;
+            let name = url.path().trim_start_matches('/').to_owned();
+            Ok(Arc::new(SearchHandle::new(driver, name, mapping.clone())?))
+        }
+        other => Err(match other {
+            "memory" | "opensearch" | "elasticsearch" => Error::new(
+                ErrorKind::Unsupported,
+                format!(
+                    "{other}:// needs the `{}` feature of platform-search",
+                    if other == "memory" { "memory" } else { "opensearch" }
+                ),
+            ),
+            _ => platform_core::config::url_error(
+                "search index",
+                "scheme",
+                &format!("{other}:// is not a search index ({})", search_schemes().join(", ")),
+            ),
+        }),
+    };
+    index
 }

@@ -11,6 +11,9 @@ use serde_json::json;
 
 use crate::{Filter, MAX_K, Metric, Record, VectorIndex, VectorQuery};
 
+#[path = "testkit_text.rs"]
+pub mod text;
+
 /// Makes fresh, uniquely named indexes.
 #[async_trait::async_trait]
 pub trait Harness: Send + Sync {
@@ -107,19 +110,23 @@ fn close(a: &[f32], b: &[f32]) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-5)
 }
 
-/// A small deterministic generator (xorshift), so every backend sees the same set.
-struct Rng(u64);
+/// A small deterministic generator (xorshift) of vector components in [-1, 1), so every
+/// backend (and the benches) sees the same set for the same seed.
+#[derive(Debug, Clone)]
+pub struct Rng(pub u64);
 
 impl Rng {
-    fn next(&mut self) -> f32 {
+    /// The next component.
+    pub fn component(&mut self) -> f32 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;
         ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 
-    fn vector(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.next()).collect()
+    /// A vector of `n` components.
+    pub fn vector(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.component()).collect()
     }
 }
 

@@ -1,6 +1,8 @@
 //! The vector suite on every backend: memory (exact, the reference), pgvector
 //! (`PLATFORM_TEST_PGVECTOR_URL`, PostgreSQL with pgvector on its own port) and ChromaDB
-//! (`PLATFORM_TEST_CHROMA_URL`). A server URL unset: skipped, or failed under
+//! (`PLATFORM_TEST_CHROMA_URL`); the search suite on memory and on an OpenSearch-API
+//! server (`PLATFORM_TEST_OPENSEARCH_URL`), through both the `opensearch://` and the
+//! `elasticsearch://` schemes. A server URL unset: skipped, or failed under
 //! `PLATFORM_TEST_REQUIRE_ALL=1`.
 
 use platform_search::testkit::UrlHarness;
@@ -14,6 +16,20 @@ vector_conformance_tests!(pgvector, UrlHarness::pgvector_from_env());
 
 #[cfg(feature = "chroma")]
 vector_conformance_tests!(chroma, UrlHarness::chroma_from_env());
+
+mod search {
+    use platform_search::search_conformance_tests;
+    use platform_search::testkit::text::SearchUrlHarness;
+
+    #[cfg(feature = "memory")]
+    search_conformance_tests!(memory, Some(SearchUrlHarness::Memory));
+
+    #[cfg(feature = "opensearch")]
+    search_conformance_tests!(opensearch, SearchUrlHarness::opensearch_from_env());
+
+    #[cfg(feature = "opensearch")]
+    search_conformance_tests!(elasticsearch_api, SearchUrlHarness::elasticsearch_api_from_env());
+}
 
 /// Bad URLs are errors naming the part that is wrong, with the password masked.
 #[tokio::test]
