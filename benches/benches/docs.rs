@@ -261,61 +261,78 @@ async fn docstore() {
     }
 }
 
+/// The bench's vectors: `uniform` (every component uniform in [-1, 1): no neighbourhood
+/// structure, the worst case for a graph index) or `clustered` (around 100 centres,
+/// as embeddings of real text sit).
+fn vector_set(kind: &str, n: usize, queries: usize, d: usize) -> (Vec<Record>, Vec<Vec<f32>>) {
+    let mut rng = platform_search::testkit::Rng(0x0bad_cafe_1234_5678);
+    let centres: Vec<Vec<f32>> = (0..100).map(|_| rng.vector(d)).collect();
+    let mut one = |i: usize| -> Vec<f32> {
+        let noise = rng.vector(d);
+        match kind {
+            "clustered" => centres[i % centres.len()].iter().zip(noise).map(|(c, e)| c + 0.35 * e).collect(),
+            _ => noise,
+        }
+    };
+    let records = (0..n).map(|i| Record::new(format!("v{i}"), one(i)).with("tenant", ["a", "b"][i % 2])).collect();
+    let queries = (0..queries).map(|i| one(i * 7)).collect();
+    (records, queries)
+}
+
 async fn vectors() {
     const N: usize = 10_000;
     const D: usize = 384;
     const QUERIES: usize = 200;
-    let mut rng = platform_search::testkit::Rng(0x0bad_cafe_1234_5678);
-    let records: Vec<Record> =
-        (0..N).map(|i| Record::new(format!("v{i}"), rng.vector(D)).with("tenant", ["a", "b"][i % 2])).collect();
-    let queries: Vec<Vec<f32>> = (0..QUERIES).map(|_| rng.vector(D)).collect();
-    let truth: Vec<Vec<String>> = queries
-        .iter()
-        .map(|q| {
-            let mut d: Vec<(f32, &str)> =
-                records.iter().map(|r| (Metric::Cosine.distance(q, &r.vector), r.id.as_str())).collect();
-            d.sort_by(|a, b| a.0.total_cmp(&b.0));
-            d[..10].iter().map(|(_, id)| (*id).to_owned()).collect()
-        })
-        .collect();
-    println!("| backend | upserts/s | queries/s (k = 10) | p50 ms | p99 ms | recall@10 |");
-    println!("|---|---:|---:|---:|---:|---:|");
-    let name = unique("bench");
-    let mut urls = vec![("memory", Some(format!("memory://{name}?dimensions={D}")))];
-    urls.push(("pgvector", env("PGVECTOR").map(|u| format!("{u}?index={name}&dimensions={D}"))));
-    urls.push((
-        "chroma",
-        env("CHROMA").map(|u| format!("{}/{}?dimensions={D}", u.trim_end_matches('/'), name.replace('_', "-"))),
-    ));
-    for (backend, url) in urls {
-        let Some(url) = url else {
-            println!("| {backend} | (server unset: skipped) |||||");
-            continue;
-        };
-        let index: Arc<dyn VectorIndex> = platform_search::open_vector(&url).await.expect("open");
-        let started = Instant::now();
-        for chunk in records.chunks(500) {
-            index.upsert(chunk.to_vec()).await.expect("upsert");
+    println!("| vectors | backend | upserts/s | queries/s (k = 10) | p50 ms | p99 ms | recall@10 |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for kind in ["clustered", "uniform"] {
+        let (records, queries) = vector_set(kind, N, QUERIES, D);
+        let truth: Vec<Vec<String>> = queries
+            .iter()
+            .map(|q| {
+                let mut d: Vec<(f32, &str)> =
+                    records.iter().map(|r| (Metric::Cosine.distance(q, &r.vector), r.id.as_str())).collect();
+                d.sort_by(|a, b| a.0.total_cmp(&b.0));
+                d[..10].iter().map(|(_, id)| (*id).to_owned()).collect()
+            })
+            .collect();
+        let name = unique(&format!("bench_{kind}"));
+        let mut urls = vec![("memory", Some(format!("memory://{name}?dimensions={D}")))];
+        urls.push(("pgvector", env("PGVECTOR").map(|u| format!("{u}?index={name}&dimensions={D}"))));
+        urls.push((
+            "chroma",
+            env("CHROMA").map(|u| format!("{}/{}?dimensions={D}", u.trim_end_matches('/'), name.replace('_', "-"))),
+        ));
+        for (backend, url) in urls {
+            let Some(url) = url else {
+                println!("| {kind} | {backend} | (server unset: skipped) |||||");
+                continue;
+            };
+            let index: Arc<dyn VectorIndex> = platform_search::open_vector(&url).await.expect("open");
+            let started = Instant::now();
+            for chunk in records.chunks(500) {
+                index.upsert(chunk.to_vec()).await.expect("upsert");
+            }
+            let upserts = N as f64 / started.elapsed().as_secs_f64();
+            let mut latencies = Vec::with_capacity(QUERIES);
+            let mut found = 0;
+            let started = Instant::now();
+            for (q, want) in queries.iter().zip(&truth) {
+                let t = Instant::now();
+                let hits = index.query(&VectorQuery::new(q.clone(), 10)).await.expect("query");
+                latencies.push(t.elapsed());
+                found += hits.iter().filter(|h| want.contains(&h.id)).count();
+            }
+            let qps = QUERIES as f64 / started.elapsed().as_secs_f64();
+            latencies.sort_unstable();
+            let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+            println!(
+                "| {kind} | {backend} | {upserts:.0} | {qps:.0} | {:.2} | {:.2} | {:.3} |",
+                ms(latencies[QUERIES / 2]),
+                ms(latencies[QUERIES * 99 / 100]),
+                found as f64 / (QUERIES * 10) as f64
+            );
         }
-        let upserts = N as f64 / started.elapsed().as_secs_f64();
-        let mut latencies = Vec::with_capacity(QUERIES);
-        let mut found = 0;
-        let started = Instant::now();
-        for (q, want) in queries.iter().zip(&truth) {
-            let t = Instant::now();
-            let hits = index.query(&VectorQuery::new(q.clone(), 10)).await.expect("query");
-            latencies.push(t.elapsed());
-            found += hits.iter().filter(|h| want.contains(&h.id)).count();
-        }
-        let qps = QUERIES as f64 / started.elapsed().as_secs_f64();
-        latencies.sort_unstable();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        println!(
-            "| {backend} | {upserts:.0} | {qps:.0} | {:.2} | {:.2} | {:.3} |",
-            ms(latencies[QUERIES / 2]),
-            ms(latencies[QUERIES * 99 / 100]),
-            found as f64 / (QUERIES * 10) as f64
-        );
     }
 }
 

@@ -47,20 +47,27 @@ impl VectorDriver for MemoryVectors {
 
     async fn query(&self, query: &VectorQuery) -> Result<Vec<Hit>> {
         let all = self.records();
-        let mut hits: Vec<Hit> = all
+        // Distances of every passing record; only the k nearest are copied out.
+        let mut near: Vec<(f32, &Record)> = all
             .values()
             .filter(|r| query.filter.as_ref().is_none_or(|f| f.matches(&r.metadata)))
-            .map(|r| Hit {
+            .map(|r| (self.metric.distance(&query.vector, &r.vector), r))
+            .collect();
+        let order = |a: &(f32, &Record), b: &(f32, &Record)| a.0.total_cmp(&b.0).then_with(|| a.1.id.cmp(&b.1.id));
+        if near.len() > query.k {
+            near.select_nth_unstable_by(query.k - 1, order);
+            near.truncate(query.k);
+        }
+        near.sort_by(order);
+        Ok(near
+            .into_iter()
+            .map(|(distance, r)| Hit {
                 id: r.id.clone(),
-                distance: self.metric.distance(&query.vector, &r.vector),
+                distance,
                 metadata: r.metadata.clone(),
                 document: r.document.clone(),
             })
-            .collect();
-        drop(all);
-        hits.sort_by(|a, b| a.distance.total_cmp(&b.distance).then_with(|| a.id.cmp(&b.id)));
-        hits.truncate(query.k);
-        Ok(hits)
+            .collect())
     }
 
     async fn get(&self, ids: &[String]) -> Result<Vec<Record>> {

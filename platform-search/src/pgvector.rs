@@ -55,6 +55,15 @@ impl PgVectors {
         Ok(Self { db, table, metric })
     }
 
+    /// pgvector's distance operator for the metric (what its index orders by).
+    fn operator(&self) -> &'static str {
+        match self.metric {
+            Metric::Cosine => "<=>",
+            Metric::L2 => "<->",
+            Metric::InnerProduct => "<#>",
+        }
+    }
+
     fn distance_expr(&self) -> &'static str {
         match self.metric {
             Metric::Cosine => "(embedding <=> CAST(? AS vector))",
@@ -134,13 +143,28 @@ impl VectorDriver for PgVectors {
         if let Some(f) = &filter {
             text.push_str(&format!(" WHERE {f}"));
         }
+        // Ordered by the operator itself, which the HNSW index serves.
         let k = i64::try_from(query.k).unwrap_or(i64::MAX);
-        text.push_str(&format!(" ORDER BY distance, id LIMIT {k}"));
-        let mut sql = Sql::new(text).bind(literal(&query.vector));
+        text.push_str(&format!(" ORDER BY embedding {} CAST(? AS vector) LIMIT {k}", self.operator()));
+        let vector = literal(&query.vector);
+        let mut sql = Sql::new(text).bind(vector.clone());
         for b in binds {
             sql = sql.bind(b);
         }
-        let rows = self.db.fetch_all(&sql).await?;
+        let sql = sql.bind(vector);
+        // Enough candidates for k, and with a filter, more until k pass (pgvector 0.8's
+        // iterative scans), in this transaction only.
+        let ef_search = (query.k * 2).max(64);
+        let rows = self
+            .db
+            .tx(move |tx| {
+                Box::pin(async move {
+                    tx.execute(&Sql::new(format!("SET LOCAL hnsw.ef_search = {ef_search}"))).await?;
+                    tx.execute(&Sql::new("SET LOCAL hnsw.iterative_scan = strict_order")).await?;
+                    tx.fetch_all(&sql).await
+                })
+            })
+            .await?;
         rows.into_iter()
             .map(|r| {
                 Ok(Hit {
