@@ -167,13 +167,14 @@ impl EventRegistry {
                 }),
             );
         }
-        json!({
+        // Keys in order, so the document is the same text in every build.
+        sorted(json!({
             "asyncapi": "3.0.0",
             "info": { "title": self.title, "version": self.version },
             "defaultContentType": "application/json",
             "channels": channels,
             "components": { "messages": messages, "schemas": schemas },
-        })
+        }))
     }
 
     /// Compares [`asyncapi`](Self::asyncapi) with the committed document at `path`:
@@ -206,6 +207,21 @@ impl EventRegistry {
             path.display(),
             line + 1
         )))
+    }
+}
+
+/// `v` with every object's keys in order, whatever order serde_json keeps (a dependency
+/// elsewhere in a build may turn on its `preserve_order`): a committed document must
+/// not change with the build it was checked in.
+fn sorted(v: Value) -> Value {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(String, Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
+        other => other,
     }
 }
 
