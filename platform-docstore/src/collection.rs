@@ -32,10 +32,12 @@ use crate::types::{Action, AtomicWrites, Capabilities, Document, FieldPath, KeyS
 ///   allowed says `Unsupported`; [`plan`](Collection::plan) says how it would run one.
 /// - After [`close`](Collection::close), every call is `Unavailable`.
 /// - Errors carry the backend and the operation.
+/// - It is a [`HealthCheck`](platform_core::HealthCheck) (`docstore:{backend}`): a real
+///   round trip that names the server's version, for `/up`.
 #[async_trait::async_trait]
-pub trait Collection: Send + Sync + std::fmt::Debug {
+pub trait Collection: platform_core::HealthCheck + Send + Sync + std::fmt::Debug {
     /// The collection's name.
-    fn name(&self) -> &str;
+    fn collection_name(&self) -> &str;
     /// Its key and revision fields.
     fn key_spec(&self) -> &KeySpec;
     /// What its backend can do.
@@ -206,7 +208,7 @@ impl<D: Driver> CollectionHandle<D> {
 
 #[async_trait::async_trait]
 impl<D: Driver> Collection for CollectionHandle<D> {
-    fn name(&self) -> &str {
+    fn collection_name(&self) -> &str {
         &self.name
     }
 

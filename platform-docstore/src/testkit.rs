@@ -120,6 +120,7 @@ macro_rules! docstore_behaviours {
             documents_round_trip_as_json,
             concurrent_writers_over_one_revision_one_wins,
             concurrent_atomic_lists_lose_no_update,
+            health_is_a_round_trip_naming_the_server,
             a_closed_collection_refuses
         }
     };
@@ -547,6 +548,18 @@ pub async fn concurrent_atomic_lists_lose_no_update(h: &dyn Harness) {
     for i in 0..8 {
         assert!(c.get(doc(json!({"id": format!("by-{i}")}))).await.is_ok(), "list {i}'s other write");
     }
+}
+
+/// The collection is a health check for `/up`: named after its backend, a real round
+/// trip that names the server's version; once closed, it reports the collection down.
+pub async fn health_is_a_round_trip_naming_the_server(h: &dyn Harness) {
+    let c = fresh(h, "key=id").await;
+    let check: Arc<dyn platform_core::HealthCheck> = Arc::clone(&c) as _;
+    assert!(check.name().starts_with("docstore:"), "{}", check.name());
+    let outcome = check.check().await.expect("healthy");
+    assert!(outcome.version.as_deref().is_some_and(|v| !v.is_empty()), "{outcome:?}");
+    c.close().await;
+    assert_eq!(check.check().await.expect_err("closed").kind(), ErrorKind::Unavailable);
 }
 
 /// After `close`, every call is `Unavailable`, stamped with the backend.

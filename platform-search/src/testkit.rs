@@ -89,6 +89,7 @@ macro_rules! vector_behaviours {
             filters_keep_to_a_tenant,
             recall_against_exact_search,
             bad_input_is_refused,
+            health_is_a_round_trip_naming_the_server,
             a_closed_index_refuses
         }
     };
@@ -281,6 +282,18 @@ pub async fn bad_input_is_refused(h: &dyn Harness) {
     let empty_in = VectorQuery::new(vec![1.0, 0.0, 0.0], 1).filter(Filter::In("t".into(), vec![]));
     assert_eq!(index.query(&empty_in).await.unwrap_err().kind(), ErrorKind::InvalidInput);
     assert!(index.get(&s(&["nothing"])).await.unwrap().is_empty(), "the index was left empty");
+}
+
+/// The index is a health check for `/up`: named after its backend, a real round trip
+/// that names the server's version; once closed, it reports the index down.
+pub async fn health_is_a_round_trip_naming_the_server(h: &dyn Harness) {
+    let index = fresh(h, 3, Metric::Cosine).await;
+    let check: Arc<dyn platform_core::HealthCheck> = Arc::clone(&index) as _;
+    assert!(check.name().starts_with("vector:"), "{}", check.name());
+    let outcome = check.check().await.expect("healthy");
+    assert!(outcome.version.as_deref().is_some_and(|v| !v.is_empty()), "{outcome:?}");
+    index.close().await;
+    assert_eq!(check.check().await.expect_err("closed").kind(), ErrorKind::Unavailable);
 }
 
 /// After `close`, every call is `Unavailable`, stamped with the backend.

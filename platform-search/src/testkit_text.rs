@@ -82,6 +82,7 @@ macro_rules! search_behaviours {
             filters_sort_and_page_with_search_after,
             aggregations_count_and_measure,
             get_and_delete,
+            health_is_a_round_trip_naming_the_server,
             bad_queries_are_refused
         }
     };
@@ -280,6 +281,16 @@ pub async fn get_and_delete(h: &dyn SearchHarness) {
     assert!(index.get("g").await.unwrap().is_none());
     index.close().await;
     assert_eq!(index.get("g").await.unwrap_err().kind(), ErrorKind::Unavailable);
+}
+
+/// The index is a health check for `/up`: named after its backend, a real round trip
+/// that names the server's version.
+pub async fn health_is_a_round_trip_naming_the_server(h: &dyn SearchHarness) {
+    let index = fresh(h).await;
+    let check: Arc<dyn platform_core::HealthCheck> = Arc::clone(&index) as _;
+    assert!(check.name().starts_with("search:"), "{}", check.name());
+    let outcome = check.check().await.expect("healthy");
+    assert!(outcome.version.as_deref().is_some_and(|v| !v.is_empty()), "{outcome:?}");
 }
 
 /// Queries on fields the mapping does not allow them on, `search_after` without a

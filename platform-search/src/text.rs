@@ -292,10 +292,12 @@ pub struct SearchResults {
 ///   total count, and aggregations (terms buckets; avg, min, max, sum).
 /// - After [`close`](SearchIndex::close), every call is `Unavailable`; errors carry
 ///   the backend and the operation.
+/// - It is a [`HealthCheck`](platform_core::HealthCheck) (`search:{backend}`): a real
+///   round trip that names the server's version, for `/up`.
 #[async_trait::async_trait]
-pub trait SearchIndex: Send + Sync + std::fmt::Debug {
+pub trait SearchIndex: platform_core::HealthCheck + Send + Sync + std::fmt::Debug {
     /// The index's name.
-    fn name(&self) -> &str;
+    fn index_name(&self) -> &str;
     /// Its mapping.
     fn mapping(&self) -> &Mapping;
     /// Writes documents; a result per write.
@@ -441,7 +443,7 @@ impl<D: SearchDriver> SearchHandle<D> {
 
 #[async_trait::async_trait]
 impl<D: SearchDriver> SearchIndex for SearchHandle<D> {
-    fn name(&self) -> &str {
+    fn index_name(&self) -> &str {
         &self.name
     }
 

@@ -231,10 +231,12 @@ pub struct Capabilities {
 ///   asked; [`delete`](VectorIndex::delete) removes ids (absent ones are no error).
 /// - After [`close`](VectorIndex::close) every call is `Unavailable`; errors carry the
 ///   backend and the operation.
+/// - It is a [`HealthCheck`](platform_core::HealthCheck) (`vector:{backend}`): a real
+///   round trip that names the server's version, for `/up`.
 #[async_trait::async_trait]
-pub trait VectorIndex: Send + Sync + std::fmt::Debug {
+pub trait VectorIndex: platform_core::HealthCheck + Send + Sync + std::fmt::Debug {
     /// The index's name.
-    fn name(&self) -> &str;
+    fn index_name(&self) -> &str;
     /// Its dimensions.
     fn dimensions(&self) -> usize;
     /// Its metric.
@@ -341,7 +343,7 @@ impl<D: VectorDriver> VectorHandle<D> {
 
 #[async_trait::async_trait]
 impl<D: VectorDriver> VectorIndex for VectorHandle<D> {
-    fn name(&self) -> &str {
+    fn index_name(&self) -> &str {
         &self.name
     }
 
