@@ -1,5 +1,5 @@
 //! One mapping of SQL databases' own error codes onto [`ErrorKind`], shared by every
-//! crate that talks to PostgreSQL, MySQL/MariaDB or SQLite.
+//! crate that talks to PostgreSQL, MySQL/MariaDB, SQLite or SQL Server.
 //!
 //! Each function answers `(kind, retryable)`: whether the same statement (or the
 //! transaction around it) is worth running again as it is. A deadlock or a
@@ -15,7 +15,7 @@
 
 use crate::ErrorKind::{
     self, AlreadyExists, Cancelled, Conflict, InvalidInput, NotFound, PermissionDenied, Timeout, Unauthenticated,
-    Unavailable,
+    Unavailable, Unsupported,
 };
 
 /// A kind and whether it is worth retrying as it is.
@@ -53,6 +53,30 @@ pub fn mysql_kind(number: u16) -> Option<Mapped> {
         1064 | 1054 | 1406 | 1264 | 1366 | 1292 | 1060 | 1061 | 1153 => (InvalidInput, false),
         1040 | 1053 | 1927 | 2002 | 2003 | 2006 | 2013 => (Unavailable, true),
         1317 => (Cancelled, false),
+        _ => return None,
+    })
+}
+
+/// The error number a statement raises (`THROW`) for a construct it cannot express in
+/// T-SQL, so that the caller sees `Unsupported` rather than a syntax error.
+pub const SQLSERVER_UNSUPPORTED: u32 = 59_999;
+
+/// SQL Server (and Azure SQL), by error number.
+pub fn sqlserver_kind(number: u32) -> Option<Mapped> {
+    Some(match number {
+        2627 | 2601 | 2714 | 1913 | 1801 | 15_023 => (AlreadyExists, false),
+        547 | 515 => (Conflict, false),
+        1205 | 3960 | 41_302 | 41_305 | 41_325 => (Conflict, true),
+        1222 | 3_617_000 => (Timeout, true),
+        18_456 | 18_452 | 18_486 | 18_487 | 18_488 => (Unauthenticated, false),
+        229 | 230 | 262 | 297 | 300 | 916 | 15_247 => (PermissionDenied, false),
+        208 | 4060 | 911 | 2812 | 3701 => (NotFound, false),
+        102 | 105 | 156 | 170 | 207 | 209 | 213 | 220 | 232 | 241 | 242 | 245 | 295 | 2705 | 2628 | 8114 | 8115
+        | 8152 | 8169 | 4145 | 137 | 3902 => (InvalidInput, false),
+        SQLSERVER_UNSUPPORTED => (Unsupported, false),
+        233 | 10_053 | 10_054 | 10_060 | 10_928 | 10_929 | 40_197 | 40_501 | 40_613 | 49_918 | 49_919 | 49_920
+        | 4221 | 17_142 | 6005 => (Unavailable, true),
+        3980 | 3617 => (Cancelled, false),
         _ => return None,
     })
 }
@@ -128,6 +152,22 @@ pub fn map_sqlx(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sqlserver_table() {
+        assert_eq!(sqlserver_kind(2627), Some((AlreadyExists, false)));
+        assert_eq!(sqlserver_kind(2601), Some((AlreadyExists, false)));
+        assert_eq!(sqlserver_kind(547), Some((Conflict, false)));
+        assert_eq!(sqlserver_kind(1205), Some((Conflict, true)));
+        assert_eq!(sqlserver_kind(1222), Some((Timeout, true)));
+        assert_eq!(sqlserver_kind(18_456), Some((Unauthenticated, false)));
+        assert_eq!(sqlserver_kind(229), Some((PermissionDenied, false)));
+        assert_eq!(sqlserver_kind(208), Some((NotFound, false)));
+        assert_eq!(sqlserver_kind(102), Some((InvalidInput, false)));
+        assert_eq!(sqlserver_kind(SQLSERVER_UNSUPPORTED), Some((Unsupported, false)));
+        assert_eq!(sqlserver_kind(40_613), Some((Unavailable, true)));
+        assert_eq!(sqlserver_kind(1), None);
+    }
 
     #[test]
     fn postgres_table() {

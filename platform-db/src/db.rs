@@ -21,6 +21,8 @@ pub(crate) enum Pool {
     Mysql(sqlx::MySqlPool),
     #[cfg(feature = "sqlite")]
     Sqlite(sqlx::SqlitePool),
+    #[cfg(feature = "sqlserver")]
+    SqlServer(crate::sqlserver::SqlServerPool),
 }
 
 pub(crate) enum TxConn {
@@ -30,6 +32,8 @@ pub(crate) enum TxConn {
     Mysql(sqlx::Transaction<'static, sqlx::MySql>),
     #[cfg(feature = "sqlite")]
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
+    #[cfg(feature = "sqlserver")]
+    SqlServer(crate::sqlserver::SqlServerTx),
 }
 
 /// Runs `$body` with `$p` bound to the concrete pool and `$m` naming its [`Driver`](crate::driver::Driver).
@@ -58,6 +62,12 @@ macro_rules! on_pool {
                 use $crate::driver::Driver as _;
                 #[allow(non_camel_case_types, dead_code)]
                 type $m = $crate::sqlite::Sqlite;
+                $body
+            }
+            #[cfg(feature = "sqlserver")]
+            $crate::db::Pool::SqlServer($p) => {
+                #[allow(non_camel_case_types, dead_code)]
+                type $m = $crate::sqlserver::SqlServer;
                 $body
             }
         }
@@ -96,6 +106,13 @@ macro_rules! on_tx {
                 let $c = &mut **t;
                 $body
             }
+            #[cfg(feature = "sqlserver")]
+            $crate::db::TxConn::SqlServer(t) => {
+                #[allow(non_camel_case_types, dead_code)]
+                type $m = $crate::sqlserver::SqlServer;
+                let $c = &mut *t;
+                $body
+            }
         }
     };
 }
@@ -119,6 +136,13 @@ impl From<sqlx::Transaction<'static, sqlx::MySql>> for TxConn {
 impl From<sqlx::Transaction<'static, sqlx::Sqlite>> for TxConn {
     fn from(t: sqlx::Transaction<'static, sqlx::Sqlite>) -> Self {
         Self::Sqlite(t)
+    }
+}
+
+#[cfg(feature = "sqlserver")]
+impl From<crate::sqlserver::SqlServerTx> for TxConn {
+    fn from(t: crate::sqlserver::SqlServerTx) -> Self {
+        Self::SqlServer(t)
     }
 }
 
@@ -171,6 +195,8 @@ impl Db {
                 Dialect::Mysql => crate::mysql::Mysql::connect(&options).await.map(Pool::Mysql),
                 #[cfg(feature = "sqlite")]
                 Dialect::Sqlite => crate::sqlite::Sqlite::connect(&options).await.map(Pool::Sqlite),
+                #[cfg(feature = "sqlserver")]
+                Dialect::SqlServer => crate::sqlserver::SqlServer::connect(&options).await.map(Pool::SqlServer),
                 #[allow(unreachable_patterns)]
                 other => Err(Error::invalid_input(format!("the `{}` feature is not enabled", other.feature()))),
             }
@@ -379,6 +405,8 @@ impl Tx {
             TxConn::Mysql(t) => t.commit().await.map_err(crate::mysql::map_err),
             #[cfg(feature = "sqlite")]
             TxConn::Sqlite(t) => t.commit().await.map_err(crate::sqlite::map_err),
+            #[cfg(feature = "sqlserver")]
+            TxConn::SqlServer(t) => t.commit().await,
         }
     }
 
@@ -391,6 +419,8 @@ impl Tx {
             TxConn::Mysql(t) => t.rollback().await.map_err(crate::mysql::map_err),
             #[cfg(feature = "sqlite")]
             TxConn::Sqlite(t) => t.rollback().await.map_err(crate::sqlite::map_err),
+            #[cfg(feature = "sqlserver")]
+            TxConn::SqlServer(t) => t.rollback().await,
         }
     }
 

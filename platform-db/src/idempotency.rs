@@ -42,7 +42,15 @@ pub fn migration(version: i64) -> Migration {
              token VARCHAR(36), locked_until BIGINT NOT NULL, response {response}, expires_at BIGINT NOT NULL)"
         )
     };
-    Migration::new(version, "platform-db idempotency keys", sql("TEXT")).with_sql(Dialect::Mysql, sql("LONGTEXT"))
+    Migration::new(version, "platform-db idempotency keys", sql("TEXT"))
+        .with_sql(Dialect::Mysql, sql("LONGTEXT"))
+        .with_sql(
+            Dialect::SqlServer,
+            format!(
+                "CREATE TABLE {TABLE} (idem_key NVARCHAR(255) NOT NULL PRIMARY KEY, fingerprint VARCHAR(64) NOT NULL, \
+                 token VARCHAR(36), locked_until BIGINT NOT NULL, response NVARCHAR(MAX), expires_at BIGINT NOT NULL)"
+            ),
+        )
 }
 
 /// A key, the request it stands for, and how long things may take.

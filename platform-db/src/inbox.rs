@@ -38,7 +38,14 @@ pub fn migration(version: i64) -> Migration {
          handled_at BIGINT NOT NULL, PRIMARY KEY (consumer, event_id));\n\
          CREATE INDEX platform_db_inbox_handled ON {TABLE} (handled_at)"
     );
-    Migration::new(version, "platform-db inbox", sql)
+    Migration::new(version, "platform-db inbox", sql).with_sql(
+        Dialect::SqlServer,
+        format!(
+            "CREATE TABLE {TABLE} (consumer NVARCHAR(191) NOT NULL, event_id NVARCHAR(191) NOT NULL, \
+             handled_at BIGINT NOT NULL, PRIMARY KEY (consumer, event_id));\n\
+             CREATE INDEX platform_db_inbox_handled ON {TABLE} (handled_at)"
+        ),
+    )
 }
 
 /// Records, in the caller's transaction, that `consumer` handled `event_id`: `true`
@@ -50,19 +57,37 @@ pub async fn record(tx: &mut Tx, consumer: &str, event_id: &str) -> Result<bool>
             return Err(Error::invalid_input(format!("inbox: {field} {why}")).with_detail(field, why));
         }
     }
-    let insert = match tx.dialect() {
-        Dialect::Mysql => "INSERT IGNORE INTO",
-        _ => "INSERT INTO",
-    };
-    let conflict = match tx.dialect() {
-        Dialect::Mysql => "",
-        _ => " ON CONFLICT (consumer, event_id) DO NOTHING",
-    };
-    let stmt = Sql::new(format!("{insert} {TABLE} (consumer, event_id, handled_at) VALUES (?, ?, ?){conflict}"))
-        .bind(consumer.to_owned())
-        .bind(event_id.to_owned())
-        .bind(now_ms());
-    Ok(tx.execute(&stmt).await? == 1)
+    Ok(tx.execute(&record_statement(tx.dialect(), consumer, event_id, now_ms())).await? == 1)
+}
+
+/// The insert that records a handled event unless it is there already.
+pub(crate) fn record_statement(dialect: Dialect, consumer: &str, event_id: &str, now: i64) -> Sql {
+    let (consumer, event_id) = (consumer.to_owned(), event_id.to_owned());
+    match dialect {
+        Dialect::Mysql => {
+            Sql::new(format!("INSERT IGNORE INTO {TABLE} (consumer, event_id, handled_at) VALUES (?, ?, ?)"))
+                .bind(consumer)
+                .bind(event_id)
+                .bind(now)
+        }
+        // HOLDLOCK keeps the key range locked from the check to the insert.
+        Dialect::SqlServer => Sql::new(format!(
+            "INSERT INTO {TABLE} (consumer, event_id, handled_at) SELECT ?, ?, ? WHERE NOT EXISTS \
+             (SELECT 1 FROM {TABLE} WITH (UPDLOCK, HOLDLOCK) WHERE consumer = ? AND event_id = ?)"
+        ))
+        .bind(consumer.clone())
+        .bind(event_id.clone())
+        .bind(now)
+        .bind(consumer)
+        .bind(event_id),
+        _ => Sql::new(format!(
+            "INSERT INTO {TABLE} (consumer, event_id, handled_at) VALUES (?, ?, ?) \
+             ON CONFLICT (consumer, event_id) DO NOTHING"
+        ))
+        .bind(consumer)
+        .bind(event_id)
+        .bind(now),
+    }
 }
 
 /// Deletes records older than `older_than`; returns how many.

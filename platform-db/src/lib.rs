@@ -1,8 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite")))]
-compile_error!("platform-db needs at least one of the features `sqlite`, `postgres`, `mysql`");
+#[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite", feature = "sqlserver")))]
+compile_error!("platform-db needs at least one of the features `sqlite`, `postgres`, `mysql`, `sqlserver`");
 
 mod db;
 mod driver;
@@ -19,10 +19,13 @@ pub mod postgres;
 pub mod schema;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "sqlserver")]
+pub mod sqlserver;
 mod stmt;
 pub mod tenant;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tsql;
 mod url;
 mod value;
 
@@ -30,6 +33,7 @@ pub use db::{Db, PoolStatus, Tx};
 pub use platform_core::{Error, ErrorKind, Result};
 pub use sea_query;
 pub use stmt::{Sql, Statement};
+pub use tsql::SqlServerQueryBuilder;
 pub use url::DbOptions;
 pub use value::{FromValue, Row, Value};
 
@@ -43,15 +47,18 @@ pub enum Dialect {
     Mysql,
     /// SQLite.
     Sqlite,
+    /// Microsoft SQL Server and Azure SQL (T-SQL).
+    SqlServer,
 }
 
 impl Dialect {
-    /// The lowercase name: `postgres`, `mysql`, `sqlite`.
+    /// The lowercase name: `postgres`, `mysql`, `sqlite`, `sqlserver`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Postgres => "postgres",
             Self::Mysql => "mysql",
             Self::Sqlite => "sqlite",
+            Self::SqlServer => "sqlserver",
         }
     }
 
@@ -66,6 +73,7 @@ impl Dialect {
             Self::Postgres => cfg!(feature = "postgres"),
             Self::Mysql => cfg!(feature = "mysql"),
             Self::Sqlite => cfg!(feature = "sqlite"),
+            Self::SqlServer => cfg!(feature = "sqlserver"),
         }
     }
 }
@@ -88,11 +96,14 @@ pub fn schemes() -> Vec<&'static str> {
     if Dialect::Sqlite.enabled() {
         all.push("sqlite");
     }
+    if Dialect::SqlServer.enabled() {
+        all.extend(["sqlserver", "mssql"]);
+    }
     all
 }
 
 /// Opens a pool from a URL (`postgres://…`, `mysql://…`, `mariadb://…`, `sqlite://path`,
-/// `sqlite::memory:`) and checks the connection with one round trip.
+/// `sqlite::memory:`, `sqlserver://…`) and checks the connection with one round trip.
 pub async fn open(url: &str) -> Result<Db> {
     Db::connect(DbOptions::parse(url)?).await
 }

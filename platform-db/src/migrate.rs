@@ -71,6 +71,7 @@ impl Migration {
         Self::new(version, name, render(Dialect::Sqlite))
             .with_sql(Dialect::Postgres, render(Dialect::Postgres))
             .with_sql(Dialect::Mysql, render(Dialect::Mysql))
+            .with_sql(Dialect::SqlServer, render(Dialect::SqlServer))
     }
 
     /// Different SQL for one database.
@@ -386,19 +387,37 @@ async fn write_snapshot(tx: &mut Tx, schema: &Schema) -> Result<()> {
     Ok(())
 }
 
+/// The statements that create the migrations and snapshot tables when missing.
+pub(crate) fn bookkeeping_tables(dialect: Dialect) -> [String; 2] {
+    let (text, boolean) = match dialect {
+        Dialect::Mysql => ("LONGTEXT", "BOOLEAN"),
+        Dialect::SqlServer => ("NVARCHAR(MAX)", "BIT"),
+        _ => ("TEXT", "BOOLEAN"),
+    };
+    let create = |table: &str, columns: String| match dialect {
+        Dialect::SqlServer => format!("IF OBJECT_ID(N'{table}', N'U') IS NULL CREATE TABLE {table} ({columns})"),
+        _ => format!("CREATE TABLE IF NOT EXISTS {table} ({columns})"),
+    };
+    [
+        create(
+            TABLE,
+            format!(
+                "version BIGINT PRIMARY KEY, name VARCHAR(255) NOT NULL, checksum VARCHAR(64) NOT NULL, \
+                 applied_at BIGINT NOT NULL, success {boolean} NOT NULL"
+            ),
+        ),
+        create(
+            SNAPSHOT_TABLE,
+            format!("id INTEGER PRIMARY KEY, snapshot {text} NOT NULL, recorded_at BIGINT NOT NULL"),
+        ),
+    ]
+}
+
 async fn read_applied(tx: &mut Tx, create: bool) -> Result<Vec<Applied>> {
     if create {
-        let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS {TABLE} (version BIGINT PRIMARY KEY, name VARCHAR(255) NOT NULL, \
-             checksum VARCHAR(64) NOT NULL, applied_at BIGINT NOT NULL, success BOOLEAN NOT NULL)"
-        );
-        tx.execute(&Sql::new(ddl)).await?;
-        let text = if tx.dialect() == Dialect::Mysql { "LONGTEXT" } else { "TEXT" };
-        let ddl = format!(
-            "CREATE TABLE IF NOT EXISTS {SNAPSHOT_TABLE} (id INTEGER PRIMARY KEY, snapshot {text} NOT NULL, \
-             recorded_at BIGINT NOT NULL)"
-        );
-        tx.execute(&Sql::new(ddl)).await?;
+        for ddl in bookkeeping_tables(tx.dialect()) {
+            tx.execute(&Sql::new(ddl)).await?;
+        }
     } else {
         let exists = on_tx!(&mut tx.conn, c, m => m::table_exists(c, TABLE).await?);
         if !exists {

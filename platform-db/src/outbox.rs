@@ -40,6 +40,34 @@ pub fn migration(version: i64) -> Migration {
     Migration::new(version, "platform-db outbox", sql("INTEGER PRIMARY KEY AUTOINCREMENT", "BLOB"))
         .with_sql(Dialect::Postgres, sql("BIGSERIAL PRIMARY KEY", "BYTEA"))
         .with_sql(Dialect::Mysql, sql("BIGINT AUTO_INCREMENT PRIMARY KEY", "LONGBLOB"))
+        .with_sql(
+            Dialect::SqlServer,
+            format!(
+                "CREATE TABLE {TABLE} (id BIGINT IDENTITY(1,1) PRIMARY KEY, topic NVARCHAR(255) NOT NULL, \
+                 msg_key NVARCHAR(255), payload VARBINARY(MAX) NOT NULL, headers NVARCHAR(MAX) NOT NULL, \
+                 created_at BIGINT NOT NULL, claimed_until BIGINT NOT NULL, claim_token VARCHAR(36), \
+                 attempts INTEGER NOT NULL, sent_at BIGINT);\n\
+                 CREATE INDEX platform_db_outbox_unsent ON {TABLE} (sent_at, id)"
+            ),
+        )
+}
+
+/// `LIMIT ?` in the dialect (T-SQL pages with `OFFSET … FETCH`, after an `ORDER BY`).
+fn limit(dialect: Dialect) -> &'static str {
+    if dialect == Dialect::SqlServer { "OFFSET 0 ROWS FETCH NEXT ? ROWS ONLY" } else { "LIMIT ?" }
+}
+
+/// The query that picks rows to claim, locking them past other relays' locks.
+pub(crate) fn claim_query(dialect: Dialect) -> String {
+    let (hint, lock) = match dialect {
+        Dialect::Sqlite => ("", ""),
+        Dialect::SqlServer => (" WITH (UPDLOCK, READPAST, ROWLOCK)", ""),
+        _ => ("", " FOR UPDATE SKIP LOCKED"),
+    };
+    format!(
+        "SELECT id FROM {TABLE}{hint} WHERE sent_at IS NULL AND claimed_until < ? ORDER BY id {}{lock}",
+        limit(dialect)
+    )
 }
 
 /// A message to publish once the transaction commits.
@@ -124,16 +152,9 @@ pub async fn enqueue(tx: &mut Tx, message: &OutboxMessage) -> Result<()> {
 pub async fn claim(db: &Db, limit: u32, lease: Duration) -> Result<Claim> {
     let token = uuid::Uuid::new_v4().to_string();
     let now = now_ms();
-    let lock = if db.dialect() == Dialect::Sqlite { "" } else { " FOR UPDATE SKIP LOCKED" };
     let mut tx = db.begin().await?;
     let ids: Vec<i64> = tx
-        .fetch_all(
-            &Sql::new(format!(
-                "SELECT id FROM {TABLE} WHERE sent_at IS NULL AND claimed_until < ? ORDER BY id LIMIT ?{lock}"
-            ))
-            .bind(now)
-            .bind(i64::from(limit)),
-        )
+        .fetch_all(&Sql::new(claim_query(db.dialect())).bind(now).bind(i64::from(limit)))
         .await?
         .iter()
         .map(|r| r.get("id"))
@@ -240,7 +261,8 @@ async fn settle(db: &Db, claim: &Claim, ids: &[i64], claimed_until: i64) -> Resu
 pub async fn parked(db: &Db, limit: u32) -> Result<Vec<OutboxRecord>> {
     let select = Sql::new(format!(
         "SELECT id, topic, msg_key, payload, headers, created_at, attempts FROM {TABLE} \
-         WHERE sent_at IS NULL AND claimed_until = ? ORDER BY id LIMIT ?"
+         WHERE sent_at IS NULL AND claimed_until = ? ORDER BY id {}",
+        self::limit(db.dialect())
     ))
     .bind(PARKED)
     .bind(i64::from(limit));

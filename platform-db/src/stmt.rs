@@ -8,6 +8,7 @@ use sea_query::{
 };
 
 use crate::Dialect;
+use crate::tsql::SqlServerQueryBuilder;
 
 /// Something that renders to SQL text and bound values for a dialect.
 ///
@@ -31,6 +32,10 @@ macro_rules! query_statement {
                     Dialect::Postgres => self.build_any(&PostgresQueryBuilder),
                     Dialect::Mysql => self.build_any(&MysqlQueryBuilder),
                     Dialect::Sqlite => self.build_any(&SqliteQueryBuilder),
+                    Dialect::SqlServer => {
+                        let (sql, values) = self.build_any(&SqlServerQueryBuilder);
+                        crate::tsql::finish(sql, values)
+                    }
                 }
             }
         }
@@ -46,6 +51,7 @@ macro_rules! schema_statement {
                     Dialect::Postgres => self.build(PostgresQueryBuilder),
                     Dialect::Mysql => self.build(MysqlQueryBuilder),
                     Dialect::Sqlite => self.build(SqliteQueryBuilder),
+                    Dialect::SqlServer => return crate::tsql::finish(self.build(SqlServerQueryBuilder), Values(Vec::new())),
                 };
                 (sql, Values(Vec::new()))
             }
@@ -61,8 +67,8 @@ schema_statement!(
     IndexDropStatement
 );
 
-/// Raw SQL with `?` placeholders, rewritten to `$1, $2, …` on PostgreSQL, so one text
-/// works on every dialect when the SQL itself is portable.
+/// Raw SQL with `?` placeholders, rewritten to `$1, $2, …` on PostgreSQL and `@P1, @P2, …`
+/// on SQL Server, so one text works on every dialect when the SQL itself is portable.
 ///
 /// ```
 /// use platform_db::{Dialect, Sql, Statement};
@@ -94,15 +100,16 @@ impl Sql {
 impl Statement for Sql {
     fn render(&self, dialect: Dialect) -> (String, Values) {
         let text = match dialect {
-            Dialect::Postgres => numbered_placeholders(&self.text),
+            Dialect::Postgres => numbered_placeholders(&self.text, "$"),
+            Dialect::SqlServer => crate::tsql::numbered(&self.text),
             Dialect::Mysql | Dialect::Sqlite => self.text.clone(),
         };
         (text, Values(self.values.clone()))
     }
 }
 
-/// `?` outside quotes and comments becomes `$n`.
-fn numbered_placeholders(sql: &str) -> String {
+/// `?` outside quotes and comments becomes `{prefix}n`.
+pub(crate) fn numbered_placeholders(sql: &str, prefix: &str) -> String {
     let mut out = String::with_capacity(sql.len() + 8);
     let mut n = 0;
     let mut quote: Option<char> = None;
@@ -127,7 +134,7 @@ fn numbered_placeholders(sql: &str) -> String {
                 }
                 '?' => {
                     n += 1;
-                    out.push('$');
+                    out.push_str(prefix);
                     out.push_str(&n.to_string());
                 }
                 _ => out.push(c),
@@ -144,9 +151,9 @@ mod tests {
     #[test]
     fn placeholders_skip_quotes_and_comments() {
         assert_eq!(
-            numbered_placeholders("SELECT ? , 'a?b', \"c?\" -- what?\n, ?"),
+            numbered_placeholders("SELECT ? , 'a?b', \"c?\" -- what?\n, ?", "$"),
             "SELECT $1 , 'a?b', \"c?\" -- what?\n, $2"
         );
-        assert_eq!(numbered_placeholders("x = 'it''s ?' AND y = ?"), "x = 'it''s ?' AND y = $1");
+        assert_eq!(numbered_placeholders("x = 'it''s ?' AND y = ?", "$"), "x = 'it''s ?' AND y = $1");
     }
 }

@@ -427,6 +427,7 @@ pub async fn errors_map_to_portable_kinds(h: &dyn Harness) {
         Dialect::Postgres => "postgres://postgres@127.0.0.1:1/x?acquire_timeout=3s".to_owned(),
         Dialect::Mysql => "mysql://root@127.0.0.1:1/x?acquire_timeout=3s".to_owned(),
         Dialect::Sqlite => "sqlite:///nonexistent-dir/x/y.db?acquire_timeout=3s".to_owned(),
+        Dialect::SqlServer => "sqlserver://sa:x@127.0.0.1:1/x?acquire_timeout=3s".to_owned(),
     };
     let err = crate::open(&unreachable).await.expect_err("unreachable");
     assert!(matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout), "{err}");
@@ -530,10 +531,12 @@ pub async fn drift_refuses_startup_with_a_diff(h: &dyn Harness) {
         Dialect::Postgres => "ALTER TABLE notes ALTER COLUMN title TYPE VARCHAR(20)",
         Dialect::Mysql => "ALTER TABLE notes MODIFY title VARCHAR(20) NOT NULL",
         Dialect::Sqlite => "ALTER TABLE notes ADD COLUMN title2 TEXT",
+        Dialect::SqlServer => "ALTER TABLE notes ALTER COLUMN title NVARCHAR(20) NOT NULL",
     };
     db.execute(&Sql::new(alter)).await.unwrap();
     db.execute(&Sql::new(
-        "DROP INDEX notes_title".to_owned() + if db.dialect() == Dialect::Mysql { " ON notes" } else { "" },
+        "DROP INDEX notes_title".to_owned()
+            + if matches!(db.dialect(), Dialect::Mysql | Dialect::SqlServer) { " ON notes" } else { "" },
     ))
     .await
     .unwrap();
@@ -628,7 +631,10 @@ pub async fn check_mode_verifies_without_applying(h: &dyn Harness) {
     assert_eq!(report.state, MigrationState::UpToDate(1));
     let outcome = db.check().await.expect("up");
     let version = outcome.version.expect("version");
-    assert!(["PostgreSQL ", "MariaDB ", "MySQL ", "SQLite "].iter().any(|p| version.starts_with(p)), "{version}");
+    assert!(
+        ["PostgreSQL ", "MariaDB ", "MySQL ", "SQLite ", "Microsoft SQL Server"].iter().any(|p| version.starts_with(p)),
+        "{version}"
+    );
 }
 
 fn tenant_migrations(dialect: Dialect) -> Vec<Migration> {

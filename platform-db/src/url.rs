@@ -13,7 +13,8 @@
 //! Besides these, each driver's own parameters pass through (PostgreSQL: `sslmode`,
 //! `sslrootcert`, `sslcert`, `sslkey`, `application_name`, `options`, …; MySQL:
 //! `ssl-mode`, `ssl-ca`, `charset`, `collation`, `timezone`, …; SQLite: `mode`, `cache`,
-//! `immutable`, `vfs`). Anything else is an `InvalidInput` error naming the parameter.
+//! `immutable`, `vfs`; SQL Server: `encrypt` (`required`, the default, `on`, `off`,
+//! `not_supported`), `trust_server_certificate`, `ca_file`, `application_name`). Anything else is an `InvalidInput` error naming the parameter.
 
 use std::time::Duration;
 
@@ -59,6 +60,7 @@ const MYSQL_PARAMS: &[&str] = &[
     "time-zone",
 ];
 const SQLITE_PARAMS: &[&str] = &["mode", "cache", "immutable", "vfs"];
+const SQLSERVER_PARAMS: &[&str] = &["encrypt", "trust_server_certificate", "ca_file", "application_name"];
 
 /// What a database URL says: the dialect, the driver URL and the pool settings.
 #[derive(Clone, PartialEq, Eq)]
@@ -117,6 +119,7 @@ impl DbOptions {
             "postgres" | "postgresql" => Dialect::Postgres,
             "mysql" | "mariadb" => Dialect::Mysql,
             "sqlite" => Dialect::Sqlite,
+            "sqlserver" | "mssql" => Dialect::SqlServer,
             other => return Err(scheme_error("platform-db", other, None, &crate::schemes(), raw)),
         };
         if !dialect.enabled() {
@@ -160,12 +163,19 @@ impl DbOptions {
             Dialect::Postgres => POSTGRES_PARAMS,
             Dialect::Mysql => MYSQL_PARAMS,
             Dialect::Sqlite => SQLITE_PARAMS,
+            Dialect::SqlServer => SQLSERVER_PARAMS,
         };
         let driver = params.take_all(allowed);
         params.finish(dialect.name())?;
-        platform_core::sql::refuse_tls("platform-db", &driver)?;
+        if dialect != Dialect::SqlServer {
+            platform_core::sql::refuse_tls("platform-db", &driver)?;
+        }
         let rest: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&driver).finish();
         let driver_url = if rest.is_empty() { base } else { format!("{base}?{rest}") };
+        #[cfg(feature = "sqlserver")]
+        if dialect == Dialect::SqlServer {
+            crate::sqlserver::config(&driver_url)?;
+        }
         Ok(Self {
             dialect,
             driver_url,

@@ -1,0 +1,676 @@
+//! T-SQL for SQL Server: a sea-query builder, and what [`Statement`](crate::Statement)
+//! does with its output.
+//!
+//! sea-query has no SQL Server backend, so this one renders its statements as T-SQL:
+//!
+//! - identifiers in double quotes (every connection runs with `QUOTED_IDENTIFIER ON`),
+//!   strings as `N'…'`, booleans as `1`/`0`, parameters as `@P1, @P2, …`;
+//! - `LIMIT`/`OFFSET` as `OFFSET n ROWS FETCH NEXT m ROWS ONLY` (with `ORDER BY (SELECT
+//!   NULL)` when the query has no order);
+//! - `RETURNING` as `OUTPUT INSERTED.…` (`DELETED.…` for a delete);
+//! - `CREATE TABLE IF NOT EXISTS` and `CREATE INDEX IF NOT EXISTS` as a guard on
+//!   `OBJECT_ID` / `sys.indexes`; a table rename as `sp_rename`;
+//! - the portable column types as `bit`, `bigint`, `float`, `nvarchar`, `varbinary`,
+//!   `uniqueidentifier`, `datetimeoffset` (the table in [`crate::sqlserver`]).
+//!
+//! What T-SQL has no form for here (`ON CONFLICT`, `FOR UPDATE`, `ALTER TABLE` built
+//! with sea-query, `EXPLAIN`, `LIMIT` on an update or delete, unknown column types) is
+//! rendered as a `THROW` of error 59999 naming the construct, which the driver reports
+//! as `Unsupported`: never a statement that does something else. Write those in
+//! [`Sql`](crate::Sql) text or a migration's [`with_sql`](crate::migrate::Migration::with_sql)
+//! for [`Dialect::SqlServer`](crate::Dialect::SqlServer) (`MERGE`, table hints such as
+//! `WITH (UPDLOCK, READPAST)`).
+
+use std::fmt;
+
+use sea_query::{
+    BinOper, ColumnDef, ColumnType, Expr, ForeignKeyBuilder, GenericBuilder, IndexBuilder, IndexCreateStatement,
+    IndexDropStatement, MysqlQueryBuilder, OnConflict, Oper, PostgresQueryBuilder, QueryBuilder, Quote,
+    ReturningClause, SchemaBuilder, SelectStatement, SqlWriter, SqliteQueryBuilder, StringLen, SubQueryStatement,
+    TableAlterStatement, TableBuilder, TableCreateStatement, TableRef, TableRenameStatement, Value, Values,
+};
+use sea_query::{DeleteStatement, EscapeBuilder, OperLeftAssocDecider, PrecedenceDecider, QuotedBuilder};
+use sea_query::{TableRefBuilder, UpdateStatement};
+
+/// Marks a construct T-SQL cannot express; [`finish`] turns the statement into a `THROW`.
+const UNSUPPORTED: char = '\u{0}';
+/// Marks `CREATE TABLE IF NOT EXISTS`, rewritten by [`finish`].
+const IF_NOT_EXISTS: char = '\u{1}';
+
+/// sea-query's statements as T-SQL. See the [module docs](self).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SqlServerQueryBuilder;
+
+impl SqlServerQueryBuilder {
+    fn unsupported(what: &str, sql: &mut impl SqlWriter) {
+        sql.write_char(UNSUPPORTED).unwrap();
+        sql.write_str(what).unwrap();
+        sql.write_char(UNSUPPORTED).unwrap();
+    }
+}
+
+/// Collects what another builder writes, to look at it before writing T-SQL.
+#[derive(Default)]
+struct Capture {
+    text: String,
+    values: Vec<Value>,
+}
+
+impl fmt::Write for Capture {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.text.push_str(s);
+        Ok(())
+    }
+}
+
+impl fmt::Display for Capture {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl SqlWriter for Capture {
+    fn push_param<T: QueryBuilder>(&mut self, value: Value, _query_builder: &T) {
+        self.text.push('?');
+        self.values.push(value);
+    }
+
+    fn as_writer(&mut self) -> &mut dyn fmt::Write {
+        self
+    }
+}
+
+fn capture(f: impl FnOnce(&mut Capture)) -> Capture {
+    let mut c = Capture::default();
+    f(&mut c);
+    c
+}
+
+impl GenericBuilder for SqlServerQueryBuilder {}
+
+impl SchemaBuilder for SqlServerQueryBuilder {}
+
+impl QuotedBuilder for SqlServerQueryBuilder {
+    fn quote(&self) -> Quote {
+        Quote::new(b'"')
+    }
+}
+
+impl EscapeBuilder for SqlServerQueryBuilder {
+    fn needs_escape(&self, s: &str) -> bool {
+        s.contains('\'')
+    }
+
+    fn escape_string(&self, string: &str) -> String {
+        string.replace('\'', "''")
+    }
+
+    fn write_escaped(&self, buffer: &mut impl fmt::Write, string: &str) {
+        for c in string.chars() {
+            if c == '\'' {
+                buffer.write_char('\'').unwrap();
+            }
+            buffer.write_char(c).unwrap();
+        }
+    }
+
+    fn unescape_string(&self, string: &str) -> String {
+        string.replace("''", "'")
+    }
+}
+
+impl TableRefBuilder for SqlServerQueryBuilder {}
+
+/// Which operators bind tighter, for leaving out parentheses where T-SQL reads the
+/// expression the same without them: simple operands never need them; arithmetic inside
+/// a comparison or a logical operator doesn't; a comparison inside `AND`/`OR` doesn't.
+/// Anything else (bitwise operators, `NOT`, nested logic) keeps its parentheses.
+impl PrecedenceDecider for SqlServerQueryBuilder {
+    fn inner_expr_well_known_greater_precedence(&self, inner: &Expr, outer_oper: &Oper) -> bool {
+        let Oper::BinOper(outer) = outer_oper else {
+            return matches!(inner, Expr::Column(_) | Expr::Value(_) | Expr::FunctionCall(_) | Expr::Tuple(_));
+        };
+        match inner {
+            Expr::Column(_)
+            | Expr::Tuple(_)
+            | Expr::Constant(_)
+            | Expr::FunctionCall(_)
+            | Expr::Value(_)
+            | Expr::Keyword(_)
+            | Expr::Case(_)
+            | Expr::SubQuery(..)
+            | Expr::TypeName(_) => true,
+            Expr::Binary(_, op, _) if arithmetic(*op) => comparison(*outer) || logical(*outer),
+            Expr::Binary(_, op, _) if comparison(*op) => logical(*outer),
+            _ => false,
+        }
+    }
+}
+
+fn arithmetic(op: BinOper) -> bool {
+    matches!(op, BinOper::Add | BinOper::Sub | BinOper::Mul | BinOper::Div | BinOper::Mod)
+}
+
+fn comparison(op: BinOper) -> bool {
+    matches!(
+        op,
+        BinOper::Equal
+            | BinOper::NotEqual
+            | BinOper::SmallerThan
+            | BinOper::GreaterThan
+            | BinOper::SmallerThanOrEqual
+            | BinOper::GreaterThanOrEqual
+            | BinOper::In
+            | BinOper::NotIn
+            | BinOper::Like
+            | BinOper::NotLike
+            | BinOper::Is
+            | BinOper::IsNot
+            | BinOper::Between
+            | BinOper::NotBetween
+    )
+}
+
+fn logical(op: BinOper) -> bool {
+    matches!(op, BinOper::And | BinOper::Or)
+}
+
+impl OperLeftAssocDecider for SqlServerQueryBuilder {
+    fn well_known_left_associative(&self, op: &BinOper) -> bool {
+        matches!(op, BinOper::And | BinOper::Or | BinOper::Add | BinOper::Sub | BinOper::Mul | BinOper::Mod)
+    }
+}
+
+impl QueryBuilder for SqlServerQueryBuilder {
+    fn placeholder(&self) -> (&'static str, bool) {
+        ("@P", true)
+    }
+
+    fn prepare_query_statement(&self, query: &SubQueryStatement, sql: &mut impl SqlWriter) {
+        match query {
+            SubQueryStatement::SelectStatement(s) => self.prepare_select_statement(s, sql),
+            SubQueryStatement::InsertStatement(s) => self.prepare_insert_statement(s, sql),
+            SubQueryStatement::UpdateStatement(s) => self.prepare_update_statement(s, sql),
+            SubQueryStatement::DeleteStatement(s) => self.prepare_delete_statement(s, sql),
+            SubQueryStatement::WithStatement(s) => self.prepare_with_query(s, sql),
+        }
+    }
+
+    fn prepare_select_into(&self, _into: &sea_query::SelectInto, sql: &mut impl SqlWriter) {
+        Self::unsupported("SELECT INTO", sql);
+    }
+
+    fn prepare_explain_statement(&self, _explain: &sea_query::ExplainStatement, sql: &mut impl SqlWriter) {
+        Self::unsupported("EXPLAIN (use SET SHOWPLAN_XML ON)", sql);
+    }
+
+    fn prepare_value(&self, value: Value, sql: &mut impl SqlWriter) {
+        sql.push_param(value, self);
+    }
+
+    fn prepare_select_limit_offset(&self, select: &SelectStatement, sql: &mut impl SqlWriter) {
+        let c = capture(|c| MysqlQueryBuilder.prepare_select_limit_offset(select, c));
+        if c.values.is_empty() {
+            return;
+        }
+        let has_limit = c.text.contains("LIMIT");
+        let has_offset = c.text.contains("OFFSET");
+        let mut values = c.values.into_iter();
+        let limit = if has_limit { values.next() } else { None };
+        let offset = if has_offset { values.next() } else { None };
+        if !sql.to_string().contains(" ORDER BY ") {
+            sql.write_str(" ORDER BY (SELECT NULL)").unwrap();
+        }
+        sql.write_str(" OFFSET ").unwrap();
+        match offset {
+            Some(v) => self.prepare_value(v, sql),
+            None => sql.write_str("0").unwrap(),
+        }
+        sql.write_str(" ROWS").unwrap();
+        if let Some(v) = limit {
+            sql.write_str(" FETCH NEXT ").unwrap();
+            self.prepare_value(v, sql);
+            sql.write_str(" ROWS ONLY").unwrap();
+        }
+    }
+
+    fn prepare_select_lock(&self, _lock: &sea_query::LockClause, sql: &mut impl SqlWriter) {
+        Self::unsupported("FOR UPDATE / FOR SHARE (use a table hint such as WITH (UPDLOCK) in Sql text)", sql);
+    }
+
+    fn prepare_update_order_by(&self, update: &UpdateStatement, sql: &mut impl SqlWriter) {
+        if !capture(|c| MysqlQueryBuilder.prepare_update_order_by(update, c)).text.is_empty() {
+            Self::unsupported("ORDER BY on an UPDATE", sql);
+        }
+    }
+
+    fn prepare_update_limit(&self, update: &UpdateStatement, sql: &mut impl SqlWriter) {
+        if !capture(|c| MysqlQueryBuilder.prepare_update_limit(update, c)).text.is_empty() {
+            Self::unsupported("LIMIT on an UPDATE (use UPDATE TOP (n) in Sql text)", sql);
+        }
+    }
+
+    fn prepare_delete_order_by(&self, delete: &DeleteStatement, sql: &mut impl SqlWriter) {
+        if !capture(|c| MysqlQueryBuilder.prepare_delete_order_by(delete, c)).text.is_empty() {
+            Self::unsupported("ORDER BY on a DELETE", sql);
+        }
+    }
+
+    fn prepare_delete_limit(&self, delete: &DeleteStatement, sql: &mut impl SqlWriter) {
+        if !capture(|c| MysqlQueryBuilder.prepare_delete_limit(delete, c)).text.is_empty() {
+            Self::unsupported("LIMIT on a DELETE (use DELETE TOP (n) in Sql text)", sql);
+        }
+    }
+
+    fn prepare_on_conflict(&self, on_conflict: &Option<OnConflict>, sql: &mut impl SqlWriter) {
+        if on_conflict.is_some() {
+            Self::unsupported("ON CONFLICT (write a MERGE in Sql text)", sql);
+        }
+    }
+
+    fn prepare_output(&self, returning: &Option<ReturningClause>, sql: &mut impl SqlWriter) {
+        let Some(returning) = returning else { return };
+        let table = if sql.to_string().starts_with("DELETE") { "DELETED" } else { "INSERTED" };
+        sql.write_str(" OUTPUT ").unwrap();
+        match returning {
+            ReturningClause::All => {
+                sql.write_str(table).unwrap();
+                sql.write_str(".*").unwrap();
+            }
+            ReturningClause::Columns(cols) => {
+                for (i, col) in cols.iter().enumerate() {
+                    if i > 0 {
+                        sql.write_str(", ").unwrap();
+                    }
+                    sql.write_str(table).unwrap();
+                    sql.write_str(".").unwrap();
+                    let c = capture(|c| self.prepare_column_ref(col, c));
+                    // Only the column's own name: OUTPUT names the pseudo-table.
+                    let name = c.text.rsplit('.').next().unwrap_or_default().to_owned();
+                    sql.write_str(&name).unwrap();
+                }
+            }
+            ReturningClause::Exprs(_) => Self::unsupported("RETURNING expressions (OUTPUT takes columns)", sql),
+        }
+    }
+
+    fn prepare_returning(&self, _returning: &Option<ReturningClause>, _sql: &mut impl SqlWriter) {}
+
+    fn write_value(&self, buf: &mut impl fmt::Write, value: &Value) -> fmt::Result {
+        match value {
+            Value::Bool(Some(b)) => buf.write_str(if *b { "1" } else { "0" }),
+            Value::String(Some(s)) => {
+                buf.write_str("N'")?;
+                self.write_escaped(buf, s);
+                buf.write_str("'")
+            }
+            other => self.write_value_common(buf, other),
+        }
+    }
+
+    fn prepare_constant_true(&self, sql: &mut impl SqlWriter) {
+        sql.write_str("(1 = 1)").unwrap();
+    }
+
+    fn prepare_constant_false(&self, sql: &mut impl SqlWriter) {
+        sql.write_str("(1 = 0)").unwrap();
+    }
+
+    fn if_null_function(&self) -> &str {
+        "ISNULL"
+    }
+
+    fn char_length_function(&self) -> &str {
+        "LEN"
+    }
+
+    fn random_function(&self) -> &str {
+        "NEWID"
+    }
+}
+
+impl TableBuilder for SqlServerQueryBuilder {
+    fn prepare_column_def(&self, column_def: &ColumnDef, sql: &mut impl SqlWriter) {
+        let name = column_def.get_column_name();
+        sql.write_char('"').unwrap();
+        sql.write_str(&name.replace('"', "\"\"")).unwrap();
+        sql.write_char('"').unwrap();
+        if let Some(ty) = column_def.get_column_type() {
+            sql.write_str(" ").unwrap();
+            self.prepare_column_type(ty, sql);
+        }
+        self.prepare_column_spec(column_def.get_column_spec(), sql);
+    }
+
+    fn prepare_column_type(&self, column_type: &ColumnType, sql: &mut impl SqlWriter) {
+        let text = match column_type {
+            ColumnType::Char(n) => format!("nchar({})", n.unwrap_or(1)),
+            ColumnType::String(StringLen::N(n)) if *n <= 4000 => format!("nvarchar({n})"),
+            ColumnType::String(StringLen::None) => "nvarchar(255)".to_owned(),
+            ColumnType::String(_) | ColumnType::Text | ColumnType::Json | ColumnType::JsonBinary => {
+                "nvarchar(max)".to_owned()
+            }
+            ColumnType::Blob | ColumnType::VarBinary(StringLen::Max | StringLen::None) => "varbinary(max)".to_owned(),
+            ColumnType::VarBinary(StringLen::N(n)) if *n <= 8000 => format!("varbinary({n})"),
+            ColumnType::VarBinary(_) => "varbinary(max)".to_owned(),
+            ColumnType::Binary(n) => format!("binary({n})"),
+            ColumnType::TinyInteger | ColumnType::SmallInteger => "smallint".to_owned(),
+            ColumnType::TinyUnsigned => "tinyint".to_owned(),
+            ColumnType::Integer | ColumnType::SmallUnsigned => "int".to_owned(),
+            ColumnType::BigInteger | ColumnType::Unsigned => "bigint".to_owned(),
+            ColumnType::BigUnsigned => "decimal(20, 0)".to_owned(),
+            ColumnType::Float => "real".to_owned(),
+            ColumnType::Double => "float".to_owned(),
+            ColumnType::Decimal(Some((p, s))) => format!("decimal({p}, {s})"),
+            ColumnType::Decimal(None) => "decimal".to_owned(),
+            ColumnType::Money(Some((p, s))) => format!("decimal({p}, {s})"),
+            ColumnType::Money(None) => "money".to_owned(),
+            ColumnType::DateTime | ColumnType::Timestamp => "datetime2".to_owned(),
+            ColumnType::TimestampWithTimeZone => "datetimeoffset".to_owned(),
+            ColumnType::Time => "time".to_owned(),
+            ColumnType::Date => "date".to_owned(),
+            ColumnType::Boolean => "bit".to_owned(),
+            ColumnType::Uuid => "uniqueidentifier".to_owned(),
+            ColumnType::Custom(name) => name.to_string(),
+            other => {
+                Self::unsupported(&format!("column type {other:?}"), sql);
+                return;
+            }
+        };
+        sql.write_str(&text).unwrap();
+    }
+
+    fn column_spec_auto_increment_keyword(&self) -> &str {
+        " IDENTITY(1,1)"
+    }
+
+    fn column_comment(&self, _comment: &str, sql: &mut impl SqlWriter) {
+        Self::unsupported("column comments (use sp_addextendedproperty)", sql);
+    }
+
+    fn prepare_create_table_if_not_exists(&self, create: &TableCreateStatement, sql: &mut impl SqlWriter) {
+        if !capture(|c| SqliteQueryBuilder.prepare_create_table_if_not_exists(create, c)).text.is_empty() {
+            sql.write_char(IF_NOT_EXISTS).unwrap();
+        }
+    }
+
+    fn prepare_create_temporary_table(&self, create: &TableCreateStatement, sql: &mut impl SqlWriter) {
+        if !capture(|c| SqliteQueryBuilder.prepare_create_temporary_table(create, c)).text.is_empty() {
+            Self::unsupported("TEMPORARY tables (name the table #name)", sql);
+        }
+    }
+
+    fn prepare_table_opt(&self, create: &TableCreateStatement, sql: &mut impl SqlWriter) {
+        let c = capture(|c| SqliteQueryBuilder.prepare_table_opt(create, c));
+        if !c.text.trim().is_empty() {
+            Self::unsupported(&format!("table options ({})", c.text.trim()), sql);
+        }
+    }
+
+    fn prepare_table_alter_statement(&self, _alter: &TableAlterStatement, sql: &mut impl SqlWriter) {
+        Self::unsupported("ALTER TABLE built with sea-query (write the T-SQL in the migration)", sql);
+    }
+
+    fn prepare_table_rename_statement(&self, rename: &TableRenameStatement, sql: &mut impl SqlWriter) {
+        let c = capture(|c| SqliteQueryBuilder.prepare_table_rename_statement(rename, c));
+        let names = quoted_names(&c.text);
+        match names.as_slice() {
+            [from, to] => {
+                write!(sql, "EXEC sp_rename N'{}', N'{}'", from.replace('\'', "''"), to.replace('\'', "''")).unwrap();
+            }
+            _ => Self::unsupported("renaming a schema-qualified table", sql),
+        }
+    }
+}
+
+impl IndexBuilder for SqlServerQueryBuilder {
+    fn prepare_index_create_statement(&self, create: &IndexCreateStatement, sql: &mut impl SqlWriter) {
+        let c = capture(|c| SqliteQueryBuilder.prepare_index_create_statement(create, c));
+        let text = c.text.replace("IF NOT EXISTS ", "");
+        if text.len() == c.text.len() {
+            sql.write_str(&text).unwrap();
+            return;
+        }
+        let names = quoted_names(&text);
+        let (Some(index), Some(table)) = (names.first(), names.get(1)) else {
+            Self::unsupported("CREATE INDEX IF NOT EXISTS without a name", sql);
+            return;
+        };
+        write!(
+            sql,
+            "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'{}' AND object_id = OBJECT_ID(N'{}')) {text}",
+            index.replace('\'', "''"),
+            bracketed(table).replace('\'', "''"),
+        )
+        .unwrap();
+    }
+
+    fn prepare_table_ref_index_stmt(&self, table_ref: &TableRef, sql: &mut impl SqlWriter) {
+        self.prepare_table_ref_iden(table_ref, sql);
+    }
+
+    fn prepare_index_drop_statement(&self, drop: &IndexDropStatement, sql: &mut impl SqlWriter) {
+        let mysql = capture(|c| MysqlQueryBuilder.prepare_index_drop_statement(drop, c)).text.replace('`', "\"");
+        let if_exists =
+            capture(|c| SqliteQueryBuilder.prepare_index_drop_statement(drop, c)).text.contains("IF EXISTS");
+        if !mysql.contains(" ON ") {
+            Self::unsupported("DROP INDEX without its table", sql);
+            return;
+        }
+        let text = if if_exists { mysql.replacen("DROP INDEX ", "DROP INDEX IF EXISTS ", 1) } else { mysql };
+        sql.write_str(&text).unwrap();
+    }
+
+    fn prepare_index_prefix(&self, create: &IndexCreateStatement, sql: &mut impl SqlWriter) {
+        SqliteQueryBuilder.prepare_index_prefix(create, sql);
+    }
+}
+
+/// PostgreSQL's foreign key clauses are T-SQL's too, in the same quotes.
+impl ForeignKeyBuilder for SqlServerQueryBuilder {
+    fn prepare_table_ref_fk_stmt(&self, table_ref: &TableRef, sql: &mut impl SqlWriter) {
+        self.prepare_table_ref_iden(table_ref, sql);
+    }
+
+    fn prepare_foreign_key_drop_statement_internal(
+        &self,
+        drop: &sea_query::ForeignKeyDropStatement,
+        sql: &mut impl SqlWriter,
+        mode: sea_query::Mode,
+    ) {
+        PostgresQueryBuilder.prepare_foreign_key_drop_statement_internal(drop, sql, mode);
+    }
+
+    fn prepare_foreign_key_create_statement_internal(
+        &self,
+        create: &sea_query::ForeignKeyCreateStatement,
+        sql: &mut impl SqlWriter,
+        mode: sea_query::Mode,
+    ) {
+        PostgresQueryBuilder.prepare_foreign_key_create_statement_internal(create, sql, mode);
+    }
+}
+
+/// The double-quoted identifiers in `text`, in order, unescaped.
+fn quoted_names(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut chars = text.chars().peekable();
+    let mut in_string = false;
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => in_string = !in_string,
+            '"' if !in_string => {
+                let mut name = String::new();
+                while let Some(c) = chars.next() {
+                    if c == '"' {
+                        if chars.peek() == Some(&'"') {
+                            chars.next();
+                            name.push('"');
+                            continue;
+                        }
+                        break;
+                    }
+                    name.push(c);
+                }
+                names.push(name);
+            }
+            _ => {}
+        }
+    }
+    names
+}
+
+fn bracketed(name: &str) -> String {
+    format!("[{}]", name.replace(']', "]]"))
+}
+
+/// What a rendered statement becomes: a marked construct turns the whole statement into
+/// a `THROW` naming it; `CREATE TABLE IF NOT EXISTS` becomes a guarded `CREATE TABLE`.
+pub(crate) fn finish(sql: String, values: Values) -> (String, Values) {
+    if let Some(start) = sql.find(UNSUPPORTED) {
+        let rest = &sql[start + 1..];
+        let what = rest.split(UNSUPPORTED).next().unwrap_or_default();
+        return (unsupported_statement(what), Values(Vec::new()));
+    }
+    if let Some(start) = sql.find(IF_NOT_EXISTS) {
+        let after = &sql[start + IF_NOT_EXISTS.len_utf8()..];
+        let table_end = after.find(" ( ").unwrap_or(after.len());
+        let table: Vec<String> = quoted_names(&after[..table_end]);
+        let object = table.iter().map(|n| bracketed(n)).collect::<Vec<_>>().join(".");
+        let create = format!("{}{after}", &sql[..start]);
+        let guarded = format!("IF OBJECT_ID(N'{}', N'U') IS NULL {create}", object.replace('\'', "''"));
+        return (guarded, values);
+    }
+    (sql, values)
+}
+
+/// A statement that fails with error 59999 (`Unsupported`) naming what T-SQL lacks.
+pub(crate) fn unsupported_statement(what: &str) -> String {
+    let message = format!("platform-db renders no T-SQL for {what}").replace('\'', "''");
+    format!("THROW {}, N'{message}', 1", platform_core::sql::SQLSERVER_UNSUPPORTED)
+}
+
+/// `?` placeholders outside quotes and comments, numbered `@P1, @P2, …`.
+pub(crate) fn numbered(sql: &str) -> String {
+    crate::stmt::numbered_placeholders(sql, "@P")
+}
+
+#[cfg(test)]
+mod tests {
+    use sea_query::{Alias, Asterisk, ColumnDef, Expr, ExprTrait, Index, Order, Query, Table};
+
+    use super::*;
+    use crate::{Dialect, Statement};
+
+    fn tsql(s: &impl Statement) -> String {
+        s.render(Dialect::SqlServer).0
+    }
+
+    #[test]
+    fn selects_page_with_offset_fetch() {
+        let q = Query::select()
+            .columns([Alias::new("id"), Alias::new("body")])
+            .from(Alias::new("notes"))
+            .and_where(Expr::col(Alias::new("owner")).eq("ada"))
+            .and_where(Expr::col(Alias::new("done")).eq(false))
+            .order_by(Alias::new("id"), Order::Desc)
+            .limit(10)
+            .offset(20)
+            .to_owned();
+        let (sql, values) = q.render(Dialect::SqlServer);
+        assert_eq!(
+            sql,
+            r#"SELECT "id", "body" FROM "notes" WHERE "owner" = @P1 AND "done" = @P2 ORDER BY "id" DESC OFFSET @P3 ROWS FETCH NEXT @P4 ROWS ONLY"#
+        );
+        assert_eq!(
+            values.0,
+            vec![Value::from("ada"), Value::from(false), Value::BigUnsigned(Some(20)), Value::BigUnsigned(Some(10))]
+        );
+        let q = Query::select().column(Asterisk).from(Alias::new("notes")).limit(5).to_owned();
+        assert_eq!(tsql(&q), r#"SELECT * FROM "notes" ORDER BY (SELECT NULL) OFFSET 0 ROWS FETCH NEXT @P1 ROWS ONLY"#);
+    }
+
+    #[test]
+    fn inserts_output_inserted_columns() {
+        let q = Query::insert()
+            .into_table(Alias::new("notes"))
+            .columns([Alias::new("body"), Alias::new("done")])
+            .values_panic(["it's".into(), true.into()])
+            .returning_col(Alias::new("id"))
+            .to_owned();
+        assert_eq!(tsql(&q), r#"INSERT INTO "notes" ("body", "done") OUTPUT INSERTED."id" VALUES (@P1, @P2)"#);
+        let q = Query::delete()
+            .from_table(Alias::new("notes"))
+            .and_where(Expr::col(Alias::new("id")).eq(1))
+            .returning_all()
+            .to_owned();
+        assert_eq!(tsql(&q), r#"DELETE FROM "notes" OUTPUT DELETED.* WHERE "id" = @P1"#);
+    }
+
+    #[test]
+    fn what_tsql_lacks_is_a_throw() {
+        let q = Query::insert()
+            .into_table(Alias::new("t"))
+            .columns([Alias::new("k")])
+            .values_panic([1.into()])
+            .on_conflict(sea_query::OnConflict::column(Alias::new("k")).do_nothing().to_owned())
+            .to_owned();
+        let (sql, values) = q.render(Dialect::SqlServer);
+        assert_eq!(sql, "THROW 59999, N'platform-db renders no T-SQL for ON CONFLICT (write a MERGE in Sql text)', 1");
+        assert!(values.0.is_empty());
+        let q = Query::select().column(Asterisk).from(Alias::new("t")).lock_exclusive().to_owned();
+        assert!(tsql(&q).starts_with("THROW 59999, N'platform-db renders no T-SQL for FOR UPDATE"));
+        let alter =
+            Table::alter().table(Alias::new("t")).add_column(ColumnDef::new(Alias::new("c")).integer()).to_owned();
+        assert!(tsql(&alter).starts_with("THROW 59999"));
+    }
+
+    #[test]
+    fn tables_and_indexes() {
+        let create = Table::create()
+            .table(Alias::new("notes"))
+            .if_not_exists()
+            .col(ColumnDef::new(Alias::new("id")).big_integer().not_null().auto_increment().primary_key())
+            .col(ColumnDef::new(Alias::new("owner")).uuid().not_null())
+            .col(ColumnDef::new(Alias::new("body")).text().not_null())
+            .col(ColumnDef::new(Alias::new("title")).string_len(200))
+            .col(ColumnDef::new(Alias::new("done")).boolean().not_null().default(false))
+            .col(ColumnDef::new(Alias::new("meta")).json_binary())
+            .col(ColumnDef::new(Alias::new("blob")).blob())
+            .col(ColumnDef::new(Alias::new("at")).timestamp_with_time_zone().not_null())
+            .col(ColumnDef::new(Alias::new("score")).double())
+            .to_owned();
+        assert_eq!(
+            tsql(&create),
+            "IF OBJECT_ID(N'[notes]', N'U') IS NULL CREATE TABLE \"notes\" ( \
+             \"id\" bigint NOT NULL PRIMARY KEY IDENTITY(1,1), \"owner\" uniqueidentifier NOT NULL, \
+             \"body\" nvarchar(max) NOT NULL, \"title\" nvarchar(200), \"done\" bit NOT NULL DEFAULT 0, \
+             \"meta\" nvarchar(max), \"blob\" varbinary(max), \"at\" datetimeoffset NOT NULL, \"score\" float )"
+        );
+        let index = Index::create()
+            .name("notes_owner")
+            .table(Alias::new("notes"))
+            .col(Alias::new("owner"))
+            .col(Alias::new("id"))
+            .unique()
+            .if_not_exists()
+            .to_owned();
+        assert_eq!(
+            tsql(&index),
+            "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'notes_owner' AND object_id = OBJECT_ID(N'[notes]')) \
+             CREATE UNIQUE INDEX \"notes_owner\" ON \"notes\" (\"owner\", \"id\")"
+        );
+        let drop = Index::drop().name("notes_owner").table(Alias::new("notes")).to_owned();
+        assert_eq!(tsql(&drop), r#"DROP INDEX "notes_owner" ON "notes""#);
+        let rename = Table::rename().table(Alias::new("a"), Alias::new("b")).to_owned();
+        assert_eq!(tsql(&rename), "EXEC sp_rename N'a', N'b'");
+        let drop = Table::drop().table(Alias::new("notes")).if_exists().to_owned();
+        assert_eq!(tsql(&drop), r#"DROP TABLE IF EXISTS "notes""#);
+    }
+
+    #[test]
+    fn sql_text_numbers_placeholders() {
+        let q = crate::Sql::new("SELECT body FROM notes WHERE id = ? AND note <> N'?'").bind(7_i64);
+        assert_eq!(tsql(&q), "SELECT body FROM notes WHERE id = @P1 AND note <> N'?'");
+    }
+}
