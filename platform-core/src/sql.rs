@@ -1,5 +1,5 @@
 //! One mapping of SQL databases' own error codes onto [`ErrorKind`], shared by every
-//! crate that talks to PostgreSQL, MySQL/MariaDB, SQLite or SQL Server.
+//! crate that talks to PostgreSQL, MySQL/MariaDB, SQLite, SQL Server or Oracle.
 //!
 //! Each function answers `(kind, retryable)`: whether the same statement (or the
 //! transaction around it) is worth running again as it is. A deadlock or a
@@ -81,6 +81,28 @@ pub fn sqlserver_kind(number: u32) -> Option<Mapped> {
     })
 }
 
+/// Oracle Database, by ORA error number. ORA-20999 is what platform-db's Oracle
+/// renderer raises for a construct it cannot express; ORA-20998 a migration lock not
+/// granted in time.
+pub fn oracle_kind(code: u32) -> Option<Mapped> {
+    Some(match code {
+        1 | 955 => (AlreadyExists, false),
+        2291 | 2292 | 1400 | 2290 | 1407 => (Conflict, false),
+        60 | 8177 => (Conflict, true),
+        54 | 30_006 | 51 | 20_998 => (Timeout, true),
+        1017 | 28_000 | 28_001 | 1005 => (Unauthenticated, false),
+        1031 | 1045 | 1_950 => (PermissionDenied, false),
+        942 | 4043 | 1418 | 2289 => (NotFound, false),
+        900 | 904 | 906 | 907 | 911 | 917 | 918 | 920 | 921 | 923 | 933 | 936 | 1722 | 1858 | 1861 | 12_899 | 1438
+        | 6502 | 1008 => (InvalidInput, false),
+        20_999 => (Unsupported, false),
+        3113 | 3114 | 3135 | 12_170 | 12_514 | 12_516 | 12_520 | 12_528 | 12_537 | 12_541 | 12_543 | 1033 | 1034
+        | 1089 | 1090 | 1092 | 18 | 20 => (Unavailable, true),
+        1013 => (Cancelled, false),
+        _ => return None,
+    })
+}
+
 /// SQLite, by extended result code; `message` tells "no such table" from other errors.
 pub fn sqlite_kind(code: i32, message: &str) -> Option<Mapped> {
     Some(match code {
@@ -152,6 +174,21 @@ pub fn map_sqlx(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn oracle_table() {
+        assert_eq!(oracle_kind(1), Some((AlreadyExists, false)));
+        assert_eq!(oracle_kind(2291), Some((Conflict, false)));
+        assert_eq!(oracle_kind(60), Some((Conflict, true)));
+        assert_eq!(oracle_kind(54), Some((Timeout, true)));
+        assert_eq!(oracle_kind(1017), Some((Unauthenticated, false)));
+        assert_eq!(oracle_kind(1031), Some((PermissionDenied, false)));
+        assert_eq!(oracle_kind(942), Some((NotFound, false)));
+        assert_eq!(oracle_kind(933), Some((InvalidInput, false)));
+        assert_eq!(oracle_kind(20_999), Some((Unsupported, false)));
+        assert_eq!(oracle_kind(3113), Some((Unavailable, true)));
+        assert_eq!(oracle_kind(99_999), None);
+    }
 
     #[test]
     fn sqlserver_table() {

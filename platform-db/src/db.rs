@@ -23,6 +23,8 @@ pub(crate) enum Pool {
     Sqlite(sqlx::SqlitePool),
     #[cfg(feature = "sqlserver")]
     SqlServer(crate::sqlserver::SqlServerPool),
+    #[cfg(feature = "oracle")]
+    Oracle(crate::oracle::OraclePool),
 }
 
 pub(crate) enum TxConn {
@@ -34,6 +36,8 @@ pub(crate) enum TxConn {
     Sqlite(sqlx::Transaction<'static, sqlx::Sqlite>),
     #[cfg(feature = "sqlserver")]
     SqlServer(crate::sqlserver::SqlServerTx),
+    #[cfg(feature = "oracle")]
+    Oracle(crate::oracle::OracleTx),
 }
 
 /// Runs `$body` with `$p` bound to the concrete pool and `$m` naming its [`Driver`](crate::driver::Driver).
@@ -68,6 +72,12 @@ macro_rules! on_pool {
             $crate::db::Pool::SqlServer($p) => {
                 #[allow(non_camel_case_types, dead_code)]
                 type $m = $crate::sqlserver::SqlServer;
+                $body
+            }
+            #[cfg(feature = "oracle")]
+            $crate::db::Pool::Oracle($p) => {
+                #[allow(non_camel_case_types, dead_code)]
+                type $m = $crate::oracle::Oracle;
                 $body
             }
         }
@@ -113,6 +123,13 @@ macro_rules! on_tx {
                 let $c = &mut *t;
                 $body
             }
+            #[cfg(feature = "oracle")]
+            $crate::db::TxConn::Oracle(t) => {
+                #[allow(non_camel_case_types, dead_code)]
+                type $m = $crate::oracle::Oracle;
+                let $c = &mut *t;
+                $body
+            }
         }
     };
 }
@@ -143,6 +160,13 @@ impl From<sqlx::Transaction<'static, sqlx::Sqlite>> for TxConn {
 impl From<crate::sqlserver::SqlServerTx> for TxConn {
     fn from(t: crate::sqlserver::SqlServerTx) -> Self {
         Self::SqlServer(t)
+    }
+}
+
+#[cfg(feature = "oracle")]
+impl From<crate::oracle::OracleTx> for TxConn {
+    fn from(t: crate::oracle::OracleTx) -> Self {
+        Self::Oracle(t)
     }
 }
 
@@ -197,6 +221,8 @@ impl Db {
                 Dialect::Sqlite => crate::sqlite::Sqlite::connect(&options).await.map(Pool::Sqlite),
                 #[cfg(feature = "sqlserver")]
                 Dialect::SqlServer => crate::sqlserver::SqlServer::connect(&options).await.map(Pool::SqlServer),
+                #[cfg(feature = "oracle")]
+                Dialect::Oracle => crate::oracle::Oracle::connect(&options).await.map(Pool::Oracle),
                 #[allow(unreachable_patterns)]
                 other => Err(Error::invalid_input(format!("the `{}` feature is not enabled", other.feature()))),
             }
@@ -204,7 +230,11 @@ impl Db {
         .instrument(span)
         .await
         .map_err(|e| e.with_op("open"))?;
-        Ok(Self { inner: Arc::new(Inner { pool, options, migration_state: Mutex::new(None) }) })
+        Ok(Self::from_pool(pool, options))
+    }
+
+    pub(crate) fn from_pool(pool: Pool, options: DbOptions) -> Self {
+        Self { inner: Arc::new(Inner { pool, options, migration_state: Mutex::new(None) }) }
     }
 
     pub(crate) fn pool(&self) -> &Pool {
@@ -407,6 +437,8 @@ impl Tx {
             TxConn::Sqlite(t) => t.commit().await.map_err(crate::sqlite::map_err),
             #[cfg(feature = "sqlserver")]
             TxConn::SqlServer(t) => t.commit().await,
+            #[cfg(feature = "oracle")]
+            TxConn::Oracle(t) => t.commit().await,
         }
     }
 
@@ -421,6 +453,8 @@ impl Tx {
             TxConn::Sqlite(t) => t.rollback().await.map_err(crate::sqlite::map_err),
             #[cfg(feature = "sqlserver")]
             TxConn::SqlServer(t) => t.rollback().await,
+            #[cfg(feature = "oracle")]
+            TxConn::Oracle(t) => t.rollback().await,
         }
     }
 

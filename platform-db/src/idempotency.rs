@@ -51,6 +51,14 @@ pub fn migration(version: i64) -> Migration {
                  token VARCHAR(36), locked_until BIGINT NOT NULL, response NVARCHAR(MAX), expires_at BIGINT NOT NULL)"
             ),
         )
+        .with_sql(
+            Dialect::Oracle,
+            format!(
+                "CREATE TABLE {TABLE} (idem_key VARCHAR2(255 CHAR) NOT NULL PRIMARY KEY, \
+                 fingerprint VARCHAR2(64) NOT NULL, token VARCHAR2(36), locked_until NUMBER(19) NOT NULL, \
+                 response CLOB, expires_at NUMBER(19) NOT NULL)"
+            ),
+        )
 }
 
 /// A key, the request it stands for, and how long things may take.

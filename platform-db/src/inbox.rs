@@ -20,7 +20,7 @@
 use std::time::Duration;
 
 use platform_core::clock::{duration_ms, now_ms};
-use platform_core::{Error, Result};
+use platform_core::{Error, ErrorKind, Result};
 
 use crate::migrate::Migration;
 use crate::{Db, Dialect, Sql, Tx};
@@ -38,14 +38,23 @@ pub fn migration(version: i64) -> Migration {
          handled_at BIGINT NOT NULL, PRIMARY KEY (consumer, event_id));\n\
          CREATE INDEX platform_db_inbox_handled ON {TABLE} (handled_at)"
     );
-    Migration::new(version, "platform-db inbox", sql).with_sql(
-        Dialect::SqlServer,
-        format!(
-            "CREATE TABLE {TABLE} (consumer NVARCHAR(191) NOT NULL, event_id NVARCHAR(191) NOT NULL, \
+    Migration::new(version, "platform-db inbox", sql)
+        .with_sql(
+            Dialect::SqlServer,
+            format!(
+                "CREATE TABLE {TABLE} (consumer NVARCHAR(191) NOT NULL, event_id NVARCHAR(191) NOT NULL, \
              handled_at BIGINT NOT NULL, PRIMARY KEY (consumer, event_id));\n\
              CREATE INDEX platform_db_inbox_handled ON {TABLE} (handled_at)"
-        ),
-    )
+            ),
+        )
+        .with_sql(
+            Dialect::Oracle,
+            format!(
+                "CREATE TABLE {TABLE} (consumer VARCHAR2(191 CHAR) NOT NULL, event_id VARCHAR2(191 CHAR) NOT NULL, \
+             handled_at NUMBER(19) NOT NULL, PRIMARY KEY (consumer, event_id));\n\
+             CREATE INDEX platform_db_inbox_handled ON {TABLE} (handled_at)"
+            ),
+        )
 }
 
 /// Records, in the caller's transaction, that `consumer` handled `event_id`: `true`
@@ -57,7 +66,12 @@ pub async fn record(tx: &mut Tx, consumer: &str, event_id: &str) -> Result<bool>
             return Err(Error::invalid_input(format!("inbox: {field} {why}")).with_detail(field, why));
         }
     }
-    Ok(tx.execute(&record_statement(tx.dialect(), consumer, event_id, now_ms())).await? == 1)
+    match tx.execute(&record_statement(tx.dialect(), consumer, event_id, now_ms())).await {
+        Ok(n) => Ok(n == 1),
+        // Oracle: a MERGE racing another on the same key.
+        Err(e) if tx.dialect() == Dialect::Oracle && e.kind() == ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// The insert that records a handled event unless it is there already.
@@ -80,6 +94,16 @@ pub(crate) fn record_statement(dialect: Dialect, consumer: &str, event_id: &str,
         .bind(now)
         .bind(consumer)
         .bind(event_id),
+        // A concurrent MERGE of the same key fails with ORA-00001, which `record` reads
+        // as "handled already".
+        Dialect::Oracle => Sql::new(format!(
+            "MERGE INTO {TABLE} t USING (SELECT ? AS consumer, ? AS event_id FROM dual) s \
+             ON (t.consumer = s.consumer AND t.event_id = s.event_id) \
+             WHEN NOT MATCHED THEN INSERT (consumer, event_id, handled_at) VALUES (s.consumer, s.event_id, ?)"
+        ))
+        .bind(consumer)
+        .bind(event_id)
+        .bind(now),
         _ => Sql::new(format!(
             "INSERT INTO {TABLE} (consumer, event_id, handled_at) VALUES (?, ?, ?) \
              ON CONFLICT (consumer, event_id) DO NOTHING"

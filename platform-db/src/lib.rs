@@ -1,8 +1,14 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
-#[cfg(not(any(feature = "postgres", feature = "mysql", feature = "sqlite", feature = "sqlserver")))]
-compile_error!("platform-db needs at least one of the features `sqlite`, `postgres`, `mysql`, `sqlserver`");
+#[cfg(not(any(
+    feature = "postgres",
+    feature = "mysql",
+    feature = "sqlite",
+    feature = "sqlserver",
+    feature = "oracle"
+)))]
+compile_error!("platform-db needs at least one of the features `sqlite`, `postgres`, `mysql`, `sqlserver`, `oracle`");
 
 mod db;
 mod driver;
@@ -13,9 +19,15 @@ pub mod inbox;
 pub mod migrate;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "oracle")]
+pub mod oracle;
+pub mod oracle_sql;
 pub mod outbox;
+#[cfg(any(feature = "sqlserver", feature = "oracle"))]
+mod pooled;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod render;
 pub mod schema;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -30,6 +42,7 @@ mod url;
 mod value;
 
 pub use db::{Db, PoolStatus, Tx};
+pub use oracle_sql::OracleQueryBuilder;
 pub use platform_core::{Error, ErrorKind, Result};
 pub use sea_query;
 pub use stmt::{Sql, Statement};
@@ -49,22 +62,31 @@ pub enum Dialect {
     Sqlite,
     /// Microsoft SQL Server and Azure SQL (T-SQL).
     SqlServer,
+    /// Oracle Database 19c and later.
+    Oracle,
 }
 
 impl Dialect {
-    /// The lowercase name: `postgres`, `mysql`, `sqlite`, `sqlserver`.
+    /// The lowercase name: `postgres`, `mysql`, `sqlite`, `sqlserver`, `oracle`.
     pub fn name(self) -> &'static str {
         match self {
             Self::Postgres => "postgres",
             Self::Mysql => "mysql",
             Self::Sqlite => "sqlite",
             Self::SqlServer => "sqlserver",
+            Self::Oracle => "oracle",
         }
     }
 
     /// The cargo feature that enables it.
     pub fn feature(self) -> &'static str {
         self.name()
+    }
+
+    /// Whether DDL commits the transaction around it (MySQL, Oracle), so a migration
+    /// cannot be undone by a rollback.
+    pub fn ddl_commits(self) -> bool {
+        matches!(self, Self::Mysql | Self::Oracle)
     }
 
     /// Whether this build has it.
@@ -74,6 +96,7 @@ impl Dialect {
             Self::Mysql => cfg!(feature = "mysql"),
             Self::Sqlite => cfg!(feature = "sqlite"),
             Self::SqlServer => cfg!(feature = "sqlserver"),
+            Self::Oracle => cfg!(feature = "oracle"),
         }
     }
 }
@@ -99,11 +122,14 @@ pub fn schemes() -> Vec<&'static str> {
     if Dialect::SqlServer.enabled() {
         all.extend(["sqlserver", "mssql"]);
     }
+    if Dialect::Oracle.enabled() {
+        all.push("oracle");
+    }
     all
 }
 
 /// Opens a pool from a URL (`postgres://…`, `mysql://…`, `mariadb://…`, `sqlite://path`,
-/// `sqlite::memory:`, `sqlserver://…`) and checks the connection with one round trip.
+/// `sqlite::memory:`, `sqlserver://…`, `oracle://…`) and checks the connection with one round trip.
 pub async fn open(url: &str) -> Result<Db> {
     Db::connect(DbOptions::parse(url)?).await
 }

@@ -27,9 +27,9 @@
 //!   refused before anything is applied, with an error naming the grant.
 //! - [`Migrator::check`] verifies without applying or locking: pending migrations are
 //!   reported, not an error.
-//! - On PostgreSQL and SQLite all pending migrations apply in one transaction. MySQL
-//!   commits DDL itself: a migration that fails partway stays recorded as failed and
-//!   refuses startup until repaired by hand.
+//! - On PostgreSQL, SQLite and SQL Server all pending migrations apply in one
+//!   transaction. MySQL and Oracle commit DDL themselves: a migration that fails partway
+//!   stays recorded as failed and refuses startup until repaired by hand.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -72,6 +72,7 @@ impl Migration {
             .with_sql(Dialect::Postgres, render(Dialect::Postgres))
             .with_sql(Dialect::Mysql, render(Dialect::Mysql))
             .with_sql(Dialect::SqlServer, render(Dialect::SqlServer))
+            .with_sql(Dialect::Oracle, render(Dialect::Oracle))
     }
 
     /// Different SQL for one database.
@@ -275,14 +276,14 @@ impl Migrator {
             .bind(m.name.to_string())
             .bind(m.checksum(dialect))
             .bind(now)
-            .bind(dialect != Dialect::Mysql);
+            .bind(!dialect.ddl_commits());
             tx.execute(&record).await?;
             let sql = m.sql(dialect).to_owned();
             on_tx!(&mut tx.conn, c, b => b::execute_script(c, sql).await).map_err(|e| {
                 let message = format!("migration {} ({}) failed: {}", m.version, m.name, e.message());
                 Error::new(e.kind(), message).with_backend("db").with_op("migrate").with_source(e)
             })?;
-            if dialect == Dialect::Mysql {
+            if dialect.ddl_commits() {
                 tx.execute(
                     &Sql::new(format!("UPDATE {TABLE} SET success = ? WHERE version = ?")).bind(true).bind(m.version),
                 )
@@ -389,26 +390,28 @@ async fn write_snapshot(tx: &mut Tx, schema: &Schema) -> Result<()> {
 
 /// The statements that create the migrations and snapshot tables when missing.
 pub(crate) fn bookkeeping_tables(dialect: Dialect) -> [String; 2] {
-    let (text, boolean) = match dialect {
-        Dialect::Mysql => ("LONGTEXT", "BOOLEAN"),
-        Dialect::SqlServer => ("NVARCHAR(MAX)", "BIT"),
-        _ => ("TEXT", "BOOLEAN"),
+    let (text, boolean, bigint, varchar) = match dialect {
+        Dialect::Mysql => ("LONGTEXT", "BOOLEAN", "BIGINT", "VARCHAR"),
+        Dialect::SqlServer => ("NVARCHAR(MAX)", "BIT", "BIGINT", "VARCHAR"),
+        Dialect::Oracle => ("CLOB", "NUMBER(1)", "NUMBER(19)", "VARCHAR2"),
+        _ => ("TEXT", "BOOLEAN", "BIGINT", "VARCHAR"),
     };
     let create = |table: &str, columns: String| match dialect {
         Dialect::SqlServer => format!("IF OBJECT_ID(N'{table}', N'U') IS NULL CREATE TABLE {table} ({columns})"),
+        Dialect::Oracle => crate::oracle_sql::ignoring(&format!("CREATE TABLE {table} ({columns})"), &[-955]),
         _ => format!("CREATE TABLE IF NOT EXISTS {table} ({columns})"),
     };
     [
         create(
             TABLE,
             format!(
-                "version BIGINT PRIMARY KEY, name VARCHAR(255) NOT NULL, checksum VARCHAR(64) NOT NULL, \
-                 applied_at BIGINT NOT NULL, success {boolean} NOT NULL"
+                "version {bigint} PRIMARY KEY, name {varchar}(255) NOT NULL, checksum {varchar}(64) NOT NULL, \
+                 applied_at {bigint} NOT NULL, success {boolean} NOT NULL"
             ),
         ),
         create(
             SNAPSHOT_TABLE,
-            format!("id INTEGER PRIMARY KEY, snapshot {text} NOT NULL, recorded_at BIGINT NOT NULL"),
+            format!("id INTEGER PRIMARY KEY, snapshot {text} NOT NULL, recorded_at {bigint} NOT NULL"),
         ),
     ]
 }

@@ -37,7 +37,7 @@
 use std::borrow::Cow;
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, Object, PoolError, RecycleError, RecycleResult};
+use deadpool::managed::{self, Metrics, Object, RecycleResult};
 use platform_core::{Error, ErrorKind, Result};
 use tiberius::{AuthMethod, Client, ColumnData, Config, EncryptionLevel, FromSql, ToSql};
 use time::OffsetDateTime;
@@ -45,6 +45,7 @@ use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, TokioAsyncWriteCompatExt};
 
 use crate::driver::{Guard, lock_timeout_error};
+use crate::pooled::{HeldTx, Pooled, recycle_by_age};
 use crate::schema::Schema;
 use crate::{DbOptions, Dialect, Row, Sql, Statement, Value};
 
@@ -130,19 +131,6 @@ pub(crate) fn map_err(e: tiberius::error::Error) -> Error {
     Error::new(kind, message).with_backend(BACKEND).with_retryable(retryable).with_source(e)
 }
 
-fn map_pool(e: PoolError<tiberius::error::Error>) -> Error {
-    match e {
-        PoolError::Backend(e) => map_err(e),
-        PoolError::Timeout(_) => {
-            Error::new(ErrorKind::Timeout, "timed out waiting for a free connection (acquire_timeout)")
-                .with_backend(BACKEND)
-                .with_retryable(true)
-        }
-        PoolError::Closed => Error::new(ErrorKind::Cancelled, "the pool is closed").with_backend(BACKEND),
-        other => Error::internal(other.to_string()).with_backend(BACKEND),
-    }
-}
-
 /// Opens and recycles connections.
 #[derive(Debug)]
 pub(crate) struct Manager {
@@ -166,71 +154,17 @@ impl managed::Manager for Manager {
     }
 
     async fn recycle(&self, _conn: &mut Box<Conn>, metrics: &Metrics) -> RecycleResult<tiberius::error::Error> {
-        if self.max_lifetime.is_some_and(|max| metrics.age() > max) {
-            return Err(RecycleError::message("older than max_lifetime"));
-        }
-        if self.idle_timeout.is_some_and(|idle| metrics.last_used() > idle) {
-            return Err(RecycleError::message("idle for longer than idle_timeout"));
-        }
-        Ok(())
+        recycle_by_age(metrics, self.idle_timeout, self.max_lifetime)
     }
 }
 
 /// The pool.
-pub struct SqlServerPool {
-    pool: managed::Pool<Manager>,
-}
+pub(crate) type SqlServerPool = Pooled<Manager>;
 
-impl std::fmt::Debug for SqlServerPool {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlServerPool").field("status", &self.pool.status()).finish()
-    }
-}
+/// A transaction: a connection taken from the pool after `BEGIN TRANSACTION`.
+pub(crate) type SqlServerTx = HeldTx<Manager>;
 
-impl SqlServerPool {
-    pub(crate) fn size(&self) -> u32 {
-        u32::try_from(self.pool.status().size).unwrap_or(u32::MAX)
-    }
-
-    pub(crate) fn num_idle(&self) -> usize {
-        self.pool.status().available
-    }
-
-    #[allow(clippy::unused_async, reason = "called as the sqlx pools' close is")]
-    pub(crate) async fn close(&self) {
-        self.pool.close();
-    }
-
-    async fn get(&self) -> Result<Object<Manager>> {
-        self.pool.get().await.map_err(map_pool)
-    }
-}
-
-/// A transaction: a connection taken from the pool after `BEGIN TRANSACTION`. Dropped
-/// without commit or rollback, its connection is closed rather than returned, and the
-/// server rolls the transaction back.
-pub struct SqlServerTx {
-    conn: Option<Object<Manager>>,
-    open: bool,
-}
-
-impl std::fmt::Debug for SqlServerTx {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SqlServerTx").field("open", &self.open).finish_non_exhaustive()
-    }
-}
-
-impl Drop for SqlServerTx {
-    fn drop(&mut self) {
-        if self.open
-            && let Some(conn) = self.conn.take()
-        {
-            drop(Object::take(conn));
-        }
-    }
-}
-
-impl SqlServerTx {
+impl HeldTx<Manager> {
     fn conn(&mut self) -> Result<&mut Conn> {
         self.conn
             .as_deref_mut()
@@ -498,26 +432,13 @@ impl SqlServer {
     pub(crate) async fn connect(o: &DbOptions) -> Result<SqlServerPool> {
         let manager =
             Manager { config: config(&o.driver_url)?, idle_timeout: o.idle_timeout, max_lifetime: o.max_lifetime };
-        let pool = managed::Pool::builder(manager)
-            .max_size(o.max_connections as usize)
-            .wait_timeout(Some(o.acquire_timeout))
-            .create_timeout(Some(o.acquire_timeout))
-            .runtime(deadpool::Runtime::Tokio1)
-            .build()
-            .map_err(|e| Error::internal(e.to_string()).with_backend(BACKEND))?;
-        let pool = SqlServerPool { pool };
-        let mut warm = Vec::new();
-        for _ in 0..o.min_connections.max(1) {
-            warm.push(pool.get().await?);
-        }
-        drop(warm);
-        Ok(pool)
+        Pooled::open(manager, o, BACKEND, map_err).await
     }
 
     pub(crate) async fn begin(pool: &SqlServerPool) -> Result<SqlServerTx> {
         let mut conn = pool.get().await?;
         match batch(&mut conn, "BEGIN TRANSACTION").await {
-            Ok(()) => Ok(SqlServerTx { conn: Some(conn), open: true }),
+            Ok(()) => Ok(HeldTx::new(conn)),
             Err(e) => {
                 drop(Object::take(conn));
                 Err(e)

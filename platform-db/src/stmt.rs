@@ -8,6 +8,7 @@ use sea_query::{
 };
 
 use crate::Dialect;
+use crate::oracle_sql::OracleQueryBuilder;
 use crate::tsql::SqlServerQueryBuilder;
 
 /// Something that renders to SQL text and bound values for a dialect.
@@ -36,6 +37,10 @@ macro_rules! query_statement {
                         let (sql, values) = self.build_any(&SqlServerQueryBuilder);
                         crate::tsql::finish(sql, values)
                     }
+                    Dialect::Oracle => {
+                        let (sql, values) = self.build_any(&OracleQueryBuilder);
+                        crate::oracle_sql::finish(sql, values)
+                    }
                 }
             }
         }
@@ -52,6 +57,7 @@ macro_rules! schema_statement {
                     Dialect::Mysql => self.build(MysqlQueryBuilder),
                     Dialect::Sqlite => self.build(SqliteQueryBuilder),
                     Dialect::SqlServer => return crate::tsql::finish(self.build(SqlServerQueryBuilder), Values(Vec::new())),
+                    Dialect::Oracle => return crate::oracle_sql::finish(self.build(OracleQueryBuilder), Values(Vec::new())),
                 };
                 (sql, Values(Vec::new()))
             }
@@ -67,8 +73,8 @@ schema_statement!(
     IndexDropStatement
 );
 
-/// Raw SQL with `?` placeholders, rewritten to `$1, $2, …` on PostgreSQL and `@P1, @P2, …`
-/// on SQL Server, so one text works on every dialect when the SQL itself is portable.
+/// Raw SQL with `?` placeholders, rewritten to `$1, $2, …` on PostgreSQL, `@P1, @P2, …`
+/// on SQL Server and `:1, :2, …` on Oracle, so one text works on every dialect when the SQL itself is portable.
 ///
 /// ```
 /// use platform_db::{Dialect, Sql, Statement};
@@ -102,6 +108,7 @@ impl Statement for Sql {
         let text = match dialect {
             Dialect::Postgres => numbered_placeholders(&self.text, "$"),
             Dialect::SqlServer => crate::tsql::numbered(&self.text),
+            Dialect::Oracle => crate::oracle_sql::numbered(&self.text),
             Dialect::Mysql | Dialect::Sqlite => self.text.clone(),
         };
         (text, Values(self.values.clone()))

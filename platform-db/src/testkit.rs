@@ -428,6 +428,7 @@ pub async fn errors_map_to_portable_kinds(h: &dyn Harness) {
         Dialect::Mysql => "mysql://root@127.0.0.1:1/x?acquire_timeout=3s".to_owned(),
         Dialect::Sqlite => "sqlite:///nonexistent-dir/x/y.db?acquire_timeout=3s".to_owned(),
         Dialect::SqlServer => "sqlserver://sa:x@127.0.0.1:1/x?acquire_timeout=3s".to_owned(),
+        Dialect::Oracle => "oracle://app:x@127.0.0.1:1/FREEPDB1?acquire_timeout=3s".to_owned(),
     };
     let err = crate::open(&unreachable).await.expect_err("unreachable");
     assert!(matches!(err.kind(), ErrorKind::Unavailable | ErrorKind::Timeout), "{err}");
@@ -532,6 +533,7 @@ pub async fn drift_refuses_startup_with_a_diff(h: &dyn Harness) {
         Dialect::Mysql => "ALTER TABLE notes MODIFY title VARCHAR(20) NOT NULL",
         Dialect::Sqlite => "ALTER TABLE notes ADD COLUMN title2 TEXT",
         Dialect::SqlServer => "ALTER TABLE notes ALTER COLUMN title NVARCHAR(20) NOT NULL",
+        Dialect::Oracle => "ALTER TABLE notes MODIFY title VARCHAR2(20)",
     };
     db.execute(&Sql::new(alter)).await.unwrap();
     db.execute(&Sql::new(
@@ -632,7 +634,9 @@ pub async fn check_mode_verifies_without_applying(h: &dyn Harness) {
     let outcome = db.check().await.expect("up");
     let version = outcome.version.expect("version");
     assert!(
-        ["PostgreSQL ", "MariaDB ", "MySQL ", "SQLite ", "Microsoft SQL Server"].iter().any(|p| version.starts_with(p)),
+        ["PostgreSQL ", "MariaDB ", "MySQL ", "SQLite ", "Microsoft SQL Server", "Oracle "]
+            .iter()
+            .any(|p| version.starts_with(p)),
         "{version}"
     );
 }

@@ -24,18 +24,12 @@
 use std::fmt;
 
 use sea_query::{
-    BinOper, ColumnDef, ColumnType, Expr, ForeignKeyBuilder, GenericBuilder, IndexBuilder, IndexCreateStatement,
-    IndexDropStatement, MysqlQueryBuilder, OnConflict, Oper, PostgresQueryBuilder, QueryBuilder, Quote,
-    ReturningClause, SchemaBuilder, SelectStatement, SqlWriter, SqliteQueryBuilder, StringLen, SubQueryStatement,
-    TableAlterStatement, TableBuilder, TableCreateStatement, TableRef, TableRenameStatement, Value, Values,
+    ColumnDef, ColumnType, IndexBuilder, IndexCreateStatement, IndexDropStatement, MysqlQueryBuilder, QueryBuilder,
+    ReturningClause, SelectStatement, SqlWriter, SqliteQueryBuilder, StringLen, TableBuilder, TableCreateStatement,
+    TableRenameStatement, Value, Values,
 };
-use sea_query::{DeleteStatement, EscapeBuilder, OperLeftAssocDecider, PrecedenceDecider, QuotedBuilder};
-use sea_query::{TableRefBuilder, UpdateStatement};
 
-/// Marks a construct T-SQL cannot express; [`finish`] turns the statement into a `THROW`.
-const UNSUPPORTED: char = '\u{0}';
-/// Marks `CREATE TABLE IF NOT EXISTS`, rewritten by [`finish`].
-const IF_NOT_EXISTS: char = '\u{1}';
+use crate::render::{IF_NOT_EXISTS, capture, common_builder_traits, quoted_names, unsupported};
 
 /// sea-query's statements as T-SQL. See the [module docs](self).
 #[derive(Debug, Default, Clone, Copy)]
@@ -43,181 +37,28 @@ pub struct SqlServerQueryBuilder;
 
 impl SqlServerQueryBuilder {
     fn unsupported(what: &str, sql: &mut impl SqlWriter) {
-        sql.write_char(UNSUPPORTED).unwrap();
-        sql.write_str(what).unwrap();
-        sql.write_char(UNSUPPORTED).unwrap();
+        unsupported(what, sql);
     }
 }
 
-/// Collects what another builder writes, to look at it before writing T-SQL.
-#[derive(Default)]
-struct Capture {
-    text: String,
-    values: Vec<Value>,
-}
-
-impl fmt::Write for Capture {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.text.push_str(s);
-        Ok(())
-    }
-}
-
-impl fmt::Display for Capture {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
-
-impl SqlWriter for Capture {
-    fn push_param<T: QueryBuilder>(&mut self, value: Value, _query_builder: &T) {
-        self.text.push('?');
-        self.values.push(value);
-    }
-
-    fn as_writer(&mut self) -> &mut dyn fmt::Write {
-        self
-    }
-}
-
-fn capture(f: impl FnOnce(&mut Capture)) -> Capture {
-    let mut c = Capture::default();
-    f(&mut c);
-    c
-}
-
-impl GenericBuilder for SqlServerQueryBuilder {}
-
-impl SchemaBuilder for SqlServerQueryBuilder {}
-
-impl QuotedBuilder for SqlServerQueryBuilder {
-    fn quote(&self) -> Quote {
-        Quote::new(b'"')
-    }
-}
-
-impl EscapeBuilder for SqlServerQueryBuilder {
-    fn needs_escape(&self, s: &str) -> bool {
-        s.contains('\'')
-    }
-
-    fn escape_string(&self, string: &str) -> String {
-        string.replace('\'', "''")
-    }
-
-    fn write_escaped(&self, buffer: &mut impl fmt::Write, string: &str) {
-        for c in string.chars() {
-            if c == '\'' {
-                buffer.write_char('\'').unwrap();
-            }
-            buffer.write_char(c).unwrap();
-        }
-    }
-
-    fn unescape_string(&self, string: &str) -> String {
-        string.replace("''", "'")
-    }
-}
-
-impl TableRefBuilder for SqlServerQueryBuilder {}
-
-/// Which operators bind tighter, for leaving out parentheses where T-SQL reads the
-/// expression the same without them: simple operands never need them; arithmetic inside
-/// a comparison or a logical operator doesn't; a comparison inside `AND`/`OR` doesn't.
-/// Anything else (bitwise operators, `NOT`, nested logic) keeps its parentheses.
-impl PrecedenceDecider for SqlServerQueryBuilder {
-    fn inner_expr_well_known_greater_precedence(&self, inner: &Expr, outer_oper: &Oper) -> bool {
-        let Oper::BinOper(outer) = outer_oper else {
-            return matches!(inner, Expr::Column(_) | Expr::Value(_) | Expr::FunctionCall(_) | Expr::Tuple(_));
-        };
-        match inner {
-            Expr::Column(_)
-            | Expr::Tuple(_)
-            | Expr::Constant(_)
-            | Expr::FunctionCall(_)
-            | Expr::Value(_)
-            | Expr::Keyword(_)
-            | Expr::Case(_)
-            | Expr::SubQuery(..)
-            | Expr::TypeName(_) => true,
-            Expr::Binary(_, op, _) if arithmetic(*op) => comparison(*outer) || logical(*outer),
-            Expr::Binary(_, op, _) if comparison(*op) => logical(*outer),
-            _ => false,
-        }
-    }
-}
-
-fn arithmetic(op: BinOper) -> bool {
-    matches!(op, BinOper::Add | BinOper::Sub | BinOper::Mul | BinOper::Div | BinOper::Mod)
-}
-
-fn comparison(op: BinOper) -> bool {
-    matches!(
-        op,
-        BinOper::Equal
-            | BinOper::NotEqual
-            | BinOper::SmallerThan
-            | BinOper::GreaterThan
-            | BinOper::SmallerThanOrEqual
-            | BinOper::GreaterThanOrEqual
-            | BinOper::In
-            | BinOper::NotIn
-            | BinOper::Like
-            | BinOper::NotLike
-            | BinOper::Is
-            | BinOper::IsNot
-            | BinOper::Between
-            | BinOper::NotBetween
-    )
-}
-
-fn logical(op: BinOper) -> bool {
-    matches!(op, BinOper::And | BinOper::Or)
-}
-
-impl OperLeftAssocDecider for SqlServerQueryBuilder {
-    fn well_known_left_associative(&self, op: &BinOper) -> bool {
-        matches!(op, BinOper::And | BinOper::Or | BinOper::Add | BinOper::Sub | BinOper::Mul | BinOper::Mod)
-    }
-}
+common_builder_traits!(SqlServerQueryBuilder);
 
 impl QueryBuilder for SqlServerQueryBuilder {
+    crate::render::common_query_methods!();
+
     fn placeholder(&self) -> (&'static str, bool) {
         ("@P", true)
-    }
-
-    fn prepare_query_statement(&self, query: &SubQueryStatement, sql: &mut impl SqlWriter) {
-        match query {
-            SubQueryStatement::SelectStatement(s) => self.prepare_select_statement(s, sql),
-            SubQueryStatement::InsertStatement(s) => self.prepare_insert_statement(s, sql),
-            SubQueryStatement::UpdateStatement(s) => self.prepare_update_statement(s, sql),
-            SubQueryStatement::DeleteStatement(s) => self.prepare_delete_statement(s, sql),
-            SubQueryStatement::WithStatement(s) => self.prepare_with_query(s, sql),
-        }
-    }
-
-    fn prepare_select_into(&self, _into: &sea_query::SelectInto, sql: &mut impl SqlWriter) {
-        Self::unsupported("SELECT INTO", sql);
     }
 
     fn prepare_explain_statement(&self, _explain: &sea_query::ExplainStatement, sql: &mut impl SqlWriter) {
         Self::unsupported("EXPLAIN (use SET SHOWPLAN_XML ON)", sql);
     }
 
-    fn prepare_value(&self, value: Value, sql: &mut impl SqlWriter) {
-        sql.push_param(value, self);
-    }
-
     fn prepare_select_limit_offset(&self, select: &SelectStatement, sql: &mut impl SqlWriter) {
-        let c = capture(|c| MysqlQueryBuilder.prepare_select_limit_offset(select, c));
-        if c.values.is_empty() {
+        let (limit, offset) = crate::render::limit_offset(select);
+        if limit.is_none() && offset.is_none() {
             return;
         }
-        let has_limit = c.text.contains("LIMIT");
-        let has_offset = c.text.contains("OFFSET");
-        let mut values = c.values.into_iter();
-        let limit = if has_limit { values.next() } else { None };
-        let offset = if has_offset { values.next() } else { None };
         if !sql.to_string().contains(" ORDER BY ") {
             sql.write_str(" ORDER BY (SELECT NULL)").unwrap();
         }
@@ -236,36 +77,6 @@ impl QueryBuilder for SqlServerQueryBuilder {
 
     fn prepare_select_lock(&self, _lock: &sea_query::LockClause, sql: &mut impl SqlWriter) {
         Self::unsupported("FOR UPDATE / FOR SHARE (use a table hint such as WITH (UPDLOCK) in Sql text)", sql);
-    }
-
-    fn prepare_update_order_by(&self, update: &UpdateStatement, sql: &mut impl SqlWriter) {
-        if !capture(|c| MysqlQueryBuilder.prepare_update_order_by(update, c)).text.is_empty() {
-            Self::unsupported("ORDER BY on an UPDATE", sql);
-        }
-    }
-
-    fn prepare_update_limit(&self, update: &UpdateStatement, sql: &mut impl SqlWriter) {
-        if !capture(|c| MysqlQueryBuilder.prepare_update_limit(update, c)).text.is_empty() {
-            Self::unsupported("LIMIT on an UPDATE (use UPDATE TOP (n) in Sql text)", sql);
-        }
-    }
-
-    fn prepare_delete_order_by(&self, delete: &DeleteStatement, sql: &mut impl SqlWriter) {
-        if !capture(|c| MysqlQueryBuilder.prepare_delete_order_by(delete, c)).text.is_empty() {
-            Self::unsupported("ORDER BY on a DELETE", sql);
-        }
-    }
-
-    fn prepare_delete_limit(&self, delete: &DeleteStatement, sql: &mut impl SqlWriter) {
-        if !capture(|c| MysqlQueryBuilder.prepare_delete_limit(delete, c)).text.is_empty() {
-            Self::unsupported("LIMIT on a DELETE (use DELETE TOP (n) in Sql text)", sql);
-        }
-    }
-
-    fn prepare_on_conflict(&self, on_conflict: &Option<OnConflict>, sql: &mut impl SqlWriter) {
-        if on_conflict.is_some() {
-            Self::unsupported("ON CONFLICT (write a MERGE in Sql text)", sql);
-        }
     }
 
     fn prepare_output(&self, returning: &Option<ReturningClause>, sql: &mut impl SqlWriter) {
@@ -297,23 +108,7 @@ impl QueryBuilder for SqlServerQueryBuilder {
     fn prepare_returning(&self, _returning: &Option<ReturningClause>, _sql: &mut impl SqlWriter) {}
 
     fn write_value(&self, buf: &mut impl fmt::Write, value: &Value) -> fmt::Result {
-        match value {
-            Value::Bool(Some(b)) => buf.write_str(if *b { "1" } else { "0" }),
-            Value::String(Some(s)) => {
-                buf.write_str("N'")?;
-                self.write_escaped(buf, s);
-                buf.write_str("'")
-            }
-            other => self.write_value_common(buf, other),
-        }
-    }
-
-    fn prepare_constant_true(&self, sql: &mut impl SqlWriter) {
-        sql.write_str("(1 = 1)").unwrap();
-    }
-
-    fn prepare_constant_false(&self, sql: &mut impl SqlWriter) {
-        sql.write_str("(1 = 0)").unwrap();
+        crate::render::write_literal(self, buf, value, "N'")
     }
 
     fn if_null_function(&self) -> &str {
@@ -330,6 +125,8 @@ impl QueryBuilder for SqlServerQueryBuilder {
 }
 
 impl TableBuilder for SqlServerQueryBuilder {
+    crate::render::common_table_methods!();
+
     fn prepare_column_def(&self, column_def: &ColumnDef, sql: &mut impl SqlWriter) {
         let name = column_def.get_column_name();
         sql.write_char('"').unwrap();
@@ -388,27 +185,10 @@ impl TableBuilder for SqlServerQueryBuilder {
         Self::unsupported("column comments (use sp_addextendedproperty)", sql);
     }
 
-    fn prepare_create_table_if_not_exists(&self, create: &TableCreateStatement, sql: &mut impl SqlWriter) {
-        if !capture(|c| SqliteQueryBuilder.prepare_create_table_if_not_exists(create, c)).text.is_empty() {
-            sql.write_char(IF_NOT_EXISTS).unwrap();
-        }
-    }
-
     fn prepare_create_temporary_table(&self, create: &TableCreateStatement, sql: &mut impl SqlWriter) {
         if !capture(|c| SqliteQueryBuilder.prepare_create_temporary_table(create, c)).text.is_empty() {
             Self::unsupported("TEMPORARY tables (name the table #name)", sql);
         }
-    }
-
-    fn prepare_table_opt(&self, create: &TableCreateStatement, sql: &mut impl SqlWriter) {
-        let c = capture(|c| SqliteQueryBuilder.prepare_table_opt(create, c));
-        if !c.text.trim().is_empty() {
-            Self::unsupported(&format!("table options ({})", c.text.trim()), sql);
-        }
-    }
-
-    fn prepare_table_alter_statement(&self, _alter: &TableAlterStatement, sql: &mut impl SqlWriter) {
-        Self::unsupported("ALTER TABLE built with sea-query (write the T-SQL in the migration)", sql);
     }
 
     fn prepare_table_rename_statement(&self, rename: &TableRenameStatement, sql: &mut impl SqlWriter) {
@@ -424,6 +204,8 @@ impl TableBuilder for SqlServerQueryBuilder {
 }
 
 impl IndexBuilder for SqlServerQueryBuilder {
+    crate::render::common_index_methods!();
+
     fn prepare_index_create_statement(&self, create: &IndexCreateStatement, sql: &mut impl SqlWriter) {
         let c = capture(|c| SqliteQueryBuilder.prepare_index_create_statement(create, c));
         let text = c.text.replace("IF NOT EXISTS ", "");
@@ -445,10 +227,6 @@ impl IndexBuilder for SqlServerQueryBuilder {
         .unwrap();
     }
 
-    fn prepare_table_ref_index_stmt(&self, table_ref: &TableRef, sql: &mut impl SqlWriter) {
-        self.prepare_table_ref_iden(table_ref, sql);
-    }
-
     fn prepare_index_drop_statement(&self, drop: &IndexDropStatement, sql: &mut impl SqlWriter) {
         let mysql = capture(|c| MysqlQueryBuilder.prepare_index_drop_statement(drop, c)).text.replace('`', "\"");
         let if_exists =
@@ -460,64 +238,6 @@ impl IndexBuilder for SqlServerQueryBuilder {
         let text = if if_exists { mysql.replacen("DROP INDEX ", "DROP INDEX IF EXISTS ", 1) } else { mysql };
         sql.write_str(&text).unwrap();
     }
-
-    fn prepare_index_prefix(&self, create: &IndexCreateStatement, sql: &mut impl SqlWriter) {
-        SqliteQueryBuilder.prepare_index_prefix(create, sql);
-    }
-}
-
-/// PostgreSQL's foreign key clauses are T-SQL's too, in the same quotes.
-impl ForeignKeyBuilder for SqlServerQueryBuilder {
-    fn prepare_table_ref_fk_stmt(&self, table_ref: &TableRef, sql: &mut impl SqlWriter) {
-        self.prepare_table_ref_iden(table_ref, sql);
-    }
-
-    fn prepare_foreign_key_drop_statement_internal(
-        &self,
-        drop: &sea_query::ForeignKeyDropStatement,
-        sql: &mut impl SqlWriter,
-        mode: sea_query::Mode,
-    ) {
-        PostgresQueryBuilder.prepare_foreign_key_drop_statement_internal(drop, sql, mode);
-    }
-
-    fn prepare_foreign_key_create_statement_internal(
-        &self,
-        create: &sea_query::ForeignKeyCreateStatement,
-        sql: &mut impl SqlWriter,
-        mode: sea_query::Mode,
-    ) {
-        PostgresQueryBuilder.prepare_foreign_key_create_statement_internal(create, sql, mode);
-    }
-}
-
-/// The double-quoted identifiers in `text`, in order, unescaped.
-fn quoted_names(text: &str) -> Vec<String> {
-    let mut names = Vec::new();
-    let mut chars = text.chars().peekable();
-    let mut in_string = false;
-    while let Some(c) = chars.next() {
-        match c {
-            '\'' => in_string = !in_string,
-            '"' if !in_string => {
-                let mut name = String::new();
-                while let Some(c) = chars.next() {
-                    if c == '"' {
-                        if chars.peek() == Some(&'"') {
-                            chars.next();
-                            name.push('"');
-                            continue;
-                        }
-                        break;
-                    }
-                    name.push(c);
-                }
-                names.push(name);
-            }
-            _ => {}
-        }
-    }
-    names
 }
 
 fn bracketed(name: &str) -> String {
@@ -527,11 +247,7 @@ fn bracketed(name: &str) -> String {
 /// What a rendered statement becomes: a marked construct turns the whole statement into
 /// a `THROW` naming it; `CREATE TABLE IF NOT EXISTS` becomes a guarded `CREATE TABLE`.
 pub(crate) fn finish(sql: String, values: Values) -> (String, Values) {
-    if let Some(start) = sql.find(UNSUPPORTED) {
-        let rest = &sql[start + 1..];
-        let what = rest.split(UNSUPPORTED).next().unwrap_or_default();
-        return (unsupported_statement(what), Values(Vec::new()));
-    }
+    let (sql, values) = crate::render::refuse_unsupported(sql, values, unsupported_statement);
     if let Some(start) = sql.find(IF_NOT_EXISTS) {
         let after = &sql[start + IF_NOT_EXISTS.len_utf8()..];
         let table_end = after.find(" ( ").unwrap_or(after.len());

@@ -14,7 +14,8 @@
 //! `sslrootcert`, `sslcert`, `sslkey`, `application_name`, `options`, …; MySQL:
 //! `ssl-mode`, `ssl-ca`, `charset`, `collation`, `timezone`, …; SQLite: `mode`, `cache`,
 //! `immutable`, `vfs`; SQL Server: `encrypt` (`required`, the default, `on`, `off`,
-//! `not_supported`), `trust_server_certificate`, `ca_file`, `application_name`). Anything else is an `InvalidInput` error naming the parameter.
+//! `not_supported`), `trust_server_certificate`, `ca_file`, `application_name`; Oracle:
+//! `call_timeout`). Anything else is an `InvalidInput` error naming the parameter.
 
 use std::time::Duration;
 
@@ -61,6 +62,7 @@ const MYSQL_PARAMS: &[&str] = &[
 ];
 const SQLITE_PARAMS: &[&str] = &["mode", "cache", "immutable", "vfs"];
 const SQLSERVER_PARAMS: &[&str] = &["encrypt", "trust_server_certificate", "ca_file", "application_name"];
+const ORACLE_PARAMS: &[&str] = &["call_timeout"];
 
 /// What a database URL says: the dialect, the driver URL and the pool settings.
 #[derive(Clone, PartialEq, Eq)]
@@ -120,6 +122,7 @@ impl DbOptions {
             "mysql" | "mariadb" => Dialect::Mysql,
             "sqlite" => Dialect::Sqlite,
             "sqlserver" | "mssql" => Dialect::SqlServer,
+            "oracle" => Dialect::Oracle,
             other => return Err(scheme_error("platform-db", other, None, &crate::schemes(), raw)),
         };
         if !dialect.enabled() {
@@ -164,10 +167,11 @@ impl DbOptions {
             Dialect::Mysql => MYSQL_PARAMS,
             Dialect::Sqlite => SQLITE_PARAMS,
             Dialect::SqlServer => SQLSERVER_PARAMS,
+            Dialect::Oracle => ORACLE_PARAMS,
         };
         let driver = params.take_all(allowed);
         params.finish(dialect.name())?;
-        if dialect != Dialect::SqlServer {
+        if !matches!(dialect, Dialect::SqlServer | Dialect::Oracle) {
             platform_core::sql::refuse_tls("platform-db", &driver)?;
         }
         let rest: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(&driver).finish();
@@ -175,6 +179,10 @@ impl DbOptions {
         #[cfg(feature = "sqlserver")]
         if dialect == Dialect::SqlServer {
             crate::sqlserver::config(&driver_url)?;
+        }
+        #[cfg(feature = "oracle")]
+        if dialect == Dialect::Oracle {
+            crate::oracle::config(&driver_url)?;
         }
         Ok(Self {
             dialect,
