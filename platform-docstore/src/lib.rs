@@ -1,6 +1,8 @@
 #![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "cassandra")]
+mod cassandra;
 mod collection;
 pub mod driver;
 #[cfg(feature = "dynamodb")]
@@ -17,6 +19,8 @@ mod types;
 
 use std::sync::Arc;
 
+#[cfg(feature = "cassandra")]
+pub use cassandra::CassandraCollection;
 pub use collection::{Collection, CollectionExt, CollectionHandle};
 #[cfg(feature = "dynamodb")]
 pub use dynamodb::DynamoCollection;
@@ -41,6 +45,7 @@ pub fn schemes() -> Vec<&'static str> {
         ("postgresql", cfg!(feature = "postgres")),
         ("dynamodb", cfg!(feature = "dynamodb")),
         ("mongodb", cfg!(feature = "mongodb")),
+        ("cassandra", cfg!(feature = "cassandra")),
     ];
     all.into_iter().filter(|(_, on)| *on).map(|(scheme, _)| scheme).collect()
 }
@@ -52,6 +57,7 @@ fn feature_for(scheme: &str) -> Option<&'static str> {
         "postgres" | "postgresql" => "postgres",
         "dynamodb" => "dynamodb",
         "mongodb" => "mongodb",
+        "cassandra" => "cassandra",
         _ => return None,
     })
 }
@@ -63,7 +69,14 @@ fn bad(key: &str, why: &str) -> Error {
 /// The collection parameters of a URL (`collection`, `key`, `sort_key`, `revision`),
 /// and the URL without them (what the database itself is opened with).
 #[cfg_attr(
-    not(any(feature = "memory", feature = "sqlite", feature = "postgres", feature = "dynamodb", feature = "mongodb")),
+    not(any(
+        feature = "memory",
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "dynamodb",
+        feature = "mongodb",
+        feature = "cassandra"
+    )),
     expect(dead_code, reason = "no backend")
 )]
 struct Parts {
@@ -104,6 +117,7 @@ fn parts(url: &url::Url) -> Result<Parts> {
 /// | `postgres://user@host/db?collection=users&key=id` | PostgreSQL, JSONB (`postgres`) | any (one transaction) |
 /// | `mongodb://host/db?collection=users&key=id` | MongoDB (`mongodb`); its other parameters are the driver's (`directConnection=true`, `replicaSet=…`) | any (a transaction; needs a replica set) |
 /// | `dynamodb://table?key=id` | DynamoDB (`dynamodb`): `endpoint`, `region`, `access_key_id`, `secret_access_key`, `session_token`, `allow_scans`, `create_table`, `transactions`, `timeout` | any (`TransactWriteItems`, 100 items); none with `transactions=false` |
+/// | `cassandra://user:pass@host:9042/keyspace?collection=people&key=id` | Cassandra and ScyllaDB (`cassandra`): `hosts`, `consistency`, `serial_consistency`, `allow_scans`, `create_table`, `timeout` | one partition (a conditional `BATCH`) |
 ///
 /// Every scheme takes `key` (the partition key field, `id` by default), `sort_key`
 /// (for two-part keys) and `revision` (`_rev` by default). The SQL schemes keep the
@@ -111,7 +125,13 @@ fn parts(url: &url::Url) -> Result<Parts> {
 /// parameters are platform-db's. Unknown parameters are errors naming them; passwords
 /// are masked in every error.
 #[cfg_attr(
-    not(any(feature = "sqlite", feature = "postgres", feature = "dynamodb", feature = "mongodb")),
+    not(any(
+        feature = "sqlite",
+        feature = "postgres",
+        feature = "dynamodb",
+        feature = "mongodb",
+        feature = "cassandra"
+    )),
     expect(clippy::unused_async, reason = "only the network backends await")
 )]
 pub async fn open(raw: &str) -> Result<Arc<dyn Collection>> {
@@ -145,6 +165,13 @@ pub async fn open(raw: &str) -> Result<Arc<dyn Collection>> {
             let mut params = platform_core::config::UrlParams::parse("docstore", parts.rest.query())?;
             let driver = DynamoCollection::open(&table, parts.spec.clone(), &mut params).await?;
             Arc::new(CollectionHandle::new(driver, table, parts.spec)?)
+        }
+        #[cfg(feature = "cassandra")]
+        "cassandra" => {
+            let name = parts.collection.ok_or_else(|| bad("collection", "is required (…?collection=people)"))?;
+            let mut params = platform_core::config::UrlParams::parse("docstore", parts.rest.query())?;
+            let driver = CassandraCollection::open(&parts.rest, &name, parts.spec.clone(), &mut params).await?;
+            Arc::new(CollectionHandle::new(driver, name, parts.spec)?)
         }
         #[cfg(feature = "mongodb")]
         "mongodb" => {

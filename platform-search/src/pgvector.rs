@@ -37,20 +37,31 @@ impl PgVectors {
     /// Index `name` of `dimensions` in `db`, made when missing.
     pub async fn open(db: Db, name: &str, dimensions: usize, metric: Metric) -> Result<Self> {
         let table = format!("vectors_{name}");
-        db.execute(&Sql::new("CREATE EXTENSION IF NOT EXISTS vector")).await?;
-        db.execute(&Sql::new(format!(
-            "CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, embedding vector({dimensions}) NOT NULL, \
-             metadata JSONB NOT NULL, document TEXT)"
-        )))
-        .await?;
         let ops = match metric {
             Metric::Cosine => "vector_cosine_ops",
             Metric::L2 => "vector_l2_ops",
             Metric::InnerProduct => "vector_ip_ops",
         };
-        db.execute(&Sql::new(format!(
-            "CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw (embedding {ops})"
-        )))
+        // `IF NOT EXISTS` is not safe against a concurrent creator of the same object
+        // (two opens of a fresh database both create the extension): one at a time,
+        // under a transaction-scoped advisory lock.
+        let statements = [
+            "SELECT pg_advisory_xact_lock(hashtext('platform-search schema'))".to_owned(),
+            "CREATE EXTENSION IF NOT EXISTS vector".to_owned(),
+            format!(
+                "CREATE TABLE IF NOT EXISTS {table} (id TEXT PRIMARY KEY, embedding vector({dimensions}) NOT NULL, \
+                 metadata JSONB NOT NULL, document TEXT)"
+            ),
+            format!("CREATE INDEX IF NOT EXISTS {table}_hnsw ON {table} USING hnsw (embedding {ops})"),
+        ];
+        db.tx(|tx| {
+            Box::pin(async move {
+                for sql in statements {
+                    tx.execute(&Sql::new(sql)).await?;
+                }
+                Ok(())
+            })
+        })
         .await?;
         Ok(Self { db, table, metric })
     }
