@@ -33,8 +33,8 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::{Consistency, SerialConsistency};
 use scylla::value::{CqlValue, Row};
 
-use crate::driver::{self, Checked, Driver, Effect, Stored};
-use crate::types::{Action, AtomicWrites, Capabilities, Document, Key, KeySpec, Op, Outcome, Plan, Query};
+use crate::driver::{self, Checked, Driver, Pending, Stored};
+use crate::types::{Action, AtomicWrites, Capabilities, Document, Key, KeySpec, Outcome, Plan, Query};
 
 const BACKEND: &str = "cassandra";
 /// The sort part of a one-part key (a stable text form is never this).
@@ -161,14 +161,6 @@ pub(crate) fn statements(table: &str) -> [String; 7] {
     ]
 }
 
-/// A conditional write of a key's final state, on the condition that it is still at
-/// `was` (absent when `None`).
-struct Write {
-    key: Key,
-    state: Option<(Document, String)>,
-    was: Option<String>,
-}
-
 impl CassandraCollection {
     /// From `cassandra://…/keyspace` with `collection` and the other parameters.
     pub async fn open(url: &url::Url, collection: &str, spec: KeySpec, params: &mut UrlParams) -> Result<Self> {
@@ -269,7 +261,7 @@ impl CassandraCollection {
     }
 
     /// The statement and values that make `w` happen.
-    fn statement(&self, w: &Write) -> Option<(&PreparedStatement, Vec<CqlValue>)> {
+    fn statement(&self, w: &Pending) -> Option<(&PreparedStatement, Vec<CqlValue>)> {
         let (pk, sk) = (CqlValue::Text(w.key.partition.encode()), CqlValue::Text(sort_text(&w.key)));
         let text = |s: &str| CqlValue::Text(s.to_owned());
         match (&w.state, &w.was) {
@@ -299,7 +291,7 @@ impl CassandraCollection {
         }
     }
 
-    fn lost(w: &Write, create: bool) -> Error {
+    fn lost(w: &Pending, create: bool) -> Error {
         if create && w.was.is_none() {
             failed(ErrorKind::AlreadyExists, false, format!("document {} exists", w.key))
         } else {
@@ -307,7 +299,7 @@ impl CassandraCollection {
         }
     }
 
-    async fn write(&self, w: &Write, create: bool) -> Result<()> {
+    async fn write(&self, w: &Pending, create: bool) -> Result<()> {
         let Some((statement, values)) = self.statement(w) else { return Ok(()) };
         let result = self.session.execute_unpaged(statement, values).await.map_err(|e| map_err(&e))?;
         if Self::applied(result)? { Ok(()) } else { Err(Self::lost(w, create)) }
@@ -315,15 +307,10 @@ impl CassandraCollection {
 
     async fn step(&self, c: &Checked) -> Result<Outcome> {
         let current = self.read(&c.key).await?;
-        let (effect, outcome) = driver::apply(c, current.as_ref(), &self.spec)?;
-        let was = current.map(|s| s.revision);
-        let state = match effect {
-            Effect::None => return Ok(outcome),
-            Effect::Delete if was.is_none() => return Ok(outcome),
-            Effect::Delete => None,
-            Effect::Write { doc, revision } => Some((doc, revision)),
-        };
-        self.write(&Write { key: c.key.clone(), state, was }, matches!(c.action, Action::Create(_))).await?;
+        let (outcome, write) = driver::pending(c, current, &self.spec)?;
+        if let Some(w) = write {
+            self.write(&w, matches!(c.action, Action::Create(_))).await?;
+        }
         Ok(outcome)
     }
 
@@ -341,15 +328,6 @@ impl CassandraCollection {
             docs.push(driver::with_revision(s.doc, &s.revision, &self.spec));
         }
         Ok(docs)
-    }
-
-    /// The partition a query is confined to, if a filter says `key = value`.
-    fn partition_of(&self, query: &Query) -> Option<String> {
-        query.filters.iter().find(|f| f.op == Op::Eq && f.path.is_field(&self.spec.partition)).and_then(|f| {
-            let mut d = Document::new();
-            d.insert(self.spec.partition.clone(), f.value.clone());
-            KeySpec::new(self.spec.partition.clone()).key_of(&d).ok().flatten().map(|k| k.partition.encode())
-        })
     }
 }
 
@@ -388,31 +366,8 @@ impl Driver for CassandraCollection {
                 "Cassandra writes a conditional batch within one partition only: these actions span several".to_owned(),
             ));
         }
-        let mut read: Vec<(Key, Option<String>, Option<Stored>)> = Vec::new();
-        let mut outcomes = Vec::with_capacity(actions.len());
-        for (i, c) in actions.iter().enumerate() {
-            let at = match read.iter().position(|(k, _, _)| *k == c.key) {
-                Some(at) => at,
-                None => {
-                    let current = self.read(&c.key).await?;
-                    read.push((c.key.clone(), current.as_ref().map(|s| s.revision.clone()), current));
-                    read.len() - 1
-                }
-            };
-            let (effect, outcome) = driver::apply(c, read[at].2.as_ref(), &self.spec)
-                .map_err(|e| e.with_detail("action", i.to_string()))?;
-            match effect {
-                Effect::None => {}
-                Effect::Write { doc, revision } => read[at].2 = Some(Stored { doc, revision }),
-                Effect::Delete => read[at].2 = None,
-            }
-            outcomes.push(outcome);
-        }
-        let writes: Vec<Write> = read
-            .into_iter()
-            .filter(|(_, was, now)| was.as_ref() != now.as_ref().map(|s| &s.revision))
-            .map(|(key, was, now)| Write { key, state: now.map(|s| (s.doc, s.revision)), was })
-            .collect();
+        let (outcomes, writes) =
+            driver::simulate(&actions, &self.spec, |key| async move { self.read(&key).await }).await?;
         let mut batch = Batch::new(BatchType::Logged);
         let mut values = Vec::new();
         for w in &writes {
@@ -443,7 +398,7 @@ impl Driver for CassandraCollection {
     }
 
     async fn query(&self, query: &Query) -> Result<Vec<Document>> {
-        let partition = self.partition_of(query);
+        let partition = driver::partition_of(query, &self.spec);
         if partition.is_none() && !self.allow_scans {
             return Err(failed(
                 ErrorKind::Unsupported,
@@ -454,21 +409,11 @@ impl Driver for CassandraCollection {
                 ),
             ));
         }
-        let mut docs: Vec<Document> = self
-            .read_many(partition)
-            .await?
-            .into_iter()
-            .filter(|d| query.filters.iter().all(|f| driver::matches(f, d)))
-            .collect();
-        if let Some((path, direction)) = &query.order_by {
-            docs.sort_by(|a, b| driver::order(a, b, path, *direction));
-        }
-        let docs = docs.into_iter().skip(query.offset.unwrap_or(0)).take(query.limit.unwrap_or(usize::MAX));
-        Ok(docs.map(|d| driver::project(d, &query.fields, &self.spec)).collect())
+        Ok(driver::answer(self.read_many(partition).await?, query, &self.spec))
     }
 
     async fn plan(&self, query: &Query) -> Result<Plan> {
-        Ok(match self.partition_of(query) {
+        Ok(match driver::partition_of(query, &self.spec) {
             Some(_) => Plan {
                 scan: false,
                 detail: format!(

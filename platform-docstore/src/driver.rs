@@ -341,3 +341,86 @@ pub fn order(a: &Document, b: &Document, path: &FieldPath, direction: Direction)
         Direction::Descending => ord.reverse(),
     }
 }
+
+/// A conditional write of a key's final state: `state` to store (`None`: delete), on
+/// the condition that the key is still at revision `was` (absent when `None`). What
+/// the backends that simulate and then write conditionally (DynamoDB, Cassandra) send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    /// The key.
+    pub key: Key,
+    /// The document and revision to store, or `None` to delete.
+    pub state: Option<(Document, String)>,
+    /// The revision the write is conditioned on, or `None` for "absent".
+    pub was: Option<String>,
+}
+
+/// What one action needs written, given the document `current` read for its key: its
+/// outcome, and the conditional write (none for a read or deleting what is not there).
+pub fn pending(c: &Checked, current: Option<Stored>, spec: &KeySpec) -> Result<(Outcome, Option<Pending>)> {
+    let (effect, outcome) = apply(c, current.as_ref(), spec)?;
+    let was = current.map(|s| s.revision);
+    let state = match effect {
+        Effect::None => return Ok((outcome, None)),
+        Effect::Delete if was.is_none() => return Ok((outcome, None)),
+        Effect::Delete => None,
+        Effect::Write { doc, revision } => Some((doc, revision)),
+    };
+    Ok((outcome, Some(Pending { key: c.key.clone(), state, was })))
+}
+
+/// An atomic list simulated in order on what `read` returns for each key (read once):
+/// the outcomes, and every key's final state as a conditional write on its revision
+/// read. The first error names its action's index.
+pub async fn simulate<F, Fut>(actions: &[Checked], spec: &KeySpec, mut read: F) -> Result<(Vec<Outcome>, Vec<Pending>)>
+where
+    F: FnMut(Key) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<Stored>>>,
+{
+    let mut seen: Vec<(Key, Option<String>, Option<Stored>)> = Vec::new();
+    let mut outcomes = Vec::with_capacity(actions.len());
+    for (i, c) in actions.iter().enumerate() {
+        let at = match seen.iter().position(|(k, _, _)| *k == c.key) {
+            Some(at) => at,
+            None => {
+                let current = read(c.key.clone()).await?;
+                seen.push((c.key.clone(), current.as_ref().map(|s| s.revision.clone()), current));
+                seen.len() - 1
+            }
+        };
+        let (effect, outcome) =
+            apply(c, seen[at].2.as_ref(), spec).map_err(|e| e.with_detail("action", i.to_string()))?;
+        match effect {
+            Effect::None => {}
+            Effect::Write { doc, revision } => seen[at].2 = Some(Stored { doc, revision }),
+            Effect::Delete => seen[at].2 = None,
+        }
+        outcomes.push(outcome);
+    }
+    let writes = seen
+        .into_iter()
+        .filter(|(_, was, now)| was.as_ref() != now.as_ref().map(|s| &s.revision))
+        .map(|(key, was, now)| Pending { key, state: now.map(|s| (s.doc, s.revision)), was })
+        .collect();
+    Ok((outcomes, writes))
+}
+
+/// The answer to `query` from the documents read for it: its filters, order, offset,
+/// limit and projection applied.
+pub fn answer(docs: Vec<Document>, query: &Query, spec: &KeySpec) -> Vec<Document> {
+    let mut docs: Vec<Document> = docs.into_iter().filter(|d| query.filters.iter().all(|f| matches(f, d))).collect();
+    if let Some((path, direction)) = &query.order_by {
+        docs.sort_by(|a, b| order(a, b, path, *direction));
+    }
+    let docs = docs.into_iter().skip(query.offset.unwrap_or(0)).take(query.limit.unwrap_or(usize::MAX));
+    docs.map(|d| project(d, &query.fields, spec)).collect()
+}
+
+/// The encoded partition key a query is confined to, if a filter says `key = value`.
+pub fn partition_of(query: &Query, spec: &KeySpec) -> Option<String> {
+    query.filters.iter().find(|f| f.op == Op::Eq && f.path.is_field(&spec.partition)).and_then(|f| {
+        let mut d = Document::new();
+        d.insert(spec.partition.clone(), f.value.clone());
+        KeySpec::new(spec.partition.clone()).key_of(&d).ok().flatten().map(|k| k.partition.encode())
+    })
+}

@@ -35,8 +35,8 @@ use platform_core::config::UrlParams;
 use platform_core::{Error, ErrorKind, Result};
 use serde_json::{Map, Number, Value};
 
-use crate::driver::{self, Checked, Driver, Effect, Stored};
-use crate::types::{Action, AtomicWrites, Capabilities, Document, Key, KeySpec, Op, Outcome, Plan, Query};
+use crate::driver::{self, Checked, Driver, Pending, Stored};
+use crate::types::{Action, AtomicWrites, Capabilities, Document, Key, KeySpec, Outcome, Plan, Query};
 
 const BACKEND: &str = "dynamodb";
 const PK: &str = "_pk";
@@ -152,15 +152,7 @@ fn stored_of(item: &Item) -> Result<Stored> {
     Ok(Stored { doc, revision })
 }
 
-/// A conditional write of a key's final state: `Some(doc, rev)` to store, `None` to
-/// delete; on the condition that the item is still at `was` (absent when `None`).
-struct Write {
-    key: Key,
-    state: Option<(Document, String)>,
-    was: Option<String>,
-}
-
-impl Write {
+impl Pending {
     fn condition(&self) -> (String, HashMap<String, String>, Option<Item>) {
         match &self.was {
             None => ("attribute_not_exists(#pk)".to_owned(), HashMap::from([("#pk".to_owned(), PK.to_owned())]), None),
@@ -281,7 +273,7 @@ impl DynamoCollection {
         got.item().map(stored_of).transpose()
     }
 
-    async fn write(&self, w: &Write, create: bool) -> Result<()> {
+    async fn write(&self, w: &Pending, create: bool) -> Result<()> {
         let (condition, names, values) = w.condition();
         let sent = match w.item() {
             Some(item) => self
@@ -323,15 +315,10 @@ impl DynamoCollection {
 
     async fn step(&self, c: &Checked) -> Result<Outcome> {
         let current = self.read(&c.key).await?;
-        let (effect, outcome) = driver::apply(c, current.as_ref(), &self.spec)?;
-        let was = current.map(|s| s.revision);
-        let state = match effect {
-            Effect::None => return Ok(outcome),
-            Effect::Delete if was.is_none() => return Ok(outcome),
-            Effect::Delete => None,
-            Effect::Write { doc, revision } => Some((doc, revision)),
-        };
-        self.write(&Write { key: c.key.clone(), state, was }, matches!(c.action, Action::Create(_))).await?;
+        let (outcome, write) = driver::pending(c, current, &self.spec)?;
+        if let Some(w) = write {
+            self.write(&w, matches!(c.action, Action::Create(_))).await?;
+        }
         Ok(outcome)
     }
 
@@ -379,15 +366,6 @@ impl DynamoCollection {
             }
         }
     }
-
-    /// The partition a query is confined to, if a filter says `key = value`.
-    fn partition_of(&self, query: &Query) -> Option<String> {
-        query.filters.iter().find(|f| f.op == Op::Eq && f.path.is_field(&self.spec.partition)).and_then(|f| {
-            let mut d = Document::new();
-            d.insert(self.spec.partition.clone(), f.value.clone());
-            KeySpec::new(self.spec.partition.clone()).key_of(&d).ok().flatten().map(|k| k.partition.encode())
-        })
-    }
 }
 
 #[async_trait::async_trait]
@@ -412,31 +390,8 @@ impl Driver for DynamoCollection {
     async fn run_atomic(&self, actions: Vec<Checked>) -> Result<Vec<Outcome>> {
         // In order, on what was read; then every key's final state in one transaction,
         // each on the condition that the key is still as read.
-        let mut read: Vec<(Key, Option<String>, Option<Stored>)> = Vec::new();
-        let mut outcomes = Vec::with_capacity(actions.len());
-        for (i, c) in actions.iter().enumerate() {
-            let at = match read.iter().position(|(k, _, _)| *k == c.key) {
-                Some(at) => at,
-                None => {
-                    let current = self.read(&c.key).await?;
-                    read.push((c.key.clone(), current.as_ref().map(|s| s.revision.clone()), current));
-                    read.len() - 1
-                }
-            };
-            let (effect, outcome) = driver::apply(c, read[at].2.as_ref(), &self.spec)
-                .map_err(|e| e.with_detail("action", i.to_string()))?;
-            match effect {
-                Effect::None => {}
-                Effect::Write { doc, revision } => read[at].2 = Some(Stored { doc, revision }),
-                Effect::Delete => read[at].2 = None,
-            }
-            outcomes.push(outcome);
-        }
-        let writes: Vec<Write> = read
-            .into_iter()
-            .filter(|(_, was, now)| was.as_ref() != now.as_ref().map(|s| &s.revision))
-            .map(|(key, was, now)| Write { key, state: now.map(|s| (s.doc, s.revision)), was })
-            .collect();
+        let (outcomes, writes) =
+            driver::simulate(&actions, &self.spec, |key| async move { self.read(&key).await }).await?;
         if writes.is_empty() {
             return Ok(outcomes);
         }
@@ -483,7 +438,7 @@ impl Driver for DynamoCollection {
     }
 
     async fn query(&self, query: &Query) -> Result<Vec<Document>> {
-        let partition = self.partition_of(query);
+        let partition = driver::partition_of(query, &self.spec);
         if partition.is_none() && !self.allow_scans {
             return Err(Error::new(
                 ErrorKind::Unsupported,
@@ -493,21 +448,11 @@ impl Driver for DynamoCollection {
                 ),
             ));
         }
-        let mut docs: Vec<Document> = self
-            .read_all(partition)
-            .await?
-            .into_iter()
-            .filter(|d| query.filters.iter().all(|f| driver::matches(f, d)))
-            .collect();
-        if let Some((path, direction)) = &query.order_by {
-            docs.sort_by(|a, b| driver::order(a, b, path, *direction));
-        }
-        let docs = docs.into_iter().skip(query.offset.unwrap_or(0)).take(query.limit.unwrap_or(usize::MAX));
-        Ok(docs.map(|d| driver::project(d, &query.fields, &self.spec)).collect())
+        Ok(driver::answer(self.read_all(partition).await?, query, &self.spec))
     }
 
     async fn plan(&self, query: &Query) -> Result<Plan> {
-        Ok(match self.partition_of(query) {
+        Ok(match driver::partition_of(query, &self.spec) {
             Some(_) => Plan {
                 scan: false,
                 detail: format!(
