@@ -3,6 +3,8 @@
 
 #[cfg(feature = "chroma")]
 mod chroma;
+#[cfg(feature = "opensearch")]
+mod knn;
 #[cfg(feature = "memory")]
 mod memory;
 #[cfg(feature = "memory")]
@@ -20,6 +22,8 @@ use std::sync::Arc;
 
 #[cfg(feature = "chroma")]
 pub use chroma::ChromaVectors;
+#[cfg(feature = "opensearch")]
+pub use knn::KnnVectors;
 #[cfg(feature = "memory")]
 pub use memory::MemoryVectors;
 #[cfg(feature = "memory")]
@@ -44,6 +48,8 @@ pub fn schemes() -> Vec<&'static str> {
         ("memory", cfg!(feature = "memory")),
         ("pgvector", cfg!(feature = "pgvector")),
         ("chroma", cfg!(feature = "chroma")),
+        ("elasticsearch", cfg!(feature = "opensearch")),
+        ("opensearch", cfg!(feature = "opensearch")),
     ];
     all.into_iter().filter(|(_, on)| *on).map(|(scheme, _)| scheme).collect()
 }
@@ -59,12 +65,14 @@ fn bad(key: &str, why: &str) -> Error {
 /// | `memory://docs?dimensions=384` | in-process exact search (feature `memory`) | yes |
 /// | `pgvector://user@host:5433/db?index=docs&dimensions=384` | PostgreSQL with pgvector, HNSW (`pgvector`); other parameters are platform-db's | no |
 /// | `chroma://host:8000/docs?dimensions=384` | ChromaDB, HTTP API v2 (`chroma`): `tenant`, `database`, `tls`, `timeout` | no |
+/// | `elasticsearch://host:9200/docs?dimensions=384` | Elasticsearch `dense_vector` and `knn` (`opensearch`): `tls`, `timeout`, `num_candidates`; tested on fixtures only | no |
+/// | `opensearch://host:9200/docs?dimensions=384` | OpenSearch's k-NN plugin, `knn_vector` (`opensearch`): `tls`, `timeout`; tested on fixtures only | no |
 ///
 /// Every URL takes `dimensions` (required, 1 to [`MAX_DIMENSIONS`]) and `metric`
 /// (`cosine`, the default; `l2`; `ip`). Unknown parameters are errors naming them;
 /// passwords are masked in every error.
 #[cfg_attr(
-    not(any(feature = "pgvector", feature = "chroma")),
+    not(any(feature = "pgvector", feature = "chroma", feature = "opensearch")),
     expect(clippy::unused_async, reason = "only the network backends await")
 )]
 pub async fn open_vector(raw: &str) -> Result<Arc<dyn VectorIndex>> {
@@ -125,11 +133,18 @@ pub async fn open_vector(raw: &str) -> Result<Arc<dyn VectorIndex>> {
             let driver = ChromaVectors::open(&url, &name, metric, &mut params).await?;
             Ok(Arc::new(VectorHandle::new(driver, name, dimensions, metric)))
         }
+        #[cfg(feature = "opensearch")]
+        "elasticsearch" | "opensearch" => {
+            let name = url.path().trim_start_matches('/').to_owned();
+            let driver = KnnVectors::open(&url, dimensions, metric, &mut params).await?;
+            Ok(Arc::new(VectorHandle::new(driver, name, dimensions, metric)))
+        }
         other => {
             let feature = match other {
                 "memory" => Some("memory"),
                 "pgvector" => Some("pgvector"),
                 "chroma" => Some("chroma"),
+                "elasticsearch" | "opensearch" => Some("opensearch"),
                 _ => None,
             };
             Err(match feature {

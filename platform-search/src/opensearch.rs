@@ -66,6 +66,32 @@ pub(crate) fn check_index(name: &str) -> Result<()> {
     }
 }
 
+/// Where an OpenSearch or Elasticsearch index is, and the client to reach it.
+pub(crate) struct Endpoint {
+    pub(crate) http: reqwest::Client,
+    /// `http://host:9200`.
+    pub(crate) base: String,
+    /// The index, from the URL's path (checked).
+    pub(crate) index: String,
+    /// HTTP Basic credentials from the URL.
+    pub(crate) auth: Option<(String, Option<String>)>,
+}
+
+/// The endpoint of `…://user:pass@host:9200/index`.
+pub(crate) fn endpoint(url: &url::Url, tls: bool, timeout: Duration) -> Result<Endpoint> {
+    let index = url.path().trim_start_matches('/').to_owned();
+    check_index(&index)?;
+    let host = url.host_str().unwrap_or("127.0.0.1");
+    let port = url.port().unwrap_or(9200);
+    let base = format!("{}://{host}:{port}", if tls { "https" } else { "http" });
+    let auth = (!url.username().is_empty()).then(|| (url.username().to_owned(), url.password().map(str::to_owned)));
+    let http = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|e| Error::internal(format!("an HTTP client: {e}")))?;
+    Ok(Endpoint { http, base, index, auth })
+}
+
 impl OpenSearch {
     /// The index named by the path of `url`, made with `mapping` when missing.
     pub async fn open(url: &url::Url, mapping: &Mapping, params: &mut UrlParams) -> Result<Self> {
@@ -73,16 +99,7 @@ impl OpenSearch {
         let timeout = params.take_duration("timeout")?.unwrap_or(Duration::from_secs(10));
         let backend = if url.scheme() == "elasticsearch" { "elasticsearch" } else { "opensearch" };
         params.finish(backend)?;
-        let index = url.path().trim_start_matches('/').to_owned();
-        check_index(&index)?;
-        let host = url.host_str().unwrap_or("127.0.0.1");
-        let port = url.port().unwrap_or(9200);
-        let base = format!("{}://{host}:{port}", if tls { "https" } else { "http" });
-        let auth = (!url.username().is_empty()).then(|| (url.username().to_owned(), url.password().map(str::to_owned)));
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| Error::internal(format!("an HTTP client: {e}")))?;
+        let Endpoint { http, base, index, auth } = endpoint(url, tls, timeout)?;
         let this = Self { http, base, index, auth, backend, mapping: mapping.clone() };
         let properties: Map<String, Value> =
             mapping.fields.iter().map(|(f, t)| (f.clone(), json!({"type": type_name(*t)}))).collect();
