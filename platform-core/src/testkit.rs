@@ -140,6 +140,19 @@ pub fn unique_ident(prefix: &str) -> String {
     unique_name(prefix).replace('-', "_")
 }
 
+/// Compares `text` with the golden file at `path`; with `PLATFORM_UPDATE_GOLDEN` set,
+/// writes it there first. For conversations and rendered SQL that must not drift.
+pub fn assert_golden(path: &std::path::Path, text: &str) {
+    if std::env::var_os("PLATFORM_UPDATE_GOLDEN").is_some() {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).expect("the golden file's directory");
+        }
+        std::fs::write(path, text).expect("the golden file");
+    }
+    let want = std::fs::read_to_string(path).unwrap_or_default();
+    assert_eq!(text, want, "{} differs (PLATFORM_UPDATE_GOLDEN=1 rewrites it)", path.display());
+}
+
 /// How long one behaviour may run before it fails: a wedged server fails its tests
 /// instead of hanging the whole run.
 pub const BEHAVIOUR_DEADLINE: std::time::Duration = std::time::Duration::from_secs(180);

@@ -388,3 +388,77 @@ macro_rules! common_index_methods {
     };
 }
 pub(crate) use common_index_methods;
+
+/// The statements both dialects' golden tests render.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use sea_query::{
+        Alias, Asterisk, ColumnDef, Expr, ExprTrait, Index, IndexCreateStatement, InsertStatement, OnConflict, Order,
+        Query, SelectStatement, Table, TableCreateStatement, TableDropStatement, TableRenameStatement,
+    };
+
+    /// A filtered, ordered page: `LIMIT 10 OFFSET 20`.
+    pub(crate) fn page() -> SelectStatement {
+        Query::select()
+            .columns([Alias::new("id"), Alias::new("body")])
+            .from(Alias::new("notes"))
+            .and_where(Expr::col(Alias::new("owner")).eq("ada"))
+            .and_where(Expr::col(Alias::new("done")).eq(false))
+            .order_by(Alias::new("id"), Order::Desc)
+            .limit(10)
+            .offset(20)
+            .to_owned()
+    }
+
+    /// `SELECT * … LIMIT 5`, unordered.
+    pub(crate) fn first_five() -> SelectStatement {
+        Query::select().column(Asterisk).from(Alias::new("notes")).limit(5).to_owned()
+    }
+
+    /// An insert with `ON CONFLICT DO NOTHING`.
+    pub(crate) fn upsert() -> InsertStatement {
+        Query::insert()
+            .into_table(Alias::new("t"))
+            .columns([Alias::new("k")])
+            .values_panic([1.into()])
+            .on_conflict(OnConflict::column(Alias::new("k")).do_nothing().to_owned())
+            .to_owned()
+    }
+
+    /// A table of every portable column type, made if missing.
+    pub(crate) fn notes_table() -> TableCreateStatement {
+        Table::create()
+            .table(Alias::new("notes"))
+            .if_not_exists()
+            .col(ColumnDef::new(Alias::new("id")).big_integer().not_null().auto_increment().primary_key())
+            .col(ColumnDef::new(Alias::new("owner")).uuid().not_null())
+            .col(ColumnDef::new(Alias::new("body")).text().not_null())
+            .col(ColumnDef::new(Alias::new("title")).string_len(200))
+            .col(ColumnDef::new(Alias::new("done")).boolean().not_null().default(false))
+            .col(ColumnDef::new(Alias::new("meta")).json_binary())
+            .col(ColumnDef::new(Alias::new("blob")).blob())
+            .col(ColumnDef::new(Alias::new("at")).timestamp_with_time_zone().not_null())
+            .col(ColumnDef::new(Alias::new("score")).double())
+            .to_owned()
+    }
+
+    /// A unique two-column index, made if missing.
+    pub(crate) fn notes_index() -> IndexCreateStatement {
+        Index::create()
+            .name("notes_owner")
+            .table(Alias::new("notes"))
+            .col(Alias::new("owner"))
+            .col(Alias::new("id"))
+            .unique()
+            .if_not_exists()
+            .to_owned()
+    }
+
+    pub(crate) fn rename() -> TableRenameStatement {
+        Table::rename().table(Alias::new("a"), Alias::new("b")).to_owned()
+    }
+
+    pub(crate) fn drop_notes() -> TableDropStatement {
+        Table::drop().table(Alias::new("notes")).if_exists().to_owned()
+    }
+}

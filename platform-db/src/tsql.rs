@@ -273,9 +273,10 @@ pub(crate) fn numbered(sql: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use sea_query::{Alias, Asterisk, ColumnDef, Expr, ExprTrait, Index, Order, Query, Table};
+    use sea_query::{Alias, Asterisk, ColumnDef, Expr, ExprTrait, Index, Query, Table};
 
     use super::*;
+    use crate::render::fixtures;
     use crate::{Dialect, Statement};
 
     fn tsql(s: &impl Statement) -> String {
@@ -284,16 +285,7 @@ mod tests {
 
     #[test]
     fn selects_page_with_offset_fetch() {
-        let q = Query::select()
-            .columns([Alias::new("id"), Alias::new("body")])
-            .from(Alias::new("notes"))
-            .and_where(Expr::col(Alias::new("owner")).eq("ada"))
-            .and_where(Expr::col(Alias::new("done")).eq(false))
-            .order_by(Alias::new("id"), Order::Desc)
-            .limit(10)
-            .offset(20)
-            .to_owned();
-        let (sql, values) = q.render(Dialect::SqlServer);
+        let (sql, values) = fixtures::page().render(Dialect::SqlServer);
         assert_eq!(
             sql,
             r#"SELECT "id", "body" FROM "notes" WHERE "owner" = @P1 AND "done" = @P2 ORDER BY "id" DESC OFFSET @P3 ROWS FETCH NEXT @P4 ROWS ONLY"#
@@ -302,8 +294,10 @@ mod tests {
             values.0,
             vec![Value::from("ada"), Value::from(false), Value::BigUnsigned(Some(20)), Value::BigUnsigned(Some(10))]
         );
-        let q = Query::select().column(Asterisk).from(Alias::new("notes")).limit(5).to_owned();
-        assert_eq!(tsql(&q), r#"SELECT * FROM "notes" ORDER BY (SELECT NULL) OFFSET 0 ROWS FETCH NEXT @P1 ROWS ONLY"#);
+        assert_eq!(
+            tsql(&fixtures::first_five()),
+            r#"SELECT * FROM "notes" ORDER BY (SELECT NULL) OFFSET 0 ROWS FETCH NEXT @P1 ROWS ONLY"#
+        );
     }
 
     #[test]
@@ -325,13 +319,7 @@ mod tests {
 
     #[test]
     fn what_tsql_lacks_is_a_throw() {
-        let q = Query::insert()
-            .into_table(Alias::new("t"))
-            .columns([Alias::new("k")])
-            .values_panic([1.into()])
-            .on_conflict(sea_query::OnConflict::column(Alias::new("k")).do_nothing().to_owned())
-            .to_owned();
-        let (sql, values) = q.render(Dialect::SqlServer);
+        let (sql, values) = fixtures::upsert().render(Dialect::SqlServer);
         assert_eq!(sql, "THROW 59999, N'platform-db renders no T-SQL for ON CONFLICT (write a MERGE in Sql text)', 1");
         assert!(values.0.is_empty());
         let q = Query::select().column(Asterisk).from(Alias::new("t")).lock_exclusive().to_owned();
@@ -343,45 +331,22 @@ mod tests {
 
     #[test]
     fn tables_and_indexes() {
-        let create = Table::create()
-            .table(Alias::new("notes"))
-            .if_not_exists()
-            .col(ColumnDef::new(Alias::new("id")).big_integer().not_null().auto_increment().primary_key())
-            .col(ColumnDef::new(Alias::new("owner")).uuid().not_null())
-            .col(ColumnDef::new(Alias::new("body")).text().not_null())
-            .col(ColumnDef::new(Alias::new("title")).string_len(200))
-            .col(ColumnDef::new(Alias::new("done")).boolean().not_null().default(false))
-            .col(ColumnDef::new(Alias::new("meta")).json_binary())
-            .col(ColumnDef::new(Alias::new("blob")).blob())
-            .col(ColumnDef::new(Alias::new("at")).timestamp_with_time_zone().not_null())
-            .col(ColumnDef::new(Alias::new("score")).double())
-            .to_owned();
         assert_eq!(
-            tsql(&create),
+            tsql(&fixtures::notes_table()),
             "IF OBJECT_ID(N'[notes]', N'U') IS NULL CREATE TABLE \"notes\" ( \
              \"id\" bigint NOT NULL PRIMARY KEY IDENTITY(1,1), \"owner\" uniqueidentifier NOT NULL, \
              \"body\" nvarchar(max) NOT NULL, \"title\" nvarchar(200), \"done\" bit NOT NULL DEFAULT 0, \
              \"meta\" nvarchar(max), \"blob\" varbinary(max), \"at\" datetimeoffset NOT NULL, \"score\" float )"
         );
-        let index = Index::create()
-            .name("notes_owner")
-            .table(Alias::new("notes"))
-            .col(Alias::new("owner"))
-            .col(Alias::new("id"))
-            .unique()
-            .if_not_exists()
-            .to_owned();
         assert_eq!(
-            tsql(&index),
+            tsql(&fixtures::notes_index()),
             "IF NOT EXISTS (SELECT 1 FROM sys.indexes WHERE name = N'notes_owner' AND object_id = OBJECT_ID(N'[notes]')) \
              CREATE UNIQUE INDEX \"notes_owner\" ON \"notes\" (\"owner\", \"id\")"
         );
         let drop = Index::drop().name("notes_owner").table(Alias::new("notes")).to_owned();
         assert_eq!(tsql(&drop), r#"DROP INDEX "notes_owner" ON "notes""#);
-        let rename = Table::rename().table(Alias::new("a"), Alias::new("b")).to_owned();
-        assert_eq!(tsql(&rename), "EXEC sp_rename N'a', N'b'");
-        let drop = Table::drop().table(Alias::new("notes")).if_exists().to_owned();
-        assert_eq!(tsql(&drop), r#"DROP TABLE IF EXISTS "notes""#);
+        assert_eq!(tsql(&fixtures::rename()), "EXEC sp_rename N'a', N'b'");
+        assert_eq!(tsql(&fixtures::drop_notes()), r#"DROP TABLE IF EXISTS "notes""#);
     }
 
     #[test]

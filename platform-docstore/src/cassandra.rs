@@ -398,17 +398,7 @@ impl Driver for CassandraCollection {
     }
 
     async fn query(&self, query: &Query) -> Result<Vec<Document>> {
-        let partition = driver::partition_of(query, &self.spec);
-        if partition.is_none() && !self.allow_scans {
-            return Err(failed(
-                ErrorKind::Unsupported,
-                false,
-                format!(
-                    "a query without `{} = …` would read the whole table: open with allow_scans=true to allow it",
-                    self.spec.partition
-                ),
-            ));
-        }
+        let partition = driver::partition_or_refuse(query, &self.spec, self.allow_scans)?;
         Ok(driver::answer(self.read_many(partition).await?, query, &self.spec))
     }
 

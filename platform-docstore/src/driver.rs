@@ -424,3 +424,19 @@ pub fn partition_of(query: &Query, spec: &KeySpec) -> Option<String> {
         KeySpec::new(spec.partition.clone()).key_of(&d).ok().flatten().map(|k| k.partition.encode())
     })
 }
+
+/// The partition `query` reads, or `None` for the whole collection when `allow_scans`;
+/// `Unsupported` when it would read the whole collection and scans are not allowed.
+pub fn partition_or_refuse(query: &Query, spec: &KeySpec, allow_scans: bool) -> Result<Option<String>> {
+    let partition = partition_of(query, spec);
+    if partition.is_none() && !allow_scans {
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            format!(
+                "a query without `{} = …` would read the whole collection: open with allow_scans=true to allow it",
+                spec.partition
+            ),
+        ));
+    }
+    Ok(partition)
+}

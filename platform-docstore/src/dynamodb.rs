@@ -438,16 +438,7 @@ impl Driver for DynamoCollection {
     }
 
     async fn query(&self, query: &Query) -> Result<Vec<Document>> {
-        let partition = driver::partition_of(query, &self.spec);
-        if partition.is_none() && !self.allow_scans {
-            return Err(Error::new(
-                ErrorKind::Unsupported,
-                format!(
-                    "a query without `{} = …` would scan the table: open with allow_scans=true to allow it",
-                    self.spec.partition
-                ),
-            ));
-        }
+        let partition = driver::partition_or_refuse(query, &self.spec, self.allow_scans)?;
         Ok(driver::answer(self.read_all(partition).await?, query, &self.spec))
     }
 

@@ -80,3 +80,8 @@ async fn bad_urls_name_what_is_wrong() {
     let err = platform_docstore::open_from_env("DOCSTORE_UNSET_IN_TESTS").await.expect_err("unset");
     assert!(err.to_string().contains("DOCSTORE_UNSET_IN_TESTS_URL"), "{err}");
 }
+
+/// Cassandra has no server here: the backend against scripted CQL frames.
+#[cfg(feature = "cassandra")]
+#[path = "conformance/cassandra_cql.rs"]
+mod cassandra_cql;

@@ -54,3 +54,8 @@ async fn bad_urls_name_what_is_wrong() {
     let err = platform_search::open_vector_from_env("VECTORS_UNSET_IN_TESTS").await.expect_err("unset");
     assert!(err.to_string().contains("VECTORS_UNSET_IN_TESTS_URL"), "{err}");
 }
+
+/// Elasticsearch and OpenSearch k-NN have no server here: against documented fixtures.
+#[cfg(feature = "opensearch")]
+#[path = "conformance/knn_fixtures.rs"]
+mod knn_fixtures;

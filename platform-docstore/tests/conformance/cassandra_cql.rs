@@ -377,14 +377,8 @@ impl Server {
 fn golden(name: &str, lines: &[String]) {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    // Documents carry fresh revisions: masked as <rev> by `show`, except inside JSON.
-    let text = mask_revisions(&text);
-    if std::env::var_os("PLATFORM_UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &text).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(text, want, "{} differs (PLATFORM_UPDATE_GOLDEN=1 rewrites it)", path.display());
+    // Documents carry fresh revisions: masked as <rev> by `show`, and inside JSON here.
+    platform_core::testkit::assert_golden(&path, &mask_revisions(&text));
 }
 
 fn mask_revisions(text: &str) -> String {

@@ -108,16 +108,6 @@ fn affected(n: usize) -> Result<Rows> {
     Ok(Rows::new(Vec::new(), vec![Vec::new(); n]))
 }
 
-fn golden(name: &str, lines: &[String]) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-    let text: String = lines.iter().map(|l| format!("{}\n", l.replace('\n', " "))).collect();
-    if std::env::var_os("PLATFORM_UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &text).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(text, want, "{} differs (PLATFORM_UPDATE_GOLDEN=1 rewrites it)", path.display());
-}
-
 /// A fresh schema as Oracle answers the migrator: nothing applied, then the notes table.
 fn fresh_schema(grant_lock: bool) -> Script {
     let created = Arc::new(Mutex::new(false));
@@ -165,7 +155,7 @@ async fn a_migration_is_recorded_run_and_marked_under_dbms_lock() {
     let lines = log.lines();
     assert!(lines.iter().any(|l| l.contains("DBMS_LOCK.REQUEST")), "{lines:#?}");
     assert!(lines.last().unwrap().contains("commit") || lines.iter().any(|l| l.contains("DBMS_LOCK.RELEASE")));
-    golden("oracle-migration.txt", &lines);
+    super::golden("oracle-migration.txt", &lines);
 }
 
 #[tokio::test]
@@ -313,5 +303,5 @@ async fn outbox_and_inbox_speak_oracle() {
     tx.commit().await.unwrap();
     let claim = platform_db::outbox::claim(&db, 10, Duration::from_secs(30)).await.unwrap();
     assert_eq!(claim.records.len(), 1);
-    golden("oracle-outbox.txt", &log.lines());
+    super::golden("oracle-outbox.txt", &log.lines());
 }

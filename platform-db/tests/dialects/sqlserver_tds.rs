@@ -362,18 +362,6 @@ fn notes() -> Vec<Migration> {
     vec![Migration::new(1, "notes", "CREATE TABLE notes (id BIGINT NOT NULL PRIMARY KEY, body NVARCHAR(MAX) NOT NULL)")]
 }
 
-fn golden(name: &str, lines: &[String]) {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(name);
-    // Values travel as parameters, so the text holds no clock or checksum.
-    let text: String = lines.iter().map(|l| format!("{}\n", l.replace('\n', " "))).collect();
-    if std::env::var_os("PLATFORM_UPDATE_GOLDEN").is_some() {
-        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &text).unwrap();
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_default();
-    assert_eq!(text, want, "{} differs (PLATFORM_UPDATE_GOLDEN=1 rewrites it)", path.display());
-}
-
 #[tokio::test]
 async fn a_migration_run_is_one_transaction_under_an_applock() {
     let server = Server::start(fresh_database(0)).await;
@@ -384,7 +372,7 @@ async fn a_migration_run_is_one_transaction_under_an_applock() {
     assert_eq!(conversation.first().map(String::as_str), Some("batch: BEGIN TRANSACTION"));
     assert_eq!(conversation.last().map(String::as_str), Some("batch: COMMIT TRANSACTION"));
     assert!(conversation[1].contains("sp_getapplock") && conversation[1].contains("@P1 bigint"), "{conversation:#?}");
-    golden("sqlserver-migration.txt", &conversation);
+    super::golden("sqlserver-migration.txt", &conversation);
 }
 
 #[tokio::test]
@@ -515,5 +503,5 @@ async fn outbox_and_inbox_speak_tsql() {
     assert_eq!(claim.records[0].message.payload, b"{\"n\":1}");
     assert_eq!(claim.records[0].message.headers["traceparent"], "00-abc-def-01");
     platform_db::outbox::parked(&db, 5).await.unwrap();
-    golden("sqlserver-outbox.txt", &server.conversation());
+    super::golden("sqlserver-outbox.txt", &server.conversation());
 }
