@@ -165,6 +165,15 @@ pub fn parse_bool(s: &str) -> Result<bool> {
     }
 }
 
+/// A percent-encoded URL part (user name, password, path segment) decoded; `+` stays a
+/// plus, as it does outside a query.
+pub fn url_decode(part: &str) -> String {
+    url::form_urlencoded::parse(format!("x={}", part.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default()
+}
+
 /// The one shape of a bad backend URL: `InvalidInput` from `open`, message
 /// `"{what} url: {key} {why}"`, and a field detail naming `key`. `what` is the crate's
 /// concern (`queue`, `store`, `database`).

@@ -138,7 +138,7 @@ pub(crate) fn config(raw: &str) -> Result<Endpoint> {
     if service.is_empty() {
         return Err(bad("service", "is missing (oracle://user:pass@host:1521/SERVICE_NAME)"));
     }
-    let user = unescape(url.username());
+    let user = platform_core::config::url_decode(url.username());
     if user.is_empty() {
         return Err(bad("user", "is missing"));
     }
@@ -155,17 +155,10 @@ pub(crate) fn config(raw: &str) -> Result<Endpoint> {
     }
     Ok(Endpoint {
         user,
-        password: unescape(url.password().unwrap_or_default()),
-        connect_string: format!("{host}:{}/{}", url.port().unwrap_or(1521), unescape(service)),
+        password: platform_core::config::url_decode(url.password().unwrap_or_default()),
+        connect_string: format!("{host}:{}/{}", url.port().unwrap_or(1521), platform_core::config::url_decode(service)),
         call_timeout,
     })
-}
-
-fn unescape(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
 /// The thin driver's connection.

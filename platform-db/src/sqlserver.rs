@@ -72,13 +72,16 @@ pub(crate) fn config(raw: &str) -> Result<Config> {
     config.port(url.port().unwrap_or(1433));
     let database = url.path().trim_start_matches('/');
     if !database.is_empty() {
-        config.database(unescape(database));
+        config.database(platform_core::config::url_decode(database));
     }
-    let user = unescape(url.username());
+    let user = platform_core::config::url_decode(url.username());
     if user.is_empty() {
         return Err(bad("user", "is missing (SQL Server logins need a user and password)"));
     }
-    config.authentication(AuthMethod::sql_server(user, unescape(url.password().unwrap_or_default())));
+    config.authentication(AuthMethod::sql_server(
+        user,
+        platform_core::config::url_decode(url.password().unwrap_or_default()),
+    ));
     config.encryption(EncryptionLevel::Required);
     for (key, value) in url.query_pairs() {
         match &*key {
@@ -106,10 +109,6 @@ pub(crate) fn config(raw: &str) -> Result<Config> {
         }
     }
     Ok(config)
-}
-
-fn unescape(s: &str) -> String {
-    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 /// Maps a tiberius error onto the portable kinds, by SQL Server error number.

@@ -200,8 +200,8 @@ impl CassandraCollection {
             .fetch_schema_metadata(false)
             .connection_timeout(timeout);
         if !url.username().is_empty() {
-            let user = percent(url.username());
-            builder = builder.user(user, percent(url.password().unwrap_or_default()));
+            let user = platform_core::config::url_decode(url.username());
+            builder = builder.user(user, platform_core::config::url_decode(url.password().unwrap_or_default()));
         }
         let session = builder.build().await.map_err(|e| map_err(&e).with_op("open"))?;
         let [create, read, read_partition, read_all, insert, update, delete] = statements(collection);
@@ -329,13 +329,6 @@ impl CassandraCollection {
         }
         Ok(docs)
     }
-}
-
-fn percent(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
 }
 
 #[async_trait::async_trait]

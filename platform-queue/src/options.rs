@@ -100,15 +100,6 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
     }
 }
 
-/// A percent-encoded URL part (user name, password, path) decoded.
-#[allow(dead_code)]
-pub(crate) fn percent_decode(s: &str) -> String {
-    url::form_urlencoded::parse(format!("x={}", s.replace('+', "%2B")).as_bytes())
-        .next()
-        .map(|(_, v)| v.into_owned())
-        .unwrap_or_default()
-}
-
 fn bad_param(key: &str, why: &str) -> Error {
     url_error("queue", key, why)
 }

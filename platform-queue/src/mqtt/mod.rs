@@ -61,7 +61,9 @@ use self::link::{Failure, Link, Sink, TIMEOUT, error, lock};
 use crate::QueueHandle;
 use crate::driver::dead_letter_headers;
 use crate::lease::republish::{ATTEMPTS_BASE, FIRST_FAILURE, Holding, Republish, Republishing, requeue_marks};
-use crate::options::{QueueOptions, QueueUrl, percent_decode};
+use platform_core::config::url_decode as percent_decode;
+
+use crate::options::{QueueOptions, QueueUrl};
 use crate::{Capabilities, DeadLetter, Delivery, Headers, Message, Queue, ReceiveOptions};
 
 /// The URL schemes of this backend.
