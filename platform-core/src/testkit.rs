@@ -217,9 +217,12 @@ pub mod server {
         std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
     }
 
-    /// Waits (30 s at most) until `port` accepts connections (`up`) or refuses them.
+    /// Waits until `port` accepts connections (`up`, 90 s at most: a JVM broker
+    /// recovering its store on two loaded cores has taken over 30) or refuses them
+    /// (30 s at most).
     pub async fn wait_port(port: u16, up: bool) {
-        eventually(Duration::from_secs(30), || async move { (port_open(port) == up).then_some(()) })
+        let deadline = Duration::from_secs(if up { 90 } else { 30 });
+        eventually(deadline, || async move { (port_open(port) == up).then_some(()) })
             .await
             .unwrap_or_else(|_| panic!("port {port} never became {}", if up { "open" } else { "closed" }));
     }
